@@ -1,0 +1,38 @@
+"""Exceptions raised at bayesneuron's boundaries.
+
+Every error says what was wrong and how to fix it. All derive from ``ValueError`` so
+callers that already catch ``ValueError`` keep working.
+"""
+
+__all__ = [
+    "BayesneuronError",
+    "MorphologyError",
+    "ChannelError",
+    "ParameterError",
+    "StimulusError",
+    "SolverError",
+]
+
+
+class BayesneuronError(ValueError):
+    """Base class of every user-facing bayesneuron error."""
+
+
+class MorphologyError(BayesneuronError):
+    """The compartment tree or its geometry is invalid."""
+
+
+class ChannelError(BayesneuronError):
+    """A channel definition or placement is invalid."""
+
+
+class ParameterError(BayesneuronError):
+    """Parameter values have the wrong name, shape or value."""
+
+
+class StimulusError(BayesneuronError):
+    """Injected currents have the wrong shape, units or values."""
+
+
+class SolverError(BayesneuronError):
+    """Solver settings or the requested time grid are invalid."""

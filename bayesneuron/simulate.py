@@ -1,0 +1,360 @@
+"""``simulate``: a pure function from cell, parameters and currents to membrane voltages.
+
+Shapes: parameters ``[sample…, comp]``, currents ``[…, trace, comp, bins]``, voltages
+``[sample…, trace, comp, time]`` (time last; leading sample dims broadcast against the
+stimulus' leading dims).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ._tree import reduced_edges, tree_solve, tree_system
+from .cell import Cell
+from .errors import ParameterError, SolverError, StimulusError
+from .solvers import BackwardEuler, CrankNicolson, Solver, Torchdiffeq
+from .stimulus import Stimulus
+
+__all__ = ["simulate", "Trace"]
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """Result of :func:`simulate`.
+
+    Attributes:
+        t: output times ``[time]`` in ms.
+        v: membrane voltage ``[sample…, trace, comp, time]`` in mV.
+        names: compartment names ``[comp]``.
+        solver: the solver settings used.
+        n_steps: number of solver steps (fixed-step schemes) or ``None``.
+    """
+
+    t: Tensor
+    v: Tensor
+    names: tuple[str, ...]
+    solver: Solver
+    n_steps: int | None = None
+
+
+def simulate(
+    cell: Cell,
+    params: Mapping[str, Tensor | float] | None,
+    stimulus: Stimulus,
+    t_eval=None,
+    solver: Solver | None = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+) -> Trace:
+    """Simulate membrane voltages of ``cell`` under current clamp.
+
+    Args:
+        cell: the cell (morphology, channels, default parameters, ``v0``).
+        params: parameters to override, ``{"g_na": tensor[sample…, comp]}`` (a scalar or
+            ``[comp]`` also works); the rest come from ``cell``. Gradients flow to them.
+        stimulus: injected currents ``[…, trace, comp, bins]`` in ``cell.morphology.current_unit``.
+        t_eval: increasing output times in ms ``[time]``; the simulation starts at ``t_eval[0]``
+            with ``V = cell.v0``. Default: every stimulus bin edge from ``stimulus.t0``.
+        solver: :class:`CrankNicolson` (default, ``dt=0.025``), :class:`BackwardEuler` or
+            :class:`Torchdiffeq`.
+        dtype: float64 (default) or float32.
+        device: where to compute (``"cuda"`` runs unchanged on a GPU); default: the device of
+            the first parameter tensor, else CPU.
+
+    Returns:
+        A :class:`Trace` with ``v`` of shape ``[sample…, trace, comp, time]``.
+
+    Example:
+        >>> from bayesneuron import simulate, paper_toy_cell, step_current
+        >>> cell = paper_toy_cell()
+        >>> stim = step_current([5.0, 10.0], site=0, n_comp=6, delay=1, duration=3,
+        ...                     t_stop=5, dt=0.1, unit="uA/cm2")
+        >>> simulate(cell, None, stim).v.shape
+        torch.Size([2, 6, 51])
+    """
+    solver = CrankNicolson() if solver is None else solver
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a bayesneuron.Cell, got {type(cell).__name__}")
+    if not isinstance(solver, (BackwardEuler, CrankNicolson, Torchdiffeq)):
+        raise SolverError(
+            f"solver must be CrankNicolson(...), BackwardEuler(...) or Torchdiffeq(...); got {solver!r}"
+        )
+    if dtype not in (torch.float32, torch.float64):
+        raise SolverError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    if device is None:
+        device = next((p.device for p in (params or {}).values() if isinstance(p, Tensor)), "cpu")
+    device = torch.device(device)
+    stimulus = _check_stimulus(cell, stimulus)
+    t_eval = _check_times(stimulus, t_eval)
+    p = _check_params(cell, params, dtype, device)
+    morph = cell.morphology
+    # Currents as densities (µA/cm²), time first: [bins, …, trace, comp].
+    vals = stimulus.values.to(device=device, dtype=dtype)
+    if stimulus.unit == "nA":
+        vals = vals * (1e-3 / torch.tensor(morph.area, dtype=dtype, device=device))[:, None]
+    vals = vals.movedim(-1, 0)
+    if isinstance(solver, Torchdiffeq):
+        v = _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver)
+        n_steps = None
+    else:
+        v, n_steps = _run_fixed(cell, p, vals, stimulus, t_eval, solver)
+    t = torch.as_tensor(t_eval, dtype=dtype, device=device)
+    return Trace(t=t, v=v, names=morph.names, solver=solver, n_steps=n_steps)
+
+
+# --------------------------------------------------------------------------- input checks
+def _check_stimulus(cell: Cell, stimulus) -> Stimulus:
+    if not isinstance(stimulus, Stimulus):
+        raise StimulusError(
+            f"stimulus must be a bayesneuron.Stimulus, got {type(stimulus).__name__}; wrap an "
+            "array of currents [trace, comp, bins] with Stimulus(values, dt=bin width in ms)"
+        )
+    n = cell.n_comp
+    if stimulus.n_comp != n:
+        raise StimulusError(
+            f"stimulus has {stimulus.n_comp} compartments on axis -2 (shape "
+            f"{tuple(stimulus.values.shape)}) but the cell has {n}; expected [trace, {n}, bins]"
+        )
+    want = cell.morphology.current_unit
+    if stimulus.unit != want:
+        raise StimulusError(
+            f"stimulus is in {stimulus.unit} but this cell takes {want} "
+            f"({'geometric cells take nA' if want == 'nA' else 'abstract cells take densities'}); "
+            f"build the Stimulus with unit={want!r}"
+        )
+    return stimulus
+
+
+def _check_times(stimulus: Stimulus, t_eval) -> np.ndarray:
+    if t_eval is None:
+        return stimulus.t0 + stimulus.dt * np.arange(stimulus.n_bins + 1)
+    if isinstance(t_eval, Tensor):
+        t_eval = t_eval.detach().cpu().numpy()
+    t = np.asarray(t_eval, dtype=np.float64)
+    if t.ndim != 1 or t.size < 2:
+        raise SolverError(f"t_eval must be 1-D with at least 2 times (ms); got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise SolverError("t_eval contains NaN or inf")
+    if np.any(np.diff(t) <= 0):
+        k = int(np.flatnonzero(np.diff(t) <= 0)[0])
+        raise SolverError(
+            f"t_eval must be strictly increasing; t_eval[{k + 1}] = {t[k + 1]} ≤ t_eval[{k}] = {t[k]}"
+        )
+    return t
+
+
+def _check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
+    """All cell parameters as tensors ``[sample…, comp]`` on device (user values override)."""
+    params = {} if params is None else dict(params)
+    n = cell.n_comp
+    unknown = sorted(set(params) - set(cell.params))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {unknown}; this cell has {list(cell.params)}")
+    out = {}
+    for name, default in cell.params.items():
+        if name not in params:
+            out[name] = torch.tensor(default, dtype=dtype, device=device)
+            continue
+        x = params[name]
+        x = x.to(device=device, dtype=dtype) if isinstance(x, Tensor) else torch.as_tensor(
+            np.array(x, dtype=np.float64), dtype=dtype, device=device)
+        if x.ndim == 0:
+            x = x.expand(n)
+        if x.shape[-1] != n:
+            raise ParameterError(
+                f"{name} has shape {tuple(x.shape)}; expected [sample…, {n}] "
+                f"(one value per compartment on the last axis)"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ParameterError(f"{name} contains NaN or inf; parameters must be finite")
+        out[name] = x
+    return out
+
+
+# --------------------------------------------------------------------------- the membrane
+class _Membrane:
+    """Channels with their parameters laid out on a node axis ``[sample…, 1, nodes]``."""
+
+    def __init__(self, cell: Cell, p: dict[str, Tensor], index: Tensor | None):
+        self.channels = cell.channels
+        self.local = []
+        for ch in cell.channels:
+            self.local.append({k: _lay_out(p[f"{k}_{ch.name}"], index) for k in ch.param_defaults()})
+        self.keys = [(i, s) for i, ch in enumerate(self.channels) for s in ch.state_names]
+
+    def init(self, v: Tensor) -> list[Tensor]:
+        states = [ch.init_gates(v, q) for ch, q in zip(self.channels, self.local)]
+        return [states[i][s].expand_as(v) for i, s in self.keys]
+
+    def gates(self, v: Tensor) -> list[tuple[Tensor, Tensor]]:
+        g = [ch.gates(v, q) for ch, q in zip(self.channels, self.local)]
+        return [g[i][s] for i, s in self.keys]
+
+    def conductance(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Total conductance ``g`` (mS/cm²) and ``Σ g·e`` (µA/cm²)."""
+        per = [{} for _ in self.channels]
+        for (i, s), xi in zip(self.keys, x):
+            per[i][s] = xi
+        g_tot = ge_tot = 0.0
+        for ch, q, xs in zip(self.channels, self.local, per):
+            g, e = ch.conductance(xs, q)
+            g_tot = g_tot + g
+            ge_tot = ge_tot + g * e
+        return g_tot, ge_tot
+
+
+def _lay_out(x: Tensor, index: Tensor | None) -> Tensor:
+    # [sample…, comp] → [sample…, 1, nodes]; junction nodes (index == n_comp) get 0.
+    if index is not None:
+        x = torch.cat([x, x.new_zeros(x.shape[:-1] + (1,))], -1).index_select(-1, index)
+    return x.unsqueeze(-2)
+
+
+# --------------------------------------------------------------------------- fixed-step schemes
+def _step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
+    """Step boundaries through every output time and bin edge; sub-steps of at most ``dt_max``.
+
+    Returns ``(dts [K], t_mid [K], is_output [K])`` where ``is_output[k]`` marks steps ending
+    on an output time.
+    """
+    t0, t1 = t_eval[0], t_eval[-1]
+    edges = stimulus.edges()
+    points = np.union1d(t_eval, edges[(edges > t0) & (edges < t1)])
+    gaps = np.diff(points)
+    keep = np.concatenate([[True], gaps > 1e-9 * max(1.0, abs(t1))])
+    points = points[keep]  # merge near-duplicates (an edge that is also an output time)
+    points[-1] = t1
+    is_out_point = np.isin(points, t_eval)
+    near = np.abs(points[:, None] - t_eval[None, :]).min(1) <= 1e-9 * max(1.0, abs(t1))
+    is_out_point |= near
+    n_sub = np.maximum(1, np.ceil(np.diff(points) / dt_max - 1e-9).astype(np.int64))
+    dts = np.repeat(np.diff(points) / n_sub, n_sub)
+    t_start = np.repeat(points[:-1], n_sub) + (np.concatenate(
+        [np.arange(k) for k in n_sub]) * np.repeat(np.diff(points) / n_sub, n_sub))
+    is_output = np.zeros(len(dts), dtype=bool)
+    is_output[np.cumsum(n_sub) - 1] = is_out_point[1:]
+    if is_output.sum() != len(t_eval) - 1:
+        raise SolverError("internal error: output times not all on step boundaries")
+    return dts, t_start + dts / 2, is_output
+
+
+def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
+    morph = cell.morphology
+    sys = tree_system(morph)
+    dtype, device = vals.dtype, vals.device
+    coef = sys.tensors(dtype, device)
+    index = coef["pub_of"]
+    mem = _Membrane(cell, p, index)
+    # Currents on internal nodes, time first: [bins, …, trace, nodes].
+    vals = torch.cat([vals, vals.new_zeros(vals.shape[:-1] + (1,))], -1).index_select(-1, index)
+    batch = torch.broadcast_shapes(
+        *(x.shape[:-1] for q in mem.local for x in q.values()), vals.shape[1:-1]
+    )
+    v = torch.full(batch + (sys.n,), float(cell.v0), dtype=dtype, device=device)
+    x = mem.init(v)
+    dts, t_mid, is_output = _step_grid(stimulus, t_eval, solver.dt)
+    cols = stimulus.bin_index(t_mid)
+    second = isinstance(solver, CrankNicolson)
+    # Gate sub-step lengths: CN moves gates from the previous midpoint to this one.
+    h = (np.concatenate([[0.0], dts[:-1]]) + dts) / 2 if second else dts
+    k = 2.0 if second else 1.0
+    cm, diag = coef["cm"], coef["diag"]
+
+    def run(lo, hi, v, *x):
+        x, outs = list(x), []
+        for s in range(lo, hi):
+            dt, cur = float(dts[s]), vals[int(cols[s])]
+            if second:
+                x = _exp_euler(mem.gates(v), x, float(h[s]))
+            g, ge = mem.conductance(x)
+            c = (k / dt) * cm
+            w = tree_solve(c + g + diag, c * v + cur + ge, coef)
+            v = 2.0 * w - v if second else w
+            if not second:
+                x = _exp_euler(mem.gates(v), x, dt)
+            if is_output[s]:
+                outs.append(v)
+        return (v, *x, torch.stack(outs, -1) if outs else v.new_zeros(v.shape + (0,)))
+
+    outs = [v.unsqueeze(-1)]
+    n_steps, chunk = len(dts), solver.checkpoint_every
+    if chunk is None:
+        outs.append(run(0, n_steps, v, *x)[-1])
+    else:
+        for lo in range(0, n_steps, chunk):
+            res = checkpoint(run, lo, min(lo + chunk, n_steps), v, *x, use_reentrant=False)
+            v, x = res[0], list(res[1:-1])
+            outs.append(res[-1])
+    v_all = torch.cat(outs, -1)  # [..., nodes, time]
+    return v_all.index_select(-2, coef["comp_pos"]), n_steps
+
+
+def _exp_euler(gates, x, h: float) -> list[Tensor]:
+    # x(t+h) = x_inf + (x − x_inf)·exp(−h/τ): exact for frozen voltage.
+    return [inf + (xi - inf) * torch.exp(-h / tau) for (inf, tau), xi in zip(gates, x)]
+
+
+# --------------------------------------------------------------------------- torchdiffeq
+def _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
+    import torchdiffeq
+
+    morph = cell.morphology
+    dtype, device = vals.dtype, vals.device
+    mem = _Membrane(cell, p, None)
+    src, dst, cf = (torch.as_tensor(a, device=device) for a in reduced_edges(morph))
+    cf = cf.to(dtype)
+    cm = torch.tensor(morph.cm, dtype=dtype, device=device)
+    edges = torch.as_tensor(stimulus.edges(), dtype=dtype, device=device)
+
+    def rhs(t, y):
+        v, x = y[0], list(y[1:])
+        col = torch.searchsorted(edges, t.reshape(1).to(dtype), right=True)
+        cur = vals.index_select(0, col.clamp(max=vals.shape[0] - 1))[0]
+        g, ge = mem.conductance(x)
+        i_ax = torch.zeros_like(v).index_add_(-1, src, cf * (v[..., dst] - v[..., src]))
+        dv = (cur - g * v + ge + i_ax) / cm
+        dx = [(inf - xi) / tau for (inf, tau), xi in zip(mem.gates(v), x)]
+        return (dv, *dx)
+
+    batch = torch.broadcast_shapes(
+        *(x.shape[:-1] for q in mem.local for x in q.values()), vals.shape[1:-1]
+    )
+    v0 = torch.full(batch + (morph.n_comp,), float(cell.v0), dtype=dtype, device=device)
+    y0 = (v0, *mem.init(v0))
+    t = torch.as_tensor(t_eval, dtype=dtype, device=device)
+    inner = edges[(edges > t[0]) & (edges < t[-1])]
+    options = dict(solver.options)
+    if solver.adaptive:
+        if len(inner):
+            options.setdefault("jump_t", inner)
+    else:
+        dts, t_mid, _ = _step_grid(stimulus, t_eval, solver.step_size)
+        grid = torch.as_tensor(np.concatenate([t_mid - dts / 2, [t_eval[-1]]]), dtype=dtype,
+                               device=device)
+        options.setdefault("grid_constructor", lambda f, y0, t: grid)
+        options.setdefault("perturb", True)
+    kw = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
+    if solver.adjoint:
+        leaves = tuple(x for q in mem.local for x in q.values() if x.requires_grad)
+        ys = torchdiffeq.odeint_adjoint(_Func(rhs), y0, t, adjoint_params=leaves, **kw)
+    else:
+        ys = torchdiffeq.odeint(rhs, y0, t, **kw)
+    return ys[0].movedim(0, -1)
+
+
+class _Func(torch.nn.Module):
+    """``odeint_adjoint`` wants a module; this one holds no parameters of its own."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, t, y):
+        return self.f(t, y)
