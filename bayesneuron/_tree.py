@@ -5,7 +5,7 @@ row ``i`` reads ``d_i x_i + a_i x_parent(i) + Σ_children b_c x_c = r_i``. Nodes
 so that every parent precedes its children; Gaussian elimination from the leaves up and
 substitution from the root down then cost O(n) (Hines 1984). Nodes at the same height (or
 depth) are processed together, so a bushy tree takes as many vectorised passes as it is deep.
-Small systems use a dense batched LAPACK solve instead, which costs fewer kernel launches.
+Tensors are laid out node-first (``[n, batch…]``) so a single node is a contiguous view.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import torch
 from torch import Tensor
 
 from .morphology import Morphology
-
-_DENSE_MAX = 24  # up to this many nodes a dense batched solve beats the level loop on CPU
 
 
 class TreeSystem:
@@ -65,35 +63,45 @@ class TreeSystem:
         self.b = -g * w[np.maximum(self.parent, 0)]
         self.a[0] = self.b[0] = 0.0
         self.levels = _levels(self.parent)
-        self.dense = n <= _DENSE_MAX
         self._tensors: dict = {}
 
-    def tensors(self, dtype, device) -> dict[str, Tensor]:
-        """Coefficient tensors on ``device`` (cached per dtype/device)."""
+    def tensors(self, dtype, device) -> dict:
+        """Coefficients on ``device`` (cached per dtype/device), node axis first."""
         key = (dtype, str(device))
         if key not in self._tensors:
-            t = {k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device)
-                 for k in ("cm", "diag", "a", "b", "area")}
+            t = {
+                k: torch.tensor(getattr(self, k), dtype=dtype, device=device)
+                for k in ("cm", "diag", "area")
+            }
             t["pub_of"] = torch.as_tensor(self.pub_of, device=device)
             t["comp_pos"] = torch.as_tensor(self.comp_pos, device=device)
-            if self.dense:
-                off = torch.zeros(self.n, self.n, dtype=dtype)
-                rows = torch.arange(1, self.n)
-                par = torch.as_tensor(self.parent[1:])
-                off[rows, par] = torch.as_tensor(self.a[1:], dtype=dtype)
-                off[par, rows] = torch.as_tensor(self.b[1:], dtype=dtype)
-                t["offdiag"] = off.to(device)
-            else:
-                t["levels"] = [
-                    tuple(_as_index(x, device) for x in lvl) for lvl in self.levels
-                ]
+            t["passes"] = _passes(self.levels, self.a, self.b, dtype, device)
+            t["passes_T"] = _passes(self.levels, self.b, self.a, dtype, device)
             self._tensors[key] = t
         return self._tensors[key]
 
 
-def _as_index(x: np.ndarray, device):
-    # A single node becomes a Python int: basic indexing makes views, not gathers.
-    return int(x[0]) if len(x) == 1 else torch.as_tensor(x, device=device)
+def _passes(levels, a, b, dtype, device):
+    """Per level: ``(idx, par, a[idx], b[idx])``; single nodes as Python numbers (views, no
+    gathers), groups as index tensors with coefficients shaped to broadcast over the batch."""
+    out = []
+    for passes in levels:
+        lst = []
+        for idx, par in passes:
+            if len(idx) == 1:
+                i = int(idx[0])
+                lst.append((i, int(par[0]), float(a[i]), float(b[i])))
+            else:
+                lst.append(
+                    (
+                        torch.as_tensor(idx, device=device),
+                        torch.as_tensor(par, device=device),
+                        torch.tensor(a[idx], dtype=dtype, device=device),
+                        torch.tensor(b[idx], dtype=dtype, device=device),
+                    )
+                )
+        out.append(lst)
+    return tuple(out)
 
 
 def _levels(parent: np.ndarray):
@@ -127,21 +135,29 @@ def tree_system(morph: Morphology) -> TreeSystem:
     return _SYSTEMS[morph]
 
 
-def _level_solve(d: Tensor, r: Tensor, a: Tensor, b: Tensor, levels) -> Tensor:
-    elim, back = levels
+def _level_solve(d: Tensor, r: Tensor, passes) -> Tensor:
+    # Node axis first: d, r [n, …]. Eliminate leaves → root, then substitute root → leaves.
+    elim, back = passes
     d, r = d.clone(), r.clone()
-    for idx, par in elim:
-        f = b[idx] / d[..., idx]
+    for idx, par, a, b in elim:
         if isinstance(idx, int):
-            d[..., par] -= f * a[idx]
-            r[..., par] -= f * r[..., idx]
+            f = d[idx].reciprocal().mul_(b)
+            d[par].sub_(f, alpha=a)
+            r[par].addcmul_(f, r[idx], value=-1.0)
         else:
-            d.index_add_(-1, par, -f * a[idx])
-            r.index_add_(-1, par, -f * r[..., idx])
+            shape = (-1,) + (1,) * (d.ndim - 1)
+            f = b.view(shape) / d.index_select(0, idx)
+            d.index_add_(0, par, f * -a.view(shape))
+            r.index_add_(0, par, -f * r.index_select(0, idx))
     x = torch.empty_like(r)
-    x[..., 0] = r[..., 0] / d[..., 0]
-    for idx, par in back:
-        x[..., idx] = (r[..., idx] - a[idx] * x[..., par]) / d[..., idx]
+    torch.div(r[0], d[0], out=x[0])
+    for idx, par, a, _ in back:
+        if isinstance(idx, int):
+            torch.add(r[idx], x[par], alpha=-a, out=x[idx]).div_(d[idx])
+        else:
+            shape = (-1,) + (1,) * (d.ndim - 1)
+            xi = r.index_select(0, idx) - a.view(shape) * x.index_select(0, par)
+            x.index_copy_(0, idx, xi / d.index_select(0, idx))
     return x
 
 
@@ -149,29 +165,27 @@ class _LevelSolve(torch.autograd.Function):
     """``x = M⁻¹ r`` for the tree matrix with diagonal ``d``; backward is the transposed solve."""
 
     @staticmethod
-    def forward(ctx, d, r, a, b, levels):
+    def forward(ctx, d, r, passes, passes_t):
         with torch.no_grad():
-            x = _level_solve(d, r, a, b, levels)
-        ctx.save_for_backward(d, x, a, b)
-        ctx.levels = levels
+            x = _level_solve(d, r, passes)
+        ctx.save_for_backward(d, x)
+        ctx.passes = passes, passes_t
         return x
 
     @staticmethod
     def backward(ctx, gx):
-        d, x, a, b = ctx.saved_tensors
-        lam = _LevelSolve.apply(d, gx, b, a, ctx.levels)  # Mᵀ swaps the off-diagonals
-        return -lam * x, lam, None, None, None
+        d, x = ctx.saved_tensors
+        passes, passes_t = ctx.passes
+        lam = _LevelSolve.apply(d, gx, passes_t, passes)  # Mᵀ swaps the off-diagonals
+        return -lam * x, lam, None, None
 
 
-def tree_solve(d: Tensor, r: Tensor, coef: dict[str, Tensor]) -> Tensor:
-    """Solve the tree system with diagonal ``d`` and right-hand side ``r``, both ``[…, n]``.
+def tree_solve(d: Tensor, r: Tensor, coef: dict) -> Tensor:
+    """Solve the tree system with diagonal ``d`` and right-hand side ``r``, both ``[n, …]``.
 
     Differentiable in ``d`` and ``r`` (to any order).
     """
-    if "offdiag" in coef:
-        m = torch.diag_embed(d) + coef["offdiag"]
-        return torch.linalg.solve(m, r.unsqueeze(-1)).squeeze(-1)
-    return _LevelSolve.apply(d, r, coef["a"], coef["b"], coef["levels"])
+    return _LevelSolve.apply(d, r, coef["passes"], coef["passes_T"])
 
 
 def reduced_edges(morph: Morphology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -193,7 +207,7 @@ def reduced_edges(morph: Morphology) -> tuple[np.ndarray, np.ndarray, np.ndarray
             del graph[k][j]
         keys = list(nbrs)
         for x, k in enumerate(keys):
-            for m in keys[x + 1:]:
+            for m in keys[x + 1 :]:
                 g = nbrs[k] * nbrs[m] / total
                 graph[k][m] = graph[k].get(m, 0.0) + g
                 graph[m][k] = graph[m].get(k, 0.0) + g

@@ -56,9 +56,7 @@ class Cell:
                 values[f"{local}_{ch.name}"] = np.full(n, float(default))
         for key, val in dict(self.params).items():
             if key not in values:
-                raise ParameterError(
-                    f"unknown parameter {key!r}; this cell has {sorted(values)}"
-                )
+                raise ParameterError(f"unknown parameter {key!r}; this cell has {sorted(values)}")
             values[key] = _per_compartment(key, val, n)
         for arr in values.values():
             arr.setflags(write=False)

@@ -281,7 +281,9 @@ def paper_channels(
     init_unshifted: bool = True,
 ) -> tuple[Channel, ...]:
     """The paper's Na, K and leak with its quirks switched on (each switch documented above)."""
-    kw = dict(v_shift=v_shift, shift_driving_force=shift_driving_force, init_unshifted=init_unshifted)
+    kw = dict(
+        v_shift=v_shift, shift_driving_force=shift_driving_force, init_unshifted=init_unshifted
+    )
     return (
         PaperSodium(**kw),
         PaperPotassium(**kw),

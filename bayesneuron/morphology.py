@@ -161,7 +161,9 @@ class Morphology:
             sites = [sites]
         out = sorted({self.index(s) for s in sites})
         if not out:
-            raise MorphologyError("an empty list of compartments; give at least one, or None for all")
+            raise MorphologyError(
+                "an empty list of compartments; give at least one, or None for all"
+            )
         return tuple(out)
 
     # ------------------------------------------------------------------ builders
@@ -274,7 +276,9 @@ def _check_tree(parents: np.ndarray, name) -> None:
     roots = np.flatnonzero(parents == -1)
     if roots.size != 1:
         if roots.size == 0:
-            raise MorphologyError("the tree has no root (no parent of -1): every node is in a cycle")
+            raise MorphologyError(
+                "the tree has no root (no parent of -1): every node is in a cycle"
+            )
         raise MorphologyError(
             f"the tree has {roots.size} roots (nodes {roots[:8].tolist()} have parent -1); "
             "a neuron is one connected tree — attach all but one of them to a parent"
@@ -289,7 +293,7 @@ def _check_tree(parents: np.ndarray, name) -> None:
             path.append(i)
             i = parents[i]
         if state[i] == 1:
-            cyc = [int(c) for c in path[path.index(i):]]
+            cyc = [int(c) for c in path[path.index(i) :]]
             raise MorphologyError(
                 f"nodes {cyc[:8]} ({name(int(cyc[0]))!r} …) form a cycle, disconnected from the "
                 "root; a neuron must be a tree: break the cycle and attach it to the tree"

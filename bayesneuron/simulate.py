@@ -163,8 +163,11 @@ def _check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
             out[name] = torch.tensor(default, dtype=dtype, device=device)
             continue
         x = params[name]
-        x = x.to(device=device, dtype=dtype) if isinstance(x, Tensor) else torch.as_tensor(
-            np.array(x, dtype=np.float64), dtype=dtype, device=device)
+        x = (
+            x.to(device=device, dtype=dtype)
+            if isinstance(x, Tensor)
+            else torch.as_tensor(np.array(x, dtype=np.float64), dtype=dtype, device=device)
+        )
         if x.ndim == 0:
             x = x.expand(n)
         if x.shape[-1] != n:
@@ -182,11 +185,13 @@ def _check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
 class _Membrane:
     """Channels with their parameters laid out on a node axis ``[sample…, 1, nodes]``."""
 
-    def __init__(self, cell: Cell, p: dict[str, Tensor], index: Tensor | None):
+    def __init__(self, cell: Cell, p: dict[str, Tensor], index: Tensor | None, node_first=None):
         self.channels = cell.channels
         self.local = []
         for ch in cell.channels:
-            self.local.append({k: _lay_out(p[f"{k}_{ch.name}"], index) for k in ch.param_defaults()})
+            self.local.append(
+                {k: _lay_out(p[f"{k}_{ch.name}"], index, node_first) for k in ch.param_defaults()}
+            )
         self.keys = [(i, s) for i, ch in enumerate(self.channels) for s in ch.state_names]
 
     def init(self, v: Tensor) -> list[Tensor]:
@@ -210,11 +215,15 @@ class _Membrane:
         return g_tot, ge_tot
 
 
-def _lay_out(x: Tensor, index: Tensor | None) -> Tensor:
-    # [sample…, comp] → [sample…, 1, nodes]; junction nodes (index == n_comp) get 0.
+def _lay_out(x: Tensor, index: Tensor | None, node_first: int | None) -> Tensor:
+    """``[sample…, comp]`` → ``[sample…, 1, nodes]``, or ``[nodes, 1…, sample…, 1]`` with
+    ``node_first`` batch dims; junction nodes (``index == n_comp``) get 0."""
     if index is not None:
         x = torch.cat([x, x.new_zeros(x.shape[:-1] + (1,))], -1).index_select(-1, index)
-    return x.unsqueeze(-2)
+    if node_first is None:
+        return x.unsqueeze(-2)
+    x = x.movedim(-1, 0).unsqueeze(-1)
+    return x.reshape(x.shape[:1] + (1,) * (node_first + 1 - x.ndim) + x.shape[1:])
 
 
 # --------------------------------------------------------------------------- fixed-step schemes
@@ -236,8 +245,9 @@ def _step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
     is_out_point |= near
     n_sub = np.maximum(1, np.ceil(np.diff(points) / dt_max - 1e-9).astype(np.int64))
     dts = np.repeat(np.diff(points) / n_sub, n_sub)
-    t_start = np.repeat(points[:-1], n_sub) + (np.concatenate(
-        [np.arange(k) for k in n_sub]) * np.repeat(np.diff(points) / n_sub, n_sub))
+    t_start = np.repeat(points[:-1], n_sub) + (
+        np.concatenate([np.arange(k) for k in n_sub]) * np.repeat(np.diff(points) / n_sub, n_sub)
+    )
     is_output = np.zeros(len(dts), dtype=bool)
     is_output[np.cumsum(n_sub) - 1] = is_out_point[1:]
     if is_output.sum() != len(t_eval) - 1:
@@ -246,18 +256,20 @@ def _step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
 
 
 def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
+    # Internal layout is node-first, [nodes, batch…], so the tree solve works on views.
     morph = cell.morphology
     sys = tree_system(morph)
     dtype, device = vals.dtype, vals.device
     coef = sys.tensors(dtype, device)
     index = coef["pub_of"]
-    mem = _Membrane(cell, p, index)
-    # Currents on internal nodes, time first: [bins, …, trace, nodes].
+    batch = torch.broadcast_shapes(*(x.shape[:-1] + (1,) for x in p.values()), vals.shape[1:-1])
+    nb = len(batch)
+    # Currents [bins, …, trace, comp] → [bins, nodes, 1…, …, trace] (junction rows are 0).
     vals = torch.cat([vals, vals.new_zeros(vals.shape[:-1] + (1,))], -1).index_select(-1, index)
-    batch = torch.broadcast_shapes(
-        *(x.shape[:-1] for q in mem.local for x in q.values()), vals.shape[1:-1]
-    )
-    v = torch.full(batch + (sys.n,), float(cell.v0), dtype=dtype, device=device)
+    vals = vals.movedim(-1, 1)
+    vals = vals.reshape(vals.shape[:2] + (1,) * (nb + 2 - vals.ndim) + vals.shape[2:])
+    mem = _Membrane(cell, p, index, node_first=nb)
+    v = torch.full((sys.n,) + batch, float(cell.v0), dtype=dtype, device=device)
     x = mem.init(v)
     dts, t_mid, is_output = _step_grid(stimulus, t_eval, solver.dt)
     cols = stimulus.bin_index(t_mid)
@@ -265,25 +277,29 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
     # Gate sub-step lengths: CN moves gates from the previous midpoint to this one.
     h = (np.concatenate([[0.0], dts[:-1]]) + dts) / 2 if second else dts
     k = 2.0 if second else 1.0
-    cm, diag = coef["cm"], coef["diag"]
+    cm = coef["cm"].view((-1,) + (1,) * nb)
+    diag = coef["diag"].view((-1,) + (1,) * nb)
+    cm_dt = {}  # k·cm/dt per distinct step length
 
     def run(lo, hi, v, *x):
         x, outs = list(x), []
         for s in range(lo, hi):
             dt, cur = float(dts[s]), vals[int(cols[s])]
+            if dt not in cm_dt:
+                cm_dt[dt] = (k / dt) * cm
+            c = cm_dt[dt]
             if second:
                 x = _exp_euler(mem.gates(v), x, float(h[s]))
             g, ge = mem.conductance(x)
-            c = (k / dt) * cm
-            w = tree_solve(c + g + diag, c * v + cur + ge, coef)
+            w = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
             v = 2.0 * w - v if second else w
             if not second:
                 x = _exp_euler(mem.gates(v), x, dt)
             if is_output[s]:
                 outs.append(v)
-        return (v, *x, torch.stack(outs, -1) if outs else v.new_zeros(v.shape + (0,)))
+        return (v, *x, torch.stack(outs) if outs else v.new_zeros((0,) + v.shape))
 
-    outs = [v.unsqueeze(-1)]
+    outs = [v.unsqueeze(0)]
     n_steps, chunk = len(dts), solver.checkpoint_every
     if chunk is None:
         outs.append(run(0, n_steps, v, *x)[-1])
@@ -292,8 +308,8 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
             res = checkpoint(run, lo, min(lo + chunk, n_steps), v, *x, use_reentrant=False)
             v, x = res[0], list(res[1:-1])
             outs.append(res[-1])
-    v_all = torch.cat(outs, -1)  # [..., nodes, time]
-    return v_all.index_select(-2, coef["comp_pos"]), n_steps
+    v_all = torch.cat(outs).index_select(1, coef["comp_pos"])  # [time, comp, batch…]
+    return v_all.movedim(0, -1).movedim(0, -2), n_steps
 
 
 def _exp_euler(gates, x, h: float) -> list[Tensor]:
@@ -336,8 +352,9 @@ def _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
             options.setdefault("jump_t", inner)
     else:
         dts, t_mid, _ = _step_grid(stimulus, t_eval, solver.step_size)
-        grid = torch.as_tensor(np.concatenate([t_mid - dts / 2, [t_eval[-1]]]), dtype=dtype,
-                               device=device)
+        grid = torch.as_tensor(
+            np.concatenate([t_mid - dts / 2, [t_eval[-1]]]), dtype=dtype, device=device
+        )
         options.setdefault("grid_constructor", lambda f, y0, t: grid)
         options.setdefault("perturb", True)
     kw = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)

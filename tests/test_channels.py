@@ -20,8 +20,12 @@ from bayesneuron import (
 )
 from bayesneuron.channels import vtrap
 
-ALL = [*hh_channels(), *hh_channels(celsius=36.0), *paper_channels(),
-       *paper_channels(shift_driving_force=False, init_unshifted=False)]
+ALL = [
+    *hh_channels(),
+    *hh_channels(celsius=36.0),
+    *paper_channels(),
+    *paper_channels(shift_driving_force=False, init_unshifted=False),
+]
 
 
 def _params(ch, dtype):
@@ -78,7 +82,7 @@ def test_hh_rates_equal_neuron_formulas():
     # q10 = 3^((celsius-6.3)/10)
     _, tau36 = HHPotassium(celsius=36.0).gates(v, {})["n"]
     _, tau6 = HHPotassium().gates(v, {})["n"]
-    assert (tau6 / tau36).item() == pytest.approx(3.0 ** 2.97, rel=1e-12)
+    assert (tau6 / tau36).item() == pytest.approx(3.0**2.97, rel=1e-12)
 
 
 def test_paper_initial_gates_at_unshifted_v0():
