@@ -1,6 +1,7 @@
 """bayesneuron: Bayesian inference on differentiable multicompartment neuron models."""
 
 from .cell import Cell
+from .cells import hh_tree_cell, l23_cell
 from .channels import (
     Channel,
     HHPotassium,
@@ -20,10 +21,12 @@ from .errors import (
     SolverError,
     StimulusError,
 )
+from .geometry import Section, from_sections
 from .morphology import Morphology, chain, paper_chain
 from .simulate import Trace, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
+from .swc import load_swc, read_swc_sections
 
 __version__ = "0.1.0"
 
@@ -44,14 +47,20 @@ __all__ = [
     "PaperSodium",
     "ParameterError",
     "SolverError",
+    "Section",
     "Stimulus",
     "StimulusError",
     "Torchdiffeq",
     "Trace",
     "chain",
+    "from_sections",
     "hh_channels",
+    "hh_tree_cell",
+    "l23_cell",
+    "load_swc",
     "paper_chain",
     "paper_channels",
+    "read_swc_sections",
     "simulate",
     "step_current",
 ]
