@@ -334,3 +334,18 @@ def test_bad_input_raises_specific_error(case):
     fn, err, match = _bad_cases()[case]
     with pytest.raises(err, match=match):
         fn()
+
+
+# --------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver", [CrankNicolson(dt=0.01), Torchdiffeq("dopri5", rtol=1e-8, atol=1e-8)])
+def test_cuda_matches_cpu(solver):
+    cell, stim = _paper_cell(), _paper_stim(4)
+    g = torch.tensor(cell.params["g_na"])
+    cpu = simulate(cell, {"g_na": g}, stim, T_PAPER, solver).v
+    gc = g.cuda().requires_grad_()
+    gpu = simulate(cell, {"g_na": gc}, stim, T_PAPER, solver, device="cuda").v
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-6)
+    gpu.pow(2).mean().backward()
+    assert torch.isfinite(gc.grad).all()
