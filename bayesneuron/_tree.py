@@ -96,8 +96,8 @@ def _passes(levels, a, b, dtype, device):
                     (
                         torch.as_tensor(idx, device=device),
                         torch.as_tensor(par, device=device),
-                        torch.tensor(a[idx], dtype=dtype, device=device),
-                        torch.tensor(b[idx], dtype=dtype, device=device),
+                        torch.tensor(a[idx], dtype=dtype, device=device)[:, None],
+                        torch.tensor(b[idx], dtype=dtype, device=device)[:, None],
                     )
                 )
         out.append(lst)
@@ -136,7 +136,7 @@ def tree_system(morph: Morphology) -> TreeSystem:
 
 
 def _level_solve(d: Tensor, r: Tensor, passes) -> Tensor:
-    # Node axis first: d, r [n, …]. Eliminate leaves → root, then substitute root → leaves.
+    # d, r [n, batch]. Eliminate leaves → root, then substitute root → leaves.
     elim, back = passes
     d, r = d.clone(), r.clone()
     for idx, par, a, b in elim:
@@ -145,10 +145,9 @@ def _level_solve(d: Tensor, r: Tensor, passes) -> Tensor:
             d[par].sub_(f, alpha=a)
             r[par].addcmul_(f, r[idx], value=-1.0)
         else:
-            shape = (-1,) + (1,) * (d.ndim - 1)
-            f = b.view(shape) / d.index_select(0, idx)
-            d.index_add_(0, par, f * -a.view(shape))
-            r.index_add_(0, par, -f * r.index_select(0, idx))
+            f = b / d.index_select(0, idx)
+            d.index_add_(0, par, f * -a)
+            r.index_add_(0, par, f.mul_(r.index_select(0, idx)).neg_())
     x = torch.empty_like(r)
     torch.div(r[0], d[0], out=x[0])
     for idx, par, a, _ in back:
@@ -185,7 +184,11 @@ def tree_solve(d: Tensor, r: Tensor, coef: dict) -> Tensor:
 
     Differentiable in ``d`` and ``r`` (to any order).
     """
-    return _LevelSolve.apply(d, r, coef["passes"], coef["passes_T"])
+    d, r = torch.broadcast_tensors(d, r)
+    shape = d.shape
+    n = shape[0]
+    x = _LevelSolve.apply(d.reshape(n, -1), r.reshape(n, -1), coef["passes"], coef["passes_T"])
+    return x.reshape(shape)
 
 
 def reduced_edges(morph: Morphology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

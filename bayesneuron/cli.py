@@ -36,8 +36,9 @@ def _preset(name: str, n_traces: int, seed: int):
         return paper_toy_cell(), paper_ground_truth(seed), stim, paper_time_grid(), 0.002
     cell = hh_tree_cell() if name == "hh_tree" else l23_cell()
     amps = np.linspace(0.0, 0.5 if name == "hh_tree" else 1.0, n_traces)
-    stim = step_current(amps, site=0, n_comp=cell.n_comp, delay=1.0, duration=40.0,
-                        t_stop=50.0, dt=0.025, unit="nA")
+    stim = step_current(
+        amps, site=0, n_comp=cell.n_comp, delay=1.0, duration=40.0, t_stop=50.0, dt=0.025, unit="nA"
+    )
     return cell, None, stim, np.arange(2001) * 0.025, 0.025
 
 
@@ -57,8 +58,16 @@ def environment() -> dict:
     import bayesneuron
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -85,17 +94,24 @@ def cmd_simulate(args) -> int:
     wall = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "traces.npz", t=tr.t.cpu().numpy(), v=tr.v.detach().cpu().numpy(),
-                        names=np.array(tr.names))
-    fig = plot_traces(tr, traces=(0, tr.v.shape[0] - 1), compartments=None,
-                      title=f"{args.preset}: {solver}")
+    np.savez_compressed(
+        out / "traces.npz",
+        t=tr.t.cpu().numpy(),
+        v=tr.v.detach().cpu().numpy(),
+        names=np.array(tr.names),
+    )
+    fig = plot_traces(
+        tr, traces=(0, tr.v.shape[0] - 1), compartments=None, title=f"{args.preset}: {solver}"
+    )
     fig.savefig(out / "traces.png", dpi=120)
     config = {**vars(args), "solver": repr(solver), "n_steps": tr.n_steps, "wall_s": wall}
     config.pop("func", None)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     (out / "environment.json").write_text(json.dumps(environment(), indent=2))
-    print(f"simulated {tuple(tr.v.shape)} [trace, comp, time] in {wall:.2f} s "
-          f"({tr.n_steps or 'adaptive'} steps); results in {out}/")
+    print(
+        f"simulated {tuple(tr.v.shape)} [trace, comp, time] in {wall:.2f} s "
+        f"({tr.n_steps or 'adaptive'} steps); results in {out}/"
+    )
     return 0
 
 
@@ -113,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "branched HH cell, step currents 0-0.5 nA at the soma), l23 (the human L2/3 cell).",
     )
     s.add_argument("--preset", choices=PRESETS, default="paper_toy", help="which problem")
-    s.add_argument("--solver", choices=SOLVERS, default="cn",
-                   help="cn: Crank-Nicolson (default), be: NEURON's backward Euler, "
-                        "dopri5/rk4: torchdiffeq")
+    s.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default="cn",
+        help="cn: Crank-Nicolson (default), be: NEURON's backward Euler, dopri5/rk4: torchdiffeq",
+    )
     s.add_argument("--dt", type=float, default=None, help="step in ms (default: preset's)")
     s.add_argument("--traces", type=int, default=100, help="number of stimulus traces")
     s.add_argument("--seed", type=int, default=20230619, help="random seed")

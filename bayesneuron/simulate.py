@@ -182,37 +182,49 @@ def _check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------- the membrane
-class _Membrane:
-    """Channels with their parameters laid out on a node axis ``[sample…, 1, nodes]``."""
+class _Kinetics:
+    """The channels of a cell as one set of states; parameters are passed in (``local``)."""
 
-    def __init__(self, cell: Cell, p: dict[str, Tensor], index: Tensor | None, node_first=None):
-        self.channels = cell.channels
-        self.local = []
-        for ch in cell.channels:
-            self.local.append(
-                {k: _lay_out(p[f"{k}_{ch.name}"], index, node_first) for k in ch.param_defaults()}
-            )
-        self.keys = [(i, s) for i, ch in enumerate(self.channels) for s in ch.state_names]
+    def __init__(self, channels):
+        self.channels = channels
+        self.keys = [(i, s) for i, ch in enumerate(channels) for s in ch.state_names]
 
-    def init(self, v: Tensor) -> list[Tensor]:
-        states = [ch.init_gates(v, q) for ch, q in zip(self.channels, self.local)]
+    def lay_out(self, p: dict[str, Tensor], index: Tensor | None, node_first=None) -> list:
+        """Per channel, ``{local name: tensor}`` on the internal layout (see :func:`_lay_out`)."""
+        return [
+            {k: _lay_out(p[f"{k}_{ch.name}"], index, node_first) for k in ch.param_defaults()}
+            for ch in self.channels
+        ]
+
+    def init(self, v: Tensor, local) -> list[Tensor]:
+        states = [ch.init_gates(v, q) for ch, q in zip(self.channels, local)]
         return [states[i][s].expand_as(v) for i, s in self.keys]
 
-    def gates(self, v: Tensor) -> list[tuple[Tensor, Tensor]]:
-        g = [ch.gates(v, q) for ch, q in zip(self.channels, self.local)]
+    def gates(self, v: Tensor, local) -> list[tuple[Tensor, Tensor]]:
+        g = [ch.gates(v, q) for ch, q in zip(self.channels, local)]
         return [g[i][s] for i, s in self.keys]
 
-    def conductance(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def conductance(self, x: list[Tensor], local) -> tuple[Tensor, Tensor]:
         """Total conductance ``g`` (mS/cm²) and ``Σ g·e`` (µA/cm²)."""
         per = [{} for _ in self.channels]
         for (i, s), xi in zip(self.keys, x):
             per[i][s] = xi
-        g_tot = ge_tot = 0.0
-        for ch, q, xs in zip(self.channels, self.local, per):
+        g_tot = ge_tot = None
+        for ch, q, xs in zip(self.channels, local, per):
             g, e = ch.conductance(xs, q)
-            g_tot = g_tot + g
-            ge_tot = ge_tot + g * e
+            g_tot = g if g_tot is None else g_tot + g
+            ge_tot = g * e if ge_tot is None else ge_tot + g * e
         return g_tot, ge_tot
+
+
+_KINETICS: dict = {}
+
+
+def _kinetics(channels) -> _Kinetics:
+    # One object per channel set (channels are frozen, hashable dataclasses).
+    if channels not in _KINETICS:
+        _KINETICS[channels] = _Kinetics(channels)
+    return _KINETICS[channels]
 
 
 def _lay_out(x: Tensor, index: Tensor | None, node_first: int | None) -> Tensor:
@@ -255,6 +267,21 @@ def _step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
     return dts, t_start + dts / 2, is_output
 
 
+def _cn_step(kin, coef, v, x, cur, c, diag, h, local):
+    """Staggered Crank–Nicolson: gates over ``h`` at ``v``, then a centred voltage step."""
+    x = _exp_euler(kin.gates(v, local), x, h)
+    g, ge = kin.conductance(x, local)
+    w = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
+    return 2.0 * w - v, x
+
+
+def _be_step(kin, coef, v, x, cur, c, diag, h, local):
+    """NEURON's step: implicit voltage with frozen gates, then gates at the new voltage."""
+    g, ge = kin.conductance(x, local)
+    v = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
+    return v, _exp_euler(kin.gates(v, local), x, h)
+
+
 def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
     # Internal layout is node-first, [nodes, batch…], so the tree solve works on views.
     morph = cell.morphology
@@ -268,15 +295,17 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
     vals = torch.cat([vals, vals.new_zeros(vals.shape[:-1] + (1,))], -1).index_select(-1, index)
     vals = vals.movedim(-1, 1)
     vals = vals.reshape(vals.shape[:2] + (1,) * (nb + 2 - vals.ndim) + vals.shape[2:])
-    mem = _Membrane(cell, p, index, node_first=nb)
+    kin = _kinetics(cell.channels)
+    local = kin.lay_out(p, index, node_first=nb)
     v = torch.full((sys.n,) + batch, float(cell.v0), dtype=dtype, device=device)
-    x = mem.init(v)
+    x = kin.init(v, local)
     dts, t_mid, is_output = _step_grid(stimulus, t_eval, solver.dt)
     cols = stimulus.bin_index(t_mid)
     second = isinstance(solver, CrankNicolson)
     # Gate sub-step lengths: CN moves gates from the previous midpoint to this one.
     h = (np.concatenate([[0.0], dts[:-1]]) + dts) / 2 if second else dts
     k = 2.0 if second else 1.0
+    step = _cn_step if second else _be_step
     cm = coef["cm"].view((-1,) + (1,) * nb)
     diag = coef["diag"].view((-1,) + (1,) * nb)
     cm_dt = {}  # k·cm/dt per distinct step length
@@ -284,17 +313,10 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
     def run(lo, hi, v, *x):
         x, outs = list(x), []
         for s in range(lo, hi):
-            dt, cur = float(dts[s]), vals[int(cols[s])]
+            dt = float(dts[s])
             if dt not in cm_dt:
                 cm_dt[dt] = (k / dt) * cm
-            c = cm_dt[dt]
-            if second:
-                x = _exp_euler(mem.gates(v), x, float(h[s]))
-            g, ge = mem.conductance(x)
-            w = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
-            v = 2.0 * w - v if second else w
-            if not second:
-                x = _exp_euler(mem.gates(v), x, dt)
+            v, x = step(kin, coef, v, x, vals[int(cols[s])], cm_dt[dt], diag, float(h[s]), local)
             if is_output[s]:
                 outs.append(v)
         return (v, *x, torch.stack(outs) if outs else v.new_zeros((0,) + v.shape))
@@ -323,7 +345,8 @@ def _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
 
     morph = cell.morphology
     dtype, device = vals.dtype, vals.device
-    mem = _Membrane(cell, p, None)
+    kin = _kinetics(cell.channels)
+    local = kin.lay_out(p, None)
     src, dst, cf = (torch.as_tensor(a, device=device) for a in reduced_edges(morph))
     cf = cf.to(dtype)
     cm = torch.tensor(morph.cm, dtype=dtype, device=device)
@@ -333,17 +356,17 @@ def _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
         v, x = y[0], list(y[1:])
         col = torch.searchsorted(edges, t.reshape(1).to(dtype), right=True)
         cur = vals.index_select(0, col.clamp(max=vals.shape[0] - 1))[0]
-        g, ge = mem.conductance(x)
+        g, ge = kin.conductance(x, local)
         i_ax = torch.zeros_like(v).index_add_(-1, src, cf * (v[..., dst] - v[..., src]))
         dv = (cur - g * v + ge + i_ax) / cm
-        dx = [(inf - xi) / tau for (inf, tau), xi in zip(mem.gates(v), x)]
+        dx = [(inf - xi) / tau for (inf, tau), xi in zip(kin.gates(v, local), x)]
         return (dv, *dx)
 
     batch = torch.broadcast_shapes(
-        *(x.shape[:-1] for q in mem.local for x in q.values()), vals.shape[1:-1]
+        *(x.shape[:-1] for q in local for x in q.values()), vals.shape[1:-1]
     )
     v0 = torch.full(batch + (morph.n_comp,), float(cell.v0), dtype=dtype, device=device)
-    y0 = (v0, *mem.init(v0))
+    y0 = (v0, *kin.init(v0, local))
     t = torch.as_tensor(t_eval, dtype=dtype, device=device)
     inner = edges[(edges > t[0]) & (edges < t[-1])]
     options = dict(solver.options)
@@ -359,7 +382,7 @@ def _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
         options.setdefault("perturb", True)
     kw = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
     if solver.adjoint:
-        leaves = tuple(x for q in mem.local for x in q.values() if x.requires_grad)
+        leaves = tuple(x for q in local for x in q.values() if x.requires_grad)
         ys = torchdiffeq.odeint_adjoint(_Func(rhs), y0, t, adjoint_params=leaves, **kw)
     else:
         ys = torchdiffeq.odeint(rhs, y0, t, **kw)

@@ -35,8 +35,9 @@ def plot_traces(
         raise ValueError(f"plot_traces wants v [trace, comp, time]; got shape {tuple(v.shape)}")
     comps = list(range(min(v.shape[1], 12))) if compartments is None else list(compartments)
     t = trace.t.detach().cpu().numpy()
-    fig, axes = plt.subplots(len(traces), 1, figsize=(7, 2.4 * len(traces)), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(traces), 1, figsize=(7, 2.4 * len(traces)), sharex=True, squeeze=False
+    )
     cmap = plt.get_cmap("viridis", max(len(comps), 2))
     for ax, k in zip(axes[:, 0], traces):
         for j, c in enumerate(comps):
@@ -44,8 +45,9 @@ def plot_traces(
         ax.set_ylabel(f"trace {k}\nV (mV)")
     axes[-1, 0].set_xlabel("t (ms)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, ncol=min(len(comps), 6), loc="lower center",
-               frameon=False)
+    fig.legend(
+        handles, labels, fontsize=7, ncol=min(len(comps), 6), loc="lower center", frameon=False
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
