@@ -18,6 +18,8 @@ from torch import Tensor
 
 from .morphology import Morphology
 
+_ROWWISE_MAX = 32  # trees up to this many nodes are solved node by node
+
 
 class TreeSystem:
     """Numpy description of a morphology's tree, in Hines (parent-first) order.
@@ -75,8 +77,11 @@ class TreeSystem:
             }
             t["pub_of"] = torch.as_tensor(self.pub_of, device=device)
             t["comp_pos"] = torch.as_tensor(self.comp_pos, device=device)
-            t["passes"] = _passes(self.levels, self.a, self.b, dtype, device)
-            t["passes_T"] = _passes(self.levels, self.b, self.a, dtype, device)
+            # Small trees are eliminated node by node on row views (fewest kernel launches);
+            # large ones level by level with gathers (fewest passes).
+            levels = self.levels if self.n > _ROWWISE_MAX else _node_by_node(self.parent)
+            t["passes"] = _passes(levels, self.a, self.b, dtype, device)
+            t["passes_T"] = _passes(levels, self.b, self.a, dtype, device)
             self._tensors[key] = t
         return self._tensors[key]
 
@@ -102,6 +107,13 @@ def _passes(levels, a, b, dtype, device):
                 )
         out.append(lst)
     return tuple(out)
+
+
+def _node_by_node(parent: np.ndarray):
+    """Every node its own pass: leaves-first elimination, root-first substitution."""
+    n = len(parent)
+    one = [(np.array([i]), np.array([parent[i]])) for i in range(1, n)]
+    return one[::-1], one
 
 
 def _levels(parent: np.ndarray):
@@ -135,6 +147,20 @@ def tree_system(morph: Morphology) -> TreeSystem:
     return _SYSTEMS[morph]
 
 
+def _row_solve(d: Tensor, r: Tensor, passes) -> Tensor:
+    # All passes are single nodes: work on a list of row views, no gathers or scatters.
+    elim, back = passes
+    d, r = list(d.unbind(0)), list(r.unbind(0))
+    for i, p, a, b in elim:
+        f = d[i].reciprocal().mul_(b)
+        d[p] = torch.sub(d[p], f, alpha=a)
+        r[p] = torch.addcmul(r[p], f, r[i], value=-1.0)
+    x = [r[0] / d[0]] + [None] * (len(d) - 1)
+    for i, p, a, _ in back:
+        x[i] = torch.add(r[i], x[p], alpha=-a).div_(d[i])
+    return torch.stack(x)
+
+
 def _level_solve(d: Tensor, r: Tensor, passes) -> Tensor:
     # d, r [n, batch]. Eliminate leaves → root, then substitute root → leaves.
     elim, back = passes
@@ -166,7 +192,8 @@ class _LevelSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d, r, passes, passes_t):
         with torch.no_grad():
-            x = _level_solve(d, r, passes)
+            rowwise = all(isinstance(p[0], int) for p in passes[0])
+            x = (_row_solve if rowwise else _level_solve)(d, r, passes)
         ctx.save_for_backward(d, x)
         ctx.passes = passes, passes_t
         return x

@@ -177,8 +177,8 @@ _LN = math.log
 
 
 def _softplus_rate(scale: float, c: float, k: float, vs: Tensor) -> Tensor:
-    # scale · ln(1 + c·exp(k·vs)), overflow-free for any vs.
-    return scale * torch.logaddexp(torch.zeros_like(vs), k * vs + _LN(c))
+    # scale · ln(1 + c·exp(k·vs)), overflow-free; the linear branch above 40 is exact in float64.
+    return torch.nn.functional.softplus(vs.mul(k).add_(_LN(c)), threshold=40.0).mul_(scale)
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,9 @@ class _PaperChannel(Channel):
     def _inf_tau(self, vs: Tensor) -> Gates:
         out = {}
         for k, (a, b) in self._rates(vs).items():
-            s = a + b + self.eps
-            out[k] = (a / s, 1.0 / s / self._phi(k))
+            rs = (a + b).add_(self.eps).reciprocal_()
+            phi = self._phi(k)
+            out[k] = (a * rs, rs if phi == 1.0 else rs / phi)
         return out
 
     def _phi(self, state: str) -> float:

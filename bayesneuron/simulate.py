@@ -7,6 +7,7 @@ stimulus' leading dims).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -267,19 +268,36 @@ def _step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
     return dts, t_start + dts / 2, is_output
 
 
-def _cn_step(kin, coef, v, x, cur, c, diag, h, local):
-    """Staggered Crank–Nicolson: gates over ``h`` at ``v``, then a centred voltage step."""
-    x = _exp_euler(kin.gates(v, local), x, h)
+def _cn_step(kin, coef, v, x, vals, col, k_dt, neg_h, cm, diag, local):
+    """Staggered Crank–Nicolson: gates over ``h`` at ``v``, then a centred voltage step.
+
+    ``vals[col]`` is the current, ``k_dt = 2/dt``; step lengths come as tensors so that one
+    compiled graph serves steps of every length.
+    """
+    x = _exp_euler(kin.gates(v, local), x, neg_h)
     g, ge = kin.conductance(x, local)
+    c = k_dt * cm
+    cur = vals.index_select(0, col).squeeze(0)
     w = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
     return 2.0 * w - v, x
 
 
-def _be_step(kin, coef, v, x, cur, c, diag, h, local):
+def _be_step(kin, coef, v, x, vals, col, k_dt, neg_h, cm, diag, local):
     """NEURON's step: implicit voltage with frozen gates, then gates at the new voltage."""
     g, ge = kin.conductance(x, local)
+    c = k_dt * cm
+    cur = vals.index_select(0, col).squeeze(0)
     v = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
-    return v, _exp_euler(kin.gates(v, local), x, h)
+    return v, _exp_euler(kin.gates(v, local), x, neg_h)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(step):
+    if step not in _COMPILED:
+        _COMPILED[step] = torch.compile(step, dynamic=False)
+    return _COMPILED[step]
 
 
 def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
@@ -300,43 +318,48 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
     v = torch.full((sys.n,) + batch, float(cell.v0), dtype=dtype, device=device)
     x = kin.init(v, local)
     dts, t_mid, is_output = _step_grid(stimulus, t_eval, solver.dt)
-    cols = stimulus.bin_index(t_mid)
     second = isinstance(solver, CrankNicolson)
     # Gate sub-step lengths: CN moves gates from the previous midpoint to this one.
     h = (np.concatenate([[0.0], dts[:-1]]) + dts) / 2 if second else dts
-    k = 2.0 if second else 1.0
     step = _cn_step if second else _be_step
+    if solver.compile:
+        step = _compiled(step)
+    cols = torch.as_tensor(stimulus.bin_index(t_mid), device=device)
+    k_dt = torch.as_tensor((2.0 if second else 1.0) / dts, dtype=dtype, device=device)
+    neg_h = torch.as_tensor(-h, dtype=dtype, device=device)
     cm = coef["cm"].view((-1,) + (1,) * nb)
     diag = coef["diag"].view((-1,) + (1,) * nb)
-    cm_dt = {}  # k·cm/dt per distinct step length
 
     def run(lo, hi, v, *x):
         x, outs = list(x), []
         for s in range(lo, hi):
-            dt = float(dts[s])
-            if dt not in cm_dt:
-                cm_dt[dt] = (k / dt) * cm
-            v, x = step(kin, coef, v, x, vals[int(cols[s])], cm_dt[dt], diag, float(h[s]), local)
+            v, x = step(kin, coef, v, x, vals, cols[s : s + 1], k_dt[s], neg_h[s], cm, diag, local)
             if is_output[s]:
                 outs.append(v)
         return (v, *x, torch.stack(outs) if outs else v.new_zeros((0,) + v.shape))
 
     outs = [v.unsqueeze(0)]
     n_steps, chunk = len(dts), solver.checkpoint_every
-    if chunk is None:
-        outs.append(run(0, n_steps, v, *x)[-1])
-    else:
-        for lo in range(0, n_steps, chunk):
-            res = checkpoint(run, lo, min(lo + chunk, n_steps), v, *x, use_reentrant=False)
-            v, x = res[0], list(res[1:-1])
-            outs.append(res[-1])
+    with warnings.catch_warnings():
+        if solver.compile:  # tracing trips torch's own deprecation notices; not the user's
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor")
+        if chunk is None:
+            outs.append(run(0, n_steps, v, *x)[-1])
+        else:
+            for lo in range(0, n_steps, chunk):
+                res = checkpoint(run, lo, min(lo + chunk, n_steps), v, *x, use_reentrant=False)
+                v, x = res[0], list(res[1:-1])
+                outs.append(res[-1])
     v_all = torch.cat(outs).index_select(1, coef["comp_pos"])  # [time, comp, batch…]
     return v_all.movedim(0, -1).movedim(0, -2), n_steps
 
 
-def _exp_euler(gates, x, h: float) -> list[Tensor]:
+def _exp_euler(gates, x, neg_h) -> list[Tensor]:
     # x(t+h) = x_inf + (x − x_inf)·exp(−h/τ): exact for frozen voltage.
-    return [inf + (xi - inf) * torch.exp(-h / tau) for (inf, tau), xi in zip(gates, x)]
+    return [
+        torch.lerp(inf, xi, torch.exp(tau.reciprocal() * neg_h)) for (inf, tau), xi in zip(gates, x)
+    ]
 
 
 # --------------------------------------------------------------------------- torchdiffeq

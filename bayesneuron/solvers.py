@@ -45,10 +45,14 @@ class BackwardEuler:
         dt: largest step in ms.
         checkpoint_every: recompute the forward pass in chunks of this many steps during
             backward instead of storing it (saves memory on long or large simulations).
+        compile: fuse each step with ``torch.compile`` — about 3× faster steps on small
+            cells; the first call per cell, dtype and shape compiles for 20–60 s (cached on
+            disk by inductor), so it pays for fits and long runs, not for one-off simulations.
     """
 
     dt: float = 0.025
     checkpoint_every: int | None = None
+    compile: bool = False
 
     def __post_init__(self):
         _check_fixed(self.dt, self.checkpoint_every)
@@ -64,11 +68,12 @@ class CrankNicolson:
 
     Attributes:
         dt: largest step in ms.
-        checkpoint_every: as in :class:`BackwardEuler`.
+        checkpoint_every, compile: as in :class:`BackwardEuler`.
     """
 
     dt: float = 0.025
     checkpoint_every: int | None = None
+    compile: bool = False
 
     def __post_init__(self):
         _check_fixed(self.dt, self.checkpoint_every)

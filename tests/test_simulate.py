@@ -338,7 +338,9 @@ def test_bad_input_raises_specific_error(case):
 
 # --------------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
-@pytest.mark.parametrize("solver", [CrankNicolson(dt=0.01), Torchdiffeq("dopri5", rtol=1e-8, atol=1e-8)])
+@pytest.mark.parametrize(
+    "solver", [CrankNicolson(dt=0.01), Torchdiffeq("dopri5", rtol=1e-8, atol=1e-8)]
+)
 def test_cuda_matches_cpu(solver):
     cell, stim = _paper_cell(), _paper_stim(4)
     g = torch.tensor(cell.params["g_na"])
@@ -349,3 +351,15 @@ def test_cuda_matches_cpu(solver):
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-6)
     gpu.pow(2).mean().backward()
     assert torch.isfinite(gc.grad).all()
+
+
+@pytest.mark.parametrize("scheme", FIXED)
+def test_compiled_steps_match_eager(scheme):
+    cell, stim = _paper_cell(), _paper_stim(2)
+    out = []
+    for compile_ in (False, True):
+        g = torch.tensor(cell.params["g_na"]).requires_grad_()
+        v = simulate(cell, {"g_na": g}, stim, T_PAPER[:12], scheme(dt=0.01, compile=compile_)).v
+        out.append((v.detach(), torch.autograd.grad(v.pow(2).mean(), g)[0]))
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-9)
+    assert torch.allclose(out[0][1], out[1][1], rtol=1e-8)
