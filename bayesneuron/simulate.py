@@ -340,6 +340,8 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
 
     outs = [v.unsqueeze(0)]
     n_steps, chunk = len(dts), solver.checkpoint_every
+    if chunk == "auto":
+        chunk = _auto_chunk(n_steps, v, x, local)
     with warnings.catch_warnings():
         if solver.compile:  # tracing trips torch's own deprecation notices; not the user's
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -353,6 +355,19 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver):
                 outs.append(res[-1])
     v_all = torch.cat(outs).index_select(1, coef["comp_pos"])  # [time, comp, batch…]
     return v_all.movedim(0, -1).movedim(0, -2), n_steps
+
+
+_SAVED_PER_STATE = 12  # state-sized tensors autograd keeps per state and step (≈ 9 measured for HH)
+_AUTO_BYTES = 1e9
+
+
+def _auto_chunk(n_steps: int, v: Tensor, x: list[Tensor], local) -> int | None:
+    """√n chunking when a differentiable run would store more than ``_AUTO_BYTES``."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for q in local for t in q.values())
+    stored = n_steps * v.numel() * v.element_size() * _SAVED_PER_STATE * (1 + len(x))
+    if not needs_grad or stored <= _AUTO_BYTES:
+        return None
+    return max(1, int(np.sqrt(n_steps)))
 
 
 def _exp_euler(gates, x, neg_h) -> list[Tensor]:

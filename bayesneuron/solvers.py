@@ -27,10 +27,12 @@ __all__ = ["BackwardEuler", "CrankNicolson", "Torchdiffeq", "Solver"]
 def _check_fixed(dt, checkpoint_every):
     if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         raise SolverError(f"dt = {dt!r} ms must be a finite number > 0 (e.g. dt=0.025)")
-    if checkpoint_every is not None and (
+    if checkpoint_every not in (None, "auto") and (
         not isinstance(checkpoint_every, int) or checkpoint_every < 1
     ):
-        raise SolverError(f"checkpoint_every = {checkpoint_every!r} must be a positive int or None")
+        raise SolverError(
+            f"checkpoint_every = {checkpoint_every!r} must be a positive int, 'auto' or None"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,16 @@ class BackwardEuler:
     Attributes:
         dt: largest step in ms.
         checkpoint_every: recompute the forward pass in chunks of this many steps during
-            backward instead of storing it (saves memory on long or large simulations).
+            backward instead of storing it. ``"auto"`` (default) does so, in chunks of
+            √steps, when gradients are needed and the stored pass would exceed about 1 GB;
+            ``None`` never does.
         compile: fuse each step with ``torch.compile`` — about 3× faster steps on small
             cells; the first call per cell, dtype and shape compiles for 20–60 s (cached on
             disk by inductor), so it pays for fits and long runs, not for one-off simulations.
     """
 
     dt: float = 0.025
-    checkpoint_every: int | None = None
+    checkpoint_every: int | str | None = "auto"
     compile: bool = False
 
     def __post_init__(self):
@@ -72,7 +76,7 @@ class CrankNicolson:
     """
 
     dt: float = 0.025
-    checkpoint_every: int | None = None
+    checkpoint_every: int | str | None = "auto"
     compile: bool = False
 
     def __post_init__(self):

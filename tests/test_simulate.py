@@ -363,3 +363,24 @@ def test_compiled_steps_match_eager(scheme):
         out.append((v.detach(), torch.autograd.grad(v.pow(2).mean(), g)[0]))
     assert torch.allclose(out[0][0], out[1][0], atol=1e-9)
     assert torch.allclose(out[0][1], out[1][1], rtol=1e-8)
+
+
+def test_auto_checkpointing_kicks_in_only_for_large_differentiable_runs(monkeypatch):
+    import sys
+
+    sim = sys.modules["bayesneuron.simulate"]
+    v = torch.zeros(6, 100, dtype=torch.float64)
+    x = [v] * 3
+    grad = [{"g": torch.ones(6, 1, dtype=torch.float64, requires_grad=True)}]
+    assert sim._auto_chunk(1000, v, x, grad) is None  # 1000 × 4.8 kB × 12 × 4 ≈ 0.2 GB
+    assert sim._auto_chunk(10000, v, x, grad) == 100
+    assert sim._auto_chunk(10000, v, x, [{"g": torch.ones(6, 1)}]) is None  # no gradient
+    monkeypatch.setattr(sim, "_AUTO_BYTES", 1e3)
+    cell, stim = _paper_cell(), _paper_stim(2)
+    g = torch.tensor(cell.params["g_k"]).requires_grad_()
+    v_auto = simulate(cell, {"g_k": g}, stim, T_PAPER[:10], CrankNicolson(dt=0.01)).v
+    grad_auto = torch.autograd.grad(v_auto.pow(2).mean(), g)[0]
+    v_off = simulate(
+        cell, {"g_k": g}, stim, T_PAPER[:10], CrankNicolson(dt=0.01, checkpoint_every=None)
+    ).v
+    assert torch.allclose(grad_auto, torch.autograd.grad(v_off.pow(2).mean(), g)[0], rtol=1e-10)
