@@ -23,6 +23,14 @@ from .errors import (
 )
 from .geometry import Section, from_sections
 from .morphology import Morphology, chain, paper_chain
+from .paper import (
+    paper_currents,
+    paper_designs,
+    paper_ground_truth,
+    paper_loss,
+    paper_time_grid,
+    paper_toy_cell,
+)
 from .simulate import Trace, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
@@ -60,6 +68,12 @@ __all__ = [
     "load_swc",
     "paper_chain",
     "paper_channels",
+    "paper_currents",
+    "paper_designs",
+    "paper_ground_truth",
+    "paper_loss",
+    "paper_time_grid",
+    "paper_toy_cell",
     "read_swc_sections",
     "simulate",
     "step_current",

@@ -33,7 +33,7 @@ def _preset(name: str, n_traces: int, seed: int):
         from .paper import paper_currents, paper_ground_truth, paper_time_grid, paper_toy_cell
 
         stim = paper_currents(seed=seed, n_traces=n_traces)
-        return paper_toy_cell(), paper_ground_truth(seed), stim, paper_time_grid(), 0.002
+        return paper_toy_cell(), paper_ground_truth(seed), stim, paper_time_grid(), 0.0015
     cell = hh_tree_cell() if name == "hh_tree" else l23_cell()
     amps = np.linspace(0.0, 0.5 if name == "hh_tree" else 1.0, n_traces)
     stim = step_current(
