@@ -1,0 +1,53 @@
+"""Smoke test of ``benchmarks/simulator.py``: the quick paper_toy run writes well-formed JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "simulator.py"
+ROW_KEYS = {
+    "case",
+    "impl",
+    "dtype",
+    "fwd_s",
+    "fwd_bwd_s",
+    "peak_mem_mb",
+    "max_abs_err_mv",
+    "err_reference",
+}
+
+
+def test_quick_paper_toy_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--cases", "paper_toy", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    machine = data["machine"]
+    for key in ("cores", "torch", "device", "cpu_model", "threads"):
+        assert key in machine
+    rows = data["rows"]
+    impls = {r["impl"] for r in rows}
+    assert "torchdiffeq-dopri5-adjoint" in impls
+    assert any(i.startswith("bayesneuron-cn-dt") for i in impls)
+    for row in rows:
+        assert ROW_KEYS <= set(row), sorted(ROW_KEYS - set(row))
+        assert row["case"] == "paper_toy"
+        assert "failed" not in (row.get("note") or ""), row["note"]
+        assert row["fwd_s"] is not None and row["fwd_s"] > 0
+        assert row["max_abs_err_mv"] is not None
+    # Every solver row (not the reference) has a gradient timing and a finite error.
+    solved = [r for r in rows if r["err_reference"] != "(reference)"]
+    assert solved
+    for row in solved:
+        assert row["fwd_bwd_s"] is not None and row["fwd_bwd_s"] > 0
+        assert row["peak_mem_mb"] is not None
+        assert 0 <= row["max_abs_err_mv"] < 5.0
+    assert "paper_toy" in proc.stdout
