@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import MorphologyError
-from .morphology import Morphology
+from .morphology import Morphology, find_cycle
 
 __all__ = ["Section", "from_sections", "section_nseg", "segment_geometry"]
 
@@ -303,22 +303,12 @@ def _check_topology(sections: Sequence[Section]) -> int:
             f"{len(roots)} root sections ({names[:8]}) have parent=None; a neuron is one tree — "
             "give all but one of them a parent"
         )
-    state = [0] * n  # 0 unseen, 1 on the current path, 2 reaches the root
-    state[roots[0]] = 2
-    for start in range(n):
-        path, i = [], start
-        while state[i] == 0:
-            state[i] = 1
-            path.append(i)
-            i = sections[i].parent
-        if state[i] == 1:
-            cyc = [sections[k].name for k in path[path.index(i) :]]
-            raise MorphologyError(
-                f"sections {cyc[:8]} form a cycle (each is the parent of the next); "
-                "a neuron must be a tree: break the cycle"
-            )
-        for k in path:
-            state[k] = 2
+    cyc = find_cycle([-1 if s.parent is None else s.parent for s in sections], roots[0])
+    if cyc:
+        raise MorphologyError(
+            f"sections {[sections[k].name for k in cyc][:8]} form a cycle (each is the parent "
+            "of the next); a neuron must be a tree: break the cycle"
+        )
     for s in sections:
         if s.parent is not None and s.parent_x == 0.0 and s.parent != roots[0]:
             par = sections[s.parent]

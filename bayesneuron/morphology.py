@@ -283,22 +283,32 @@ def _check_tree(parents: np.ndarray, name) -> None:
             f"the tree has {roots.size} roots (nodes {roots[:8].tolist()} have parent -1); "
             "a neuron is one connected tree — attach all but one of them to a parent"
         )
-    # Walk up from every node; a walk longer than n revisits a node: a cycle.
-    state = np.zeros(n, dtype=np.int8)  # 0 unseen, 1 on current path, 2 reaches the root
-    state[roots[0]] = 2
-    for start in range(n):
+    cyc = find_cycle(parents, int(roots[0]))
+    if cyc:
+        raise MorphologyError(
+            f"nodes {cyc[:8]} ({name(cyc[0])!r} …) form a cycle, disconnected from the "
+            "root; a neuron must be a tree: break the cycle and attach it to the tree"
+        )
+
+
+def find_cycle(parents, root: int) -> list[int] | None:
+    """A cycle of parent links that never reaches ``root``, as node indices, or ``None``.
+
+    Walks up from every node; a walk that meets its own path is a cycle.
+    """
+    state = [0] * len(parents)  # 0 unseen, 1 on the current path, 2 reaches the root
+    state[root] = 2
+    for start in range(len(parents)):
         path, i = [], start
         while state[i] == 0:
             state[i] = 1
             path.append(i)
-            i = parents[i]
+            i = int(parents[i])
         if state[i] == 1:
-            cyc = [int(c) for c in path[path.index(i) :]]
-            raise MorphologyError(
-                f"nodes {cyc[:8]} ({name(int(cyc[0]))!r} …) form a cycle, disconnected from the "
-                "root; a neuron must be a tree: break the cycle and attach it to the tree"
-            )
-        state[path] = 2
+            return path[path.index(i) :]
+        for k in path:
+            state[k] = 2
+    return None
 
 
 def chain(n: int, ax: float = 0.5, cm: float = 1.0) -> Morphology:
