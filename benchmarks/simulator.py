@@ -66,8 +66,8 @@ PAPER_ACCURACY_DT = (
 def _sizes(case: str, quick: bool) -> dict:
     """Problem sizes per case; ``--quick`` shrinks them for a smoke run."""
     if case == "paper_toy":
-        # quick: 10 of the 100 traces, the first 16 of the 48 output times (0.10–1.63 ms)
-        return {"n_traces": 10, "n_times": 16} if quick else {"n_traces": 100, "n_times": 48}
+        # quick: 10 of the 100 traces, the first 12 of the 48 output times (0.10–1.22 ms)
+        return {"n_traces": 10, "n_times": 12} if quick else {"n_traces": 100, "n_times": 48}
     if case == "hh_tree":
         # 100 step amplitudes 0–0.5 nA at the soma, delay 1 ms, 40 ms long, 50 ms, dt 0.025.
         return (
@@ -84,6 +84,7 @@ def _sizes(case: str, quick: bool) -> dict:
                 "duration": 3.0,
                 "dt": 0.025,
                 "d_lambda": 0.1,
+                "min_comp": 0,
                 "checkpoint_every": 50,
             }
             if quick
@@ -94,6 +95,7 @@ def _sizes(case: str, quick: bool) -> dict:
                 "duration": 40.0,
                 "dt": 0.025,
                 "d_lambda": 0.04,
+                "min_comp": 1000,
                 "checkpoint_every": 200,
             }
         )
@@ -149,13 +151,23 @@ def _l23_problem(sz: dict, fine: bool):
     from bayesneuron import step_current
     from bayesneuron.cells import l23_cell
 
-    cell = l23_cell(d_lambda=sz["d_lambda"]) if fine else l23_cell(nseg=1)
+    if fine:
+        # The d_lambda rule with the given value, made finer until the cell has at least
+        # min_comp compartments (0.04 gives 1008 with the bundled morphology).
+        d = sz["d_lambda"]
+        cell = l23_cell(d_lambda=d)
+        while cell.n_comp < sz.get("min_comp", 0):
+            d = round(d * 0.9, 6)
+            cell = l23_cell(d_lambda=d)
+        label = f"d_lambda={d:g}"
+    else:
+        cell, label = l23_cell(nseg=1), "nseg=1"
     amps = np.linspace(0.1, 1.0, sz["n_traces"])
     stim = step_current(amps, 0, cell.n_comp, sz["delay"], sz["duration"], sz["t_stop"], dt=1.0)
     n_t = int(round(sz["t_stop"] / sz["dt"]))
     t_eval = np.arange(n_t + 1) * sz["dt"]
     g = {"g_na": np.asarray(cell.params["g_na"], dtype=np.float64)}
-    return cell, stim, t_eval, g, g
+    return cell, stim, t_eval, g, g, label
 
 
 def _make_solver(spec: dict):
@@ -192,7 +204,7 @@ def _task_bayesneuron(job: dict):
     elif case == "hh_tree":
         cell, stim, t_eval, gt, init, _ = _hh_tree_problem(sz)
     else:
-        cell, stim, t_eval, gt, init = _l23_problem(sz, job["fine"])
+        cell, stim, t_eval, gt, init, label = _l23_problem(sz, job["fine"])
     solver = _make_solver(job["solver"])
     fwd_params = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in gt.items()}
     if job.get("target"):
@@ -224,6 +236,9 @@ def _task_bayesneuron(job: dict):
             return None
 
     info = {"n_traces": stim.n_trace, "n_comp": cell.n_comp, "n_times": len(t_eval)}
+    info["checkpoint_every"] = getattr(solver, "checkpoint_every", None)
+    if case == "l23_cell":
+        info["cell"] = label
     return fwd, fwd_bwd, sync, info
 
 
@@ -585,10 +600,15 @@ def _row(case, impl, dtype, fwd: dict | None, bwd: dict | None, **extra) -> dict
             row["loss"] = part.get("loss")
     if row["peak_mem_mb"] is None and row.get("peak_mem_fwd_mb") is not None:
         row["peak_mem_mb"] = row["peak_mem_fwd_mb"]  # forward-only implementations
-    for k in ("n_traces", "n_comp", "n_times", "device", "version"):
+    for k in ("n_traces", "n_comp", "n_times", "device", "version", "cell", "checkpoint_every"):
         if k in info:
             row[k] = info[k]
     row.update(extra)
+    if impl.endswith("-compiled"):  # torch.compile: compilation ≈ warm-up call − best call
+        for key, out in (("fwd", "compile_fwd_s"), ("fwd_bwd", "compile_s")):
+            first, best = row.get(f"{key}_first_call_s"), row.get(f"{key}_s")
+            if first is not None and best is not None and row.get(f"{key}_repeats"):
+                row.setdefault(out, first - best)
     if notes:
         row["note"] = "; ".join(([row["note"]] if row.get("note") else []) + notes)
     return row
@@ -892,21 +912,21 @@ def case_l23_cell(runner: Runner, quick: bool, log) -> list[dict]:
     case, rows = "l23_cell", []
     sz = _sizes(case, quick)
     for fine in (False, True):
-        label = f"d_lambda={sz['d_lambda']:g}" if fine else "nseg=1"
+        label = f"d_lambda ≤ {sz['d_lambda']:g}, ≥ {sz['min_comp']} comps" if fine else "nseg=1"
         plain = None
         for ck in (None, sz["checkpoint_every"]):
             spec = {"kind": "cn", "dt": sz["dt"], "checkpoint_every": ck}
             impl = _solver_name(spec)
             log(f"l23_cell ({label}): {impl} …")
             f, b, paths = _bn(runner, case, f"l23-{int(fine)}-{ck}", spec, "float64", fine=fine)
-            extra = {"cell": label, "grad_wrt": "g_na per compartment"}
+            extra = {"grad_wrt": "g_na per compartment"}  # the row's "cell" comes from the worker
             if ck is None:
                 plain = paths["v"]
                 extra.update(err_reference="none (timing and memory only)")
             else:
                 extra.update(
                     max_abs_err_mv=_max_err(paths["v"], plain),
-                    err_reference=f"same solver without checkpointing ({label}); must be 0",
+                    err_reference="same solver and cell without checkpointing; must be 0",
                 )
             rows.append(_row(case, impl, "float64", f, b, **extra))
     return rows
@@ -1023,9 +1043,8 @@ def print_table(rows: list[dict], out=sys.stdout):
         print("  ".join(str(x).ljust(w) for x, w in zip(t, width)), file=out)
     notes = {}  # note -> rows carrying it, so a note shared by a whole case prints once
     for r in rows:
-        for n in (r.get("note") or "").split("; "):
-            if n:
-                notes.setdefault(n, []).append(f"{r['impl']} {r['dtype']}")
+        if r.get("note"):
+            notes.setdefault(r["note"], []).append(f"{r['impl']} {r['dtype']}")
     if notes:
         print("\nnotes:", file=out)
         for n, who in notes.items():
