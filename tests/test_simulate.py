@@ -225,6 +225,7 @@ def _fd_check(solver, cell, stim, t, names=("g_na", "g_k"), h=1e-3):
 
     p = {k: v.clone().requires_grad_() for k, v in base.items()}
     grads = torch.autograd.grad(loss(p), list(p.values()))
+    worst = 0.0
     for (k, v), g in zip(base.items(), grads):
         fd = torch.zeros_like(v)
         for i in range(len(v)):
@@ -233,13 +234,13 @@ def _fd_check(solver, cell, stim, t, names=("g_na", "g_k"), h=1e-3):
             dn[i] -= h
             with torch.no_grad():
                 fd[i] = (loss({**base, k: up}) - loss({**base, k: dn})) / (2 * h)
-        rel = ((g - fd).abs() / fd.abs().clamp_min(1e-12)).max()
-        assert rel < 1e-5, (k, g, fd, rel)
+        worst = max(worst, float(((g - fd).abs() / fd.abs().clamp_min(1e-12)).max()))
+    return worst
 
 
 @pytest.mark.parametrize("scheme", FIXED)
 def test_gradients_match_finite_differences_paper(scheme):
-    _fd_check(scheme(dt=0.01), _paper_cell(), _paper_stim(3), T_PAPER[:30])
+    assert _fd_check(scheme(dt=0.01), _paper_cell(), _paper_stim(3), T_PAPER[:30]) < 1e-5
 
 
 def test_gradients_match_finite_differences_branched_level_solver():
@@ -250,7 +251,7 @@ def test_gradients_match_finite_differences_branched_level_solver():
     vals[0, 0, 1:] = 20.0
     vals[1, 7, 2:] = 40.0
     stim = Stimulus(vals, dt=0.5)
-    _fd_check(CrankNicolson(dt=0.05), cell, stim, np.linspace(0, 5, 11), h=1e-4)
+    assert _fd_check(CrankNicolson(dt=0.05), cell, stim, np.linspace(0, 5, 11), h=1e-4) < 1e-5
 
 
 def test_adjoint_matches_direct_backprop():
