@@ -680,6 +680,30 @@ def _bn(runner, case, stem, spec, dtype, *, target=None, fwd=True, bwd=True, **j
     return f, b, paths
 
 
+def _reference(runner, case, stem, spec, rows, log, note=None) -> dict:
+    """Run the converged reference forward once, append its row, return its output paths."""
+    log(f"{case}: reference (dopri5 1e-10, float64) …")
+    ref_f, _, ref = _bn(runner, case, stem, spec, "float64", bwd=False, repeat=0)
+    if "error" in ref_f:
+        raise RuntimeError(
+            f"{case} reference failed: {ref_f['error']}\n{ref_f.get('traceback', '')}"
+        )
+    extra = {"note": note} if note else {}
+    rows.append(
+        _row(
+            case,
+            _solver_name(spec),
+            "float64",
+            ref_f,
+            None,
+            max_abs_err_mv=0.0,
+            err_reference="(reference)",
+            **extra,
+        )
+    )
+    return ref
+
+
 def case_paper_toy(runner: Runner, quick: bool, log) -> list[dict]:
     case, rows = "paper_toy", []
     ref_spec = {"kind": "tdq", "method": "dopri5", "rtol": 1e-10, "atol": 1e-10}
@@ -691,24 +715,7 @@ def case_paper_toy(runner: Runner, quick: bool, log) -> list[dict]:
         if quick
         else None
     )
-    log("paper_toy: reference (dopri5 1e-10, float64) …")
-    ref_f, _, ref = _bn(runner, case, "toy-ref", ref_spec, "float64", bwd=False, repeat=0)
-    if "error" in ref_f:
-        raise RuntimeError(
-            f"paper_toy reference failed: {ref_f['error']}\n{ref_f.get('traceback', '')}"
-        )
-    rows.append(
-        _row(
-            case,
-            _solver_name(ref_spec),
-            "float64",
-            ref_f,
-            None,
-            max_abs_err_mv=0.0,
-            err_reference="(reference)",
-            note=note,
-        )
-    )
+    ref = _reference(runner, case, "toy-ref", ref_spec, rows, log, note=note)
     target = ref["v"]  # the data of the MSE: exact traces at the GT conductances
     # Reference gradient (the MSE at the paper's initial conductances against those traces).
     grad_ref = None
@@ -788,23 +795,7 @@ def case_hh_tree(runner: Runner, quick: bool, log) -> list[dict]:
     dt = _sizes(case, quick)["dt"]
     ref_spec = {"kind": "tdq", "method": "dopri5", "rtol": 1e-10, "atol": 1e-10}
     ref_name = "bayesneuron torchdiffeq dopri5 rtol=atol=1e-10 float64 (converged ODE)"
-    log("hh_tree: reference (dopri5 1e-10, float64) …")
-    ref_f, _, ref = _bn(runner, case, "tree-ref", ref_spec, "float64", bwd=False, repeat=0)
-    if "error" in ref_f:
-        raise RuntimeError(
-            f"hh_tree reference failed: {ref_f['error']}\n{ref_f.get('traceback', '')}"
-        )
-    rows.append(
-        _row(
-            case,
-            _solver_name(ref_spec),
-            "float64",
-            ref_f,
-            None,
-            max_abs_err_mv=0.0,
-            err_reference="(reference)",
-        )
-    )
+    ref = _reference(runner, case, "tree-ref", ref_spec, rows, log)
     target = ref["v"]  # MSE data: converged traces at the default hh conductances
     grad_ref = None
     if not quick:

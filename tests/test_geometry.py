@@ -334,8 +334,12 @@ def _neuron_nseg(h, secs, kw):
             sec.nseg = kw["nseg"]
 
 
-def _compare_live(h, path, ra, kw, rtol_v=1e-9):
-    """Sections, 3-D points, areas, ri and a passive steady state vs NEURON's Import3d."""
+def _compare_live(h, path, ra, kw):
+    """Sections, 3-D points, areas, ri and a passive steady state vs NEURON's Import3d.
+
+    Asserts that sections and points are identical; returns the largest relative area and ri
+    differences, and the steady-state error relative to the largest deflection.
+    """
     secs = _import3d(h, path)
     stim = None
     try:
@@ -359,8 +363,8 @@ def _compare_live(h, path, ra, kw, rtol_v=1e-9):
         root = next(s.name for s in mine if s.parent is None)
         ri[f"{root}(0)"] = secs[root](0.5 / secs[root].nseg).ri()
         got = m.area * 1e8
-        assert np.max(np.abs(got / np.array([area[n] for n in m.names]) - 1)) < 1e-12
-        assert max(abs(r / ri[n] - 1) for n, r in _ri(m).items()) < 1e-12
+        area_err = float(np.max(np.abs(got / np.array([area[n] for n in m.names]) - 1)))
+        ri_err = max(abs(r / ri[n] - 1) for n, r in _ri(m).items())
         # the tree itself: a passive steady state (one huge backward-Euler step in NEURON)
         site = m.n_comp - 1
         sec_name, x = m.names[site][:-1].rsplit("(", 1)
@@ -375,8 +379,8 @@ def _compare_live(h, path, ra, kw, rtol_v=1e-9):
         v_nrn = {f"{n}({seg.x:.4g})": seg.v for n, sec in secs.items() for seg in sec}
         v = _steady_state(m, 0.1, -70.0, site, 0.2)
         err = np.max(np.abs(v - np.array([v_nrn[n] for n in m.names])))
-        assert err < rtol_v * np.max(np.abs(v + 70.0))
-        assert np.ptp(v) > 0.1  # the test has teeth: voltages do differ along the cell
+        assert np.ptp(v) > 0.1  # the check has teeth: voltages do differ along the cell
+        return area_err, ri_err, float(err / np.max(np.abs(v + 70.0)))
     finally:
         stim = None
         _delete(h, secs)
@@ -388,7 +392,8 @@ def test_l23_matches_neuron_import3d_live(kw):
     pytest.importorskip("neuron")
     from neuron import h
 
-    _compare_live(h, SWC_PATH, 35.4, kw)
+    area_err, ri_err, v_err = _compare_live(h, SWC_PATH, 35.4, kw)
+    assert area_err < 1e-12 and ri_err < 1e-12 and v_err < 1e-9
 
 
 @pytest.mark.neuron
@@ -400,7 +405,10 @@ def test_swc_soma_rules_match_neuron_live(tmp_path, case, kw):
     pytest.importorskip("neuron")
     from neuron import h
 
-    _compare_live(h, _write(tmp_path, f"{case}.swc", _SWC_CASES[case]), 150.0, kw)
+    area_err, ri_err, v_err = _compare_live(
+        h, _write(tmp_path, f"{case}.swc", _SWC_CASES[case]), 150.0, kw
+    )
+    assert area_err < 1e-12 and ri_err < 1e-12 and v_err < 1e-9
 
 
 # --------------------------------------------------------------------------- geometry errors
