@@ -13,28 +13,37 @@ from .channels import (
     hh_channels,
     paper_channels,
 )
+from .design import Design, design_grid
 from .errors import (
     BayesneuronError,
     ChannelError,
+    DataError,
+    DesignError,
+    FitError,
     MorphologyError,
     ParameterError,
     SolverError,
     StimulusError,
 )
+from .fit import MapFit, fit_map, fit_map_designs
 from .geometry import Section, from_sections
+from .model import NeuronModel
 from .morphology import Morphology, chain, paper_chain
 from .paper import (
     paper_currents,
     paper_designs,
+    paper_experiment,
     paper_ground_truth,
     paper_loss,
     paper_time_grid,
     paper_toy_cell,
 )
+from .priors import LogNormalPrior, Prior, ScaledUniformPrior
 from .simulate import Trace, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
 from .swc import load_swc, read_swc_sections
+from .synthetic import draw_truth, synthetic_data
 
 __version__ = "0.1.0"
 
@@ -45,22 +54,35 @@ __all__ = [
     "Channel",
     "ChannelError",
     "CrankNicolson",
+    "DataError",
+    "Design",
+    "DesignError",
+    "FitError",
     "HHPotassium",
     "HHSodium",
     "Leak",
+    "LogNormalPrior",
+    "MapFit",
     "Morphology",
     "MorphologyError",
+    "NeuronModel",
     "PaperLeak",
     "PaperPotassium",
     "PaperSodium",
     "ParameterError",
-    "SolverError",
+    "Prior",
+    "ScaledUniformPrior",
     "Section",
+    "SolverError",
     "Stimulus",
     "StimulusError",
     "Torchdiffeq",
     "Trace",
     "chain",
+    "design_grid",
+    "draw_truth",
+    "fit_map",
+    "fit_map_designs",
     "from_sections",
     "hh_channels",
     "hh_tree_cell",
@@ -70,6 +92,7 @@ __all__ = [
     "paper_channels",
     "paper_currents",
     "paper_designs",
+    "paper_experiment",
     "paper_ground_truth",
     "paper_loss",
     "paper_time_grid",
@@ -77,4 +100,5 @@ __all__ = [
     "read_swc_sections",
     "simulate",
     "step_current",
+    "synthetic_data",
 ]

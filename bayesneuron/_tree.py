@@ -187,7 +187,8 @@ def _level_solve(d: Tensor, r: Tensor, passes) -> Tensor:
 
 
 class _LevelSolve(torch.autograd.Function):
-    """``x = M⁻¹ r`` for the tree matrix with diagonal ``d``; backward is the transposed solve."""
+    """``x = M⁻¹ r`` for the tree matrix with diagonal ``d``; backward is the transposed solve,
+    forward mode (``jvp``) the same solve: ``ẋ = M⁻¹ (ṙ − ḋ ∘ x)``."""
 
     @staticmethod
     def forward(ctx, d, r, passes, passes_t):
@@ -195,8 +196,17 @@ class _LevelSolve(torch.autograd.Function):
             rowwise = all(isinstance(p[0], int) for p in passes[0])
             x = (_row_solve if rowwise else _level_solve)(d, r, passes)
         ctx.save_for_backward(d, x)
+        ctx.save_for_forward(d, x)
         ctx.passes = passes, passes_t
         return x
+
+    @staticmethod
+    def jvp(ctx, dd, dr, *_):
+        d, x = ctx.saved_tensors
+        rhs = dr if dr is not None else torch.zeros_like(x)
+        if dd is not None:
+            rhs = rhs - dd * x
+        return _LevelSolve.apply(d, rhs, *ctx.passes)
 
     @staticmethod
     def backward(ctx, gx):

@@ -11,6 +11,9 @@ __all__ = [
     "ParameterError",
     "StimulusError",
     "SolverError",
+    "DesignError",
+    "DataError",
+    "FitError",
 ]
 
 
@@ -36,3 +39,15 @@ class StimulusError(BayesneuronError):
 
 class SolverError(BayesneuronError):
     """Solver settings or the requested time grid are invalid."""
+
+
+class DesignError(BayesneuronError):
+    """A stimulation/recording design names no or non-existent compartments."""
+
+
+class DataError(BayesneuronError):
+    """Observed data have the wrong shape or contain NaN/inf."""
+
+
+class FitError(BayesneuronError):
+    """A fit cannot start or continue (bad settings, a checkpoint that does not match)."""

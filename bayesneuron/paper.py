@@ -46,6 +46,7 @@ __all__ = [
     "paper_loss",
     "paper_designs",
     "paper_design_grid",
+    "paper_experiment",
 ]
 
 PAPER_SEED = 20230619
@@ -264,3 +265,50 @@ def paper_design_grid() -> list[tuple[list[int] | None, list[int] | None]]:
         return None if x is None else list(x)
 
     return [(fresh(s), fresh(r)) for s in _SITES for r in _SITES]
+
+
+def paper_experiment(
+    design=None,
+    *,
+    n_traces: int = 100,
+    seed: int = PAPER_SEED,
+    noise_sigma: float = 0.0,
+    sigma: float = 1.0,
+    priors="paper",
+    solver=None,
+    data_solver=None,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+):
+    """The paper's toy experiment under ``design``: ``(model, v_obs, truth)``.
+
+    The cell, currents (stimulated sites only), 48-point grid and targets are the paper's
+    (seed 20230619). ``priors="paper"`` puts the paper's target distribution
+    ``base · U(0.7, 1.3)`` on g_Na and g_K; any other value goes to :class:`NeuronModel`.
+    The data are simulated by ``data_solver`` (default: the model's solver) plus noise of sd
+    ``noise_sigma`` mV; ``sigma`` is the model's assumed noise sd.
+    """
+    from .design import Design
+    from .model import NeuronModel
+    from .priors import ScaledUniformPrior
+    from .synthetic import synthetic_data
+
+    design = Design() if design is None else design
+    cell = paper_toy_cell()
+    stim = paper_currents(seed, n_traces=n_traces)
+    model = NeuronModel(
+        cell,
+        stim,
+        paper_time_grid(),
+        design,
+        priors=ScaledUniformPrior(0.7, 1.3)
+        if isinstance(priors, str) and priors == "paper"
+        else priors,
+        sigma=sigma,
+        solver=solver,
+        dtype=dtype,
+        device=device,
+    )
+    truth = {k: v.numpy() for k, v in paper_ground_truth(seed).items()}
+    v_obs = synthetic_data(model, truth, noise_sigma=noise_sigma, seed=seed + 1, solver=data_solver)
+    return model, v_obs, truth

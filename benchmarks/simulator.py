@@ -30,6 +30,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -550,6 +551,12 @@ class Runner:
 
     def run(self, task: str, kind: str, case: str, timeout: float | None = None, **job) -> dict:
         self.n += 1
+        spec = job.get("solver")
+        if self.args.skip and spec and not job.get("reference"):
+            label = f"{_solver_name(spec)}{'-adjoint' if spec.get('adjoint') else ''}-{job['dtype']}"
+            if re.search(self.args.skip, label):
+                return {"skipped": True}
+        timeout = timeout or self.args.timeout
         job = dict(
             dict(repeat=self.args.repeat, budget=self.args.budget),
             **job,
@@ -581,6 +588,9 @@ def _row(case, impl, dtype, fwd: dict | None, bwd: dict | None, **extra) -> dict
     notes, info = [], {}
     for part, key in ((fwd, "fwd_s"), (bwd, "fwd_bwd_s")):
         if not part:
+            continue
+        if part.get("skipped"):
+            notes.append(f"{key[:-2]} skipped (--skip)")
             continue
         info.update(part.get("info", {}))
         if "error" in part:
@@ -683,7 +693,7 @@ def _bn(runner, case, stem, spec, dtype, *, target=None, fwd=True, bwd=True, **j
 def _reference(runner, case, stem, spec, rows, log, note=None) -> dict:
     """Run the converged reference forward once, append its row, return its output paths."""
     log(f"{case}: reference (dopri5 1e-10, float64) …")
-    ref_f, _, ref = _bn(runner, case, stem, spec, "float64", bwd=False, repeat=0)
+    ref_f, _, ref = _bn(runner, case, stem, spec, "float64", bwd=False, repeat=0, reference=True)
     if "error" in ref_f:
         raise RuntimeError(
             f"{case} reference failed: {ref_f['error']}\n{ref_f.get('traceback', '')}"
@@ -723,7 +733,15 @@ def case_paper_toy(runner: Runner, quick: bool, log) -> list[dict]:
         log("paper_toy: reference gradient (dopri5 1e-10, float64, adjoint) …")
         spec = dict(ref_spec, adjoint=True)
         _, gb, gpaths = _bn(
-            runner, case, "toy-refgrad", spec, "float64", target=target, fwd=False, repeat=0
+            runner,
+            case,
+            "toy-refgrad",
+            spec,
+            "float64",
+            target=target,
+            fwd=False,
+            repeat=0,
+            reference=True,
         )
         rows.append(
             _row(
@@ -804,7 +822,15 @@ def case_hh_tree(runner: Runner, quick: bool, log) -> list[dict]:
         spec = {"kind": "cn", "dt": 0.0025}
         log("hh_tree: reference gradient (CN dt 0.0025, float64) …")
         _, gb, gpaths = _bn(
-            runner, case, "tree-refgrad", spec, "float64", target=target, fwd=False, repeat=0
+            runner,
+            case,
+            "tree-refgrad",
+            spec,
+            "float64",
+            target=target,
+            fwd=False,
+            repeat=0,
+            reference=True,
         )
         if "error" not in gb:
             grad_ref = gpaths["grad"]
@@ -1080,6 +1106,18 @@ def main(argv=None):
         help="stop repeating a measurement after this many seconds (default 60)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch/XLA/BLAS threads (default 1)")
+    ap.add_argument(
+        "--skip",
+        default=None,
+        help="regular expression: skip bayesneuron measurements whose '<impl>-<dtype>' matches "
+        "(references always run), e.g. 'adjoint|float32'",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="give up on one measurement (warm-up and repeats) after this many seconds",
+    )
     args = ap.parse_args(argv)
     if args.repeat is None:
         args.repeat = 0 if args.quick else 3
