@@ -115,6 +115,23 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_study_run(args) -> int:
+    from .study import run_study
+
+    out = Path(args.out)
+    start = time.perf_counter()
+    rows = run_study(
+        args.folder,
+        out,
+        smoke=args.smoke,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"{len(rows)} fits in {time.perf_counter() - start:.1f} s; results in {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bayesneuron",
@@ -142,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--float32", action="store_true", help="single precision")
     s.add_argument("--out", required=True, help="results folder (created)")
     s.set_defaults(func=cmd_simulate)
+
+    st = sub.add_parser("study", help="run a study folder (config.toml) end to end")
+    st_sub = st.add_subparsers(dest="study_command", required=True)
+    r = st_sub.add_parser(
+        "run",
+        help="run every fit of a study and write tables, figures and provenance",
+        description="Run a study: FOLDER/config.toml says which cell, data, designs and fits; "
+        "results (table.csv, figures, fits.json, config.json, environment.json) go to --out. "
+        "Example: bayesneuron study run studies/paper_toy_map --out results/map --smoke",
+    )
+    r.add_argument("folder", help="study folder holding config.toml")
+    r.add_argument("--out", required=True, help="results folder (created)")
+    r.add_argument("--smoke", action="store_true", help="tiny version: seconds, for a first look")
+    r.add_argument("--resume", action="store_true", help="continue from the runs' checkpoints")
+    r.add_argument("--device", default="cpu", help="cpu or cuda")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.set_defaults(func=cmd_study_run)
     return p
 
 

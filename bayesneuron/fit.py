@@ -245,6 +245,7 @@ def fit_map_designs(
     xtol: float = 1e-9,
     fd_step: float = 1e-6,
     seed: int = 0,
+    init: Mapping[str, Sequence] | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     resume: bool = False,
@@ -265,6 +266,8 @@ def fit_map_designs(
             largest change of an unconstrained coordinate in an accepted step.
         fd_step: forward-difference step in unconstrained coordinates (``bayesneuron``).
         seed: seeds the prior draws of the starts.
+        init: starting values name → ``[start, comp]`` (or ``[comp]`` for every start),
+            instead of the base values and prior draws.
         checkpoint: file to save the fit's state to every ``checkpoint_every`` iterations;
             with ``resume=True`` an existing checkpoint of the same fit is continued.
         progress: show a progress bar.
@@ -299,6 +302,9 @@ def fit_map_designs(
         seed=seed,
         solver=repr(m0.solver),
     )
+    if init is not None:
+        init = _init(m0, init, n_starts)
+        settings["init"] = {k: v.tolist() for k, v in init.items()}
     ck = None
     if checkpoint is not None:
         ck = Path(checkpoint)
@@ -314,17 +320,36 @@ def fit_map_designs(
             )
     runner = _paper_fit if protocol == "paper" else _lm_fit
     t0 = time.perf_counter()
-    out = runner(stack, n_starts, max_steps, settings, state, ck, checkpoint_every, fp, progress)
+    out = runner(
+        stack, n_starts, max_steps, settings, state, ck, checkpoint_every, fp, progress, init
+    )
     wall = time.perf_counter() - t0 + (state or {}).get("wall_s", 0.0)
     return _results(stack, out, protocol, tru, wall, settings)
 
 
 # =========================================================================== the paper
-def _paper_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress):
+def _init(m0: NeuronModel, init: Mapping, n_starts: int) -> dict[str, Tensor]:
+    out = {}
+    for k in m0.free:
+        if k not in init:
+            raise FitError(f"init lacks {k!r}; give every free parameter {list(m0.free)}")
+        v = torch.as_tensor(np.asarray(init[k], dtype=np.float64), dtype=m0.dtype)
+        v = v.to(m0.device).expand(n_starts, m0.n_comp) if v.ndim == 1 else v.to(m0.device)
+        if tuple(v.shape) != (n_starts, m0.n_comp) or not bool(torch.isfinite(v).all()):
+            raise FitError(
+                f"init[{k!r}] must be finite with shape [{m0.n_comp}] or [{n_starts}, "
+                f"{m0.n_comp}] (n_starts × comp), got {tuple(v.shape)}"
+            )
+        out[k] = v.clone()
+    return out
+
+
+def _paper_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress, init):
     m0, D = stack.m0, len(stack.models)
     Q = n_starts * D
     didx = torch.arange(D, device=m0.device).repeat(n_starts)  # q = start · D + design
-    g = {k: m0.base[k].expand(Q, m0.n_comp).clone().requires_grad_() for k in m0.free}
+    start = init or {k: m0.base[k].expand(n_starts, m0.n_comp) for k in m0.free}
+    g = {k: start[k].repeat_interleave(D, dim=0).clone().requires_grad_() for k in m0.free}
     opt = torch.optim.Adam(list(g.values()), lr=settings["lr"])
     hist = {"objective": [], "mse": [], **{k: [g[k].detach().clone()] for k in m0.free}}
     step0 = 0
@@ -382,12 +407,24 @@ def _paper_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progr
 
 
 # =========================================================================== Levenberg–Marquardt
+def _nonnegative(support) -> bool:
+    lb = getattr(support, "lower_bound", None)
+    if isinstance(lb, Tensor):
+        return bool((lb >= 0).all())
+    return lb is not None and lb >= 0
+
+
 def _transforms(m0: NeuronModel) -> dict:
-    """Unconstrained → constrained map per free parameter (exp where there is no prior)."""
-    return {
-        k: (biject_to(d.support) if d is not None else biject_to(constraints.positive))
-        for k, d in m0.priors.items()
-    }
+    """Unconstrained → constrained map per free parameter: ``exp`` for positive quantities,
+    also under a bounded prior (a logistic map would flatten the objective near the bounds and
+    trap the optimiser there; the bounds are enforced by rejecting steps that leave them)."""
+    out = {}
+    for k, d in m0.priors.items():
+        if d is None or _nonnegative(d.support):
+            out[k] = biject_to(constraints.positive)
+        else:
+            out[k] = biject_to(d.support)
+    return out
 
 
 def _starts(m0: NeuronModel, n_starts: int, seed: int) -> dict[str, Tensor]:
@@ -405,7 +442,7 @@ def _starts(m0: NeuronModel, n_starts: int, seed: int) -> dict[str, Tensor]:
     return out
 
 
-def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress):
+def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress, init):
     m0, D = stack.m0, len(stack.models)
     n, free = m0.n_comp, m0.free
     P, Q = n * len(free), n_starts * D
@@ -420,10 +457,18 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
     def prior_terms(theta: Tensor):  # −log p(g) per problem, its gradient and diagonal Hessian
         theta = theta.detach().requires_grad_()
         g = split(theta)
-        phi = sum(
-            (-m0.priors[k].log_prob(g[k]).sum(-1) for k in free if m0.priors[k] is not None),
-            torch.zeros(theta.shape[:-1], dtype=theta.dtype, device=theta.device),
-        )
+        phi = torch.zeros(theta.shape[:-1], dtype=theta.dtype, device=theta.device)
+        outside = torch.zeros_like(phi, dtype=torch.bool)
+        for k in free:
+            d = m0.priors[k]
+            if d is None:
+                continue
+            inside = d.support.check(g[k])
+            outside = outside | ~inside.all(-1)
+            safe = torch.where(inside, g[k], m0.base[k])  # log_prob refuses points outside
+            phi = phi + -d.log_prob(safe).sum(-1)
+        if bool(outside.any()):  # outside the prior's support: the posterior density is 0
+            phi = torch.where(outside, torch.full_like(phi, math.inf), phi)
         if not phi.requires_grad:
             z = torch.zeros_like(theta)
             return phi.detach(), z, z
@@ -447,7 +492,7 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
         return torch.where(bad[..., None], torch.full_like(err, math.nan), err)
 
     if state is None:
-        st = _starts(m0, n_starts, settings["seed"])
+        st = init or _starts(m0, n_starts, settings["seed"])
         theta = torch.cat(
             [T[k].inv(st[k]).repeat_interleave(D, dim=0) for k in free], dim=-1
         )  # [Q, P]

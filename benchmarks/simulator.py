@@ -553,7 +553,9 @@ class Runner:
         self.n += 1
         spec = job.get("solver")
         if self.args.skip and spec and not job.get("reference"):
-            label = f"{_solver_name(spec)}{'-adjoint' if spec.get('adjoint') else ''}-{job['dtype']}"
+            label = (
+                f"{_solver_name(spec)}{'-adjoint' if spec.get('adjoint') else ''}-{job['dtype']}"
+            )
             if re.search(self.args.skip, label):
                 return {"skipped": True}
         timeout = timeout or self.args.timeout
@@ -1153,15 +1155,18 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory(prefix="bn-bench-") as tmp:
         runner = Runner(args, Path(tmp))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         for case in cases:
             try:
                 rows += RUNNERS[case](runner, args.quick, log)
             except Exception as e:
                 log(f"{case} failed: {e}")
                 rows.append(_row(case, "-", "-", None, None, note=f"case failed: {e}"))
-    machine["total_s"] = time.perf_counter() - t_start
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1, default=str))
+            # after every case, so a run stopped part-way keeps what it measured
+            machine["total_s"] = time.perf_counter() - t_start
+            out_path.write_text(
+                json.dumps({"machine": machine, "rows": rows}, indent=1, default=str)
+            )
     print(
         f"machine: {machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
         f"device {args.device}, {args.threads} thread(s)"

@@ -103,7 +103,9 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     full = fit_map(model, v, n_starts=2, max_steps=5, ftol=0, xtol=0)
     ck2 = tmp_path / "lm.pt"
     fit_map(model, v, n_starts=2, max_steps=3, ftol=0, xtol=0, checkpoint=ck2, checkpoint_every=1)
-    resumed = fit_map(model, v, n_starts=2, max_steps=5, ftol=0, xtol=0, checkpoint=ck2, resume=True)
+    resumed = fit_map(
+        model, v, n_starts=2, max_steps=5, ftol=0, xtol=0, checkpoint=ck2, resume=True
+    )
     np.testing.assert_allclose(resumed.history["g_na"], full.history["g_na"], atol=1e-12)
     # a checkpoint of other data is refused
     with pytest.raises(FitError, match="different fit"):

@@ -49,7 +49,11 @@ def test_design_labels_round_trip():
 def test_model_sites_and_shapes():
     model = small_model(Design(stim=[0], rec=[0, -1]))
     tr = pyro.poutine.trace(model).get_trace()
-    sites = {k: v for k, v in tr.nodes.items() if v["type"] == "sample" and v["fn"].__class__.__name__ != "_Subsample"}
+    sites = {
+        k: v
+        for k, v in tr.nodes.items()
+        if v["type"] == "sample" and v["fn"].__class__.__name__ != "_Subsample"
+    }
     assert list(sites) == ["g_na", "g_k", "v_obs"]
     assert sites["g_na"]["value"].shape == (3,)
     assert sites["v_obs"]["value"].shape == model.obs_shape == (4, 2, 12)

@@ -1,0 +1,421 @@
+"""Studies: a folder with a ``config.toml`` (and a README stating the question) → one command
+→ a results folder of tables, figures and provenance.
+
+``bayesneuron study run studies/paper_toy_map --out results/map [--smoke]``
+
+The config (every key checked; unknown keys are errors)::
+
+    [study]       name, question
+    [experiment]  preset = "paper_toy", seed, n_traces, noise_sigma (mV, added to the data)
+    [model]       sigma (mV), priors ("paper" | "lognormal" | "none"), dt (ms, Crank–Nicolson)
+    [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("paper9" | "grid25" |
+                  ["all|all", "[0]|all", …]), n_starts, max_steps, priors (overrides [model])
+    [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
+    [smoke]       n_traces, n_times, max_steps, n_starts, designs: a minutes-long version
+
+Outputs in ``--out``: ``table.csv`` (one row per run × design: ``stim, rec, protocol, L0,
+L_final, gte_na_final, gte_k_final, steps, wall_s``, then extras), ``laplace.csv``,
+``fits.json`` (every fit with its optimum, starts and settings), ``histories.npz``, figures
+(``<run>_loss_gte.png``, ``<run>_trajectories_<design>.png``, ``<run>_gte_grid.png``),
+``config.json`` (resolved) and ``environment.json``. Each run checkpoints to
+``<out>/checkpoints/``; ``--resume`` continues an interrupted study.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .design import Design, design_grid
+from .errors import BayesneuronError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["StudyError", "load_study", "run_study"]
+
+PAPER_SITES = ([0], [0, 1], [0, -1], [0, 1, -1], None)
+TABLE_COLUMNS = (
+    "stim",
+    "rec",
+    "protocol",
+    "L0",
+    "L_final",
+    "gte_na_final",
+    "gte_k_final",
+    "steps",
+    "wall_s",
+)
+
+
+class StudyError(BayesneuronError):
+    """A study folder or its config is invalid."""
+
+
+_SCHEMA = {
+    "study": {"name": str, "question": str},
+    "experiment": {"preset": str, "seed": int, "n_traces": int, "noise_sigma": float},
+    "model": {"sigma": float, "priors": str, "dt": float},
+    "laplace": {"designs": (str, list)},
+    "smoke": {
+        "n_traces": int,
+        "n_times": int,
+        "max_steps": int,
+        "n_starts": int,
+        "designs": (str, list),
+    },
+}
+_RUN_KEYS = {
+    "name": str,
+    "protocol": str,
+    "designs": (str, list),
+    "n_starts": int,
+    "max_steps": int,
+    "priors": str,
+}
+
+
+@dataclass
+class Run:
+    name: str
+    protocol: str
+    designs: list[Design]
+    n_starts: int | None = None
+    max_steps: int | None = None
+    priors: str | None = None
+
+
+@dataclass
+class Study:
+    folder: Path
+    name: str
+    question: str
+    seed: int = 20230619
+    n_traces: int = 100
+    n_times: int = 48
+    noise_sigma: float = 0.0
+    sigma: float = 1.0
+    priors: str = "paper"
+    dt: float = 0.004
+    runs: list[Run] = field(default_factory=list)
+    laplace: list[Design] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+def _designs(spec, where: str) -> list[Design]:
+    if spec == "paper9":
+        return _paper9()
+    if spec == "grid25":
+        return design_grid(PAPER_SITES)
+    if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
+        return [Design.from_label(s) for s in spec]
+    raise StudyError(
+        f"{where}: designs = {spec!r}; use 'paper9', 'grid25' or a list of labels like "
+        "['all|all', '[0,-1]|all']"
+    )
+
+
+def _paper9() -> list[Design]:
+    from .paper import paper_designs
+
+    return [Design(s, r) for s, r in paper_designs()]
+
+
+def _check(table: dict, schema: dict, where: str) -> None:
+    for k, v in table.items():
+        if k not in schema:
+            raise StudyError(f"{where}: unknown key {k!r}; allowed: {sorted(schema)}")
+        want = schema[k]
+        ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if not ok:
+            raise StudyError(f"{where}.{k} = {v!r} has the wrong type")
+
+
+def load_study(folder: str | Path, smoke: bool = False) -> Study:
+    """Read and validate ``folder/config.toml``."""
+    folder = Path(folder)
+    path = folder / "config.toml"
+    if not path.is_file():
+        raise StudyError(f"{folder} is not a study folder: {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise StudyError(f"{path}: malformed TOML: {e}") from None
+    allowed = set(_SCHEMA) | {"run"}
+    for k in raw:
+        if k not in allowed:
+            raise StudyError(f"{path}: unknown section [{k}]; allowed: {sorted(allowed)}")
+    for sec, schema in _SCHEMA.items():
+        if not isinstance(raw.get(sec, {}), dict):
+            raise StudyError(f"{path}: [{sec}] must be a table")
+        _check(raw.get(sec, {}), schema, f"{path.name} [{sec}]")
+    st, ex, mo = raw.get("study", {}), raw.get("experiment", {}), raw.get("model", {})
+    if "name" not in st:
+        raise StudyError(f"{path}: [study] needs a name")
+    if ex.get("preset", "paper_toy") != "paper_toy":
+        raise StudyError(f"{path}: preset {ex['preset']!r} unknown; available: 'paper_toy'")
+    study = Study(
+        folder=folder,
+        name=st["name"],
+        question=st.get("question", ""),
+        seed=ex.get("seed", 20230619),
+        n_traces=ex.get("n_traces", 100),
+        noise_sigma=float(ex.get("noise_sigma", 0.0)),
+        sigma=float(mo.get("sigma", 1.0)),
+        priors=mo.get("priors", "paper"),
+        dt=float(mo.get("dt", 0.004)),
+        raw=raw,
+    )
+    runs = raw.get("run", [])
+    if not isinstance(runs, list) or not runs:
+        raise StudyError(f"{path}: no [[run]] tables; add at least one")
+    for i, r in enumerate(runs):
+        where = f"{path.name} [[run]] #{i + 1}"
+        _check(r, _RUN_KEYS, where)
+        if r.get("protocol") not in ("paper", "bayesneuron"):
+            raise StudyError(f"{where}: protocol must be 'paper' or 'bayesneuron'")
+        study.runs.append(
+            Run(
+                name=r.get("name", f"run{i + 1}"),
+                protocol=r["protocol"],
+                designs=_designs(r.get("designs", "paper9"), where),
+                n_starts=r.get("n_starts"),
+                max_steps=r.get("max_steps"),
+                priors=r.get("priors"),
+            )
+        )
+    names = [r.name for r in study.runs]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{path}: run names must be distinct, got {names}")
+    if "laplace" in raw:
+        study.laplace = _designs(raw["laplace"].get("designs", "paper9"), "[laplace]")
+    for p in ("priors",):
+        vals = [study.priors] + [r.priors for r in study.runs if r.priors]
+        bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
+        if bad:
+            raise StudyError(f"{path}: {p} {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
+    if not (study.n_traces >= 1 and study.sigma > 0 and study.dt > 0 and study.noise_sigma >= 0):
+        raise StudyError(f"{path}: need n_traces ≥ 1, sigma > 0, dt > 0 and noise_sigma ≥ 0")
+    if smoke:
+        sm = raw.get("smoke", {})
+        study.n_traces = sm.get("n_traces", 8)
+        study.n_times = sm.get("n_times", 16)
+        keep = _designs(sm["designs"], "[smoke]") if "designs" in sm else None
+        for r in study.runs:
+            r.max_steps = sm.get("max_steps", 3)
+            r.n_starts = min(r.n_starts or 2, sm.get("n_starts", 2))
+            if keep is not None:
+                r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
+        study.laplace = study.laplace[:2]
+    return study
+
+
+def _prior_spec(name: str):
+    from .priors import LogNormalPrior, ScaledUniformPrior
+
+    return {"paper": ScaledUniformPrior(0.7, 1.3), "lognormal": LogNormalPrior(0.5), "none": None}[
+        name
+    ]
+
+
+def _experiment(study: Study, design: Design, priors: str, device):
+    from .paper import paper_experiment
+    from .solvers import CrankNicolson
+
+    model, v, truth = paper_experiment(
+        design,
+        n_traces=study.n_traces,
+        seed=study.seed,
+        noise_sigma=study.noise_sigma,
+        sigma=study.sigma,
+        priors=_prior_spec(priors),
+        solver=CrankNicolson(dt=study.dt),
+        device=device,
+    )
+    if study.n_times < model.t_eval.size:  # smoke: the first n_times output times only
+        from .model import NeuronModel
+
+        model = NeuronModel(
+            model.cell,
+            model.stimulus,
+            model.t_eval[: study.n_times],
+            design,
+            priors=_prior_spec(priors),
+            sigma=study.sigma,
+            solver=model.solver,
+            device=device,
+        )
+        v = v[..., : study.n_times]
+    return model, v, truth
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def run_study(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    smoke: bool = False,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Run every ``[[run]]`` of the study; returns the table rows (also written to disk)."""
+    from . import reports
+    from .cli import environment
+    from .fit import fit_map_designs
+    from .laplace import laplace
+
+    study = load_study(folder, smoke=smoke)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    rows, fits_json, hist = [], [], {}
+    t_study = time.perf_counter()
+    for run in study.runs:
+        priors = run.priors or study.priors
+        exps = [_experiment(study, d, priors, device) for d in run.designs]
+        models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
+        if progress:
+            print(
+                f"[{study.name}] {run.name}: {run.protocol} protocol, {len(models)} design(s) "
+                "in one batch …",
+                file=sys.stderr,
+                flush=True,
+            )
+        fits = fit_map_designs(
+            models,
+            data,
+            protocol=run.protocol,
+            truth=truth,
+            n_starts=run.n_starts,
+            max_steps=run.max_steps,
+            seed=study.seed,
+            checkpoint=out / "checkpoints" / f"{run.name}.pt",
+            resume=resume,
+            progress=progress,
+        )
+        for m, f in zip(models, fits):
+            frac = len(m.rec_index) / m.n_comp  # paper loss = MSE over recorded · |rec| / n
+            gte = f.history
+            stim, rec = f.design.split("|")
+            rows.append(
+                {
+                    "stim": stim,
+                    "rec": rec,
+                    "protocol": run.protocol,
+                    "L0": f.history["mse"][0, f.best] * frac,
+                    "L_final": f.history["mse"][-1, f.best] * frac,
+                    "gte_na_final": gte["gte_g_na"][-1, f.best],
+                    "gte_k_final": gte["gte_g_k"][-1, f.best],
+                    "steps": f.steps,
+                    "wall_s": round(f.wall_s, 2),
+                    "run": run.name,
+                    "priors": priors,
+                    "n_starts": len(f.objective),
+                    "converged": int(f.converged.sum()),
+                    "spread_na_max": float(f.spread()["g_na"].max()),
+                    "spread_k_max": float(f.spread()["g_k"].max()),
+                    "designs_in_batch": len(models),
+                }
+            )
+            fits_json.append({"run": run.name, **f.to_dict()})
+            for k, v in f.history.items():
+                hist[f"{run.name}/{f.design}/{k}"] = v
+        fig = reports.plot_loss_and_gte(fits, title=f"{run.name}: {run.protocol} protocol")
+        fig.savefig(out / f"{run.name}_loss_gte.png", dpi=110)
+        if len(fits) <= 9:
+            for f in fits:
+                fig = reports.plot_trajectories(f)
+                safe = f.design.replace("|", "_").replace("[", "").replace("]", "").replace(",", "")
+                fig.savefig(out / f"{run.name}_trajectories_{safe}.png", dpi=100)
+        if len(fits) == 25:
+            vals = {f.design: f.history["gte_g_na"][-1, f.best] for f in fits}
+            fig = reports.plot_design_heatmap(
+                vals, PAPER_SITES, "GTE g_na (mS/cm²)", f"{run.name}: final GTE of g_na"
+            )
+            fig.savefig(out / f"{run.name}_gte_grid.png", dpi=110)
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        _write_csv(out / "table.csv", rows)  # after every run: partial results are usable
+    lap_rows = []
+    for d in study.laplace:
+        model, _, truth = _experiment(study, d, "paper", device)
+        lp = laplace(model, truth)
+        c = lp.per_param(lp.contraction)
+        stim, rec = d.label.split("|")
+        lap_rows.append(
+            {
+                "stim": stim,
+                "rec": rec,
+                "min_contraction": float(lp.contraction.min()),
+                "mean_contraction": float(lp.contraction.mean()),
+                **{f"contraction_na_{i}": float(x) for i, x in enumerate(c["g_na"])},
+                **{f"contraction_k_{i}": float(x) for i, x in enumerate(c["g_k"])},
+                "logdet_fisher": lp.logdet_fisher,
+                "fisher_condition": float(
+                    lp.fisher_eigvals.max() / max(lp.fisher_eigvals.min(), 1e-300)
+                ),
+                "sigma_mv": study.sigma,
+            }
+        )
+    if lap_rows:
+        _write_csv(out / "laplace.csv", lap_rows)
+    np.savez_compressed(out / "histories.npz", **hist)
+    (out / "fits.json").write_text(json.dumps(fits_json, indent=1, default=_json_default))
+    resolved = {
+        "folder": str(study.folder),
+        "smoke": smoke,
+        "device": device,
+        "config": study.raw,
+        "effective": {
+            "n_traces": study.n_traces,
+            "n_times": study.n_times,
+            "dt": study.dt,
+            "runs": [
+                {
+                    "name": r.name,
+                    "protocol": r.protocol,
+                    "designs": [d.label for d in r.designs],
+                    "n_starts": r.n_starts,
+                    "max_steps": r.max_steps,
+                    "priors": r.priors or study.priors,
+                }
+                for r in study.runs
+            ],
+        },
+        "wall_s": time.perf_counter() - t_study,
+    }
+    (out / "config.json").write_text(json.dumps(resolved, indent=2, default=_json_default))
+    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
+    return rows
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return str(x)
