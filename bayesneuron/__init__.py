@@ -39,7 +39,7 @@ from .paper import (
     paper_toy_cell,
 )
 from .priors import LogNormalPrior, Prior, ScaledUniformPrior
-from .simulate import Trace, simulate
+from .simulate import Reset, Trace, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
 from .swc import load_swc, read_swc_sections
@@ -71,6 +71,7 @@ __all__ = [
     "PaperSodium",
     "ParameterError",
     "Prior",
+    "Reset",
     "ScaledUniformPrior",
     "Section",
     "SolverError",

@@ -57,8 +57,10 @@ class MapFit:
         objective: each start's final objective ``[start]`` (the paper's loss in mV², or the
             negative log posterior up to a constant).
         mse: each start's final mean squared error over recorded entries ``[start]`` (mV²).
-        history: per iteration ``i = 0 … steps`` (0 = the start): ``"objective"`` and ``"mse"``
-            ``[i, start]``, each parameter ``[i, start, comp]``, and with a ground truth
+        history: per iteration ``i = 0 … steps`` (0 = the start; Levenberg–Marquardt adds one
+            entry per stage start): ``"objective"`` (the stage's) and ``"mse"`` (always the plain
+            simulation's) ``[i, start]``, ``"stage"`` (Levenberg–Marquardt), each parameter
+            ``[i, start, comp]``, and with a ground truth
             ``"gte_<name>"`` ``[i, start]`` (mean |g − g_true| over compartments).
         steps: iterations taken (Adam steps or accepted/rejected LM iterations).
         converged: per start, whether the stopping rule (not the step limit) ended it.
@@ -160,15 +162,27 @@ class _Stack:
             self.mask[d, rec] = 1.0
         self.n_obs = self.mask.sum(-1) * n_trace * n_time  # recorded entries per design
 
-    def simulate(self, params: Mapping[str, Tensor], didx: Tensor) -> Tensor:
+    def simulate(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None) -> Tensor:
         """``params[name]`` ``[..., Q, comp]`` for designs ``didx`` ``[Q]`` →
-        masked errors ``v̂ − v`` ``[..., Q, trace, comp, time]`` (0 where unrecorded)."""
+        masked errors ``v̂ − v`` ``[..., Q, trace, comp, time]`` (0 where unrecorded).
+        ``horizon``: restart recorded voltages from the data every ``horizon`` outputs."""
+        from .simulate import Reset, simulate
+
         m = self.m0
         stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
-        from .simulate import simulate
-
+        reset = None
+        if horizon is not None:
+            data = torch.where(self.mask[didx][:, None, :, None] > 0, self.obs[didx], math.nan)
+            reset = Reset(data, int(horizon))
         v = simulate(
-            m.cell, dict(params), stim, m.t_eval, m.solver, dtype=m.dtype, device=m.device
+            m.cell,
+            dict(params),
+            stim,
+            m.t_eval,
+            m.solver,
+            dtype=m.dtype,
+            device=m.device,
+            reset=reset,
         ).v
         return (v - self.obs[didx]) * self.mask[didx][:, None, :, None]
 
@@ -244,6 +258,7 @@ def fit_map_designs(
     ftol: float = 1e-10,
     xtol: float = 1e-9,
     fd_step: float = 1e-6,
+    horizons: Sequence[int] | None = None,
     seed: int = 0,
     init: Mapping[str, Sequence] | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -265,6 +280,12 @@ def fit_map_designs(
         ftol, xtol: stopping tolerances (``bayesneuron``): relative objective change and
             largest change of an unconstrained coordinate in an accepted step.
         fd_step: forward-difference step in unconstrained coordinates (``bayesneuron``).
+        horizons: continuation by multiple shooting (``bayesneuron``): first fit predictions
+            that restart from the recorded voltages every ``horizons[0]`` output times, then
+            every ``horizons[1]``, …, and finally the plain simulation (the real objective),
+            each stage to convergence (``max_steps`` iterations at most per stage). Short
+            horizons have no spike-time errors to accumulate and far fewer local minima.
+            Default ``(1, 4, 16)``; ``()`` fits the plain objective only.
         seed: seeds the prior draws of the starts.
         init: starting values name → ``[start, comp]`` (or ``[comp]`` for every start),
             instead of the base values and prior draws.
@@ -302,6 +323,13 @@ def fit_map_designs(
         seed=seed,
         solver=repr(m0.solver),
     )
+    if protocol == "bayesneuron":
+        horizons = (1, 4, 16) if horizons is None else tuple(horizons)
+        if not all(isinstance(x, (int, np.integer)) and x >= 1 for x in horizons):
+            raise FitError(f"horizons = {horizons!r} must be ints ≥ 1 (output intervals)")
+        settings["horizons"] = [int(x) for x in horizons]
+    elif horizons:
+        raise FitError("horizons apply to protocol='bayesneuron' only")
     if init is not None:
         init = _init(m0, init, n_starts)
         settings["init"] = {k: v.tolist() for k, v in init.items()}
@@ -450,6 +478,7 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
     T = _transforms(m0)
     sigma = m0.sigma
     h, ftol, xtol = settings["fd_step"], settings["ftol"], settings["xtol"]
+    stages = [*settings["horizons"], None]  # None: the plain simulation, the real objective
 
     def split(theta: Tensor) -> dict[str, Tensor]:  # [..., P] → name → [..., n] constrained
         return {k: T[k](theta[..., i * n : (i + 1) * n]) for i, k in enumerate(free)}
@@ -473,12 +502,11 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
             z = torch.zeros_like(theta)
             return phi.detach(), z, z
         (grad,) = torch.autograd.grad(phi.sum(), theta, create_graph=True)
-        (hdiag,) = torch.autograd.grad(
-            grad.sum(), theta
-        )  # separable prior: the Hessian is diagonal
+        # a separable prior has a diagonal Hessian: the gradient of the summed gradient
+        (hdiag,) = torch.autograd.grad(grad.sum(), theta)
         return phi.detach(), grad.detach(), hdiag.detach()
 
-    def residuals(theta: Tensor, q: Tensor) -> Tensor:  # theta [..., |q|, P] → [..., |q|, M]
+    def residuals(theta: Tensor, q: Tensor, horizon) -> Tensor:  # [..., |q|, P] → [..., |q|, M]
         # A step can leave the representable range (exp over- or underflow): such points get NaN
         # residuals, i.e. an infinite objective, and are rejected like a diverged simulation.
         g = split(theta)
@@ -488,94 +516,116 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
         if bool(bad.any()):
             g = {k: torch.where(bad[..., None], m0.base[k], v) for k, v in g.items()}
         with torch.no_grad():
-            err = stack.simulate(g, didx[q]).flatten(-3) / sigma
+            err = stack.simulate(g, didx[q], horizon).flatten(-3) / sigma
         return torch.where(bad[..., None], torch.full_like(err, math.nan), err)
+
+    def objective(theta, q, horizon):
+        r = residuals(theta, q, horizon)
+        f = 0.5 * r.pow(2).sum(-1) + prior_terms(theta)[0]
+        return r, torch.where(torch.isfinite(f), f, torch.full_like(f, math.inf))
 
     if state is None:
         st = init or _starts(m0, n_starts, settings["seed"])
         theta = torch.cat(
             [T[k].inv(st[k]).repeat_interleave(D, dim=0) for k in free], dim=-1
         )  # [Q, P]
-        lam = torch.full((Q,), 1e-3, dtype=m0.dtype, device=m0.device)
-        done = torch.zeros(Q, dtype=torch.bool, device=m0.device)
-        hist = {"objective": [], "mse": [], **{k: [] for k in free}}
-        r = residuals(theta, torch.arange(Q))
-        phi = prior_terms(theta)[0]
-        f = 0.5 * r.pow(2).sum(-1) + phi
-        step0, n_sim = 0, Q
-        _record(hist, f, r, sigma, split(theta), stack, didx)
+        hist = {"objective": [], "mse": [], "stage": [], **{k: [] for k in free}}
+        stage0, step0, n_sim, fresh = 0, 0, 0, True
     else:
-        theta, lam, done, hist, f, r = (
-            state[k] for k in ("theta", "lam", "done", "history", "f", "r")
-        )
-        step0, n_sim = state["step"], 0
+        theta, hist = state["theta"], state["history"]
+        stage0, step0, n_sim, fresh = state["stage"], state["step"], 0, False
     eye = torch.eye(P, dtype=m0.dtype, device=m0.device)
     factors = torch.tensor(_DAMPING, dtype=m0.dtype, device=m0.device)
-    bar = _bar(max_steps, step0, progress, "Levenberg–Marquardt")
+    total = max_steps * len(stages)
+
+    def record(f, r, stage, horizon):
+        # "mse" is always the plain simulation's, so curves compare across stages.
+        plain = r if horizon is None else residuals(theta, torch.arange(Q), None)
+        _record(hist, f, plain, sigma, split(theta), stack, didx, stage)
+        return 0 if horizon is None else Q
+
+    bar = _bar(total, step0, progress, "Levenberg–Marquardt")
     step = step0
-    for step in range(step0 + 1, max_steps + 1):
-        act = torch.nonzero(~done).flatten()
-        if act.numel() == 0:
-            step -= 1
-            break
-        th = theta[act]
-        # Jacobian (transposed, [a, P, M]) by forward differences: P perturbed copies in one batch.
-        pert = th[:, None, :] + h * eye  # [a, P, P]
-        rp = residuals(pert.transpose(0, 1), act).transpose(0, 1)  # [a, P, M]
-        n_sim += act.numel() * P
-        Jt = (rp - r[act][:, None, :]) / h
-        phi, pg, ph = prior_terms(th)
-        grad = torch.einsum("apm,am->ap", Jt, r[act]) + pg
-        A = Jt @ Jt.transpose(1, 2) + torch.diag_embed(ph.clamp_min(0.0))
-        # Marquardt's scaling, floored so that directions the data do not inform (zero
-        # curvature) still get damped steps rather than unbounded ones.
-        diag = A.diagonal(dim1=1, dim2=2)
-        scale = diag.clamp_min(1e-8 * diag.amax(-1, keepdim=True) + 1e-300)
-        lams = lam[act][:, None] * factors  # [a, K]
-        lhs = A[:, None] + lams[..., None, None] * torch.diag_embed(scale)[:, None]
-        delta = torch.linalg.solve(lhs, -grad[:, None, :].expand(-1, len(factors), -1))
-        cand = th[:, None, :] + delta  # [a, K, P]
-        rc = residuals(cand.transpose(0, 1), act).transpose(0, 1)  # [a, K, M]
-        n_sim += act.numel() * len(factors)
-        fc = 0.5 * rc.pow(2).sum(-1) + prior_terms(cand)[0]
-        fc = torch.where(torch.isfinite(fc), fc, torch.full_like(fc, math.inf))
-        best = fc.argmin(-1)
-        ar = torch.arange(act.numel())
-        f_new = fc[ar, best]
-        f_old = f[act].clone()
-        ok = f_new < f_old
-        theta[act[ok]] = cand[ar, best][ok]
-        r[act[ok]] = rc[ar, best][ok]
-        f[act[ok]] = f_new[ok]
-        lam[act] = torch.where(ok, (lams[ar, best] / 3).clamp_min(1e-15), lams[:, -1] * 10)
-        # Converged: the best step changes the objective by at most ftol (either way), or an
-        # accepted step moves no coordinate by more than xtol; stalled: damping ran away.
-        tiny = (f_old - f_new).abs() <= ftol * f_old.abs().clamp_min(1.0)
-        dmax = delta[ar, best].abs().amax(-1)
-        conv = tiny | (ok & (dmax <= xtol)) | (lam[act] > 1e16)
-        done[act[conv]] = True
-        _record(hist, f, r, sigma, split(theta), stack, didx)
-        bar.update(1)
-        bar.set_postfix(objective=f"{float(f.min()):.4g}", active=int((~done).sum()))
-        if ck is not None and step % every == 0:
-            _save(
-                ck,
-                {
-                    "fingerprint": fp,
-                    "theta": theta,
-                    "lam": lam,
-                    "done": done,
-                    "history": hist,
-                    "f": f,
-                    "r": r,
-                    "step": step,
-                },
+    for stage in range(stage0, len(stages)):
+        horizon = stages[stage]
+        if fresh or stage > stage0:
+            r, f = objective(theta, torch.arange(Q), horizon)
+            n_sim += Q
+            lam = torch.full((Q,), 1e-3, dtype=m0.dtype, device=m0.device)
+            done = torch.zeros(Q, dtype=torch.bool, device=m0.device)
+            it0 = 0
+            n_sim += record(f, r, stage, horizon)
+        else:  # resuming inside this stage
+            r, f, lam, done, it0 = (state[k] for k in ("r", "f", "lam", "done", "it"))
+        for it in range(it0 + 1, max_steps + 1):
+            act = torch.nonzero(~done).flatten()
+            if act.numel() == 0:
+                break
+            step += 1
+            th = theta[act]
+            # Jacobian (transposed, [a, P, M]) by forward differences: P perturbed copies in
+            # one batch.
+            pert = th[:, None, :] + h * eye  # [a, P, P]
+            rp = residuals(pert.transpose(0, 1), act, horizon).transpose(0, 1)  # [a, P, M]
+            n_sim += act.numel() * P
+            Jt = (rp - r[act][:, None, :]) / h
+            _, pg, ph = prior_terms(th)
+            grad = torch.einsum("apm,am->ap", Jt, r[act]) + pg
+            A = Jt @ Jt.transpose(1, 2) + torch.diag_embed(ph.clamp_min(0.0))
+            # Marquardt's scaling, floored so that directions the data do not inform (zero
+            # curvature) still get damped steps rather than unbounded ones.
+            diag = A.diagonal(dim1=1, dim2=2)
+            scale = diag.clamp_min(1e-8 * diag.amax(-1, keepdim=True) + 1e-300)
+            lams = lam[act][:, None] * factors  # [a, K]
+            lhs = A[:, None] + lams[..., None, None] * torch.diag_embed(scale)[:, None]
+            delta = torch.linalg.solve(lhs, -grad[:, None, :].expand(-1, len(factors), -1))
+            cand = th[:, None, :] + delta  # [a, K, P]
+            rc, fc = objective(cand.transpose(0, 1), act, horizon)
+            rc, fc = rc.transpose(0, 1), fc.transpose(0, 1)  # [a, K, M], [a, K]
+            n_sim += act.numel() * len(factors)
+            best = fc.argmin(-1)
+            ar = torch.arange(act.numel())
+            f_new = fc[ar, best]
+            f_old = f[act].clone()
+            ok = f_new < f_old
+            theta[act[ok]] = cand[ar, best][ok]
+            r[act[ok]] = rc[ar, best][ok]
+            f[act[ok]] = f_new[ok]
+            lam[act] = torch.where(ok, (lams[ar, best] / 3).clamp_min(1e-15), lams[:, -1] * 10)
+            # Converged: the best step changes the objective by at most ftol (either way), or
+            # an accepted step moves no coordinate by more than xtol; stalled: damping ran away.
+            tiny = (f_old - f_new).abs() <= ftol * f_old.abs().clamp_min(1.0)
+            dmax = delta[ar, best].abs().amax(-1)
+            conv = tiny | (ok & (dmax <= xtol)) | (lam[act] > 1e16)
+            done[act[conv]] = True
+            n_sim += record(f, r, stage, horizon)
+            bar.update(1)
+            bar.set_postfix(
+                objective=f"{float(f.min()):.4g}", active=int((~done).sum()), stage=stage
             )
+            if ck is not None and step % every == 0:
+                _save(
+                    ck,
+                    {
+                        "fingerprint": fp,
+                        "theta": theta,
+                        "lam": lam,
+                        "done": done,
+                        "history": hist,
+                        "f": f,
+                        "r": r,
+                        "step": step,
+                        "stage": stage,
+                        "it": it,
+                    },
+                )
     bar.close()
     return dict(hist=hist, steps=step, converged=done.cpu(), n_sim=n_sim, n_starts=n_starts)
 
 
-def _record(hist, f, r, sigma, g, stack, didx):
+def _record(hist, f, r, sigma, g, stack, didx, stage=None):
+    if stage is not None:
+        hist["stage"].append(torch.full_like(f, stage))
     hist["objective"].append(f.detach().clone())
     hist["mse"].append((r.pow(2).sum(-1) * sigma**2 / stack.n_obs[didx]).detach().clone())
     for k, v in g.items():

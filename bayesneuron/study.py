@@ -9,7 +9,8 @@ The config (every key checked; unknown keys are errors)::
     [experiment]  preset = "paper_toy", seed, n_traces, noise_sigma (mV, added to the data)
     [model]       sigma (mV), priors ("paper" | "lognormal" | "none"), dt (ms, Crank–Nicolson)
     [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("paper9" | "grid25" |
-                  ["all|all", "[0]|all", …]), n_starts, max_steps, priors (overrides [model])
+                  ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
+                  (override [model] / [experiment]), horizons (multiple-shooting stages)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
     [smoke]       n_traces, n_times, max_steps, n_starts, designs: a minutes-long version
 
@@ -81,6 +82,8 @@ _RUN_KEYS = {
     "n_starts": int,
     "max_steps": int,
     "priors": str,
+    "noise_sigma": float,
+    "horizons": list,
 }
 
 
@@ -92,6 +95,8 @@ class Run:
     n_starts: int | None = None
     max_steps: int | None = None
     priors: str | None = None
+    noise_sigma: float | None = None
+    horizons: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -193,8 +198,17 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
                 n_starts=r.get("n_starts"),
                 max_steps=r.get("max_steps"),
                 priors=r.get("priors"),
+                noise_sigma=float(r["noise_sigma"]) if "noise_sigma" in r else None,
+                horizons=tuple(r["horizons"]) if "horizons" in r else None,
             )
         )
+        if r.get("noise_sigma", 0) < 0:
+            raise StudyError(f"{where}: noise_sigma must be ≥ 0")
+        if "horizons" in r and (
+            r["protocol"] != "bayesneuron"
+            or not all(isinstance(x, int) and x >= 1 for x in r["horizons"])
+        ):
+            raise StudyError(f"{where}: horizons must be ints ≥ 1, for protocol 'bayesneuron'")
     names = [r.name for r in study.runs]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: run names must be distinct, got {names}")
@@ -214,7 +228,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         keep = _designs(sm["designs"], "[smoke]") if "designs" in sm else None
         for r in study.runs:
             r.max_steps = sm.get("max_steps", 3)
-            r.n_starts = min(r.n_starts or 2, sm.get("n_starts", 2))
+            r.n_starts = min(r.n_starts, sm.get("n_starts", 2)) if r.n_starts else None
             if keep is not None:
                 r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
         study.laplace = study.laplace[:2]
@@ -229,7 +243,7 @@ def _prior_spec(name: str):
     ]
 
 
-def _experiment(study: Study, design: Design, priors: str, device):
+def _experiment(study: Study, design: Design, priors: str, device, noise_sigma=None):
     from .paper import paper_experiment
     from .solvers import CrankNicolson
 
@@ -237,7 +251,7 @@ def _experiment(study: Study, design: Design, priors: str, device):
         design,
         n_traces=study.n_traces,
         seed=study.seed,
-        noise_sigma=study.noise_sigma,
+        noise_sigma=study.noise_sigma if noise_sigma is None else noise_sigma,
         sigma=study.sigma,
         priors=_prior_spec(priors),
         solver=CrankNicolson(dt=study.dt),
@@ -293,7 +307,7 @@ def run_study(
     t_study = time.perf_counter()
     for run in study.runs:
         priors = run.priors or study.priors
-        exps = [_experiment(study, d, priors, device) for d in run.designs]
+        exps = [_experiment(study, d, priors, device, run.noise_sigma) for d in run.designs]
         models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
         if progress:
             print(
@@ -310,6 +324,7 @@ def run_study(
             n_starts=run.n_starts,
             max_steps=run.max_steps,
             seed=study.seed,
+            horizons=run.horizons if run.protocol == "bayesneuron" else None,
             checkpoint=out / "checkpoints" / f"{run.name}.pt",
             resume=resume,
             progress=progress,
@@ -331,6 +346,10 @@ def run_study(
                     "wall_s": round(f.wall_s, 2),
                     "run": run.name,
                     "priors": priors,
+                    "noise_sigma": study.noise_sigma
+                    if run.noise_sigma is None
+                    else run.noise_sigma,
+                    "horizons": " ".join(map(str, f.settings.get("horizons", []))),
                     "n_starts": len(f.objective),
                     "converged": int(f.converged.sum()),
                     "spread_na_max": float(f.spread()["g_na"].max()),
@@ -400,6 +419,8 @@ def run_study(
                     "n_starts": r.n_starts,
                     "max_steps": r.max_steps,
                     "priors": r.priors or study.priors,
+                    "noise_sigma": r.noise_sigma,
+                    "horizons": r.horizons,
                 }
                 for r in study.runs
             ],

@@ -79,9 +79,9 @@ def test_batched_designs_equal_separate_fits():
     designs = [Design(), Design(stim=[0], rec=[0, -1])]
     models = [small(d) for d in designs]
     data = [synthetic_data(m, TRUTH) for m in models]
-    together = fit_map_designs(models, data, n_starts=1, max_steps=4)
+    together = fit_map_designs(models, data, n_starts=1, max_steps=4, horizons=())
     for m, v, f in zip(models, data, together):
-        alone = fit_map(m, v, n_starts=1, max_steps=4)
+        alone = fit_map(m, v, n_starts=1, max_steps=4, horizons=())
         assert f.design == m.design.label
         for k in m.free:
             # equal up to rounding (vectorised and scalar exp differ by an ulp), which the
@@ -100,12 +100,15 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
         np.testing.assert_allclose(resumed.history[k], full.history[k], rtol=0, atol=1e-12)
     np.testing.assert_allclose(resumed.history["objective"], full.history["objective"], atol=1e-12)
     # LM too
-    full = fit_map(model, v, n_starts=2, max_steps=5, ftol=0, xtol=0)
+    kw = dict(n_starts=2, ftol=0, xtol=0, horizons=(2,))
+    full = fit_map(model, v, max_steps=3, **kw)
     ck2 = tmp_path / "lm.pt"
-    fit_map(model, v, n_starts=2, max_steps=3, ftol=0, xtol=0, checkpoint=ck2, checkpoint_every=1)
-    resumed = fit_map(
-        model, v, n_starts=2, max_steps=5, ftol=0, xtol=0, checkpoint=ck2, resume=True
-    )
+    # "killed" in the second stage: the last checkpoint is after its first iteration
+    fit_map(model, v, max_steps=3, checkpoint=ck2, checkpoint_every=4, **kw)
+    state = torch.load(ck2, weights_only=False)
+    assert (state["stage"], state["it"]) == (1, 1)
+    resumed = fit_map(model, v, max_steps=3, checkpoint=ck2, resume=True, **kw)
+    assert resumed.history["g_na"].shape == full.history["g_na"].shape == (8, 2, 3)
     np.testing.assert_allclose(resumed.history["g_na"], full.history["g_na"], atol=1e-12)
     # a checkpoint of other data is refused
     with pytest.raises(FitError, match="different fit"):
