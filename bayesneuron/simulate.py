@@ -128,6 +128,12 @@ def simulate(
     if isinstance(solver, Torchdiffeq):
         v = _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver)
         n_steps = None
+    elif getattr(solver, "backend", "torch") == "numba":
+        from . import _fused  # imports numba only when asked for
+
+        if (reason := _fused.supported(cell, solver, dtype, device, reset)) is not None:
+            raise SolverError(reason)
+        v, n_steps = _fused.run(cell, p, vals, stimulus, t_eval, solver, reset)
     else:
         v, n_steps = _run_fixed(cell, p, vals, stimulus, t_eval, solver, reset)
     t = torch.as_tensor(t_eval, dtype=dtype, device=device)

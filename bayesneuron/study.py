@@ -7,10 +7,11 @@ The config (every key checked; unknown keys are errors)::
 
     [study]       name, question
     [experiment]  preset = "paper_toy", seed, n_traces, noise_sigma (mV, added to the data)
-    [model]       sigma (mV), priors ("paper" | "lognormal" | "none"), dt (ms, Crank–Nicolson)
+    [model]       sigma (mV), priors ("paper" | "lognormal" | "none"), dt (ms, Crank–Nicolson),
+                  backend ("torch" | "numba": the fused CPU kernel)
     [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("paper9" | "grid25" |
                   ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
-                  (override [model] / [experiment]), horizons (multiple-shooting stages)
+                  (override [model] / [experiment]), horizons (multiple-shooting stages), dt
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
     [smoke]       n_traces, n_times, max_steps, n_starts, designs: a minutes-long version
 
@@ -65,7 +66,7 @@ class StudyError(BayesneuronError):
 _SCHEMA = {
     "study": {"name": str, "question": str},
     "experiment": {"preset": str, "seed": int, "n_traces": int, "noise_sigma": float},
-    "model": {"sigma": float, "priors": str, "dt": float},
+    "model": {"sigma": float, "priors": str, "dt": float, "backend": str},
     "laplace": {"designs": (str, list)},
     "smoke": {
         "n_traces": int,
@@ -84,6 +85,7 @@ _RUN_KEYS = {
     "priors": str,
     "noise_sigma": float,
     "horizons": list,
+    "dt": float,
 }
 
 
@@ -97,6 +99,7 @@ class Run:
     priors: str | None = None
     noise_sigma: float | None = None
     horizons: tuple[int, ...] | None = None
+    dt: float | None = None
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Study:
     sigma: float = 1.0
     priors: str = "paper"
     dt: float = 0.004
+    backend: str = "torch"
     runs: list[Run] = field(default_factory=list)
     laplace: list[Design] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
@@ -180,6 +184,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         sigma=float(mo.get("sigma", 1.0)),
         priors=mo.get("priors", "paper"),
         dt=float(mo.get("dt", 0.004)),
+        backend=mo.get("backend", "torch"),
         raw=raw,
     )
     runs = raw.get("run", [])
@@ -200,8 +205,11 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
                 priors=r.get("priors"),
                 noise_sigma=float(r["noise_sigma"]) if "noise_sigma" in r else None,
                 horizons=tuple(r["horizons"]) if "horizons" in r else None,
+                dt=float(r["dt"]) if "dt" in r else None,
             )
         )
+        if r.get("dt", 1.0) <= 0:
+            raise StudyError(f"{where}: dt must be > 0 (ms)")
         if r.get("noise_sigma", 0) < 0:
             raise StudyError(f"{where}: noise_sigma must be ≥ 0")
         if "horizons" in r and (
@@ -219,6 +227,8 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
         if bad:
             raise StudyError(f"{path}: {p} {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
+    if study.backend not in ("torch", "numba"):
+        raise StudyError(f"{path}: backend {study.backend!r} unknown; use 'torch' or 'numba'")
     if not (study.n_traces >= 1 and study.sigma > 0 and study.dt > 0 and study.noise_sigma >= 0):
         raise StudyError(f"{path}: need n_traces ≥ 1, sigma > 0, dt > 0 and noise_sigma ≥ 0")
     if smoke:
@@ -243,7 +253,7 @@ def _prior_spec(name: str):
     ]
 
 
-def _experiment(study: Study, design: Design, priors: str, device, noise_sigma=None):
+def _experiment(study: Study, design: Design, priors: str, device, noise_sigma=None, dt=None):
     from .paper import paper_experiment
     from .solvers import CrankNicolson
 
@@ -254,7 +264,7 @@ def _experiment(study: Study, design: Design, priors: str, device, noise_sigma=N
         noise_sigma=study.noise_sigma if noise_sigma is None else noise_sigma,
         sigma=study.sigma,
         priors=_prior_spec(priors),
-        solver=CrankNicolson(dt=study.dt),
+        solver=CrankNicolson(dt=dt or study.dt, backend=study.backend),
         device=device,
     )
     if study.n_times < model.t_eval.size:  # smoke: the first n_times output times only
@@ -307,7 +317,7 @@ def run_study(
     t_study = time.perf_counter()
     for run in study.runs:
         priors = run.priors or study.priors
-        exps = [_experiment(study, d, priors, device, run.noise_sigma) for d in run.designs]
+        exps = [_experiment(study, d, priors, device, run.noise_sigma, run.dt) for d in run.designs]
         models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
         if progress:
             print(
@@ -338,7 +348,7 @@ def run_study(
                     "stim": stim,
                     "rec": rec,
                     "protocol": run.protocol,
-                    "L0": f.history["mse"][0, f.best] * frac,
+                    "L0": f.history["mse"][0, 0] * frac,  # start 0 is at the base values
                     "L_final": f.history["mse"][-1, f.best] * frac,
                     "gte_na_final": gte["gte_g_na"][-1, f.best],
                     "gte_k_final": gte["gte_g_k"][-1, f.best],
@@ -350,6 +360,7 @@ def run_study(
                     if run.noise_sigma is None
                     else run.noise_sigma,
                     "horizons": " ".join(map(str, f.settings.get("horizons", []))),
+                    "dt": run.dt or study.dt,
                     "n_starts": len(f.objective),
                     "converged": int(f.converged.sum()),
                     "spread_na_max": float(f.spread()["g_na"].max()),

@@ -177,10 +177,12 @@ def _make_solver(spec: dict):
     kind = spec["kind"]
     if kind in ("cn", "be"):
         scheme = CrankNicolson if kind == "cn" else BackwardEuler
+        extra = {"backend": spec["backend"]} if spec.get("backend") else {}
         return scheme(
             spec["dt"],
             checkpoint_every=spec.get("checkpoint_every", "auto"),
             compile=spec.get("compile", False),
+            **extra,
         )
     return Torchdiffeq(
         spec["method"],
@@ -673,6 +675,8 @@ def _solver_name(spec: dict) -> str:
             name += f"-ckpt{spec['checkpoint_every']}"
         if spec.get("compile"):
             name += "-compiled"
+        if spec.get("backend") == "numba":
+            name += "-numba"
         return name
     if spec.get("step_size"):
         return f"bayesneuron-torchdiffeq-{spec['method']}-dt{spec['step_size']:g}"
@@ -714,6 +718,10 @@ def _reference(runner, case, stem, spec, rows, log, note=None) -> dict:
         )
     )
     return ref
+
+
+def args_device(runner) -> str:
+    return runner.args.device.split(":")[0]
 
 
 def case_paper_toy(runner: Runner, quick: bool, log) -> list[dict]:
@@ -799,6 +807,10 @@ def case_paper_toy(runner: Runner, quick: bool, log) -> list[dict]:
     # numerical error (≈ 0.3 mV, paper-model.md §11). The warm-up call includes compilation.
     for dt_c in () if quick else sorted({dt, PAPER_ACCURACY_DT}):
         add({"kind": "cn", "dt": dt_c, "compile": True}, "float64")
+    # the fused CPU kernel with its hand-written adjoint (numba); its JIT is in the warm-up call
+    if args_device(runner) == "cpu":
+        for dt_c in sorted({dt, PAPER_ACCURACY_DT}):
+            add({"kind": "cn", "dt": dt_c, "backend": "numba"}, "float64")
     add({"kind": "be", "dt": dt}, "float64")
     if not quick:
         add({"kind": "be", "dt": dt}, "float32")

@@ -55,6 +55,9 @@ GOOD = '[study]\nname = "x"\n[[run]]\nprotocol = "paper"\ndesigns = ["all|all"]\
         (GOOD + "[model]\npriors = 'flat'\n", "priors 'flat' unknown"),
         ('[study]\nname = "x"\n', "no \\[\\[run\\]\\]"),
         (GOOD + "[experiment]\nn_traces = 'many'\n", "wrong type"),
+        (GOOD + "[model]\nbackend = 'jax'\n", "backend 'jax' unknown"),
+        (GOOD + "dt = -0.1\n", "dt must be > 0"),
+        (GOOD + "horizons = [0]\n", "horizons must be ints"),
     ],
 )
 def test_bad_configs(tmp_path, capsys, text, match):

@@ -1,0 +1,121 @@
+"""End-to-end MAP fit timings: the paper's all|all fit (its protocol: Adam lr 0.5, 200 steps)
+and bayesneuron's Levenberg–Marquardt MAP, each in a fresh process, wall clock from process
+start (imports, data generation, JIT or compilation and the fit all included).
+
+    python benchmarks/fit.py [--backends numba,torch] [--dt 0.004] [--json FILE]
+
+Each configuration runs twice in fresh processes: ``cold`` (numba's on-disk cache of compiled
+kernels emptied first) and ``warm`` (cache present), so compilation cost is visible apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from bayesneuron import CrankNicolson, Design, fit_map, paper_experiment
+backend, dt, protocol = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+solver = CrankNicolson(dt=dt, backend=backend)
+model, v, truth = paper_experiment(Design(), solver=solver)
+t1 = time.perf_counter()
+fit = fit_map(model, v, protocol=protocol, truth=truth, n_starts=1)
+t2 = time.perf_counter()
+print(json.dumps({"L0": float(fit.history["mse"][0, 0]), "L_final": float(fit.history["mse"][-1, 0]),
+  "gte": fit.gte(), "steps": fit.steps, "n_simulations": fit.n_simulations,
+  "setup_s": t1 - t0, "fit_s": t2 - t1, "total_s": t2 - t0}))
+"""
+
+
+def _numba_cache_dirs():
+    return list((ROOT / "bayesneuron").glob("__pycache__/_fused*.nb*"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backends", default="numba,torch")
+    ap.add_argument("--protocols", default="paper,bayesneuron")
+    ap.add_argument(
+        "--dt", type=float, default=0.004, help="ms (0.004: ≈ 0.3 mV, the paper's own error)"
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    rows = []
+    for protocol in args.protocols.split(","):
+        for backend in args.backends.split(","):
+            for state in ("cold", "warm") if backend == "numba" else ("-",):
+                if state == "cold":
+                    for f in _numba_cache_dirs():
+                        f.unlink()
+                env = dict(os.environ, PYTHONPATH=str(ROOT))
+                t0 = time.perf_counter()
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        CHILD,
+                        backend,
+                        str(args.dt),
+                        protocol,
+                        str(args.threads),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                wall = time.perf_counter() - t0
+                if out.returncode != 0:
+                    rows.append(
+                        {
+                            "protocol": protocol,
+                            "backend": backend,
+                            "cache": state,
+                            "error": out.stderr.strip().splitlines()[-1],
+                        }
+                    )
+                    continue
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(
+                    {
+                        "protocol": protocol,
+                        "backend": backend,
+                        "cache": state,
+                        "dt": args.dt,
+                        "process_wall_s": wall,
+                        **res,
+                    }
+                )
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(
+        f"{'protocol':<12}{'backend':<8}{'cache':<6}{'L0':>9}{'GTE Na':>9}{'GTE K':>9}"
+        f"{'fit s':>8}{'total s':>9}"
+    )
+    for r in rows:
+        if "error" in r:
+            print(f"{r['protocol']:<12}{r['backend']:<8}{r['cache']:<6} error: {r['error']}")
+            continue
+        print(
+            f"{r['protocol']:<12}{r['backend']:<8}{r['cache']:<6}{r['L0']:9.4f}"
+            f"{r['gte']['g_na']:9.4f}{r['gte']['g_k']:9.4f}{r['fit_s']:8.1f}{r['process_wall_s']:9.1f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    shutil.rmtree(ROOT / "benchmarks" / "__pycache__", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The fused numba backend (``CrankNicolson(backend="numba")``) against the torch backend."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bayesneuron import (
+    Cell,
+    CrankNicolson,
+    Leak,
+    Morphology,
+    Reset,
+    SolverError,
+    Stimulus,
+    hh_channels,
+    hh_tree_cell,
+    paper_channels,
+    paper_currents,
+    paper_ground_truth,
+    paper_time_grid,
+    paper_toy_cell,
+    simulate,
+)
+
+pytest.importorskip("numba")
+
+CELL = paper_toy_cell()
+STIM = paper_currents(n_traces=5)
+T = paper_time_grid()[:20]
+TORCH, NUMBA = CrankNicolson(dt=0.01), CrankNicolson(dt=0.01, backend="numba")
+
+
+def _params(batch=(3,), requires_grad=False):
+    """g_na ``[*batch, 6]``, g_k ``[6]`` and g_l a scalar: three ways to broadcast."""
+    gen = torch.Generator().manual_seed(1)
+    gt = paper_ground_truth()
+    g_na = gt["g_na"] * (1 + 0.1 * torch.randn(batch + (6,), generator=gen, dtype=torch.float64))
+    p = {"g_na": g_na, "g_k": gt["g_k"].clone(), "g_l": torch.tensor(0.03, dtype=torch.float64)}
+    return {k: v.requires_grad_(requires_grad) for k, v in p.items()}
+
+
+def _both(cell, params, stim, t=T, **kw):
+    """Voltages and d(Σ w·V)/d(params) from the torch and the numba backend."""
+    res = []
+    for solver in (TORCH, CrankNicolson(dt=TORCH.dt, backend="numba")):
+        v = simulate(cell, params, stim, t, solver, **kw).v
+        w = torch.randn(v.shape, generator=torch.Generator().manual_seed(2), dtype=v.dtype)
+        leaves = [x for x in params.values() if x.requires_grad]
+        grads = torch.autograd.grad((w * v).sum(), leaves) if leaves else ()
+        res.append((v.detach(), grads))
+    return res
+
+
+def _assert_close(res, v_tol=1e-10, g_tol=1e-9):
+    (vt, gt), (vn, gn) = res
+    assert vt.shape == vn.shape
+    assert (vt - vn).abs().max() <= v_tol
+    for a, b in zip(gt, gn, strict=True):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= g_tol * a.abs().max(), (a, b)
+
+
+def test_torch_thread_count_is_left_alone():
+    # numba's OpenMP layer resets the process's OpenMP thread count when it starts
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        simulate(CELL, None, STIM, T[:3], NUMBA)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("batch", [(3,), ()])
+def test_forward_matches_torch(batch):
+    with torch.no_grad():
+        _assert_close(_both(CELL, _params(batch), STIM))
+    # unbatched defaults and scalars too
+    v0 = simulate(CELL, None, STIM, T, TORCH).v
+    v1 = simulate(CELL, {"g_k": 40.0}, STIM, T, NUMBA).v
+    assert v1.shape == v0.shape == (5, 6, 20)
+    assert (simulate(CELL, None, STIM, T, NUMBA).v - v0).abs().max() <= 1e-10
+    assert (simulate(CELL, {"g_k": 40.0}, STIM, T, TORCH).v - v1).abs().max() <= 1e-10
+
+
+def test_gradients_match_torch():
+    params = _params((3,), requires_grad=True)
+    params["e_na"] = torch.full((6,), 90.0, dtype=torch.float64, requires_grad=True)
+    res = _both(CELL, params, STIM)
+    assert len(res[1][1]) == 4 and res[1][1][0].shape == (3, 6) and res[1][1][2].shape == ()
+    _assert_close(res)
+
+
+def test_reset_matches_torch():
+    truth = simulate(CELL, paper_ground_truth(), STIM, T, TORCH).v
+    held = truth.clone()
+    held[:, 3:] = math.nan  # compartments 3-5 are not recorded, so never reset
+    res = _both(CELL, _params((3,), requires_grad=True), STIM, reset=Reset(held, 2))
+    _assert_close(res)
+    assert not torch.equal(res[0][0], simulate(CELL, _params((3,)), STIM, T, TORCH).v)
+
+
+def test_branched_tree_matches_torch():
+    cell = Cell(Morphology.from_parents([-1, 0, 0], ax=0.5, cm=0.45), paper_channels(), v0=-60.0)
+    stim = Stimulus(STIM.values[:, :3], dt=STIM.dt)
+    params = {"g_na": torch.tensor([90.0, 110.0, 100.0], dtype=torch.float64, requires_grad=True)}
+    _assert_close(_both(cell, params, stim))
+
+
+def test_switches_leak_only_and_junctions_match_torch():
+    # the paper's switches off, a plain Leak, and a geometric tree with junction nodes (nA)
+    chans = (*paper_channels(v_shift=40.0, shift_driving_force=False, init_unshifted=False)[:2],
+             Leak(g=0.1, e=-65.0))  # fmt: skip
+    tree = hh_tree_cell().morphology
+    cell = Cell(tree, chans, v0=-65.0)
+    vals = torch.zeros(2, 6, 20, dtype=torch.float64)
+    vals[0, 0, 2:12], vals[1, 3, 5:] = 0.2, 0.05
+    stim, t = Stimulus(vals, dt=0.1, unit="nA"), np.linspace(0.0, 2.0, 21)
+    g = {"g_k": torch.full((6,), 36.0, dtype=torch.float64, requires_grad=True)}
+    _assert_close(_both(cell, g, stim, t))
+    leak = Cell(Morphology.from_parents([-1, 0, 1]), (Leak(),), v0=-70.0)
+    g = {"g_l": torch.full((2, 3), 0.3, dtype=torch.float64, requires_grad=True)}
+    _assert_close(_both(leak, g, Stimulus(torch.ones(1, 3, 4), dt=0.5)))
+
+
+@pytest.mark.parametrize(
+    "cell, kw, match",
+    [
+        (Cell(Morphology.from_parents([-1, 0]), hh_channels()), {}, "HHSodium, HHPotassium"),
+        (CELL, {"dtype": torch.float32}, "float64; got torch.float32"),
+    ],
+)
+def test_unsupported_raise_with_the_reason(cell, kw, match):
+    stim = Stimulus(torch.ones(1, cell.n_comp, 2), dt=0.5)
+    with pytest.raises(SolverError, match=f"backend='numba' supports .*{match}"):
+        simulate(cell, None, stim, None, NUMBA, **kw)
+
+
+def test_backend_setting_is_validated():
+    with pytest.raises(SolverError, match="'torch' or 'numba'"):
+        CrankNicolson(backend="jax")
+    with pytest.raises(SolverError, match="compile=True"):
+        CrankNicolson(backend="numba", compile=True)
+
+
+def test_vectorised_exp_and_log1p_are_accurate():
+    from bayesneuron._fused import _exp, _log1p01
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-700, 700, 2000), rng.uniform(-2, 2, 2000), [0.0, 709.7]])
+    got = np.array([_exp(v) for v in x])
+    assert np.all(np.abs(got - np.exp(x)) <= 2 * np.spacing(np.exp(x)))
+    assert _exp(710.0) == np.inf and _exp(-710.0) == 0.0 and np.isnan(_exp(np.nan))
+    u = np.concatenate([rng.uniform(0, 1, 2000), 10.0 ** rng.uniform(-300, 0, 2000), [0.0, 1.0]])
+    got = np.array([_log1p01(v) for v in u])
+    assert np.all(np.abs(got - np.log1p(u)) <= 2 * np.spacing(np.log1p(u)))
