@@ -37,6 +37,7 @@ from torch.distributions import biject_to, constraints
 
 from .errors import FitError
 from .model import NeuronModel
+from .simulate import Reset, simulate
 from .stimulus import Stimulus
 
 __all__ = ["MapFit", "fit_map", "fit_map_designs"]
@@ -166,8 +167,6 @@ class _Stack:
         """``params[name]`` ``[..., Q, comp]`` for designs ``didx`` ``[Q]`` →
         masked errors ``v̂ − v`` ``[..., Q, trace, comp, time]`` (0 where unrecorded).
         ``horizon``: restart recorded voltages from the data every ``horizon`` outputs."""
-        from .simulate import Reset, simulate
-
         m = self.m0
         stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
         reset = None
