@@ -97,28 +97,19 @@ class LocalPosterior:
 def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
     """Gaussian approximation of the posterior at ``params`` (a MAP, or the truth for a
     design's expected information). Needs proper priors with a finite variance."""
-    F = fisher_information(model, params, **kw)
-    g = _vector(model, params).detach().requires_grad_()
-    n = model.n_comp
-    logp = sum(
-        model.priors[k].log_prob(g[i * n : (i + 1) * n]).sum()
-        for i, k in enumerate(model.free)
-        if model.priors[k] is not None
-    )
-    if isinstance(logp, Tensor) and logp.requires_grad:
-        H = torch.autograd.functional.hessian(
-            lambda x: (
-                -sum(
-                    model.priors[k].log_prob(x[i * n : (i + 1) * n]).sum()
-                    for i, k in enumerate(model.free)
-                )
-            ),
-            g.detach(),
-        )
-    else:
-        H = torch.zeros_like(F)
     if any(model.priors[k] is None for k in model.free):
         raise FitError("laplace needs a proper prior on every free parameter")
+    F = fisher_information(model, params, **kw)
+    g = _vector(model, params)
+    n = model.n_comp
+
+    def neg_log_prior(x):
+        return -sum(
+            model.priors[k].log_prob(x[i * n : (i + 1) * n]).sum() for i, k in enumerate(model.free)
+        )
+
+    # zero where the prior is flat (uniform priors do not depend on x inside their support)
+    H = torch.autograd.functional.hessian(neg_log_prior, g)
     prior_var = torch.cat([model.priors[k].variance for k in model.free])
     flat = H.diagonal() == 0
     H = H + torch.diag(torch.where(flat, 1.0 / prior_var, torch.zeros_like(prior_var)))

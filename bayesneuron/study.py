@@ -222,11 +222,10 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         raise StudyError(f"{path}: run names must be distinct, got {names}")
     if "laplace" in raw:
         study.laplace = _designs(raw["laplace"].get("designs", "paper9"), "[laplace]")
-    for p in ("priors",):
-        vals = [study.priors] + [r.priors for r in study.runs if r.priors]
-        bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
-        if bad:
-            raise StudyError(f"{path}: {p} {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
+    vals = [study.priors] + [r.priors for r in study.runs if r.priors]
+    bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
+    if bad:
+        raise StudyError(f"{path}: priors {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
     if study.backend not in ("torch", "numba"):
         raise StudyError(f"{path}: backend {study.backend!r} unknown; use 'torch' or 'numba'")
     if not (study.n_traces >= 1 and study.sigma > 0 and study.dt > 0 and study.noise_sigma >= 0):
@@ -341,7 +340,6 @@ def run_study(
         )
         for m, f in zip(models, fits):
             frac = len(m.rec_index) / m.n_comp  # paper loss = MSE over recorded · |rec| / n
-            gte = f.history
             stim, rec = f.design.split("|")
             rows.append(
                 {
@@ -350,8 +348,8 @@ def run_study(
                     "protocol": run.protocol,
                     "L0": f.history["mse"][0, 0] * frac,  # start 0 is at the base values
                     "L_final": f.history["mse"][-1, f.best] * frac,
-                    "gte_na_final": gte["gte_g_na"][-1, f.best],
-                    "gte_k_final": gte["gte_g_k"][-1, f.best],
+                    "gte_na_final": f.history["gte_g_na"][-1, f.best],
+                    "gte_k_final": f.history["gte_g_k"][-1, f.best],
                     "steps": f.steps,
                     "wall_s": round(f.wall_s, 2),
                     "run": run.name,
