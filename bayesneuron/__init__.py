@@ -27,8 +27,11 @@ from .errors import (
 )
 from .fit import MapFit, fit_map, fit_map_designs
 from .geometry import Section, from_sections
+from .laplace import LocalPosterior, UnconstrainedLaplace, laplace, laplace_map
+from .metrics import Identifiability, identifiability
 from .model import NeuronModel
 from .morphology import Morphology, chain, paper_chain
+from .nuts import NutsRun, run_nuts
 from .paper import (
     paper_currents,
     paper_designs,
@@ -42,12 +45,23 @@ from .priors import LogNormalPrior, Prior, ScaledUniformPrior
 from .simulate import Reset, Trace, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
+from .svi import SviFit, fit_svi
 from .swc import load_swc, read_swc_sections
 from .synthetic import draw_truth, synthetic_data
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Identifiability",
+    "LocalPosterior",
+    "NutsRun",
+    "SviFit",
+    "UnconstrainedLaplace",
+    "fit_svi",
+    "identifiability",
+    "laplace",
+    "laplace_map",
+    "run_nuts",
     "BackwardEuler",
     "BayesneuronError",
     "Cell",

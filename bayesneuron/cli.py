@@ -120,7 +120,7 @@ def cmd_study_run(args) -> int:
 
     out = Path(args.out)
     start = time.perf_counter()
-    rows = run_study(
+    res = run_study(
         args.folder,
         out,
         smoke=args.smoke,
@@ -128,7 +128,9 @@ def cmd_study_run(args) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    print(f"{len(rows)} fits in {time.perf_counter() - start:.1f} s; results in {out}/")
+    done = [f"{len(res['fits'])} MAP fits"] if res["fits"] else []
+    done += [f"{len(res['designs'])} posteriors"] if res["designs"] else []
+    print(f"{' and '.join(done)} in {time.perf_counter() - start:.1f} s; results in {out}/")
     return 0
 
 

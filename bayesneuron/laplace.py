@@ -16,6 +16,7 @@ fixed noise ``σ``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,8 +26,17 @@ from torch import Tensor
 
 from .errors import FitError
 from .model import NeuronModel
+from .unconstrained import ParameterSpace
 
-__all__ = ["jacobian", "fisher_information", "LocalPosterior", "laplace"]
+__all__ = [
+    "jacobian",
+    "fisher_information",
+    "LocalPosterior",
+    "laplace",
+    "log_likelihood",
+    "UnconstrainedLaplace",
+    "laplace_map",
+]
 
 
 def _vector(model: NeuronModel, params: Mapping) -> Tensor:
@@ -125,3 +135,148 @@ def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
         logdet_fisher=float(logdet) if sign > 0 else -np.inf,
         fisher_eigvals=ev,
     )
+
+
+# =========================================================================== at a MAP
+def log_likelihood(model: NeuronModel, v_obs: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """``log p(v_obs | g)`` per trace ``[sample…, trace]`` for ``params[name]`` ``[sample…,
+    comp]`` (the model's fixed σ); differentiable."""
+    if model.sigma is None:
+        raise FitError("log_likelihood needs a fixed sigma in the model")
+    r = (model.simulate(params) - v_obs) / model.sigma
+    m = r.shape[-1] * r.shape[-2]
+    return -0.5 * r.pow(2).sum((-1, -2)) - m * math.log(model.sigma * math.sqrt(2 * math.pi))
+
+
+def _grad_log_posterior(model, v_obs, space: ParameterSpace, u: Tensor, chunk: int) -> Tensor:
+    """``∇_u log p(u | v_obs)`` for each row of ``u`` ``[B, P]`` (batched simulations)."""
+    out = []
+    for part in u.split(chunk):
+        x = part.detach().clone().requires_grad_()
+        g, _ = space.constrain(x)
+        lp = log_likelihood(model, v_obs, g).sum(-1) + space.log_prior(x)
+        (grad,) = torch.autograd.grad(lp.sum(), x)
+        out.append(grad)
+    return torch.cat(out)
+
+
+def _exact_hessian(model, v_obs, space, u0, step, chunk) -> Tensor:
+    P = u0.numel()
+    eye = torch.eye(P, dtype=u0.dtype, device=u0.device) * step
+    grads = _grad_log_posterior(model, v_obs, space, torch.cat([u0 + eye, u0 - eye]), chunk)
+    H = -(grads[:P] - grads[P:]) / (2 * step)
+    return 0.5 * (H + H.T)
+
+
+def _gauss_newton_hessian(model, space, u0) -> Tensor:
+    """``JᵤᵀJᵤ/σ² − ∇²_u log p(u)``: positive definite wherever the prior term is."""
+    g0, _ = space.constrain(u0)
+    Jg = jacobian(model, {k: v.detach() for k, v in g0.items()})  # [M, P], ∂v/∂g
+    dg_du = torch.autograd.functional.jacobian(
+        lambda x: torch.cat(list(space.constrain(x)[0].values())), u0
+    ).diagonal()
+    Ju = Jg * dg_du
+    H_prior = torch.autograd.functional.hessian(lambda x: -space.log_prior(x), u0)
+    return Ju.T @ Ju / model.sigma**2 + H_prior
+
+
+def _log_posterior(model, v_obs, space, u: Tensor) -> Tensor:
+    with torch.no_grad():
+        g, _ = space.constrain(u)
+        return log_likelihood(model, v_obs, g).sum(-1) + space.log_prior(u)
+
+
+def _newton(model, v_obs, space, u0, H, tol=1e-6, max_step=2.0) -> tuple[Tensor, bool]:
+    """One damped Newton step (at most ``max_step`` in any coordinate) towards the mode of
+    ``log p(u | v_obs)``; (new u, moved?)."""
+    grad = _grad_log_posterior(model, v_obs, space, u0[None], 1)[0]
+    delta = torch.linalg.solve(H, grad)
+    delta = delta * min(1.0, max_step / float(delta.abs().max().clamp_min(1e-300)))
+    if float(delta.abs().max()) < tol:
+        return u0, False
+    f0 = _log_posterior(model, v_obs, space, u0)
+    ts = torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=u0.dtype, device=u0.device)
+    f = _log_posterior(model, v_obs, space, u0 + ts[:, None] * delta)  # one batch
+    f = torch.where(torch.isfinite(f), f, torch.full_like(f, -math.inf))
+    best = int(torch.argmax(f))
+    if not bool(f[best] > f0):
+        return u0, False
+    return u0 + ts[best] * delta, True
+
+
+@dataclass
+class UnconstrainedLaplace:
+    """``N(center, cov)`` over the unconstrained vector ``u`` (:mod:`.unconstrained`), the
+    Laplace approximation of the posterior at a mode; ``g = T(u)``.
+
+    ``hessian`` says how the curvature was computed: ``"exact"`` (central differences of
+    autograd gradients of the log posterior) or ``"gauss-newton"`` (``JᵀJ/σ²`` plus the
+    prior's exact Hessian; always positive definite).
+    """
+
+    space: ParameterSpace
+    center: Tensor
+    cov: Tensor
+    hessian: str
+    log_posterior: float
+
+    @property
+    def scale_tril(self) -> Tensor:
+        return torch.linalg.cholesky(self.cov)
+
+    def sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``n`` draws of every free parameter, name → ``[n, comp]`` (constrained)."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(n, self.center.numel(), generator=gen, dtype=self.center.dtype)
+        u = self.center + z.to(self.center.device) @ self.scale_tril.T
+        g, _ = self.space.constrain(u)
+        return {k: v.detach().cpu().numpy() for k, v in g.items()}
+
+
+def laplace_map(
+    model: NeuronModel,
+    v_obs,
+    params: Mapping,
+    *,
+    hessian: str = "exact",
+    step: float = 1e-4,
+    newton_steps: int = 8,
+    chunk: int = 8,
+) -> UnconstrainedLaplace:
+    """Laplace approximation at a mode ``params`` (name → ``[comp]``, e.g. a MAP) in the
+    unconstrained coordinates the guides and NUTS use.
+
+    ``hessian="exact"`` differentiates autograd gradients of the log posterior by central
+    differences (step ``step`` in ``u``; ``2P`` gradients in batches of ``chunk``). The centre
+    first moves to the mode *in u* by up to ``newton_steps`` damped Newton steps (a MAP in
+    ``g`` is not the mode in ``u``: the Jacobian of ``T`` shifts it, most near a bounded
+    prior's edge, where a Gaussian in ``u`` would otherwise be absurdly wide). Wherever the
+    exact Hessian is not positive definite the Gauss–Newton one (always positive definite)
+    is used instead; ``hessian`` says which the result used.
+    """
+    if hessian not in ("exact", "gauss-newton"):
+        raise FitError(f"hessian = {hessian!r}; use 'exact' or 'gauss-newton'")
+    v_obs = model.check_data(v_obs)
+    space = ParameterSpace(model)
+    u0 = space.clip_bounded(space.unconstrain(params).detach())
+
+    # Newton steps to the mode in u with the Gauss–Newton Hessian (2P forward simulations);
+    # the exact one (2P gradients) once, at the mode.
+    for _ in range(newton_steps):
+        u0, moved = _newton(model, v_obs, space, u0, _gauss_newton_hessian(model, space, u0))
+        if not moved:
+            break
+    H, kind = None, "gauss-newton"
+    if hessian == "exact":
+        H = _exact_hessian(model, v_obs, space, u0, step, chunk)
+        kind = "exact"
+        if not bool(torch.all(torch.linalg.eigvalsh(H) > 0)):
+            H, kind = None, "gauss-newton"
+    if H is None:
+        H = _gauss_newton_hessian(model, space, u0)
+    with torch.no_grad():
+        g0, _ = space.constrain(u0)
+        lp = float(log_likelihood(model, v_obs, g0).sum() + space.log_prior(u0))
+    cov = torch.linalg.inv(H)
+    cov = 0.5 * (cov + cov.T)
+    return UnconstrainedLaplace(space, u0.detach(), cov.detach(), kind, lp)

@@ -12,6 +12,12 @@ The config (every key checked; unknown keys are errors)::
     [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("paper9" | "grid25" |
                   ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
                   (override [model] / [experiment]), horizons (multiple-shooting stages), dt
+    [[infer]]     name, method ("svi" | "laplace" | "nuts"), guide ("mvn" | "normal" |
+                  "lowrank" | "iaf"), designs, num_particles, max_steps (SVI), num_samples,
+                  map_starts, map_steps, map_init ("starts": base values and prior draws;
+                  "truth": the ground truth and prior draws) — the MAP each posterior
+                  starts from; warmup_steps,
+                  num_chains (NUTS), priors, noise_sigma
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
     [smoke]       n_traces, n_times, max_steps, n_starts, designs: a minutes-long version
 
@@ -21,6 +27,13 @@ L_final, gte_na_final, gte_k_final, steps, wall_s``, then extras), ``laplace.csv
 (``<run>_loss_gte.png``, ``<run>_trajectories_<design>.png``, ``<run>_gte_grid.png``),
 ``config.json`` (resolved) and ``environment.json``. Each run checkpoints to
 ``<out>/checkpoints/``; ``--resume`` continues an interrupted study.
+
+``[[infer]]`` runs write ``designs.csv`` (one row per run × design: ``stim, rec, guide,
+mean_contraction, min_contraction, max_abs_z, coverage_90, logdet_fisher, elbo, wall_s``, then
+extras), ``parameters.csv`` (per design × parameter), ``ranking.csv``, one netCDF
+InferenceData per design (``idata/<run>/<design>.nc``), figures (``<run>_contraction.png``,
+``<run>_forest_<param>.png``, per-design posterior/pair/predictive plots for up to 9 designs)
+and ``report.html`` (self-contained).
 """
 
 from __future__ import annotations
@@ -69,6 +82,8 @@ _SCHEMA = {
     "model": {"sigma": float, "priors": str, "dt": float, "backend": str},
     "laplace": {"designs": (str, list)},
     "smoke": {
+        "svi_steps": int,
+        "num_samples": int,
         "n_traces": int,
         "n_times": int,
         "max_steps": int,
@@ -87,6 +102,55 @@ _RUN_KEYS = {
     "horizons": list,
     "dt": float,
 }
+
+
+_INFER_KEYS = {
+    "name": str,
+    "method": str,
+    "guide": str,
+    "designs": (str, list),
+    "num_particles": int,
+    "max_steps": int,
+    "num_samples": int,
+    "map_starts": int,
+    "map_steps": int,
+    "map_init": str,
+    "warmup_steps": int,
+    "num_chains": int,
+    "priors": str,
+    "noise_sigma": float,
+}
+METHODS = ("svi", "laplace", "nuts")
+DESIGN_COLUMNS = (
+    "stim",
+    "rec",
+    "guide",
+    "mean_contraction",
+    "min_contraction",
+    "max_abs_z",
+    "coverage_90",
+    "logdet_fisher",
+    "elbo",
+    "wall_s",
+)
+
+
+@dataclass
+class Infer:
+    name: str
+    method: str
+    designs: list[Design]
+    guide: str = "mvn"
+    num_particles: int = 8
+    max_steps: int = 400
+    num_samples: int = 400
+    map_starts: int = 4
+    map_steps: int = 50
+    map_init: str = "starts"
+    warmup_steps: int = 200
+    num_chains: int = 2
+    priors: str | None = None
+    noise_sigma: float | None = None
 
 
 @dataclass
@@ -116,6 +180,7 @@ class Study:
     dt: float = 0.004
     backend: str = "torch"
     runs: list[Run] = field(default_factory=list)
+    infers: list[Infer] = field(default_factory=list)
     laplace: list[Design] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
 
@@ -161,7 +226,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise StudyError(f"{path}: malformed TOML: {e}") from None
-    allowed = set(_SCHEMA) | {"run"}
+    allowed = set(_SCHEMA) | {"run", "infer"}
     for k in raw:
         if k not in allowed:
             raise StudyError(f"{path}: unknown section [{k}]; allowed: {sorted(allowed)}")
@@ -187,9 +252,10 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         backend=mo.get("backend", "torch"),
         raw=raw,
     )
-    runs = raw.get("run", [])
-    if not isinstance(runs, list) or not runs:
-        raise StudyError(f"{path}: no [[run]] tables; add at least one")
+    runs, infers = raw.get("run", []), raw.get("infer", [])
+    if not isinstance(runs, list) or not isinstance(infers, list) or not (runs or infers):
+        raise StudyError(f"{path}: no [[run]] or [[infer]] tables; add at least one")
+    _load_infers(study, infers, path)
     for i, r in enumerate(runs):
         where = f"{path.name} [[run]] #{i + 1}"
         _check(r, _RUN_KEYS, where)
@@ -217,12 +283,12 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
             or not all(isinstance(x, int) and x >= 1 for x in r["horizons"])
         ):
             raise StudyError(f"{where}: horizons must be ints ≥ 1, for protocol 'bayesneuron'")
-    names = [r.name for r in study.runs]
+    names = [r.name for r in study.runs] + [r.name for r in study.infers]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: run names must be distinct, got {names}")
     if "laplace" in raw:
         study.laplace = _designs(raw["laplace"].get("designs", "paper9"), "[laplace]")
-    vals = [study.priors] + [r.priors for r in study.runs if r.priors]
+    vals = [study.priors] + [r.priors for r in study.runs + study.infers if r.priors]
     bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
     if bad:
         raise StudyError(f"{path}: priors {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
@@ -240,8 +306,55 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
             r.n_starts = min(r.n_starts, sm.get("n_starts", 2)) if r.n_starts else None
             if keep is not None:
                 r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
+        for r in study.infers:
+            r.max_steps = sm.get("svi_steps", 10)
+            r.num_samples = sm.get("num_samples", 50)
+            r.map_steps = sm.get("max_steps", 3)
+            r.map_starts = min(r.map_starts, sm.get("n_starts", 2))
+            r.warmup_steps, r.num_chains = min(r.warmup_steps, 10), 1
+            r.num_particles = min(r.num_particles, 4)
+            if keep is not None:
+                r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
         study.laplace = study.laplace[:2]
     return study
+
+
+def _load_infers(study: Study, infers: list, path: Path) -> None:
+    for i, r in enumerate(infers):
+        where = f"{path.name} [[infer]] #{i + 1}"
+        if not isinstance(r, dict):
+            raise StudyError(f"{where}: must be a table")
+        _check(r, _INFER_KEYS, where)
+        method = r.get("method", "svi")
+        if method not in METHODS:
+            raise StudyError(f"{where}: method {method!r} unknown; use one of {list(METHODS)}")
+        from .svi import GUIDES
+
+        if r.get("guide", "mvn") not in GUIDES:
+            raise StudyError(f"{where}: guide {r['guide']!r} unknown; use one of {sorted(GUIDES)}")
+        for key in (
+            "num_particles",
+            "max_steps",
+            "num_samples",
+            "map_starts",
+            "map_steps",
+            "num_chains",
+        ):
+            if key in r and r[key] < 1:
+                raise StudyError(f"{where}: {key} must be ≥ 1")
+        if r.get("map_init", "starts") not in ("starts", "truth"):
+            raise StudyError(f"{where}: map_init must be 'starts' or 'truth'")
+        if r.get("noise_sigma", 0) < 0 or r.get("warmup_steps", 0) < 0:
+            raise StudyError(f"{where}: noise_sigma and warmup_steps must be ≥ 0")
+        kw = {k: v for k, v in r.items() if k not in ("name", "designs", "method")}
+        study.infers.append(
+            Infer(
+                name=r.get("name", f"infer{i + 1}"),
+                method=method,
+                designs=_designs(r.get("designs", "paper9"), where),
+                **kw,
+            )
+        )
 
 
 def _prior_spec(name: str):
@@ -302,7 +415,8 @@ def run_study(
     device: str = "cpu",
     progress: bool = True,
 ) -> list[dict]:
-    """Run every ``[[run]]`` of the study; returns the table rows (also written to disk)."""
+    """Run every ``[[run]]`` and ``[[infer]]`` of the study; returns the rows of
+    ``table.csv`` (``"fits"``) and ``designs.csv`` (``"designs"``), also written to disk."""
     from . import reports
     from .cli import environment
     from .fit import fit_map_designs
@@ -409,8 +523,15 @@ def run_study(
         )
     if lap_rows:
         _write_csv(out / "laplace.csv", lap_rows)
-    np.savez_compressed(out / "histories.npz", **hist)
-    (out / "fits.json").write_text(json.dumps(fits_json, indent=1, default=_json_default))
+    if study.runs:
+        np.savez_compressed(out / "histories.npz", **hist)
+        (out / "fits.json").write_text(json.dumps(fits_json, indent=1, default=_json_default))
+    if study.infers:
+        from .posterior_study import run_infers
+
+        design_rows = run_infers(study, out, device=device, resume=resume, progress=progress)
+    else:
+        design_rows = []
     resolved = {
         "folder": str(study.folder),
         "smoke": smoke,
@@ -433,12 +554,15 @@ def run_study(
                 }
                 for r in study.runs
             ],
+            "infers": [
+                {**r.__dict__, "designs": [d.label for d in r.designs]} for r in study.infers
+            ],
         },
         "wall_s": time.perf_counter() - t_study,
     }
     (out / "config.json").write_text(json.dumps(resolved, indent=2, default=_json_default))
     (out / "environment.json").write_text(json.dumps(environment(), indent=2))
-    return rows
+    return {"fits": rows, "designs": design_rows}
 
 
 def _json_default(x):

@@ -1,6 +1,52 @@
-"""Figures and reports: the only part of bayesneuron that imports matplotlib."""
+"""Figures and reports: the only part of bayesneuron that imports matplotlib (and ArviZ).
+
+The ArviZ functions (:mod:`.arviz`) are imported on first use: importing ArviZ takes seconds.
+"""
 
 from .fits import plot_design_heatmap, plot_loss_and_gte, plot_trajectories
+from .html import Figure, Table, Text, write_html_report
+from .posterior_plots import (
+    plot_contraction_heatmap,
+    plot_forest_designs,
+    plot_pairs,
+    plot_posterior_vs_prior,
+    plot_ppc_traces,
+)
 from .traces import plot_traces
 
-__all__ = ["plot_design_heatmap", "plot_loss_and_gte", "plot_trajectories", "plot_traces"]
+_ARVIZ = (
+    "load_inference_data",
+    "save_inference_data",
+    "stack_channels",
+    "summary",
+    "to_inference_data",
+)
+
+__all__ = [
+    "Figure",
+    "Table",
+    "Text",
+    "load_inference_data",
+    "plot_contraction_heatmap",
+    "plot_design_heatmap",
+    "plot_forest_designs",
+    "plot_loss_and_gte",
+    "plot_pairs",
+    "plot_posterior_vs_prior",
+    "plot_ppc_traces",
+    "plot_traces",
+    "plot_trajectories",
+    "save_inference_data",
+    "stack_channels",
+    "summary",
+    "to_inference_data",
+    "write_html_report",
+]
+
+
+def __getattr__(name: str):
+    if name in _ARVIZ:
+        from . import arviz
+
+        return getattr(arviz, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

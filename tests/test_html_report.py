@@ -1,0 +1,83 @@
+"""The self-contained HTML report (reports.html)."""
+
+import base64
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from bayesneuron import DataError  # noqa: E402
+from bayesneuron.reports.html import Figure, Table, Text, write_html_report  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def fig():
+    f, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1], [1, 0])
+    yield f
+    plt.close(f)
+
+
+def _images(text: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', text)]
+
+
+def test_report_is_one_file_with_tables_and_images(tmp_path, fig):
+    png = tmp_path / "saved.png"
+    fig.savefig(png)
+    table = pd.DataFrame(
+        {"mean": [101.234567, 44.5], "contraction": [0.91, 0.42]}, index=["g_na[0]", "g_k[0]"]
+    )
+    out = write_html_report(
+        tmp_path / "out" / "report.html",
+        "Design study <toy>",
+        [
+            Text("Question", "Which sites identify g_Na?\n\nSecond paragraph & more."),
+            Table("Summary", table, caption="posterior summary"),
+            Table("Records", [{"stim": "all", "rec": "[0]", "value": 0.5}]),
+            Figure("Posterior", fig, caption="posterior vs prior"),
+            Figure("From file", png),
+        ],
+    )
+    assert out == tmp_path / "out" / "report.html"
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp file, no assets
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert "<title>Design study &lt;toy&gt;</title>" in text
+    assert text.count("<p>") == 2 and "Second paragraph &amp; more." in text
+    assert len(re.findall(r'<table[^>]*class="dataframe data"', text)) == 2
+    assert "g_na[0]" in text and "101.2" in text and "0.91" in text and "[0]" in text
+    assert "posterior summary" in text and "<figcaption>posterior vs prior</figcaption>" in text
+    images = _images(text)
+    assert len(images) == 2 and all(img.startswith(PNG) for img in images)
+    assert images[1] == png.read_bytes()
+    # Self-contained: nothing is fetched from elsewhere, no scripts.
+    assert "<script" not in text and "<link" not in text and "http" not in text
+
+
+def test_report_overwrites_atomically(tmp_path):
+    path = tmp_path / "r.html"
+    write_html_report(path, "one", [Text("a", "first")])
+    write_html_report(path, "two", [Text("b", "second")])
+    text = path.read_text(encoding="utf-8")
+    assert "second" in text and "first" not in text
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_bad_sections(tmp_path):
+    path = tmp_path / "r.html"
+    with pytest.raises(DataError, match=r"sections\[1\] is a str; use Text, Table or Figure"):
+        write_html_report(path, "t", [Text("a"), "plain text"])
+    with pytest.raises(DataError, match="not a file"):
+        write_html_report(path, "t", [Figure("missing", tmp_path / "nope.png")])
+    (tmp_path / "x.png").write_text("not a png")
+    with pytest.raises(DataError, match="not a PNG"):
+        write_html_report(path, "t", [Figure("fake", tmp_path / "x.png")])
+    assert not path.exists()  # nothing is written when a section fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
