@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .channels import Channel
-from .errors import ChannelError, ParameterError
+from .errors import ChannelError, MorphologyError, ParameterError
 from .morphology import Morphology
 
 __all__ = ["Cell"]
@@ -38,6 +38,17 @@ class Cell:
     v0: float = -65.0
 
     def __post_init__(self):
+        if not isinstance(self.morphology, Morphology):
+            raise MorphologyError(
+                f"morphology must be a bayesneuron.Morphology, got {type(self.morphology).__name__}; "
+                "build one with chain(n), Morphology.from_parents(...), from_sections(...) or "
+                "load_swc(path)"
+            )
+        if isinstance(self.channels, Channel):
+            raise ChannelError(
+                f"channels must be a list of Channel instances; got one {self.channels!r} — "
+                "wrap it in a list: [channel]"
+            )
         channels = tuple(self.channels)
         object.__setattr__(self, "channels", channels)
         for ch in channels:
@@ -61,8 +72,10 @@ class Cell:
         for arr in values.values():
             arr.setflags(write=False)
         object.__setattr__(self, "params", values)
-        if not np.isfinite(self.v0):
-            raise ParameterError(f"v0 = {self.v0} mV must be finite")
+        if isinstance(self.v0, bool) or not (
+            isinstance(self.v0, (int, float, np.integer, np.floating)) and np.isfinite(self.v0)
+        ):
+            raise ParameterError(f"v0 = {self.v0!r} mV must be a finite number")
 
     @property
     def n_comp(self) -> int:
@@ -80,7 +93,12 @@ class Cell:
 
 
 def _per_compartment(key: str, val, n: int) -> np.ndarray:
-    arr = np.asarray(val, dtype=float)
+    try:
+        arr = np.asarray(val, dtype=float)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"{key} = {val!r} is not numeric; give a number or one value per compartment ({n},)"
+        ) from None
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,):

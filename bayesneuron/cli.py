@@ -42,6 +42,24 @@ def _preset(name: str, n_traces: int, seed: int):
     return cell, None, stim, np.arange(2001) * 0.025, 0.025
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a results folder, before any work is done."""
+    for q in (out, *out.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = f"--out {out}" if q == out else f"--out {out}: {q}"
+                raise BayesneuronError(
+                    f"{what} is a file, not a folder; give a folder path for the results"
+                )
+            break
+
+
+def _check_device(name: str) -> None:
+    from .simulate import check_device
+
+    check_device(name)
+
+
 def _solver(name: str, dt: float):
     from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 
@@ -85,14 +103,18 @@ def cmd_simulate(args) -> int:
     from .reports import plot_traces
     from .simulate import simulate
 
+    if args.traces < 1:
+        raise BayesneuronError(f"--traces {args.traces}: need at least 1 stimulus trace")
+    out = Path(args.out)
+    _check_out(out)
+    _check_device(args.device)
     torch.manual_seed(args.seed)
     cell, params, stim, t_eval, dt = _preset(args.preset, args.traces, args.seed)
-    solver = _solver(args.solver, args.dt or dt)
+    solver = _solver(args.solver, dt if args.dt is None else args.dt)
     dtype = torch.float32 if args.float32 else torch.float64
     start = time.perf_counter()
     tr = simulate(cell, params, stim, t_eval, solver, dtype=dtype, device=args.device)
     wall = time.perf_counter() - start
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out / "traces.npz",
@@ -116,26 +138,53 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_study_run(args) -> int:
+    from .executors import make_executor
     from .study import run_study
 
+    executor = make_executor(args.executor, args.scheduler, args.workers)
     out = Path(args.out)
+    _check_out(out)
+    _check_device(args.device)
+    existed = out.exists()
     start = time.perf_counter()
-    res = run_study(
-        args.folder,
-        out,
-        smoke=args.smoke,
-        resume=args.resume,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    try:
+        res = run_study(
+            args.folder,
+            out,
+            smoke=args.smoke,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.quiet,
+            executor=executor,
+        )
+    except BayesneuronError:
+        if not existed:
+            _remove_if_empty(out)  # a study that failed before writing anything leaves nothing
+        raise
     done = [f"{len(res['fits'])} MAP fits"] if res["fits"] else []
     done += [f"{len(res['designs'])} posteriors"] if res["designs"] else []
     print(f"{' and '.join(done)} in {time.perf_counter() - start:.1f} s; results in {out}/")
     return 0
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but empty folders (never a file)."""
+    if not folder.is_dir() or any(q.is_file() or q.is_symlink() for q in folder.rglob("*")):
+        return
+    for q in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        q.rmdir()
+    folder.rmdir()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: what was wrong, and where the help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bayesneuron",
         description="Bayesian inference on differentiable multicompartment neuron models.",
     )
@@ -177,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the runs' checkpoints")
     r.add_argument("--device", default="cpu", help="cpu or cuda")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="where the [[infer]] designs run: this process (local) or a Dask cluster",
+    )
+    r.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address (e.g. tcp://host:8786, from dask-jobqueue on Slurm); "
+        "default with --executor dask: a LocalCluster on this machine",
+    )
+    r.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     r.set_defaults(func=cmd_study_run)
     return p
 
@@ -187,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BayesneuronError as e:
         print(f"bayesneuron: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a path the user gave cannot be read or written
+        where = f": {e.filename}" if e.filename else ""
+        print(f"bayesneuron: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
 
 

@@ -51,6 +51,17 @@ def _sites(value, what: str) -> Sites:
     return sites
 
 
+def _balanced(name: str) -> bool:
+    """Brackets in a compartment name (``dend[0](0.5)``) open and close in order."""
+    stack = []
+    for c in name:
+        if c in "[(":
+            stack.append("])"["[(".index(c)])
+        elif c in "])" and (not stack or stack.pop() != c):
+            return False
+    return not stack
+
+
 def format_sites(sites: Sites) -> str:
     """``None`` → ``"all"``, ``(0, -1)`` → ``"[0,-1]"`` (the paper's and the tables' spelling)."""
     if sites is None:
@@ -70,9 +81,18 @@ def parse_sites(text: str) -> Sites:
         if not part:
             continue
         try:
-            out.append(int(ast.literal_eval(part)))
-        except (ValueError, SyntaxError):
-            out.append(part)
+            val = ast.literal_eval(part)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            val = part  # a compartment name
+        if isinstance(val, str) and not _balanced(val):
+            raise DesignError(
+                f"site list {text!r} is malformed; write 'all', '[0,-1]' or '[soma,dend]'"
+            )
+        if isinstance(val, bool) or not isinstance(val, (int, str)):
+            raise DesignError(
+                f"site {part!r} in {text!r} must be an int index or a compartment name"
+            )
+        out.append(val)
     return _sites(out, "listed")
 
 

@@ -134,6 +134,12 @@ class _Stack:
             raise FitError("no models to fit")
         if len(models) != len(data):
             raise FitError(f"{len(models)} models but {len(data)} data sets")
+        for m in models:
+            if not isinstance(m, NeuronModel):
+                raise FitError(
+                    f"fit_map fits a bayesneuron.NeuronModel, got {type(m).__name__}; build one "
+                    "with NeuronModel(cell, stimulus, t_eval, design) or paper_experiment(...)"
+                )
         m0 = models[0]
         for m in models[1:]:
             same = (
@@ -300,18 +306,22 @@ def fit_map_designs(
         raise FitError(f"protocol {protocol!r} unknown; use one of {PROTOCOLS}")
     stack = _Stack(models, data)
     m0 = stack.m0
-    n_starts = (4 if protocol == "bayesneuron" else 1) if n_starts is None else int(n_starts)
-    max_steps = (200 if protocol == "paper" else 50) if max_steps is None else int(max_steps)
-    if n_starts < 1 or max_steps < 1:
-        raise FitError(f"n_starts = {n_starts} and max_steps = {max_steps} must be ≥ 1")
+    n_starts = (4 if protocol == "bayesneuron" else 1) if n_starts is None else n_starts
+    max_steps = (200 if protocol == "paper" else 50) if max_steps is None else max_steps
+    if not all(
+        isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1
+        for x in (n_starts, max_steps)
+    ):
+        raise FitError(f"n_starts = {n_starts!r} and max_steps = {max_steps!r} must be ints ≥ 1")
+    n_starts, max_steps = int(n_starts), int(max_steps)
+    if resume and checkpoint is None:
+        raise FitError("resume=True continues a checkpoint: give checkpoint=<file> as well")
     if protocol == "bayesneuron" and m0.sigma is None:
         raise FitError(
             "fit_map needs a fixed observation noise: build the model with sigma=<mV> (an "
             "inferred sigma is for fit_svi / NUTS)"
         )
-    tru = None
-    if truth is not None:
-        tru = {k: np.asarray(truth[k], dtype=np.float64).reshape(m0.n_comp) for k in m0.free}
+    tru = None if truth is None else _truth(m0, truth)
     settings = dict(
         protocol=protocol,
         n_starts=n_starts,
@@ -332,6 +342,8 @@ def fit_map_designs(
         raise FitError("horizons apply to protocol='bayesneuron' only")
     if init is not None:
         init = _init(m0, init, n_starts)
+        if protocol == "bayesneuron":
+            _check_init_support(m0, init)
         settings["init"] = {k: v.tolist() for k, v in init.items()}
     ck = None
     if checkpoint is not None:
@@ -356,13 +368,52 @@ def fit_map_designs(
 
 
 # =========================================================================== the paper
+def _truth(m0: NeuronModel, truth: Mapping) -> dict[str, np.ndarray]:
+    out = {}
+    for k in m0.free:
+        if k not in truth:
+            raise FitError(f"truth lacks {k!r}; give every free parameter {list(m0.free)}")
+        try:
+            v = np.asarray(truth[k], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FitError(f"truth[{k!r}] = {truth[k]!r} is not numeric") from None
+        if v.size != m0.n_comp or not np.all(np.isfinite(v)):
+            raise FitError(
+                f"truth[{k!r}] must be finite with one value per compartment [{m0.n_comp}], "
+                f"got shape {v.shape}"
+            )
+        out[k] = v.reshape(m0.n_comp)
+    return out
+
+
+def _check_init_support(m0: NeuronModel, init: Mapping[str, Tensor]) -> None:
+    # Levenberg–Marquardt works in log g (or the prior's own coordinates): a start outside the
+    # prior's support has zero posterior density and no finite coordinates to start from.
+    for k, v in init.items():
+        d = m0.priors[k]
+        ok = v > 0 if d is None or _nonnegative(d.support) else torch.isfinite(v)
+        if d is not None:
+            ok = ok & d.support.check(v)
+        if not bool(ok.all()):
+            where = "> 0" if d is None else f"inside the support of its prior {d}"
+            bad = v[~ok][0].item()
+            raise FitError(
+                f"init[{k!r}] has a value {bad} outside the allowed range: starts must be {where}"
+            )
+
+
 def _init(m0: NeuronModel, init: Mapping, n_starts: int) -> dict[str, Tensor]:
     out = {}
     for k in m0.free:
         if k not in init:
             raise FitError(f"init lacks {k!r}; give every free parameter {list(m0.free)}")
-        v = torch.as_tensor(np.asarray(init[k], dtype=np.float64), dtype=m0.dtype)
-        v = v.to(m0.device).expand(n_starts, m0.n_comp) if v.ndim == 1 else v.to(m0.device)
+        try:
+            v = torch.as_tensor(np.asarray(init[k], dtype=np.float64), dtype=m0.dtype)
+        except (TypeError, ValueError):
+            raise FitError(f"init[{k!r}] = {init[k]!r} is not numeric") from None
+        if v.shape == (m0.n_comp,):
+            v = v.expand(n_starts, m0.n_comp)
+        v = v.to(m0.device)
         if tuple(v.shape) != (n_starts, m0.n_comp) or not bool(torch.isfinite(v).all()):
             raise FitError(
                 f"init[{k!r}] must be finite with shape [{m0.n_comp}] or [{n_starts}, "

@@ -40,6 +40,18 @@ __all__ = [
 
 
 def _vector(model: NeuronModel, params: Mapping) -> Tensor:
+    for k in model.free:
+        if k not in params:
+            raise FitError(
+                f"params lack {k!r}; give every free parameter {list(model.free)}, each "
+                f"[{model.n_comp}]"
+            )
+        x = params[k]
+        count = x.numel() if isinstance(x, Tensor) else np.size(x)
+        if count != model.n_comp:
+            raise FitError(
+                f"params[{k!r}] has {count} values; expected one per compartment ({model.n_comp})"
+            )
     return torch.cat(
         [
             torch.as_tensor(np.asarray(params[k], dtype=np.float64), dtype=model.dtype).reshape(

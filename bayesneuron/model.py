@@ -29,7 +29,7 @@ from .cell import Cell
 from .design import Design
 from .errors import DataError, DesignError, ParameterError
 from .priors import LogNormalPrior, resolve_priors
-from .simulate import simulate
+from .simulate import check_device, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus
 
@@ -89,10 +89,18 @@ class NeuronModel:
                 f"{cell.n_comp}, bins] for this {cell.n_comp}-compartment cell"
             )
         self.stimulus = stimulus.masked(self.stim_index)
-        self.t_eval = np.asarray(t_eval, dtype=np.float64)
+        try:
+            self.t_eval = np.asarray(t_eval, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"t_eval must be a 1-D array of times in ms, got {t_eval!r}") from None
         if self.t_eval.ndim != 1 or self.t_eval.size < 2:
             raise DataError(f"t_eval must be 1-D with ≥ 2 times, got shape {self.t_eval.shape}")
-        self.free = tuple(free)
+        if not np.all(np.isfinite(self.t_eval)) or np.any(np.diff(self.t_eval) <= 0):
+            raise DataError(
+                "t_eval must be finite and strictly increasing (ms); got "
+                f"{np.array2string(self.t_eval, threshold=8)}"
+            )
+        self.free = (free,) if isinstance(free, str) else tuple(free)
         if not self.free:
             raise ParameterError("free is empty: name at least one parameter to infer")
         unknown = [k for k in self.free if k not in cell.params]
@@ -104,7 +112,7 @@ class NeuronModel:
         if len(set(self.free)) != len(self.free):
             raise ParameterError(f"free lists a parameter twice: {list(self.free)}")
         self.dtype = dtype
-        self.device = torch.device("cpu" if device is None else device)
+        self.device = check_device("cpu" if device is None else device)
         self.solver = CrankNicolson(dt=0.004) if solver is None else solver
         self.base = {
             k: torch.tensor(np.array(cell.params[k]), dtype=dtype, device=self.device)
@@ -117,7 +125,13 @@ class NeuronModel:
             self.sigma: float | None = None
             self.sigma_prior: dist.Distribution | None = sigma
         else:
-            s = float(sigma)
+            try:
+                s = float(sigma)
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"sigma = {sigma!r} must be a number of mV (fixed noise) or a Pyro "
+                    "distribution over a positive scalar (inferred noise)"
+                ) from None
             if not (np.isfinite(s) and s > 0):
                 raise ParameterError(
                     f"sigma = {sigma} mV must be finite and > 0 (the observation noise sd)"
@@ -156,7 +170,17 @@ class NeuronModel:
 
     def check_data(self, v_obs) -> Tensor:
         """``v_obs`` as a tensor of :attr:`obs_shape`, or a :class:`DataError` saying why not."""
-        v = torch.as_tensor(v_obs, dtype=self.dtype, device=self.device)
+        try:
+            v = torch.as_tensor(
+                v_obs if isinstance(v_obs, Tensor) else np.asarray(v_obs, dtype=np.float64),
+                dtype=self.dtype,
+                device=self.device,
+            )
+        except (TypeError, ValueError):
+            raise DataError(
+                f"observed data must be a numeric array {self.obs_shape} = (trace, recorded "
+                f"compartments, time); got {type(v_obs).__name__}"
+            ) from None
         if tuple(v.shape) != self.obs_shape:
             raise DataError(
                 f"observed data have shape {tuple(v.shape)}; this model expects "

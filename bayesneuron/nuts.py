@@ -59,8 +59,13 @@ def run_nuts(
     ``init`` is a mode (e.g. a MAP), name → ``[comp]``; the chains start near it (whitened
     coordinates z drawn from N(0, 0.5²)) and adapt step size and a diagonal mass matrix.
     """
-    if min(num_samples, num_chains) < 1 or warmup_steps < 0:
-        raise FitError("num_samples and num_chains must be ≥ 1, warmup_steps ≥ 0")
+    for key, val, low in (
+        ("num_samples", num_samples, 1),
+        ("num_chains", num_chains, 1),
+        ("warmup_steps", warmup_steps, 0),
+    ):
+        if not isinstance(val, (int, np.integer)) or val < low:
+            raise FitError(f"{key} = {val!r} must be an integer ≥ {low}")
     t0 = time.perf_counter()
     lap = laplace_map(model, v_obs, init) if laplace is None else laplace
     wm = WhitenedModel(model, v_obs, lap)

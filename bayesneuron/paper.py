@@ -183,8 +183,9 @@ def paper_currents(
         ``dt = 0.1`` ms, ``t0 = 0``.
 
     Raises:
-        StimulusError: for a ``stim`` site that does not exist, ``i_max < 1``, a hazard rate
-            giving no or more than 47 change points, or an unknown ``multinomial``.
+        StimulusError: for a ``stim`` site that does not exist, ``i_max < 1``, ``n_traces`` or
+            ``n_comp`` < 1, a hazard rate giving no or more than 47 change points, or an
+            unknown ``multinomial``.
     """
     n_bins = PAPER_N_BINS
     n_change = int(n_bins * hazard_rate)
@@ -197,6 +198,9 @@ def paper_currents(
         raise StimulusError(f"i_max = {i_max} must be ≥ 1 (levels are drawn from 0 … i_max−1)")
     if not 0 <= seed < 2**32:
         raise StimulusError(f"seed = {seed} must be in [0, 2³²)")
+    for name, val in (("n_traces", n_traces), ("n_comp", n_comp)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise StimulusError(f"{name} = {val!r} must be an int ≥ 1")
     mask = _sites(stim, n_comp, "stimulated")
 
     rng = random.Random(seed)  # == random.seed(seed) on the module's generator

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fit import fit_map_designs
+from .fit import fit_map
 from .laplace import laplace, laplace_map
 from .metrics import identifiability
 from .nuts import run_nuts
 from .svi import fit_svi
 
-__all__ = ["run_infers", "rank_designs"]
+__all__ = ["infer_design", "rank_designs", "run_infers"]
 
 CRITERIA = (  # column, better, what it measures
     ("logdet_fisher", "max", "log-det Fisher information (volume of information)"),
@@ -140,131 +140,158 @@ def rank_designs(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run_infers(study, out: Path, *, device="cpu", resume=False, progress=True) -> list[dict]:
-    """Run every ``[[infer]]`` of ``study`` into ``out``; returns the ``designs.csv`` rows."""
+def infer_design(study, inf, j: int, device="cpu", progress=False) -> dict:
+    """Design ``inf.designs[j]`` of an ``[[infer]]`` run, start to finish, in one process:
+    data, MAP, posterior, metrics, InferenceData. Returns ``{"row", "parameters", "idata",
+    "elbo"}`` — the unit of work an executor ships (a function of its arguments only)."""
     from . import reports
-    from .study import DESIGN_COLUMNS, _experiment, _write_csv
+    from .study import DESIGN_COLUMNS, _experiment
 
-    rows, param_rows, idatas, elbos = [], [], {}, {}
+    t0 = time.perf_counter()
+    priors = inf.priors or study.priors
+    model, v, truth = _experiment(study, inf.designs[j], priors, device, inf.noise_sigma)
+    init = None
+    if inf.map_init == "truth":  # start 0 at the truth, the others at prior draws
+        init = _truth_init(model, truth, inf.map_starts, study.seed)
+    mp = fit_map(
+        model,
+        v,
+        truth=truth,
+        init=init,
+        horizons=() if init is not None else None,  # from the truth: no continuation
+        n_starts=inf.map_starts,
+        max_steps=inf.map_steps,
+        seed=study.seed,
+    )
+    draws, stats, extras, elbo_hist = _posterior(inf, model, v, mp.params, study.seed + j, progress)
+    met = identifiability(draws, model, truth)
+    summ = met.summary()
+    fisher = laplace(model, mp.params).logdet_fisher
+    keep = {k: x[:, : inf.num_samples] for k, x in draws.items()}
+    flat = {k: x.reshape(-1, model.n_comp) for k, x in keep.items()}
+    n_chain, n_draw = next(iter(keep.values())).shape[:2]
+    ppc, ll = _predictions(model, v, flat, study.seed + j)
+    stats = {k: np.asarray(x)[:, : inf.num_samples] for k, x in stats.items()}
+    label = model.design.label
+    stim, rec = label.split("|")
+    gte = mp.gte()
+    row = {
+        "stim": stim,
+        "rec": rec,
+        "guide": inf.guide if inf.method == "svi" else inf.method,
+        **{k: summ[k] for k in DESIGN_COLUMNS if k in summ},
+        "logdet_fisher": fisher,
+        "elbo": extras.pop("elbo"),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "run": inf.name,
+        "method": inf.method,
+        "max_rel_sd": summ["max_rel_sd"],
+        "sloppiest_sd": summ["sloppiest_sd"],
+        **{
+            f"contraction_{k}_{i}": float(c)
+            for k, cs in _split(met, model).items()
+            for i, c in enumerate(cs)
+        },
+        "map_gte_na": gte.get("g_na", math.nan),
+        "map_gte_k": gte.get("g_k", math.nan),
+        "map_steps": mp.steps,
+        "n_traces": model.n_trace,
+        "sigma_mv": model.sigma,
+        **extras,
+    }
+    row = {k: (x.item() if isinstance(x, (np.floating, np.integer)) else x) for k, x in row.items()}
+    idata = reports.to_inference_data(
+        model,
+        keep,
+        prior={k: x[None] for k, x in _prior_draws(model, n_draw, study.seed).items()},
+        posterior_predictive={"v_obs": ppc.reshape(n_chain, n_draw, *model.obs_shape)},
+        log_likelihood={"v_obs": ll.reshape(n_chain, n_draw, model.n_trace)},
+        observed=v,
+        sample_stats=stats or None,
+        truth=truth,
+        attrs={
+            "inference": f"{inf.method}:{inf.guide}" if inf.method == "svi" else inf.method,
+            "study": study.name,
+            "run": inf.name,
+            **{k: row[k] for k in DESIGN_COLUMNS[3:]},
+        },
+    )
+    params = [{"run": inf.name, "design": label, **p} for p in met.per_parameter()]
+    return {"row": row, "parameters": params, "idata": idata, "elbo": elbo_hist}
+
+
+def run_infers(study, out: Path, *, device="cpu", resume=False, progress=True, executor=None):
+    """Run every ``[[infer]]`` of ``study`` into ``out``, one task per design through
+    ``executor`` (default: this process, in order); returns the ``designs.csv`` rows."""
+    from . import reports
+    from .executors import LocalExecutor
+    from .study import _write_csv
+
+    executor = executor or LocalExecutor()
+    results = {}
     for inf in study.infers:
-        priors = inf.priors or study.priors
-        exps = [_experiment(study, d, priors, device, inf.noise_sigma) for d in inf.designs]
-        models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
+        folder = out / "idata" / inf.name
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [(folder / f"{_safe(d.label)}.nc", folder / f"{_safe(d.label)}.json")
+                 for d in inf.designs]
+        todo = []
+        for j, (nc, done) in enumerate(paths):
+            if resume and nc.is_file() and done.is_file():
+                saved = json.loads(done.read_text())
+                idata = reports.load_inference_data(nc)
+                results[(inf.name, j)] = {**saved, "idata": idata, "elbo": None}
+            else:
+                todo.append(j)
         if progress:
+            what = f"{inf.method}{' (' + inf.guide + ')' if inf.method == 'svi' else ''}"
             print(
-                f"[{study.name}] {inf.name}: MAP of {len(models)} design(s) in one batch, then "
-                f"{inf.method}{' (' + inf.guide + ')' if inf.method == 'svi' else ''} per design",
+                f"[{study.name}] {inf.name}: MAP then {what} for {len(todo)} design(s) "
+                f"({len(inf.designs) - len(todo)} done before) on {executor}",
                 file=sys.stderr,
                 flush=True,
             )
-        init = None
-        if inf.map_init == "truth":  # start 0 at the truth, the others at prior draws
-            init = _truth_init(models[0], truth, inf.map_starts, study.seed)
-        maps = fit_map_designs(
-            models,
-            data,
-            protocol="bayesneuron",
-            truth=truth,
-            init=init,
-            horizons=() if init is not None else None,  # from the truth: no continuation
-            n_starts=inf.map_starts,
-            max_steps=inf.map_steps,
-            seed=study.seed,
-            checkpoint=out / "checkpoints" / f"{inf.name}_map.pt",
-            resume=resume,
-            progress=progress,
-        )
-        folder = out / "idata" / inf.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for j, (model, v, mp) in enumerate(zip(models, data, maps)):
-            label = model.design.label
-            nc, done = folder / f"{_safe(label)}.nc", folder / f"{_safe(label)}.json"
-            if resume and nc.is_file() and done.is_file():
-                saved = json.loads(done.read_text())
-                rows.append(saved["row"])
-                param_rows.extend(saved["parameters"])
-                idatas[(inf.name, label)] = reports.load_inference_data(nc)
-                continue
-            t0 = time.perf_counter()
-            draws, stats, extras, elbo_hist = _posterior(
-                inf, model, v, mp.params, study.seed + j, progress
+        tasks = {j: (infer_design, (study, inf, j, device)) for j in todo}
+        for j, res in executor.run(tasks):
+            nc, done = paths[j]
+            reports.save_inference_data(res["idata"], nc)
+            done.write_text(
+                json.dumps({"row": res["row"], "parameters": res["parameters"]}, default=_num)
             )
-            met = identifiability(draws, model, truth)
-            fisher = laplace(model, mp.params).logdet_fisher
-            keep = {k: x[:, : inf.num_samples] for k, x in draws.items()}
-            flat = {k: x.reshape(-1, model.n_comp) for k, x in keep.items()}
-            n_chain, n_draw = next(iter(keep.values())).shape[:2]
-            ppc, ll = _predictions(model, v, flat, study.seed + j)
-            ppc = ppc.reshape(n_chain, n_draw, *model.obs_shape)
-            ll = ll.reshape(n_chain, n_draw, model.n_trace)
-            stats = {k: np.asarray(x)[:, : inf.num_samples] for k, x in stats.items()}
-            wall = time.perf_counter() - t0 + mp.wall_s / len(models)
-            stim, rec = label.split("|")
-            row = {
-                "stim": stim,
-                "rec": rec,
-                "guide": inf.guide if inf.method == "svi" else inf.method,
-                **{k: met.summary()[k] for k in DESIGN_COLUMNS if k in met.summary()},
-                "logdet_fisher": fisher,
-                "elbo": extras.pop("elbo"),
-                "wall_s": round(wall, 2),
-                "run": inf.name,
-                "method": inf.method,
-                "max_rel_sd": met.summary()["max_rel_sd"],
-                "sloppiest_sd": met.summary()["sloppiest_sd"],
-                **{
-                    f"contraction_{k}_{i}": float(c)
-                    for k, cs in _split(met, model).items()
-                    for i, c in enumerate(cs)
-                },
-                "map_gte_na": mp.gte()["g_na"] if "g_na" in mp.gte() else math.nan,
-                "map_gte_k": mp.gte()["g_k"] if "g_k" in mp.gte() else math.nan,
-                "n_traces": model.n_trace,
-                "sigma_mv": model.sigma,
-                **extras,
-            }
-            row = {
-                k: (float(x) if isinstance(x, (np.floating, np.integer)) else x)
-                for k, x in row.items()
-            }
-            params = [{"run": inf.name, "design": label, **p} for p in met.per_parameter()]
-            idata = reports.to_inference_data(
-                model,
-                keep,
-                prior={k: x[None] for k, x in _prior_draws(model, n_draw, study.seed).items()},
-                posterior_predictive={"v_obs": ppc},
-                log_likelihood={"v_obs": ll},
-                observed=v,
-                sample_stats=stats or None,
-                truth=truth,
-                attrs={
-                    "inference": f"{inf.method}:{inf.guide}" if inf.method == "svi" else inf.method,
-                    "study": study.name,
-                    "run": inf.name,
-                    **{k: row[k] for k in DESIGN_COLUMNS[3:]},
-                },
-            )
-            reports.save_inference_data(idata, nc)
-            done.write_text(json.dumps({"row": row, "parameters": params}, default=_num))
-            rows.append(row)
-            param_rows.extend(params)
-            idatas[(inf.name, label)] = idata
-            if elbo_hist is not None:
-                elbos[(inf.name, label)] = elbo_hist
+            results[(inf.name, j)] = res
+            row = res["row"]
             if progress:
                 print(
-                    f"  {label:>16}  contraction mean {row['mean_contraction']:.3f} min "
-                    f"{row['min_contraction']:.3f}  max|z| {row['max_abs_z']:.2f}  "
+                    f"  {inf.designs[j].label:>16}  contraction mean {row['mean_contraction']:.3f}"
+                    f" min {row['min_contraction']:.3f}  max|z| {row['max_abs_z']:.2f}  "
                     f"{row['wall_s']:.1f} s",
                     file=sys.stderr,
                     flush=True,
                 )
-            _write_csv(out / "designs.csv", rows)  # partial results stay usable
-    _write_csv(out / "parameters.csv", param_rows)
+            done_rows = [results[k]["row"] for k in sorted(results, key=_order(study))]
+            _write_csv(out / "designs.csv", done_rows)  # partial results stay usable
+    keys = sorted(results, key=_order(study))
+    rows = [results[k]["row"] for k in keys]
+    _write_csv(out / "designs.csv", rows)
+    _write_csv(out / "parameters.csv", [p for k in keys for p in results[k]["parameters"]])
     ranking = rank_designs(rows)
     _write_csv(out / "ranking.csv", ranking)
+    idatas = {(r, _label(study, r, j)): results[(r, j)]["idata"] for r, j in keys}
+    elbos = {
+        (r, _label(study, r, j)): results[(r, j)]["elbo"]
+        for r, j in keys
+        if results[(r, j)]["elbo"] is not None
+    }
     _figures_and_report(study, out, rows, ranking, idatas, elbos)
     return rows
+
+
+def _label(study, run: str, j: int) -> str:
+    return next(i for i in study.infers if i.name == run).designs[j].label
+
+
+def _order(study):
+    names = [i.name for i in study.infers]
+    return lambda key: (names.index(key[0]), key[1])
 
 
 def _split(met, model) -> dict[str, np.ndarray]:

@@ -111,12 +111,18 @@ def simulate(
         )
     if dtype not in (torch.float32, torch.float64):
         raise SolverError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    if params is not None and not isinstance(params, Mapping):
+        raise ParameterError(
+            f"params must be a mapping name → values such as {{'g_na': tensor[sample…, comp]}}, "
+            f"or None for the cell's own values; got {type(params).__name__}"
+        )
     if device is None:
         device = next((p.device for p in (params or {}).values() if isinstance(p, Tensor)), "cpu")
-    device = torch.device(device)
+    device = check_device(device)
     stimulus = _check_stimulus(cell, stimulus)
     t_eval = _check_times(stimulus, t_eval)
     p = _check_params(cell, params, dtype, device)
+    _check_batch(p, stimulus)
     morph = cell.morphology
     # Currents as densities (µA/cm²), time first: [bins, …, trace, comp].
     vals = stimulus.values.to(device=device, dtype=dtype)
@@ -141,6 +147,50 @@ def simulate(
 
 
 # --------------------------------------------------------------------------- input checks
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here, or a :class:`SolverError` saying why
+    not (a misspelt device, or CUDA asked for where torch has none)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SolverError(
+            f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:<index>'"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SolverError(
+                f"device {device!r}: CUDA is not available here (torch {torch.__version__}); "
+                "use device='cpu' (--device cpu), or install a CUDA build of torch"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SolverError(
+                f"device {device!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return dev
+
+
+def _check_batch(p: dict[str, Tensor], stimulus: Stimulus) -> None:
+    """Parameters' sample dims must broadcast together and against the stimulus' leading dims."""
+    shapes = {k: tuple(x.shape[:-1]) for k, x in p.items() if x.ndim > 1}
+    try:
+        batch = tuple(torch.broadcast_shapes(*shapes.values())) if shapes else ()
+    except RuntimeError:
+        raise ParameterError(
+            f"parameters have sample dims that do not broadcast together: {shapes} "
+            "([sample…] of tensors [sample…, comp]); give them equal or broadcastable shapes"
+        ) from None
+    lead = tuple(stimulus.values.shape[:-3])
+    try:
+        torch.broadcast_shapes(batch + (1,), lead + (stimulus.n_trace,))
+    except RuntimeError:
+        raise ParameterError(
+            f"parameter sample dims {batch} do not broadcast against the stimulus' leading dims "
+            f"{lead} (stimulus shape {tuple(stimulus.values.shape)} = […, trace, comp, bins]); "
+            "make them equal, or give one side size 1"
+        ) from None
+
+
 def _check_stimulus(cell: Cell, stimulus) -> Stimulus:
     if not isinstance(stimulus, Stimulus):
         raise StimulusError(
@@ -210,11 +260,16 @@ def _check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
             out[name] = torch.tensor(default, dtype=dtype, device=device)
             continue
         x = params[name]
-        x = (
-            x.to(device=device, dtype=dtype)
-            if isinstance(x, Tensor)
-            else torch.as_tensor(np.array(x, dtype=np.float64), dtype=dtype, device=device)
-        )
+        if isinstance(x, Tensor):
+            x = x.to(device=device, dtype=dtype)
+        else:
+            try:
+                x = torch.as_tensor(np.array(x, dtype=np.float64), dtype=dtype, device=device)
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"{name} = {x!r} is not numeric; give a number, [comp] values or a tensor "
+                    f"[sample…, {n}]"
+                ) from None
         if x.ndim == 0:
             x = x.expand(n)
         if x.shape[-1] != n:
@@ -299,14 +354,14 @@ def _step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
     keep = np.concatenate([[True], gaps > 1e-9 * max(1.0, abs(t1))])
     points = points[keep]  # merge near-duplicates (an edge that is also an output time)
     points[-1] = t1
-    is_out_point = np.isin(points, t_eval)
-    near = np.abs(points[:, None] - t_eval[None, :]).min(1) <= 1e-9 * max(1.0, abs(t1))
-    is_out_point |= near
+    # an output time within the tolerance of a point (its neighbours in t_eval are the nearest)
+    j = np.clip(np.searchsorted(t_eval, points), 1, len(t_eval) - 1)
+    near = np.minimum(np.abs(points - t_eval[j - 1]), np.abs(points - t_eval[j]))
+    is_out_point = np.isin(points, t_eval) | (near <= 1e-9 * max(1.0, abs(t1)))
     n_sub = np.maximum(1, np.ceil(np.diff(points) / dt_max - 1e-9).astype(np.int64))
     dts = np.repeat(np.diff(points) / n_sub, n_sub)
-    t_start = np.repeat(points[:-1], n_sub) + (
-        np.concatenate([np.arange(k) for k in n_sub]) * np.repeat(np.diff(points) / n_sub, n_sub)
-    )
+    first = np.repeat(np.cumsum(n_sub) - n_sub, n_sub)  # each sub-step's index in its gap
+    t_start = np.repeat(points[:-1], n_sub) + (np.arange(len(dts)) - first) * dts
     is_output = np.zeros(len(dts), dtype=bool)
     is_output[np.cumsum(n_sub) - 1] = is_out_point[1:]
     if is_output.sum() != len(t_eval) - 1:

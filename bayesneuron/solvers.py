@@ -75,10 +75,10 @@ class CrankNicolson:
         checkpoint_every, compile: as in :class:`BackwardEuler` (torch backend only).
         backend: ``"torch"`` (default) or ``"numba"``: fused CPU kernels over whole
             trajectories with a hand-written adjoint (exact gradients of every ``g`` and ``e``),
-            10–30× faster on small cells; for the paper's and leak channels on CPU in float64.
-            The first call compiles for 20–40 s (cached on disk afterwards); a differentiable
-            run keeps ``1 + 3·gates`` floats per node, step and batch element (10 for the paper's
-            channels).
+            10–30× faster on small cells; for the paper's, NEURON's ``hh`` and leak channels on
+            CPU in float64, on ``torch.get_num_threads()`` threads. The first call compiles for
+            ≈ 10 s (cached on disk afterwards); a differentiable run keeps ``1 + 3·gates`` floats
+            per node, step and batch element (10 for the paper's channels and for ``hh``).
     """
 
     dt: float = 0.025
@@ -125,8 +125,8 @@ class Torchdiffeq:
             )
         for name in ("rtol", "atol"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise SolverError(f"{name} = {v} must be > 0")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SolverError(f"{name} = {v!r} must be a finite number > 0 (e.g. 1e-7)")
         if self.method in _FIXED:
             if self.step_size is None:
                 raise SolverError(

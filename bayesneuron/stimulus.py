@@ -21,6 +21,10 @@ __all__ = ["Stimulus", "step_current"]
 _UNITS = ("uA/cm2", "nA")
 
 
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 @dataclass(frozen=True, eq=False)
 class Stimulus:
     """Piecewise-constant injected currents.
@@ -60,10 +64,12 @@ class Stimulus:
             raise StimulusError(
                 f"stimulus contains NaN or inf (first at index {bad}); currents must be finite"
             )
-        if not (np.isfinite(self.dt) and self.dt > 0):
-            raise StimulusError(f"stimulus bin width dt = {self.dt} ms must be finite and > 0")
-        if not np.isfinite(self.t0):
-            raise StimulusError(f"stimulus t0 = {self.t0} must be finite")
+        if not (_is_real(self.dt) and np.isfinite(self.dt) and self.dt > 0):
+            raise StimulusError(
+                f"stimulus bin width dt = {self.dt!r} ms must be finite and > 0 (a number, in ms)"
+            )
+        if not (_is_real(self.t0) and np.isfinite(self.t0)):
+            raise StimulusError(f"stimulus t0 = {self.t0!r} ms must be a finite number")
         if self.unit not in _UNITS:
             raise StimulusError(f"stimulus unit {self.unit!r} unknown; use one of {_UNITS}")
 
@@ -127,9 +133,20 @@ def step_current(
     Returns:
         A :class:`Stimulus` with values ``[trace, n_comp, round(t_stop/dt)]``.
     """
-    amps = torch.as_tensor(amplitudes, dtype=torch.float64).reshape(-1)
-    if not 0 <= site < n_comp:
-        raise StimulusError(f"site {site} does not exist: the cell has {n_comp} compartments")
+    try:
+        if not isinstance(amplitudes, Tensor):
+            amplitudes = np.asarray(amplitudes, dtype=np.float64)
+        amps = torch.as_tensor(amplitudes, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise StimulusError(
+            f"amplitudes {amplitudes!r} must be a list of numbers, one per trace"
+        ) from None
+    if not (_is_real(dt) and np.isfinite(dt) and dt > 0):
+        raise StimulusError(f"dt = {dt!r} ms must be a finite number > 0 (the bin width)")
+    if not isinstance(site, (int, np.integer)) or isinstance(site, bool) or not 0 <= site < n_comp:
+        raise StimulusError(
+            f"site {site!r} does not exist: the cell has {n_comp} compartments (0–{n_comp - 1})"
+        )
     n_bins = int(round(t_stop / dt))
     on, off = (int(round(x / dt)) for x in (delay, delay + duration))
     for name, x, k in (("delay", delay, on), ("delay + duration", delay + duration, off)):

@@ -219,13 +219,17 @@ def _check(table: dict, schema: dict, where: str) -> None:
 def load_study(folder: str | Path, smoke: bool = False) -> Study:
     """Read and validate ``folder/config.toml``."""
     folder = Path(folder)
+    if folder.is_file() and folder.name == "config.toml":
+        raise StudyError(f"give the study folder ({folder.parent}), not its config file")
     path = folder / "config.toml"
     if not path.is_file():
         raise StudyError(f"{folder} is not a study folder: {path} does not exist")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise StudyError(f"{path}: malformed TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{path}: cannot read: not UTF-8 text") from None
     allowed = set(_SCHEMA) | {"run", "infer"}
     for k in raw:
         if k not in allowed:
@@ -276,6 +280,9 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         )
         if r.get("dt", 1.0) <= 0:
             raise StudyError(f"{where}: dt must be > 0 (ms)")
+        for key in ("n_starts", "max_steps"):
+            if key in r and r[key] < 1:
+                raise StudyError(f"{where}: {key} must be ≥ 1")
         if r.get("noise_sigma", 0) < 0:
             raise StudyError(f"{where}: noise_sigma must be ≥ 0")
         if "horizons" in r and (
@@ -296,6 +303,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         raise StudyError(f"{path}: backend {study.backend!r} unknown; use 'torch' or 'numba'")
     if not (study.n_traces >= 1 and study.sigma > 0 and study.dt > 0 and study.noise_sigma >= 0):
         raise StudyError(f"{path}: need n_traces ≥ 1, sigma > 0, dt > 0 and noise_sigma ≥ 0")
+    _check_designs(study, path)
     if smoke:
         sm = raw.get("smoke", {})
         study.n_traces = sm.get("n_traces", 8)
@@ -357,6 +365,23 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
         )
 
 
+def _check_designs(study: Study, path: Path) -> None:
+    """Every design names compartments the preset's cell has (checked before any output)."""
+    from .errors import DesignError
+    from .paper import paper_toy_cell
+
+    morph = paper_toy_cell().morphology
+    groups = [(f"[[run]] {r.name}", r.designs) for r in study.runs]
+    groups += [(f"[[infer]] {r.name}", r.designs) for r in study.infers]
+    groups += [("[laplace]", study.laplace)]
+    for where, designs in groups:
+        for d in designs:
+            try:
+                d.stim_index(morph), d.rec_index(morph)
+            except DesignError as e:
+                raise StudyError(f"{path.name} {where}: design {d.label}: {e}") from None
+
+
 def _prior_spec(name: str):
     from .priors import LogNormalPrior, ScaledUniformPrior
 
@@ -414,9 +439,11 @@ def run_study(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
-) -> list[dict]:
+    executor=None,
+) -> dict[str, list[dict]]:
     """Run every ``[[run]]`` and ``[[infer]]`` of the study; returns the rows of
-    ``table.csv`` (``"fits"``) and ``designs.csv`` (``"designs"``), also written to disk."""
+    ``table.csv`` (``"fits"``) and ``designs.csv`` (``"designs"``), also written to disk.
+    ``executor`` (:mod:`.executors`) runs the ``[[infer]]`` designs (default: here, in order)."""
     from . import reports
     from .cli import environment
     from .fit import fit_map_designs
@@ -529,7 +556,9 @@ def run_study(
     if study.infers:
         from .posterior_study import run_infers
 
-        design_rows = run_infers(study, out, device=device, resume=resume, progress=progress)
+        design_rows = run_infers(
+            study, out, device=device, resume=resume, progress=progress, executor=executor
+        )
     else:
         design_rows = []
     resolved = {

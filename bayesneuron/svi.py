@@ -221,6 +221,8 @@ def fit_svi(
         :class:`SviFit`.
     """
     t0 = time.perf_counter()
+    if guide not in GUIDES:  # before the Laplace approximation, which takes a while
+        raise FitError(f"guide {guide!r} unknown; use one of {sorted(GUIDES)}")
     for key, val in dict(
         num_particles=num_particles, max_steps=max_steps, window=window, num_samples=num_samples
     ).items():

@@ -123,6 +123,11 @@ def _read_text(path) -> tuple[str, str]:
         return path.read_text(encoding="utf-8"), name
     except OSError as e:
         raise MorphologyError(f"cannot read SWC file {name!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise MorphologyError(
+            f"cannot read SWC file {name!r}: byte {e.start} is not UTF-8 text; an SWC file is "
+            "plain text, 7 columns per line (is this a compressed or binary file?)"
+        ) from None
 
 
 def _parse(path) -> _Points:

@@ -68,7 +68,18 @@ def synthetic_data(
     solver, so the fit's own discretisation error is part of the test)."""
     if not (np.isfinite(noise_sigma) and noise_sigma >= 0):
         raise ParameterError(f"noise_sigma = {noise_sigma} must be finite and ≥ 0")
-    params = {k: torch.as_tensor(np.asarray(truth[k]), dtype=model.dtype) for k in model.free}
+    missing = [k for k in model.free if k not in truth]
+    if missing:
+        raise ParameterError(
+            f"truth lacks {missing}; give a value per compartment for every free parameter "
+            f"{list(model.free)}"
+        )
+    params = {}
+    for k in model.free:
+        try:
+            params[k] = torch.as_tensor(np.asarray(truth[k], dtype=np.float64), dtype=model.dtype)
+        except (TypeError, ValueError):
+            raise ParameterError(f"truth[{k!r}] = {truth[k]!r} is not numeric") from None
     with torch.no_grad():
         v = simulate(
             model.cell,

@@ -83,8 +83,22 @@ class ParameterSpace:
     def unconstrain(self, params: Mapping) -> Tensor:
         """``u = T⁻¹(g)`` ``[..., P]``; every value must lie inside its prior's support."""
         out = []
+        missing = [k for k in self.free if k not in params]
+        if missing:
+            raise FitError(
+                f"the starting point lacks {missing}; give a value per compartment for every "
+                f"free parameter {list(self.free)}"
+            )
         for k in self.free:
-            g = torch.as_tensor(np.asarray(params[k], dtype=np.float64), dtype=self.dtype)
+            try:
+                g = torch.as_tensor(np.asarray(params[k], dtype=np.float64), dtype=self.dtype)
+            except (TypeError, ValueError):
+                raise FitError(f"{k} = {params[k]!r} is not numeric") from None
+            if g.shape[-1:] != (self.n_comp,) or not bool(torch.isfinite(g).all()):
+                raise FitError(
+                    f"{k} must be finite with one value per compartment [..., {self.n_comp}], "
+                    f"got shape {tuple(g.shape)}"
+                )
             g = g.to(self.device)
             if not bool(self.priors[k].support.check(g).all()):
                 raise FitError(f"{k} = {g.tolist()} lies outside the support of its prior")
