@@ -253,36 +253,34 @@ def plot_forest_designs(idatas: Mapping[str, object], var_name: str, prob: float
         raise DataError(f"the designs have different numbers of compartments: {sizes}")
     n, labels = next(iter(sizes.values())), list(idatas)
     first = idatas[labels[0]]
-    fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.25 * n * max(len(labels), 2)))
-    off = np.linspace(-0.3, 0.3, len(labels)) if len(labels) > 1 else np.zeros(1)
-    cmap = plt.get_cmap("viridis", max(len(labels), 2))
+    D = len(labels)
+    fig, axes = plt.subplots(
+        1, n, sharey=True, figsize=(max(6.0, 1.9 * n), 1.2 + 0.24 * max(D, 2)), squeeze=False
+    )
+    cmap = plt.get_cmap("viridis", max(D, 2))
     q = (1 - prob) / 2
-    for c in range(n):
+    for c, ax in enumerate(axes[0]):
         iv = _prior_interval(first, var_name, c, prob)
         if iv is not None:
-            ax.fill_betweenx(
-                [c - 0.42, c + 0.42], *iv, color="0.9", lw=0, label="prior" if c == 0 else None
-            )
+            ax.axvspan(*iv, color="0.9", lw=0, label="prior")
         truth = _const_at(first, f"{var_name}_true", c)
         if truth is not None:
-            ax.plot(
-                [truth, truth],
-                [c - 0.42, c + 0.42],
-                color="k",
-                lw=1.2,
-                label="truth" if c == 0 else None,
-            )
+            ax.axvline(truth, color="k", lw=1.2, label="truth")
         for d, label in enumerate(labels):
             x = _draws(idatas[label].posterior, var_name, c)
             lo, lo50, med, hi50, hi = np.quantile(x, [q, 0.25, 0.5, 0.75, 1 - q])
-            y, col = c + off[d], cmap(d)
-            ax.plot([lo, hi], [y, y], color=col, lw=1)
-            ax.plot([lo50, hi50], [y, y], color=col, lw=3)
-            ax.plot(med, y, "o", color=col, ms=3, label=label if c == 0 else None)
-    ax.set_yticks(range(n), [_label(var_name, c, first.posterior) for c in range(n)], fontsize=7)
-    ax.invert_yaxis()
-    ax.set(xlabel=var_name, title=f"{var_name}: {prob:.0%} intervals by design (stim|rec)")
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+            col = cmap(d)
+            ax.plot([lo, hi], [d, d], color=col, lw=1)
+            ax.plot([lo50, hi50], [d, d], color=col, lw=3)
+            ax.plot(med, d, "o", color=col, ms=3)
+        ax.set_title(_label(var_name, c, first.posterior), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_yticks(range(D), labels, fontsize=7)
+    axes[0, 0].set_ylabel("design (stim|rec)")
+    axes[0, 0].invert_yaxis()
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"{var_name}: {prob:.0%} (thin) and 50 % (thick) posterior intervals by design")
+    fig.supxlabel(var_name, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
