@@ -271,3 +271,24 @@ def test_svi_on_cuda_matches_cpu():
     m_a, s_a = _moments(res["cpu"].samples)
     m_b, _ = _moments(res["cuda"].samples)
     assert np.all(np.abs(m_a - m_b) < 0.3 * s_a)
+
+
+def test_profile_likelihood_is_quadratic_near_a_well_determined_mode(problem):
+    from bayesneuron.profile import profile_likelihood
+
+    model, v, params, lap = problem
+    sd = lap.sample(4000, seed=2)["g_na"][:, 0].std()
+    c = params["g_na"][0]
+    pr = profile_likelihood(model, v, "g_na", 0, c + sd * np.array([-2, -1, 0, 1, 2]), params)
+    drop = pr.objective.max() - pr.objective
+    assert np.argmax(pr.objective) == 2
+    # Gaussian posterior, flat prior inside its bounds: the profile drops by z²/2 at z sd
+    assert np.allclose(drop, [2.0, 0.5, 0.0, 0.5, 2.0], rtol=0.2, atol=0.05), drop
+    lo, hi = pr.interval()
+    assert lo < TRUTH["g_na"][0] < hi
+    # the others adjust: g_na[0] fixed, the fitted g_na[1] moves along the grid
+    assert np.ptp(pr.params["g_na"][:, 1]) > 0
+    with pytest.raises(FitError, match="not a free parameter"):
+        profile_likelihood(model, v, "g_l", 0, [1.0, 2.0], params)
+    with pytest.raises(FitError, match="not a compartment"):
+        profile_likelihood(model, v, "g_na", 5, [1.0, 2.0], params)
