@@ -1,5 +1,6 @@
 """bayesneuron: Bayesian inference on differentiable multicompartment neuron models."""
 
+from .calibration import SbcResult, sbc
 from .cell import Cell
 from .cells import hh_tree_cell, l23_cell
 from .channels import (
@@ -32,6 +33,7 @@ from .metrics import Identifiability, identifiability
 from .model import NeuronModel
 from .morphology import Morphology, chain, paper_chain
 from .nuts import NutsRun, run_nuts
+from .oed import expected_information_gain
 from .paper import (
     paper_currents,
     paper_designs,
@@ -42,6 +44,7 @@ from .paper import (
     paper_toy_cell,
 )
 from .priors import LogNormalPrior, Prior, ScaledUniformPrior
+from .profile import Profile, profile_likelihood
 from .simulate import Reset, Trace, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
@@ -52,6 +55,11 @@ from .synthetic import draw_truth, synthetic_data
 __version__ = "0.1.0"
 
 __all__ = [
+    "Profile",
+    "SbcResult",
+    "expected_information_gain",
+    "profile_likelihood",
+    "sbc",
     "Identifiability",
     "LocalPosterior",
     "NutsRun",
