@@ -216,6 +216,15 @@ def test_identifiability_study_smoke(tmp_path):
     assert len(ncs) == 2
     html = (out / "report.html").read_text()
     assert "most informative" in html and "data:image/png;base64" in html
+    # --resume: a design whose results are on disk is not recomputed, the other one is
+    (out / "idata" / "svi_grid25" / "0__all.json").unlink()
+    argv = ["study", "run", str(folder), "--out", str(out), "--smoke", "--quiet", "--resume"]
+    assert main(argv) == 0
+    with (out / "designs.csv").open() as fh:
+        again = list(csv.DictReader(fh))
+    assert again[1]["wall_s"] == rows[1]["wall_s"]  # all|all: loaded, not rerun
+    for a, b in zip(rows, again):
+        assert a["mean_contraction"] == b["mean_contraction"]
 
 
 INFER = '[study]\nname = "x"\n[[infer]]\ndesigns = ["all|all"]\n'
