@@ -25,7 +25,7 @@ from .metrics import identifiability
 from .nuts import run_nuts
 from .svi import fit_svi
 
-__all__ = ["infer_design", "rank_designs", "run_infers"]
+__all__ = ["infer_design", "make_study", "rank_designs", "rebuild_report", "run_infers"]
 
 CRITERIA = (  # column, better, what it measures
     ("logdet_fisher", "max", "log-det Fisher information (volume of information)"),
@@ -232,8 +232,10 @@ def run_infers(study, out: Path, *, device="cpu", resume=False, progress=True, e
     for inf in study.infers:
         folder = out / "idata" / inf.name
         folder.mkdir(parents=True, exist_ok=True)
-        paths = [(folder / f"{_safe(d.label)}.nc", folder / f"{_safe(d.label)}.json")
-                 for d in inf.designs]
+        paths = [
+            (folder / f"{_safe(d.label)}.nc", folder / f"{_safe(d.label)}.json")
+            for d in inf.designs
+        ]
         todo = []
         for j, (nc, done) in enumerate(paths):
             if resume and nc.is_file() and done.is_file():
@@ -386,3 +388,226 @@ def _highlights(labels: list[str]) -> list[str]:
         return labels
     keep = [lab for lab in ("all|all", "[0]|all") if lab in labels]
     return keep + [lab for lab in labels if lab not in keep][: 4 - len(keep)]
+
+
+def make_study(
+    designs,
+    *,
+    method: str = "svi",
+    guide: str = "mvn",
+    name: str = "bayesneuron",
+    question: str = "",
+    run: str = "posterior",
+    seed: int = 20230619,
+    n_traces: int = 20,
+    noise_sigma: float = 1.0,
+    sigma: float = 1.0,
+    priors: str = "paper",
+    dt: float = 0.004,
+    backend: str = "numba",
+    num_particles: int = 4,
+    max_steps: int = 300,
+    num_samples: int = 200,
+    map_starts: int = 1,
+    map_steps: int = 20,
+    map_init: str = "truth",
+    warmup_steps: int = 100,
+    num_chains: int = 1,
+):
+    """A :class:`~bayesneuron.study.Study` of the paper's toy cell with one ``[[infer]]`` run,
+    built in code instead of from a ``config.toml`` and checked as strictly (a
+    :class:`~bayesneuron.study.StudyError` says what is wrong before any work is done).
+
+    ``designs``: ``"paper9"``, ``"grid25"``, a list of labels (``["all|all", "[0,-1]|all"]``)
+    or of :class:`~bayesneuron.Design`. The defaults are the quickstart's: 20 noisy traces,
+    SVI with a multivariate-normal guide, the MAP started at the ground truth (synthetic data).
+
+    Example:
+        >>> study = make_study(["all|all"], method="laplace", n_traces=5)
+        >>> infer_design(study, study.infers[0], 0)["row"]["mean_contraction"]  # doctest: +SKIP
+    """
+    from .design import Design
+    from .errors import DesignError
+    from .paper import paper_toy_cell
+    from .study import METHODS, Infer, Study, StudyError, _designs
+    from .svi import GUIDES
+
+    if isinstance(designs, str):
+        designs = _designs(designs, "designs")
+    else:
+        designs = list(designs)
+        if not designs:
+            raise StudyError("no designs given; name at least one, e.g. 'all|all'")
+        designs = [d if isinstance(d, Design) else Design.from_label(str(d)) for d in designs]
+    morph = paper_toy_cell().morphology
+    for d in designs:
+        try:
+            d.stim_index(morph), d.rec_index(morph)
+        except DesignError as e:
+            raise StudyError(str(e)) from None
+    labels = [d.label for d in designs]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise StudyError(f"design {dup[0]} is listed twice; list each design once")
+    if method not in METHODS:
+        raise StudyError(f"method {method!r} unknown; use one of {list(METHODS)}")
+    if guide not in GUIDES:
+        raise StudyError(f"guide {guide!r} unknown; use one of {sorted(GUIDES)}")
+    if priors not in ("paper", "lognormal"):
+        raise StudyError(
+            f"priors {priors!r}: a posterior needs a proper prior; use 'paper' or 'lognormal'"
+        )
+    if backend not in ("torch", "numba"):
+        raise StudyError(f"backend {backend!r} unknown; use 'torch' or 'numba'")
+    if map_init not in ("starts", "truth"):
+        raise StudyError(f"map_init {map_init!r} unknown; use 'truth' or 'starts'")
+    counts = dict(
+        n_traces=n_traces,
+        num_particles=num_particles,
+        max_steps=max_steps,
+        num_samples=num_samples,
+        map_starts=map_starts,
+        map_steps=map_steps,
+        num_chains=num_chains,
+    )
+    for key, x in counts.items():
+        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
+            raise StudyError(f"{key} = {x!r} must be an integer ≥ 1")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise StudyError(f"warmup_steps = {warmup_steps!r} must be an integer ≥ 0")
+    for key, x, low in (("sigma", sigma, 0.0), ("dt", dt, 0.0)):
+        if not (isinstance(x, (int, float)) and math.isfinite(x) and x > low):
+            raise StudyError(f"{key} = {x!r} must be a finite number > 0")
+    if not (isinstance(noise_sigma, (int, float)) and math.isfinite(noise_sigma)) or (
+        noise_sigma < 0
+    ):
+        raise StudyError(f"noise_sigma = {noise_sigma!r} must be a finite number ≥ 0 (mV)")
+    study = Study(
+        folder=Path("."),
+        name=name,
+        question=question,
+        seed=int(seed),
+        n_traces=int(n_traces),
+        noise_sigma=float(noise_sigma),
+        sigma=float(sigma),
+        priors=priors,
+        dt=float(dt),
+        backend=backend,
+    )
+    study.infers.append(
+        Infer(
+            name=run,
+            method=method,
+            designs=designs,
+            guide=guide,
+            num_particles=int(num_particles),
+            max_steps=int(max_steps),
+            num_samples=int(num_samples),
+            map_starts=int(map_starts),
+            map_steps=int(map_steps),
+            map_init=map_init,
+            warmup_steps=int(warmup_steps),
+            num_chains=int(num_chains),
+        )
+    )
+    return study
+
+
+def rebuild_report(
+    results: str | Path, path: str | Path | None = None, elbos=None, figures: bool = False
+) -> Path:
+    """Write the ``report.html`` of an existing results folder again, from its ``designs.csv``,
+    ``ranking.csv`` (recomputed if absent) and InferenceData files (``idata/<run>/<design>.nc``,
+    or ``posterior.nc`` for a one-design folder of ``bayesneuron infer``); the study's name,
+    question and prior come from its ``config.json`` where there is one.
+
+    Only ``path`` (default ``results/report.html``) is written: the figures are drawn into a
+    temporary folder and embedded (``figures=True``: into ``results``, and kept there). ``elbos``: optional ``{(run, design): ELBO history}`` (not
+    stored in results folders, so a rebuilt report has no ELBO plots otherwise).
+    """
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from . import reports
+    from .study import StudyError
+
+    results = Path(results)
+    if not results.is_dir():
+        raise StudyError(f"{results} is not a results folder (no such folder)")
+    table = results / "designs.csv"
+    if not table.is_file():
+        raise StudyError(
+            f"{results} has no posterior results (no designs.csv); make some with "
+            "'bayesneuron compare', 'bayesneuron infer' or a study with [[infer]] runs"
+        )
+    try:
+        df = pd.read_csv(table, dtype={"stim": str, "rec": str, "run": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise StudyError(f"{table}: cannot read: {str(e).splitlines()[0]}") from None
+    need = {"stim", "rec", "run", "n_traces", "sigma_mv", *(c for c, _, _ in CRITERIA)}
+    if df.empty or not need <= set(df.columns):
+        missing = sorted(need - set(df.columns)) or ["any rows"]
+        raise StudyError(f"{table} is not a designs table: it lacks {', '.join(missing)}")
+    rows = df.to_dict("records")
+    ranking = None
+    if (results / "ranking.csv").is_file():
+        try:
+            rk = pd.read_csv(results / "ranking.csv", dtype={"design": str, "run": str})
+            ranking = rk.to_dict("records")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            ranking = None
+        if ranking is not None and not (
+            all(f"rank_{c}" in rk for c, _, _ in CRITERIA)
+            and sorted((str(r["run"]), str(r["design"])) for r in ranking)
+            == sorted((str(r["run"]), f"{r['stim']}|{r['rec']}") for r in rows)
+        ):
+            ranking = None  # another set of designs than designs.csv: rank them again
+    if ranking is None:
+        ranking = []
+        for run in dict.fromkeys(r["run"] for r in rows):
+            ranking += rank_designs([r for r in rows if r["run"] == run])
+    idatas = {}
+    for r in rows:
+        label = f"{r['stim']}|{r['rec']}"
+        files = [results / "idata" / str(r["run"]) / f"{_safe(label)}.nc"]
+        if len(rows) == 1:
+            files.append(results / "posterior.nc")
+        nc = next((f for f in files if f.is_file()), None)
+        if nc is None:
+            raise StudyError(f"{results}: the InferenceData of {label} is missing ({files[0]})")
+        try:
+            idatas[(r["run"], label)] = reports.load_inference_data(nc)
+        except (OSError, ValueError) as e:
+            raise StudyError(f"{nc}: cannot read the InferenceData: {e}") from None
+    info = {"name": results.name, "question": "", "priors": "paper"}
+    try:
+        cfg = json.loads((results / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    if isinstance(cfg, dict):
+        raw = cfg.get("config") if isinstance(cfg.get("config"), dict) else cfg  # study run
+        st = raw.get("study") if isinstance(raw.get("study"), dict) else raw
+        mo = raw.get("model") if isinstance(raw.get("model"), dict) else raw
+        for key, src in (("name", st), ("question", st), ("priors", mo)):
+            if isinstance(src.get(key), str):
+                info[key] = src[key]
+    study = SimpleNamespace(**info)
+    if elbos is None and len(rows) == 1 and (results / "elbo.csv").is_file():
+        try:  # a one-design folder of ``bayesneuron infer`` keeps its ELBO history
+            hist = np.loadtxt(results / "elbo.csv", skiprows=1, ndmin=1)
+            elbos = {(rows[0]["run"], f"{rows[0]['stim']}|{rows[0]['rec']}"): hist}
+        except ValueError:
+            elbos = None
+    path = results / "report.html" if path is None else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=path.parent))
+    try:
+        where = results if figures else tmp
+        _figures_and_report(study, where, rows, ranking, idatas, dict(elbos or {}))
+        (where / "report.html").replace(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
