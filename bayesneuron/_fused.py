@@ -7,8 +7,9 @@ gradient of the same discrete scheme with respect to each channel's ``g`` (mS/cm
 Per step ``s`` (``h = neg_h[s] < 0``, ``k = k_dt[s] = 2/dt``):
 
 1. gates ``y ← y∞(v) + (y − y∞(v))·A``, ``A = exp(h/τ(v))`` (exponential Euler at ``v``);
-2. ``G_c`` = conductance of channel ``c``; solve ``M w = cur + Σ G_c e_c + k·cm·v``, ``M`` the
-   tree matrix of :class:`~bayesneuron._tree.TreeSystem` with diagonal ``k·cm + Σ G_c + diag``;
+2. ``G_c = g_c·y_a^p_a·y_b^p_b`` per channel (at most two gates, integer powers); solve
+   ``M w = cur + Σ G_c e_c + k·cm·v``, ``M`` the tree matrix of
+   :class:`~bayesneuron._tree.TreeSystem` with diagonal ``k·cm + Σ G_c + diag``;
 3. ``v ← 2w − v``; record ``v`` at output times, then apply a :class:`Reset`.
 
 The adjoint runs the steps backwards: ``Mᵀμ = 2λ_v'``, ``λ_v = −λ_v' + k·cm·μ``,
@@ -17,37 +18,55 @@ The adjoint runs the steps backwards: ``Mᵀμ = 2λ_v'``, ``λ_v = −λ_v' + k
 no transcendental function. A reset node's adjoint is zeroed: its value came from data.
 
 Batch elements are independent trajectories, run in chunks of ``lanes`` side by side (lanes
-last, so the per-lane loops vectorise; ``exp`` and ``log1p`` are written out for that reason),
-one chunk per ``prange`` iteration. Numpy layouts (C-contiguous, float64): nodes in Hines order
-``[n]``; parameters ``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, comp]``
-(µA/cm²); reset values ``[R, time, comp]`` (mV, NaN = keep); element ``b`` reads rows
-``pidx[b]``, ``sidx[b]``, ``ridx[b]``. History ``[chunk, step, (gate,) node, lane]``.
+last, so the per-lane loops vectorise; ``exp`` and ``log1p`` are written out for that reason).
+Chunks run on ``torch.get_num_threads()`` Python threads (the kernels release the GIL); a
+lane's arithmetic does not depend on its chunk, so results are bit-identical for any thread
+count. Compilation (the first call; numba caches it on disk) is kept short by compiling each
+helper once and calling it from the two kernels (not numba's ``prange``, whose wrapper
+re-optimises everything beneath it, nor numba-level inlining of big helpers), and by
+allocating nothing inside the kernels.
+
+Numpy layouts (C-contiguous, float64): nodes in Hines order ``[n]``; parameters
+``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, comp]`` (µA/cm²); reset values
+``[R, time, comp]`` (mV, NaN = keep); element ``b`` reads rows ``pidx[b]``, ``sidx[b]``,
+``ridx[b]``. Per chunk, node arrays are ``[node, lane]`` and compartment arrays
+``[…, comp·lane]`` (the gate and channel loops run over all compartments at once): lane
+parameters ``[channel, comp·lane]``, history ``[step, node, lane]`` (``w``) and
+``[step, gate, comp·lane]`` (``y'``, ``A``, ``D``).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 import torch
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 from torch.autograd.function import once_differentiable
 
 from ._tree import tree_system
-from .channels import Leak, PaperLeak, PaperPotassium, PaperSodium
+from .channels import (
+    HHPotassium,
+    HHSodium,
+    Leak,
+    PaperLeak,
+    PaperPotassium,
+    PaperSodium,
+    _q10,
+)
 from .simulate import _step_grid
 from .solvers import CrankNicolson
 
 __all__ = ["supported", "run"]
 
-_NA, _K, _LEAK = 0, 1, 2
-_KIND = {PaperSodium: _NA, PaperPotassium: _K, PaperLeak: _LEAK, Leak: _LEAK}
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
-_JIT = dict(cache=True, fastmath=False, error_model="numpy")  # numpy: x/0 = inf, no raise
-_INLINE = dict(_JIT, inline="always")  # numba-level inlining, so the lane loops vectorise
+# error_model "numpy": x/0 = inf, no raise; "contract": fused multiply-adds, nothing else
+_JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+_INLINE = dict(_JIT, inline="always")  # numba-level inlining: for the lane-level math only
 
 
 def supported(cell, solver, dtype, device, reset) -> str | None:
@@ -55,14 +74,14 @@ def supported(cell, solver, dtype, device, reset) -> str | None:
 
     Every :class:`Reset` is supported; ``reset`` is taken for a complete signature.
     """
-    need = "backend='numba' supports the paper's and leak channels on CPU in float64"
+    need = "backend='numba' supports the paper's, the HH and leak channels on CPU in float64"
     if not isinstance(solver, CrankNicolson):
         return f"{need} with CrankNicolson; got {type(solver).__name__}"
     if torch.device(device).type != "cpu":
         return f"{need}; got device {device}"
     if dtype != torch.float64:
         return f"{need}; got {dtype}"
-    bad = [type(ch).__name__ for ch in cell.channels if type(ch) not in _KIND]
+    bad = [type(ch).__name__ for ch in cell.channels if type(ch) not in _CHANNELS]
     if bad:
         return f"{need}; got {', '.join(bad)}"
     return None
@@ -108,6 +127,27 @@ def _exp(x):
     return 0.0 if x < _EXP_MIN else y
 
 
+@njit(**_INLINE)
+def _expm1(x):
+    """``exp(x) − 1`` within 2 ulp (−1 below ``x = −708``), branch-free: with ``x = k·ln2 + r``,
+    ``2ᵏ·expm1(r) + (2ᵏ − 1)``, ``expm1(r)`` the series of :func:`_exp` without its 1."""
+    xc = _EXP_MIN if x < _EXP_MIN else (_EXP_MAX if x > _EXP_MAX else x)
+    t = xc * _INV_LN2 + _MAGIC
+    k = t - _MAGIC
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    c = _EXP_C
+    r2 = r * r
+    r4 = r2 * r2
+    p0 = c[2] + c[3] * r + (c[4] + c[5] * r) * r2
+    p1 = c[6] + c[7] * r + (c[8] + c[9] * r) * r2
+    p2 = c[10] + c[11] * r + (c[12] + c[13] * r) * r2
+    q = r + r2 * (p0 + p1 * r4 + p2 * (r4 * r4))
+    h = _half_pow2(t)  # 2ᵏ / 2, which cannot overflow
+    y = (h * q + (h - 0.5)) * 2.0
+    y = np.inf if x > _EXP_MAX else y
+    return -1.0 if x < _EXP_MIN else y
+
+
 _LOG_C = tuple(2.0 / (2 * k + 1) for k in range(9, 0, -1))  # 2·atanh(t) = 2t + Σ 2t^(2k+1)/(2k+1)
 _SQRT2_M1 = math.sqrt(2.0) - 1.0
 
@@ -126,26 +166,36 @@ def _log1p01(u):
     return res + _LN2 if big else res
 
 
+@njit(**_INLINE)
+def _ipow(x, p):
+    """``x**p`` for an integer ``p`` in 0…4 (1 for ``p ≤ 0``), branch-free."""
+    x2 = x * x
+    r = x2 * x2 if p == 4 else x2 * x
+    r = x2 if p == 2 else r
+    r = x if p == 1 else r
+    return 1.0 if p <= 0 else r
+
+
 # --------------------------------------------------------------------------- channel kinetics
 # Each gate's α and β (1/ms) as (form, scale, a, b) at Vs = V + v_shift (mV), as channels.py has
 # them: softplus scale·ln(1 + exp(a·Vs + b)), exponential scale·exp((a − Vs)/b), sigmoid
-# scale/(1 + exp((a − Vs)/b)). One lane loop per form keeps the compiled code small.
-_SOFTPLUS, _EXPONENTIAL, _SIGMOID = 0.0, 1.0, 2.0
-_GATE_RATES = {
-    PaperSodium: (
-        ((_SOFTPLUS, 1.841, 0.17, math.log(0.102)), (_SOFTPLUS, 2.010, -0.139, math.log(266.087))),
-        ((_EXPONENTIAL, 0.128, 17.0, 18.0), (_SIGMOID, 4.0, 40.0, 5.0)),
-    ),
-    PaperPotassium: (
-        ((_SOFTPLUS, 0.114, 0.140, math.log(0.007)), (_EXPONENTIAL, 0.25, 20.0, 40.0)),
-    ),
-}
+# scale/(1 + exp((a − Vs)/b)), linoid scale·(a − Vs)/(exp((a − Vs)/b) − 1) (NEURON's vtrap,
+# guarded where |u| = |(a − Vs)/b| < 1e-6 as channels.vtrap is). One lane loop per form.
+_SOFTPLUS, _EXPONENTIAL, _SIGMOID, _LINOID = 0.0, 1.0, 2.0, 3.0
+_VTRAP_SMALL = 1e-6  # channels.vtrap's switch to its series
+# d/du [u / (eᵘ − 1)] = −1/2 + u/6 − u³/180 + u⁵/5040 − u⁷/151200 + …: used where |u| < 0.1,
+# where the closed form cancels (its error there ≈ 4·eps/|u|; the series' ≈ 1e-16)
+_D_VTRAP = (-0.5, 1.0 / 6.0, -1.0 / 180.0, 1.0 / 5040.0, -1.0 / 151200.0)
 
 
 @njit(**_JIT)
 def _rate(spec, vs, rate, d_rate):
-    """A rate ``spec = (form, scale, a, b)`` and its derivative in ``Vs`` per lane of ``vs``."""
+    """A rate ``spec = (form, scale, a, b)`` and its derivative in ``Vs``, per element of ``vs``.
+
+    Divisions by ``b`` are multiplications by ``1/b`` (vector division is slow), so the rates
+    may differ from channels.py's in the last bit; the adjoint differentiates these."""
     form, scale, a, b = spec[0], spec[1], spec[2], spec[3]
+    ib = 1.0 / b
     if form == _SOFTPLUS:  # max(x, 0) + log1p(exp(−|x|)) = ln(1 + exp(x))
         for l in range(vs.shape[0]):
             x = vs[l] * a + b
@@ -155,70 +205,86 @@ def _rate(spec, vs, rate, d_rate):
             d_rate[l] = scale * a * ((1.0 if pos else u) / (1.0 + u))
     elif form == _EXPONENTIAL:
         for l in range(vs.shape[0]):
-            rate[l] = scale * _exp((a - vs[l]) / b)
-            d_rate[l] = rate[l] * (-1.0 / b)
-    else:
+            r = scale * _exp((a - vs[l]) * ib)
+            rate[l] = r
+            d_rate[l] = r * -ib
+    elif form == _SIGMOID:
         for l in range(vs.shape[0]):
-            sig = 1.0 / (1.0 + _exp((a - vs[l]) / b))
+            sig = 1.0 / (1.0 + _exp((a - vs[l]) * ib))
             rate[l] = scale * sig
-            d_rate[l] = scale * sig * (1.0 - sig) / b
+            d_rate[l] = scale * sig * (1.0 - sig) * ib
+    else:  # rate = scale·b·f(u), f(u) = u/expm1(u), u = (a − Vs)/b; d rate/dVs = −scale·f'(u)
+        c = _D_VTRAP
+        for l in range(vs.shape[0]):
+            u = (a - vs[l]) * ib
+            i_em1 = 1.0 / _expm1(u)
+            small = abs(u) < _VTRAP_SMALL
+            rate[l] = scale * (b * (1.0 - 0.5 * u) if small else b * u * i_em1)
+            u2 = u * u
+            series = c[0] + u * (c[1] + u2 * (c[2] + u2 * (c[3] + u2 * c[4])))
+            closed = i_em1 * ((1.0 - u) - u * i_em1)  # f·(1/u − 1 − 1/expm1(u))
+            d_f = series if abs(u) < 0.1 else closed
+            d_rate[l] = -scale * (-0.5 if small else d_f)
 
 
 @njit(**_JIT)
-def _rates(spec, vs, r):
-    """``r [4, lane]`` = α, β, dα/dVs, dβ/dVs of a gate with rates ``spec [2, 4]``."""
-    _rate(spec[0], vs, r[0], r[2])
-    _rate(spec[1], vs, r[1], r[3])
+def _advance(r, eps, phi, h, y, y_new, ya, yd):
+    """Exponential Euler over ``−h`` ms per lane: ``y_new = y'``, ``ya = A``, ``yd = ∂y'/∂v``.
 
-
-@njit(**_JIT)
-def _advance(r, eps, phi, h, y, ya, yd):
-    """Exponential Euler over ``−h`` ms per lane: ``y ← y'``, ``ya = A``, ``yd = ∂y'/∂v``."""
+    ``r [4, lane]`` holds α, β, dα/dVs, dβ/dVs; ``1/τ = φ (α + β + eps)``."""
     for l in range(y.shape[0]):
         a, da, ds = r[0, l], r[2, l], r[2, l] + r[3, l]
-        s = a + r[1, l] + eps  # 1/τ = φ·s
+        s = a + r[1, l] + eps
         rs = 1.0 / s
         inf = a * rs
         big_a = _exp(h * phi * s)
         y_old = y[l]
         lo, hi = inf + big_a * (y_old - inf), y_old - (y_old - inf) * (1.0 - big_a)
-        y[l] = lo if big_a < 0.5 else hi  # torch.lerp(inf, y, A)
+        y_new[l] = lo if big_a < 0.5 else hi  # torch.lerp(inf, y, A)
         ya[l] = big_a
         yd[l] = (da - inf * ds) * rs * (1.0 - big_a) + (y_old - inf) * (big_a * h * phi * ds)
 
 
 @njit(**_JIT)
-def _add_conductance(kind, gm, ee, y, g0, i, g_sum, ge_sum):
-    """Add a channel's ``G`` (g·m²h, g·n or g) and ``G·e`` at node ``i`` to the lane sums."""
-    for l in range(g_sum.shape[0]):
-        if kind == _NA:
-            g = gm[l] * (y[g0, i, l] * y[g0, i, l]) * y[g0 + 1, i, l]
-        elif kind == _K:
-            g = gm[l] * y[g0, i, l]
-        else:
-            g = gm[l]
-        g_sum[l] += g
-        ge_sum[l] += g * ee[l]
+def _conductance(gates, gm, ee, y, g_sum, ge_sum):
+    """``Σ_c G_c`` and ``Σ_c G_c e_c`` per compartment and lane ``[comp·lane]``."""
+    ga, pa, gb, pb = gates
+    for x in range(g_sum.shape[0]):
+        g_sum[x] = 0.0
+        ge_sum[x] = 0.0
+    for c in range(ga.shape[0]):
+        p, q, ya, yb, gmc, eec = pa[c], pb[c], y[ga[c]], y[gb[c]], gm[c], ee[c]
+        for x in range(g_sum.shape[0]):
+            g = gmc[x] * (_ipow(ya[x], p) * _ipow(yb[x], q))
+            g_sum[x] += g
+            ge_sum[x] += g * eec[x]
 
 
 @njit(**_JIT)
-def _conductance_adjoint(kind, gm, ee, y, g0, i, mu, w, gg, ly):
-    """Given ``μ``: add ``∂L/∂g``, ``∂L/∂e`` to ``gg [2, lane]`` and ``∂L/∂y`` to ``ly``."""
-    for l in range(mu.shape[0]):
-        q = mu[l] * (ee[l] - w[l])  # ∂L/∂G
-        if kind == _NA:
-            m, hh = y[g0, i, l], y[g0 + 1, i, l]
-            gg[0, l] += q * (m * m * hh)
-            gg[1, l] += mu[l] * (gm[l] * (m * m) * hh)
-            ly[g0, i, l] += q * gm[l] * 2.0 * m * hh
-            ly[g0 + 1, i, l] += q * gm[l] * m * m
-        elif kind == _K:
-            gg[0, l] += q * y[g0, i, l]
-            gg[1, l] += mu[l] * (gm[l] * y[g0, i, l])
-            ly[g0, i, l] += q * gm[l]
-        else:
-            gg[0, l] += q
-            gg[1, l] += mu[l] * gm[l]
+def _conductance_adjoint(gates, gm, ee, y, mu, w, gg, ly, dy):
+    """Given ``μ`` and ``w`` ``[comp·lane]``: add ``∂L/∂g``, ``∂L/∂e`` to ``gg`` and ``∂L/∂y``
+    to ``ly``; ``dy [2, comp·lane]`` is scratch (a channel's two gates may be one row of ly)."""
+    ga, pa, gb, pb = gates
+    da, db = dy[0], dy[1]
+    for c in range(ga.shape[0]):
+        p, q, ya, yb, gmc, eec = pa[c], pb[c], y[ga[c]], y[gb[c]], gm[c], ee[c]
+        fp, fq, g0, g1 = float(p), float(q), gg[c, 0], gg[c, 1]
+        for x in range(mu.shape[0]):
+            oa, ob = _ipow(ya[x], p), _ipow(yb[x], q)
+            dg = mu[x] * (eec[x] - w[x])  # ∂L/∂G
+            g0[x] += dg * (oa * ob)
+            g1[x] += mu[x] * (gmc[x] * (oa * ob))
+            dg = dg * gmc[x]
+            da[x] = dg * (fp * _ipow(ya[x], p - 1)) * ob
+            db[x] = dg * oa * (fq * _ipow(yb[x], q - 1))
+        if p > 0:
+            lya = ly[ga[c]]
+            for x in range(mu.shape[0]):
+                lya[x] += da[x]
+        if q > 0:
+            lyb = ly[gb[c]]
+            for x in range(mu.shape[0]):
+                lyb[x] += db[x]
 
 
 @njit(**_JIT)
@@ -227,179 +293,199 @@ def _solve(parent, lo, up, d, r):
     ``d_i x_i + lo_i x_parent(i) + Σ_children up_c x_c = r_i``; swap ``lo``, ``up`` for ``Mᵀ``."""
     n, nl = d.shape
     for i in range(n - 1, 0, -1):  # eliminate leaves first
-        p = parent[i]
+        li, ui, di, ri, dp, rp = lo[i], up[i], d[i], r[i], d[parent[i]], r[parent[i]]
         for l in range(nl):
-            f = up[i] / d[i, l]
-            d[p, l] = d[p, l] - lo[i] * f
-            r[p, l] = r[p, l] - f * r[i, l]
+            f = ui / di[l]
+            dp[l] = dp[l] - li * f
+            rp[l] = rp[l] - f * ri[l]
+    r0, d0 = r[0], d[0]
     for l in range(nl):
-        r[0, l] = r[0, l] / d[0, l]
+        r0[l] = r0[l] / d0[l]
     for i in range(1, n):
-        p = parent[i]
+        li, di, ri, rp = lo[i], d[i], r[i], r[parent[i]]
         for l in range(nl):
-            r[i, l] = (r[i, l] - lo[i] * r[p, l]) / d[i, l]
-
-
-@njit(**_JIT)
-def _lane_params(par, pidx, b0, nl, pub, e_shift):
-    """``g`` and effective ``e`` per channel, node and lane ``[channel, node, lane]``."""
-    n_ch, n, n_comp = par.shape[1], pub.shape[0], par.shape[3]
-    gm, ee = np.zeros((n_ch, n, nl)), np.zeros((n_ch, n, nl))
-    for c in range(n_ch):
-        for i in range(n):
-            if pub[i] < n_comp:
-                for l in range(nl):
-                    gm[c, i, l] = par[pidx[b0 + l], c, 0, pub[i]]
-                    ee[c, i, l] = par[pidx[b0 + l], c, 1, pub[i]] - e_shift[c]
-    return gm, ee
+            ri[l] = (ri[l] - li * rp[l]) / di[l]
 
 
 # --------------------------------------------------------------------------- one chunk of lanes
 @njit(**_JIT)
-def _forward_chunk(ch, lanes, tree, chans, steps, data, v0, out, hist, store):
-    """Forward steps of chunk ``ch``; fills its rows of ``out`` and, if ``store``, its history."""
+def _forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
+    """Forward steps of one chunk: fills its rows ``out [lane, comp, time]`` and, if ``store``,
+    its history; ``work`` is scratch, its gates ``yy[1]`` set to their initial values."""
     parent, ta, tb, diag, cm, pub, pos = tree
-    kind, g0, e_shift, spec, gcf = chans
+    spec, gcf = rates
     k_dt, neg_h, cols, out_at, reset_at = steps
-    cur, sidx, par, pidx, rv, ridx = data
+    cur, sidx, rv, ridx, gm, ee = data
     W, X, AA, DD = hist
-    b0 = ch * lanes
-    nl = min(lanes, out.shape[0] - b0)
-    n, n_comp, n_ch, n_g = parent.shape[0], out.shape[1], kind.shape[0], spec.shape[0]
-    gm, ee = _lane_params(par, pidx, b0, nl, pub, e_shift)
-    v = np.full((n, nl), v0)
-    y = np.zeros((n_g, n, nl))
-    ya, yd = np.zeros_like(y), np.zeros_like(y)
-    d, r = np.empty((n, nl)), np.empty((n, nl))
-    g_sum, ge_sum, vs, rates = np.empty(nl), np.empty(nl), np.empty(nl), np.empty((4, nl))
-    for j in range(n_g):  # initial gates: steady state at v0 (+ the shift of init_gates)
-        r0 = np.empty((4, 1))
-        _rates(spec[j], np.full(1, v0 + gcf[j, 3]), r0)
-        for i in range(n):
-            if pub[i] < n_comp:
-                for l in range(nl):
-                    y[j, i, l] = r0[0, 0] * (1.0 / (r0[0, 0] + r0[1, 0] + gcf[j, 1]))
-    for k in range(n_comp):  # (slice assignments are avoided: each costs seconds to compile)
+    v, d, w, yy, ya, yd, rr, vc, vs, g_sum, ge_sum, i_inj = work
+    n, nl = v.shape
+    n_comp, n_g = pos.shape[0], spec.shape[0]
+    for i in range(n):
+        vi = v[i]
         for l in range(nl):
-            out[b0 + l, k, 0] = v0
+            vi[l] = v0
+    for k in range(n_comp):
+        for l in range(nl):
+            out[l, k, 0] = v0
     for s in range(k_dt.shape[0]):
+        h = neg_h[s]
+        # gates go from y_in to y (never in place: aliased lane loops do not vectorise)
+        y_in = X[s - 1] if store and s > 0 else yy[(s + 1) % 2]
+        y = yy[s % 2]
+        if store:  # the step writes its history in place
+            y, ya, yd, w = X[s], AA[s], DD[s], W[s]
+        col = cols[s]
+        for k in range(n_comp):  # compartment voltages; the current (a gather)
+            vk, o = v[pos[k]], k * nl
+            for l in range(nl):
+                vc[o + l] = vk[l]
+            for l in range(nl):
+                i_inj[o + l] = cur[sidx[l], col, k]
         for j in range(n_g):
-            for i in range(n):
-                if pub[i] < n_comp:
-                    for l in range(nl):
-                        vs[l] = v[i, l] + gcf[j, 0]
-                    _rates(spec[j], vs, rates)
-                    _advance(rates, gcf[j, 1], gcf[j, 2], neg_h[s], y[j, i], ya[j, i], yd[j, i])
+            shift = gcf[j, 0]
+            for x in range(vs.shape[0]):
+                vs[x] = vc[x] + shift
+            _rate(spec[j, 0], vs, rr[0], rr[2])
+            _rate(spec[j, 1], vs, rr[1], rr[3])
+            _advance(rr, gcf[j, 1], gcf[j, 2], h, y_in[j], y[j], ya[j], yd[j])
+        _conductance(gates, gm, ee, y, g_sum, ge_sum)
         for i in range(n):
-            c_i = k_dt[s] * cm[i]
-            k = pub[i]
-            g_sum.fill(0.0)
-            ge_sum.fill(0.0)
+            c_i, k, dg_i, vi, di, wi = k_dt[s] * cm[i], pub[i], diag[i], v[i], d[i], w[i]
             if k < n_comp:  # junctions have no membrane and no current
-                for c in range(n_ch):
-                    _add_conductance(kind[c], gm[c, i], ee[c, i], y, g0[c], i, g_sum, ge_sum)
-            for l in range(nl):
-                d[i, l] = c_i + g_sum[l] + diag[i]
-                i_inj = cur[sidx[b0 + l], cols[s], k] if k < n_comp else 0.0
-                r[i, l] = i_inj + ge_sum[l] + c_i * v[i, l]
-        _solve(parent, ta, tb, d, r)  # r = w
-        for i in range(n):
-            for l in range(nl):
-                v[i, l] = 2.0 * r[i, l] - v[i, l]
-            if store:
+                o = k * nl
                 for l in range(nl):
-                    W[ch, s, i, l] = r[i, l]
-                for j in range(n_g):
-                    for l in range(nl):
-                        X[ch, s, j, i, l] = y[j, i, l]
-                        AA[ch, s, j, i, l] = ya[j, i, l]
-                        DD[ch, s, j, i, l] = yd[j, i, l]
+                    di[l] = c_i + g_sum[o + l] + dg_i
+                    wi[l] = i_inj[o + l] + ge_sum[o + l] + c_i * vi[l]
+            else:
+                for l in range(nl):
+                    di[l] = c_i + 0.0 + dg_i
+                    wi[l] = 0.0 + 0.0 + c_i * vi[l]
+        _solve(parent, ta, tb, d, w)  # w = M⁻¹ r
+        for i in range(n):
+            vi, wi = v[i], w[i]
+            for l in range(nl):
+                vi[l] = 2.0 * wi[l] - vi[l]
         j = out_at[s]
         if j >= 0:
             for k in range(n_comp):
                 for l in range(nl):
-                    out[b0 + l, k, j] = v[pos[k], l]
-                    if reset_at[s] and not np.isnan(rv[ridx[b0 + l], j, k]):
-                        v[pos[k], l] = rv[ridx[b0 + l], j, k]
+                    out[l, k, j] = v[pos[k], l]
+                    x = rv[ridx[l], j, k]
+                    if reset_at[s] and x == x:  # NaN: keep
+                        v[pos[k], l] = x
 
 
 @njit(**_JIT)
-def _adjoint_chunk(ch, lanes, tree, chans, steps, data, gout, hist, grad):
-    """Reverse steps of chunk ``ch``: ``grad[b, c, 0|1, comp] = ∂L/∂g, ∂L/∂e``."""
+def _adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad):
+    """Reverse steps of one chunk: ``grad [lane, channel, 0|1, comp] = ∂L/∂g, ∂L/∂e`` from
+    ``gout [lane, comp, time] = ∂L/∂V``; ``work`` is scratch, ``lv``, ``ly`` and ``gg`` zeroed."""
     parent, ta, tb, diag, cm, pub, pos = tree
-    kind, g0, e_shift, spec, _ = chans
     k_dt, _, _, out_at, reset_at = steps
-    _, _, par, pidx, rv, ridx = data
+    _, _, rv, ridx, gm, ee = data
     W, X, AA, DD = hist
-    b0 = ch * lanes
-    nl = min(lanes, grad.shape[0] - b0)
-    n, n_comp, n_ch, n_g = parent.shape[0], grad.shape[3], kind.shape[0], spec.shape[0]
-    gm, ee = _lane_params(par, pidx, b0, nl, pub, e_shift)
-    lv = np.zeros((n, nl))  # ∂L/∂v after the step (after its reset)
-    ly = np.zeros((n_g, n, nl))  # ∂L/∂y after the step's gate update
-    gg = np.zeros((n_ch, 2, n, nl))
-    d, mu = np.empty((n, nl)), np.empty((n, nl))
-    g_sum, ge_sum = np.empty(nl), np.empty(nl)
+    # ∂L/∂v [node, lane] and ∂L/∂y [gate, comp·lane] after the step; ∂L/∂(g, e)
+    lv, d, mu, ly, gg, muc, wc, lvc, g_sum, ge_sum, dy = work
+    n, nl = lv.shape
+    n_comp, n_g, n_ch = pos.shape[0], AA.shape[1], gg.shape[0]
     for s in range(k_dt.shape[0] - 1, -1, -1):
         j = out_at[s]
         if j >= 0:
             for k in range(n_comp):
                 for l in range(nl):
-                    if reset_at[s] and not np.isnan(rv[ridx[b0 + l], j, k]):
+                    x = rv[ridx[l], j, k]
+                    if reset_at[s] and x == x:
                         lv[pos[k], l] = 0.0  # the value came from data
-                    lv[pos[k], l] += gout[b0 + l, k, j]
-        y = X[ch, s]
+                    lv[pos[k], l] += gout[l, k, j]
+        y, w = X[s], W[s]
+        _conductance(gates, gm, ee, y, g_sum, ge_sum)
         for i in range(n):
-            g_sum.fill(0.0)
-            ge_sum.fill(0.0)  # (not needed here)
-            if pub[i] < n_comp:
-                for c in range(n_ch):
-                    _add_conductance(kind[c], gm[c, i], ee[c, i], y, g0[c], i, g_sum, ge_sum)
-            for l in range(nl):
-                d[i, l] = k_dt[s] * cm[i] + g_sum[l] + diag[i]
-                mu[i, l] = 2.0 * lv[i, l]
+            c_i, k, dg_i, di, mi, lvi = k_dt[s] * cm[i], pub[i], diag[i], d[i], mu[i], lv[i]
+            if k < n_comp:
+                o = k * nl
+                for l in range(nl):
+                    di[l] = c_i + g_sum[o + l] + dg_i
+                    mi[l] = 2.0 * lvi[l]
+            else:
+                for l in range(nl):
+                    di[l] = c_i + 0.0 + dg_i
+                    mi[l] = 2.0 * lvi[l]
         _solve(parent, tb, ta, d, mu)  # Mᵀ μ = 2 λ_v'
         for i in range(n):
+            c_i, mi, lvi = k_dt[s] * cm[i], mu[i], lv[i]
             for l in range(nl):
-                lv[i, l] = k_dt[s] * cm[i] * mu[i, l] - lv[i, l]
-            if pub[i] < n_comp:
-                for c in range(n_ch):
-                    _conductance_adjoint(
-                        kind[c],
-                        gm[c, i],
-                        ee[c, i],
-                        y,
-                        g0[c],
-                        i,
-                        mu[i],
-                        W[ch, s, i],
-                        gg[c, :, i],
-                        ly,
-                    )
-            for jg in range(n_g):
-                for l in range(nl):
-                    lv[i, l] += DD[ch, s, jg, i, l] * ly[jg, i, l]
-                    ly[jg, i, l] *= AA[ch, s, jg, i, l]
+                lvi[l] = c_i * mi[l] - lvi[l]
+        for k in range(n_comp):  # μ and w at the compartments
+            mk, wk, o = mu[pos[k]], w[pos[k]], k * nl
+            for l in range(nl):
+                muc[o + l] = mk[l]
+                wc[o + l] = wk[l]
+        _conductance_adjoint(gates, gm, ee, y, muc, wc, gg, ly, dy)
+        for x in range(lvc.shape[0]):
+            lvc[x] = 0.0
+        for jg in range(n_g):  # through the gate update: ∂y'/∂v = D, ∂y'/∂y = A
+            lyj, dj, aj = ly[jg], DD[s, jg], AA[s, jg]
+            for x in range(lvc.shape[0]):
+                lvc[x] += dj[x] * lyj[x]
+                lyj[x] *= aj[x]
+        for k in range(n_comp):
+            lvk, o = lv[pos[k]], k * nl
+            for l in range(nl):
+                lvk[l] += lvc[o + l]
     for c in range(n_ch):
-        for i in range(n):
-            if pub[i] < n_comp:
-                for l in range(nl):
-                    grad[b0 + l, c, 0, pub[i]] = gg[c, 0, i, l]
-                    grad[b0 + l, c, 1, pub[i]] = gg[c, 1, i, l]
+        for k in range(n_comp):
+            for l in range(nl):
+                grad[l, c, 0, k] = gg[c, 0, k * nl + l]
+                grad[l, c, 1, k] = gg[c, 1, k * nl + l]
 
 
-# The chunk index is cast to int64: prange's own index type differs between numba's typing and
-# lowering passes, which would compile each chunk function twice.
-@njit(parallel=True, **_JIT)
-def _forward(lanes, tree, chans, steps, data, v0, out, hist, store):
-    for ch in prange((out.shape[0] + lanes - 1) // lanes):
-        _forward_chunk(np.int64(ch), lanes, tree, chans, steps, data, v0, out, hist, store)
+# --------------------------------------------------------------------------- channel tables
+# Per channel: its gates' (α, β) rate specs and their integer powers in G = g·Π yᵖ.
+_CHANNELS = {
+    PaperSodium: (
+        (
+            (
+                (_SOFTPLUS, 1.841, 0.17, math.log(0.102)),
+                (_SOFTPLUS, 2.010, -0.139, math.log(266.087)),
+            ),
+            ((_EXPONENTIAL, 0.128, 17.0, 18.0), (_SIGMOID, 4.0, 40.0, 5.0)),
+        ),
+        (2, 1),
+    ),
+    PaperPotassium: (
+        (((_SOFTPLUS, 0.114, 0.140, math.log(0.007)), (_EXPONENTIAL, 0.25, 20.0, 40.0)),),
+        (1,),
+    ),
+    HHSodium: (
+        (
+            ((_LINOID, 0.1, -40.0, 10.0), (_EXPONENTIAL, 4.0, -65.0, 18.0)),
+            ((_EXPONENTIAL, 0.07, -65.0, 20.0), (_SIGMOID, 1.0, -35.0, 10.0)),
+        ),
+        (3, 1),
+    ),
+    HHPotassium: (
+        (((_LINOID, 0.01, -55.0, 10.0), (_EXPONENTIAL, 0.125, -65.0, 80.0)),),
+        (4,),
+    ),
+    PaperLeak: ((), ()),
+    Leak: ((), ()),
+}
 
 
-@njit(parallel=True, **_JIT)
-def _adjoint(lanes, tree, chans, steps, data, gout, hist, grad):
-    for ch in prange((grad.shape[0] + lanes - 1) // lanes):
-        _adjoint_chunk(np.int64(ch), lanes, tree, chans, steps, data, gout, hist, grad)
+def _gate_constants(ch) -> tuple[float, float, float]:
+    """Per gate: rate shift (mV), eps added to ``α + β``, and ``φ`` in ``1/τ = φ(α + β + eps)``
+    (the paper's K has its ``phi``, the HH channels their temperature factor)."""
+    if isinstance(ch, (HHSodium, HHPotassium)):
+        return 0.0, 0.0, _q10(ch.celsius)
+    return ch.v_shift, ch.eps, getattr(ch, "phi", 1.0)
+
+
+def _e_shift(ch) -> float:
+    """What the channel subtracts from ``e`` for its driving force (mV)."""
+    if isinstance(ch, Leak):
+        return ch.v_shift
+    if isinstance(ch, (HHSodium, HHPotassium)):
+        return 0.0
+    return ch.v_shift if ch.shift_driving_force else 0.0
 
 
 # --------------------------------------------------------------------------- torch interface
@@ -415,44 +501,62 @@ def run(cell, p, vals, stimulus, t_eval, solver, reset=None):
     """
     flat = [p[f"{k}_{ch.name}"] for ch in cell.channels for k in ("g", "e")]
     store = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    prob = _Problem(cell, flat, vals, stimulus, t_eval, solver.dt, reset, store, threads)
+    prob = _Problem(cell, flat, vals, stimulus, t_eval, solver.dt, reset, store)
     return _Fused.apply(prob, *flat), len(prob.steps[0])
 
 
-@contextmanager
-def _torch_threads():
-    """Run numba on torch's thread count, and leave torch's as it was: numba's OpenMP layer
-    shares the process's OpenMP setting and resets it when it first starts."""
-    n = torch.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+def _chunking(n_batch: int, n_nodes: int, threads: int) -> tuple[int, int]:
+    """``(lanes, chunks)``: every thread gets work, in chunks of at most ``_MAX_LANES`` lanes
+    (fewer on big cells, to stay in cache); lanes a multiple of the vector width (4)."""
+    cap = min(_MAX_LANES, max(16, 4096 // n_nodes))
+    chunks = max(1, min(threads, n_batch))
+    chunks *= -(-n_batch // (chunks * cap))  # more chunks per thread, equally many each
+    lanes = -(-n_batch // chunks)
+    lanes = min(cap, -(-lanes // 4) * 4)
+    return lanes, -(-n_batch // lanes)
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _map(fn, jobs: list, threads: int) -> None:
+    """``fn(*job)`` for every job, on up to ``threads`` threads."""
+    if threads <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            fn(*job)
+        return
+    if threads not in _POOL:
+        _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="bayesneuron-fused")
+    for f in [_POOL[threads].submit(fn, *job) for job in jobs]:
+        f.result()
 
 
 class _Problem:
     """Everything the kernels take except the parameters (see the module docstring)."""
 
-    def __init__(self, cell, flat, vals, stimulus, t_eval, dt, reset, store, threads):
+    def __init__(self, cell, flat, vals, stimulus, t_eval, dt, reset, store):
         self.store = store  # keep the history the adjoint needs
         sys = tree_system(cell.morphology)
         self.n_comp, self.n_time, self.n = cell.n_comp, len(t_eval), sys.n
         self.tree = (sys.parent, sys.a, sys.b, sys.diag, sys.cm, sys.pub_of, sys.comp_pos)
-        chs = cell.channels
-        kind = np.array([_KIND[type(ch)] for ch in chs], dtype=np.int64)
-        spec = [r for ch in chs for r in _GATE_RATES.get(type(ch), ())]  # per gate
-        gcf = [_gate_constants(ch) for ch in chs for _ in _GATE_RATES.get(type(ch), ())]
-        self.n_gates = len(spec)
-        self.chans = (
-            kind,
-            np.cumsum([0] + [len(_GATE_RATES.get(type(ch), ())) for ch in chs]),  # first gate
-            np.array([_e_shift(ch) for ch in chs], dtype=np.float64),
-            np.array(spec, dtype=np.float64).reshape(-1, 2, 4),
-            np.array(gcf, dtype=np.float64).reshape(-1, 4),
+        specs, gcf, y0, gates = [], [], [], []
+        for ch in cell.channels:
+            rates, powers = _CHANNELS[type(ch)]
+            a = len(specs) if rates else 0  # no gate: gate 0 (or a dummy) at power 0
+            b = a + 1 if len(rates) > 1 else a
+            gates.append((a, powers[0] if rates else 0, b, powers[1] if len(rates) > 1 else 0))
+            specs += rates
+            gcf += [_gate_constants(ch) for _ in rates]
+            init = ch.init_gates(torch.tensor(float(cell.v0), dtype=torch.float64), {})
+            y0 += [float(init[name]) for name in ch.state_names]
+        self.n_gates = len(specs)
+        self.y0 = np.array(y0, dtype=np.float64)
+        self.rates = (
+            np.array(specs, dtype=np.float64).reshape(-1, 2, 4),
+            np.array(gcf, dtype=np.float64).reshape(-1, 3),
         )
+        self.gates = tuple(np.array(x, dtype=np.int64) for x in zip(*gates))
+        self.e_shift = np.array([_e_shift(ch) for ch in cell.channels], dtype=np.float64)
         self.v0 = float(cell.v0)
 
         dts, t_mid, is_output = _step_grid(stimulus, t_eval, dt)
@@ -462,7 +566,7 @@ class _Problem:
         self.steps = (
             2.0 / dts,
             -h,
-            stimulus.bin_index(t_mid),
+            stimulus.bin_index(t_mid).astype(np.int64),
             np.where(is_output, out_j, -1).astype(np.int64),
             is_output & resets,
         )
@@ -470,18 +574,18 @@ class _Problem:
         self.pshape = torch.broadcast_shapes(*(x.shape[:-1] for x in flat))
         self.batch = torch.broadcast_shapes(self.pshape + (1,), vals.shape[1:-1])
         self.n_batch = math.prod(self.batch)
-        per_thread = -(-self.n_batch // threads)
-        self.lanes = max(4, min(_MAX_LANES, per_thread, max(16, 4096 // sys.n)))
-        self.n_chunks = -(-self.n_batch // self.lanes)
+        self.threads = torch.get_num_threads()
+        self.lanes, self.n_chunks = _chunking(self.n_batch, sys.n, self.threads)
         cur = vals.detach().movedim(0, -2)
-        cur = cur.reshape((-1,) + cur.shape[-2:]).contiguous().numpy()
+        self.cur = cur.reshape((-1,) + cur.shape[-2:]).contiguous().numpy()
+        self.sidx = self._rows(vals.shape[1:-1])
+        self.pidx = self._rows(self.pshape + (1,))
         if reset is None:
-            rv, ridx = np.zeros((1, 1, self.n_comp)), np.zeros(self.n_batch, np.int64)
+            self.rv, self.ridx = np.zeros((1, 1, self.n_comp)), np.zeros(self.n_batch, np.int64)
         else:
             rv = reset.values.detach().to(device="cpu", dtype=torch.float64)
-            ridx = self._rows(rv.shape[:-2])
-            rv = rv.reshape((-1,) + rv.shape[-2:]).transpose(1, 2).contiguous().numpy()
-        self.data = (cur, self._rows(vals.shape[1:-1]), self._rows(self.pshape + (1,)), rv, ridx)
+            self.ridx = self._rows(rv.shape[:-2])
+            self.rv = rv.reshape((-1,) + rv.shape[-2:]).transpose(1, 2).contiguous().numpy()
 
     def _rows(self, shape) -> np.ndarray:
         """Row of an array with leading dims ``shape`` that each batch element reads ``[B]``."""
@@ -493,45 +597,113 @@ class _Problem:
         x = torch.stack([t.detach().expand(self.pshape + (self.n_comp,)) for t in flat], -2)
         return x.reshape(-1, len(flat) // 2, 2, self.n_comp).contiguous().numpy()
 
-    def _data(self, par):
-        cur, sidx, pidx, rv, ridx = self.data
-        return cur, sidx, par, pidx, rv, ridx
+    def _chunks(self):
+        for ch in range(self.n_chunks):
+            b0 = ch * self.lanes
+            yield ch, b0, min(b0 + self.lanes, self.n_batch)
+
+    def _data(self, par, b0, b1):
+        """The chunk's rows of the inputs, with its ``g`` and effective ``e`` per channel
+        ``[channel, comp·lane]``."""
+        lp = par[self.pidx[b0:b1]].transpose(1, 2, 3, 0)  # [channel, 2, comp, lane]
+        gm = np.ascontiguousarray(lp[:, 0]).reshape(par.shape[1], -1)
+        ee = np.ascontiguousarray(lp[:, 1] - self.e_shift[:, None, None]).reshape(gm.shape)
+        return self.cur, self.sidx[b0:b1], self.rv, self.ridx[b0:b1], gm, ee
 
     def forward(self, par):
-        """Voltages ``[B, comp, time]`` and, if ``self.store``, the history ``(W, X, A, D)``."""
-        lead = (self.n_chunks, len(self.steps[0]) if self.store else 0)
-        node, gate = (self.n, self.lanes), (self.n_gates, self.n, self.lanes)
-        hist = (np.empty(lead + node),) + tuple(np.empty(lead + gate) for _ in range(3))
-        out = np.empty((self.n_batch, self.n_comp, self.n_time))
-        args = (self.tree, self.chans, self.steps, self._data(par), self.v0, out, hist)
-        with _torch_threads():
-            _forward(self.lanes, *args, self.store)
+        """Voltages ``[B, comp, time]`` and, if ``self.store``, the history (a :class:`_History`)."""
+        n, nc, ng = self.n, self.n_comp, self.n_gates
+        n_steps = len(self.steps[0]) if self.store else 0
+        out = np.empty((self.n_batch, nc, self.n_time))
+        hist = _History([(n_steps, n, b1 - b0) for _, b0, b1 in self._chunks()], ng, nc)
+        jobs = []
+        for ch, b0, b1 in self._chunks():
+            nl = b1 - b0
+            m = nc * nl
+            yy = np.empty((2, max(ng, 1), m))  # gates (ping-pong); initial values in yy[1]
+            yy[:] = np.repeat(self.y0, nc * nl).reshape(ng, m) if ng else 1.0
+            node, gate, comp = np.empty((3, n, nl)), np.empty((2, ng, m)), np.empty((9, m))
+            work = (node[0], node[1], node[2], yy, gate[0], gate[1], comp[:4])
+            work += (comp[4], comp[5], comp[6], comp[7], comp[8])
+            data = self._data(par, b0, b1)
+            args = (self.tree, self.rates, self.gates, self.steps, data, self.v0, out[b0:b1])
+            jobs.append(args + (hist.chunks[ch], work, self.store))
+        _map(_forward_chunk, jobs, self.threads)
         return out, hist
 
     def adjoint(self, par, hist, gout) -> np.ndarray:
         """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
-        grad = np.zeros((self.n_batch,) + par.shape[1:])
-        with _torch_threads():
-            _adjoint(
-                self.lanes, self.tree, self.chans, self.steps, self._data(par), gout, hist, grad
-            )
+        n, nc, ng = self.n, self.n_comp, self.n_gates
+        grad = np.empty((self.n_batch,) + par.shape[1:])
+        jobs = []
+        for ch, b0, b1 in self._chunks():
+            nl = b1 - b0
+            m = nc * nl
+            node, comp = np.empty((3, n, nl)), np.empty((7, m))
+            node[0] = 0.0
+            ly, gg = np.zeros((max(ng, 1), m)), np.zeros((par.shape[1], 2, m))
+            work = (node[0], node[1], node[2], ly, gg, comp[0], comp[1], comp[2], comp[3])
+            work += (comp[4], comp[5:])
+            data = self._data(par, b0, b1)
+            jobs.append((self.tree, self.gates, self.steps, data, gout[b0:b1], hist.chunks[ch]))
+            jobs[-1] += (work, grad[b0:b1])
+        _map(_adjoint_chunk, jobs, self.threads)
         return grad
 
 
-def _gate_constants(ch) -> tuple[float, float, float, float]:
-    """Per gate of a paper channel: rate shift (mV), eps, phi, shift of the initial voltage (mV)."""
-    return ch.v_shift, ch.eps, getattr(ch, "phi", 1.0), 0.0 if ch.init_unshifted else ch.v_shift
+class _History:
+    """What the adjoint reads, per chunk ``(W, X, A, D)`` (see the module docstring).
 
+    The arrays are views of one buffer, handed on to the next forward pass once this object is
+    freed: fresh memory costs a page fault per page, ≈ 10 % of a small cell's forward + backward.
+    """
 
-def _e_shift(ch) -> float:
-    """What the channel subtracts from ``e`` for its driving force (mV)."""
-    if isinstance(ch, Leak):
-        return ch.v_shift
-    return ch.v_shift if ch.shift_driving_force else 0.0
+    _spare: list[np.ndarray] = []
+    _lock = threading.Lock()
+    _KEEP = 2**26  # floats (512 MB) kept for reuse at most
+
+    def __init__(self, shapes, n_gates, n_comp):
+        """``shapes``: ``(steps, nodes, lanes)`` per chunk."""
+        layout = [
+            ((s, n, nl), (s, max(n_gates, 1), n_comp * nl)) + ((s, n_gates, n_comp * nl),) * 2
+            for s, n, nl in shapes
+        ]
+        sizes = [[math.prod(shape) for shape in chunk] for chunk in layout]
+        buf = self._take(sum(map(sum, sizes)))
+        self.chunks, at = [], 0
+        for chunk, chunk_sizes in zip(layout, sizes):
+            views = []
+            for shape, size in zip(chunk, chunk_sizes):
+                views.append(buf[at : at + size].reshape(shape))
+                at += size
+            if not n_gates:
+                views[1][:] = 1.0  # the dummy gate of a leak-only cell
+            self.chunks.append(tuple(views))
+        if buf.size:
+            weakref.finalize(self, self._give_back, buf)
+
+    @classmethod
+    def _take(cls, size: int) -> np.ndarray:
+        """A spare buffer of at least ``size`` floats (at most twice that), or a new one."""
+        with cls._lock:
+            for i, b in enumerate(cls._spare):
+                if size <= b.size <= 2 * size:
+                    return cls._spare.pop(i)
+        return np.empty(size)
+
+    @classmethod
+    def _give_back(cls, buf: np.ndarray) -> None:
+        if buf.size > cls._KEEP:
+            return
+        with cls._lock:
+            cls._spare.append(buf)
+            cls._spare.sort(key=lambda b: -b.size)
+            while sum(b.size for b in cls._spare) > cls._KEEP:
+                cls._spare.pop()
 
 
 class _Fused(torch.autograd.Function):
-    """``V = simulate(params)`` by :func:`_forward`; backward by the discrete adjoint."""
+    """``V = simulate(params)`` by :func:`_forward_chunk`; backward by the discrete adjoint."""
 
     @staticmethod
     def forward(ctx, prob, *flat):

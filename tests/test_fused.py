@@ -1,6 +1,7 @@
 """The fused numba backend (``CrankNicolson(backend="numba")``) against the torch backend."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from bayesneuron import (
     Cell,
+    Channel,
     CrankNicolson,
     Leak,
     Morphology,
@@ -22,6 +24,7 @@ from bayesneuron import (
     paper_time_grid,
     paper_toy_cell,
     simulate,
+    step_current,
 )
 
 pytest.importorskip("numba")
@@ -71,6 +74,53 @@ def test_torch_thread_count_is_left_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_chunks_give_every_thread_work():
+    from bayesneuron._fused import _chunking
+
+    assert _chunking(100, 6, 1) == (100, 1)
+    assert _chunking(100, 6, 2) == (52, 2)  # lanes: a multiple of the vector width
+    assert _chunking(300, 6, 2) == (76, 4)  # ≤ 128 lanes, as many chunks per thread
+    assert _chunking(3, 6, 2) == (4, 1)
+    assert _chunking(100, 400, 1) == (16, 7)  # big cells: fewer lanes, to stay in cache
+
+
+def test_threads_and_chunks_give_bit_identical_results(monkeypatch):
+    # every trajectory is independent: how the batch is split over threads must not matter
+    from bayesneuron import _fused
+
+    stim = paper_currents(n_traces=7)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads, max_lanes in ((1, 128), (2, 128), (2, 4), (3, 8)):
+            monkeypatch.setattr(_fused, "_MAX_LANES", max_lanes)
+            torch.set_num_threads(threads)
+            params = _params((3,), requires_grad=True)
+            v = simulate(CELL, params, stim, T, NUMBA).v
+            runs.append((v.detach(), torch.autograd.grad(v.square().sum(), [params["g_na"]])[0]))
+    finally:
+        torch.set_num_threads(before)
+    for v, g in runs[1:]:
+        assert torch.equal(v, runs[0][0]) and torch.equal(g, runs[0][1])
+
+
+def test_history_buffers_are_not_shared_while_alive():
+    # a freed history's buffer is reused by the next forward pass, never a live one
+    p1, p2 = _params((3,), requires_grad=True), _params((3,), requires_grad=True)
+    with torch.no_grad():
+        p2["g_na"] *= 1.1
+
+    def grad(p):
+        v = simulate(CELL, p, STIM, T, NUMBA).v
+        return torch.autograd.grad(v.square().sum(), [p["g_na"]])[0]
+
+    alone = [grad(p1), grad(p2)]  # the second reuses the first's buffer
+    v1 = simulate(CELL, p1, STIM, T, NUMBA).v
+    v2 = simulate(CELL, p2, STIM, T, NUMBA).v  # while the first history is alive
+    both = [torch.autograd.grad(v.square().sum(), [p["g_na"]])[0] for v, p in ((v1, p1), (v2, p2))]
+    assert all(torch.equal(a, b) for a, b in zip(alone, both))
 
 
 @pytest.mark.parametrize("batch", [(3,), ()])
@@ -125,10 +175,92 @@ def test_switches_leak_only_and_junctions_match_torch():
     _assert_close(_both(leak, g, Stimulus(torch.ones(1, 3, 4), dt=0.5)))
 
 
+# NEURON's hh on the branched tree (currents in nA, three junction nodes), spiking
+HH_CELL = hh_tree_cell()
+HH_STIM = step_current([0.0, 0.15, 0.4], 0, 6, delay=1.0, duration=8.0, t_stop=12.0, dt=1.0)
+HH_T = np.arange(0.0, 12.0 + 1e-9, 0.1)
+HH_TORCH = CrankNicolson(dt=0.025)
+
+
+def _hh_both(params, stim=HH_STIM, celsius=None):
+    cell = HH_CELL if celsius is None else hh_tree_cell(celsius)
+    res = []
+    for solver in (HH_TORCH, CrankNicolson(dt=0.025, backend="numba")):
+        v = simulate(cell, params, stim, HH_T, solver).v
+        w = torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=v.dtype)
+        leaves = [x for x in params.values() if x.requires_grad]
+        res.append((v.detach(), torch.autograd.grad((w * v).sum(), leaves)))
+    return res
+
+
+def test_hh_tree_matches_torch():
+    # every g and e of NEURON's hh, per compartment; the voltages spike (so errors would grow)
+    params = {
+        k: torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        for k, x in HH_CELL.params.items()
+    }
+    res = _hh_both(params)
+    assert res[0][0].max() > 30.0  # spikes
+    _assert_close(res, v_tol=1e-9, g_tol=1e-9)
+
+
+def test_hh_tree_batched_parameters_and_temperature_match_torch():
+    gen = torch.Generator().manual_seed(4)
+    g_na = 120.0 * (1 + 0.2 * torch.rand(2, 6, generator=gen, dtype=torch.float64))
+    params = {
+        "g_na": g_na.requires_grad_(True),
+        "g_k": torch.full((6,), 30.0, dtype=torch.float64, requires_grad=True),
+        "e_k": torch.tensor(-75.0, dtype=torch.float64, requires_grad=True),
+    }
+    res = _hh_both(params, celsius=16.3)
+    assert res[1][0].shape == (2, 3, 6, len(HH_T))
+    _assert_close(res, v_tol=1e-9, g_tol=1e-9)
+
+
+def test_hh_rates_and_derivatives_are_exact_at_the_vtrap_singularities():
+    # α_m, α_n = scale·(a − V)/(exp((a − V)/b) − 1) against 40-digit arithmetic, across their
+    # removable singularities (V = −40, −55 mV) where the closed-form derivative cancels
+    mpmath = pytest.importorskip("mpmath")
+    from bayesneuron._fused import _CHANNELS, _LINOID, _VTRAP_SMALL, _rate
+    from bayesneuron.channels import HHPotassium, HHSodium
+
+    mpmath.mp.dps = 40
+    for spec in (_CHANNELS[HHSodium][0][0][0], _CHANNELS[HHPotassium][0][0][0]):
+        form, scale, a, b = spec
+        assert form == _LINOID
+        off = np.array([0.0, 1e-9, 1e-6, 1e-5, 1e-3, 0.3, 0.99, 1.01, 3.0, 30.0, 150.0])
+        v = np.concatenate([a + off, a - off[1:]])
+        rate, d_rate = np.empty_like(v), np.empty_like(v)
+        _rate(np.array(spec), v, rate, d_rate)
+        for vi, r, dr in zip(v, rate, d_rate):
+            u = (mpmath.mpf(a) - mpmath.mpf(vi)) / b
+            if abs(u) < _VTRAP_SMALL:  # the guarded branch, as channels.vtrap: b·(1 − u/2)
+                f, df = 1 - u / 2, mpmath.mpf(-0.5)
+            else:
+                f, df = u / mpmath.expm1(u), mpmath.diff(lambda x: x / mpmath.expm1(x), u)
+            assert abs(r - float(scale * b * f)) <= 4e-16 * abs(r)
+            assert abs(dr - float(-scale * df)) <= 1e-14 * abs(dr)
+
+
+@dataclass(frozen=True)
+class _SlowK(Channel):
+    name: str = "km"
+    state_names = ("n",)
+
+    def param_defaults(self):
+        return {"g": 1.0, "e": -90.0}
+
+    def gates(self, v, p):
+        return {"n": (torch.sigmoid((v + 35.0) / 5.0), 100.0 + 0.0 * v)}
+
+    def conductance(self, x, p):
+        return p["g"] * x["n"], p["e"]
+
+
 @pytest.mark.parametrize(
     "cell, kw, match",
     [
-        (Cell(Morphology.from_parents([-1, 0]), hh_channels()), {}, "HHSodium, HHPotassium"),
+        (Cell(Morphology.from_parents([-1, 0]), (*hh_channels(), _SlowK())), {}, "got _SlowK"),
         (CELL, {"dtype": torch.float32}, "float64; got torch.float32"),
     ],
 )
@@ -145,8 +277,8 @@ def test_backend_setting_is_validated():
         CrankNicolson(backend="numba", compile=True)
 
 
-def test_vectorised_exp_and_log1p_are_accurate():
-    from bayesneuron._fused import _exp, _log1p01
+def test_vectorised_exp_expm1_and_log1p_are_accurate():
+    from bayesneuron._fused import _exp, _expm1, _log1p01
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-700, 700, 2000), rng.uniform(-2, 2, 2000), [0.0, 709.7]])
@@ -156,3 +288,8 @@ def test_vectorised_exp_and_log1p_are_accurate():
     u = np.concatenate([rng.uniform(0, 1, 2000), 10.0 ** rng.uniform(-300, 0, 2000), [0.0, 1.0]])
     got = np.array([_log1p01(v) for v in u])
     assert np.all(np.abs(got - np.log1p(u)) <= 2 * np.spacing(np.log1p(u)))
+    x = np.concatenate([x, rng.uniform(-0.4, 0.4, 2000), 10.0 ** rng.uniform(-300, 0, 500)])
+    x = np.concatenate([x, -x[-500:], [-745.0, -36.0, 1e-6]])
+    got = np.array([_expm1(v) for v in x])
+    assert np.all(np.abs(got - np.expm1(x)) <= 2 * np.spacing(np.abs(np.expm1(x))))
+    assert _expm1(710.0) == np.inf and _expm1(-710.0) == -1.0 and _expm1(0.0) == 0.0
