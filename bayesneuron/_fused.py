@@ -38,6 +38,7 @@ parameters ``[channel, comp·lane]``, history ``[step, node, lane]`` (``w``) and
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -263,28 +264,31 @@ def _conductance(gates, gm, ee, y, g_sum, ge_sum):
 @njit(**_JIT)
 def _conductance_adjoint(gates, gm, ee, y, mu, w, gg, ly, dy):
     """Given ``μ`` and ``w`` ``[comp·lane]``: add ``∂L/∂g``, ``∂L/∂e`` to ``gg`` and ``∂L/∂y``
-    to ``ly``; ``dy [2, comp·lane]`` is scratch (a channel's two gates may be one row of ly)."""
+    to ``ly``; ``dy [2, comp·lane]`` is scratch. Short loops with one output each vectorise
+    best (no run-time alias checks)."""
     ga, pa, gb, pb = gates
-    da, db = dy[0], dy[1]
+    dg, o = dy[0], dy[1]
+    m = mu.shape[0]
     for c in range(ga.shape[0]):
         p, q, ya, yb, gmc, eec = pa[c], pb[c], y[ga[c]], y[gb[c]], gm[c], ee[c]
-        fp, fq, g0, g1 = float(p), float(q), gg[c, 0], gg[c, 1]
-        for x in range(mu.shape[0]):
-            oa, ob = _ipow(ya[x], p), _ipow(yb[x], q)
-            dg = mu[x] * (eec[x] - w[x])  # ∂L/∂G
-            g0[x] += dg * (oa * ob)
-            g1[x] += mu[x] * (gmc[x] * (oa * ob))
-            dg = dg * gmc[x]
-            da[x] = dg * (fp * _ipow(ya[x], p - 1)) * ob
-            db[x] = dg * oa * (fq * _ipow(yb[x], q - 1))
+        for x in range(m):
+            o[x] = _ipow(ya[x], p) * _ipow(yb[x], q)  # G / g
+        for x in range(m):
+            dg[x] = mu[x] * (eec[x] - w[x])  # ∂L/∂G
+        g0 = gg[c, 0]
+        for x in range(m):
+            g0[x] += dg[x] * o[x]
+        g1 = gg[c, 1]
+        for x in range(m):
+            g1[x] += mu[x] * (gmc[x] * o[x])
         if p > 0:
-            lya = ly[ga[c]]
-            for x in range(mu.shape[0]):
-                lya[x] += da[x]
+            lya, fp = ly[ga[c]], float(p)
+            for x in range(m):
+                lya[x] += dg[x] * gmc[x] * (fp * _ipow(ya[x], p - 1)) * _ipow(yb[x], q)
         if q > 0:
-            lyb = ly[gb[c]]
-            for x in range(mu.shape[0]):
-                lyb[x] += db[x]
+            lyb, fq = ly[gb[c]], float(q)
+            for x in range(m):
+                lyb[x] += dg[x] * gmc[x] * _ipow(ya[x], p) * (fq * _ipow(yb[x], q - 1))
 
 
 @njit(**_JIT)
@@ -516,7 +520,7 @@ def _chunking(n_batch: int, n_nodes: int, threads: int) -> tuple[int, int]:
     return lanes, -(-n_batch // lanes)
 
 
-_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _map(fn, jobs: list, threads: int) -> None:
@@ -525,9 +529,10 @@ def _map(fn, jobs: list, threads: int) -> None:
         for job in jobs:
             fn(*job)
         return
-    if threads not in _POOL:
-        _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="bayesneuron-fused")
-    for f in [_POOL[threads].submit(fn, *job) for job in jobs]:
+    key = (os.getpid(), threads)  # a forked child has none of its parent's threads
+    if key not in _POOL:
+        _POOL[key] = ThreadPoolExecutor(threads, thread_name_prefix="bayesneuron-fused")
+    for f in [_POOL[key].submit(fn, *job) for job in jobs]:
         f.result()
 
 

@@ -77,7 +77,7 @@ class CrankNicolson:
             trajectories with a hand-written adjoint (exact gradients of every ``g`` and ``e``),
             10–30× faster on small cells; for the paper's, NEURON's ``hh`` and leak channels on
             CPU in float64, on ``torch.get_num_threads()`` threads. The first call compiles for
-            ≈ 10 s (cached on disk afterwards); a differentiable run keeps ``1 + 3·gates`` floats
+            10–15 s (cached on disk afterwards); a differentiable run keeps ``1 + 3·gates`` floats
             per node, step and batch element (10 for the paper's channels and for ``hh``).
     """
 

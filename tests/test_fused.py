@@ -106,6 +106,31 @@ def test_threads_and_chunks_give_bit_identical_results(monkeypatch):
         assert torch.equal(v, runs[0][0]) and torch.equal(g, runs[0][1])
 
 
+def _simulate_in_child(queue):
+    torch.set_num_threads(2)
+    queue.put(simulate(CELL, None, STIM, T, NUMBA).v.numpy())
+
+
+def test_threads_work_in_a_forked_child():
+    # the parent's thread pool does not survive a fork; the child must not wait on it
+    mp = pytest.importorskip("multiprocessing")
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork here")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        v = simulate(CELL, None, STIM, T, NUMBA).v  # the parent's pool now exists
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_simulate_in_child, args=(queue,))
+        child.start()
+        got = queue.get(timeout=120)
+        child.join(30)
+    finally:
+        torch.set_num_threads(before)
+    assert child.exitcode == 0 and np.array_equal(got, v.numpy())
+
+
 def test_history_buffers_are_not_shared_while_alive():
     # a freed history's buffer is reused by the next forward pass, never a live one
     p1, p2 = _params((3,), requires_grad=True), _params((3,), requires_grad=True)
