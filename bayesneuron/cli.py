@@ -792,19 +792,7 @@ def _add_commands(sub) -> None:
     _add_posterior(c, ("svi", "laplace"), "laplace")
     _add_data(c, priors=("paper", "lognormal"))
     _add_common(c, "results folder (created; an existing one is added to)")
-    c.add_argument(
-        "--executor",
-        choices=("local", "dask"),
-        default="local",
-        help="where the designs run: this process (local) or a Dask cluster",
-    )
-    c.add_argument(
-        "--scheduler",
-        default=None,
-        help="Dask scheduler address (e.g. tcp://host:8786); default with --executor dask: "
-        "a LocalCluster on this machine",
-    )
-    c.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    _add_executor(c, "the designs")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser(
@@ -827,6 +815,23 @@ def _add_commands(sub) -> None:
     r.add_argument("--out", default=None, help="report file (default: RESULTS/report.html)")
     r.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     r.set_defaults(func=cmd_report)
+
+
+def _add_executor(parser, what: str) -> None:
+    """``--executor``, ``--scheduler``, ``--workers`` (see :mod:`bayesneuron.executors`)."""
+    parser.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help=f"where {what} run: this process (local) or a Dask cluster",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address (e.g. tcp://host:8786, from dask-jobqueue on Slurm); "
+        "default with --executor dask: a LocalCluster on this machine",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -877,19 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the runs' checkpoints")
     r.add_argument("--device", default="cpu", help="cpu or cuda")
     r.add_argument("--quiet", action="store_true", help="no progress output")
-    r.add_argument(
-        "--executor",
-        choices=("local", "dask"),
-        default="local",
-        help="where the [[infer]] designs run: this process (local) or a Dask cluster",
-    )
-    r.add_argument(
-        "--scheduler",
-        default=None,
-        help="Dask scheduler address (e.g. tcp://host:8786, from dask-jobqueue on Slurm); "
-        "default with --executor dask: a LocalCluster on this machine",
-    )
-    r.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    _add_executor(r, "the [[infer]] designs")
     r.set_defaults(func=cmd_study_run)
     _add_commands(sub)
     return p
