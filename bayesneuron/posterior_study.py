@@ -318,7 +318,7 @@ def _figures_and_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
         Text("Question", study.question or study.name),
         Text(
             "Setting",
-            f"The paper's 6-compartment cell, {rows[0]['n_traces']} input traces, observation "
+            f"{_describe(study)}; {rows[0]['n_traces']} input traces, observation "
             f"noise σ = {rows[0]['sigma_mv']} mV, prior {study.priors}. Per design: MAP "
             "(multi-start Levenberg–Marquardt), Laplace at the MAP, then the posterior method "
             "named in the table. Contraction = 1 − Var_post/Var_prior; z = (mean − truth)/sd.",
@@ -374,6 +374,13 @@ def _figures_and_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
                 sections.append(Figure(f"{run} {lab}: ELBO", fig))
                 plt.close(fig)
     reports.write_html_report(out / "report.html", f"{study.name}: identifiability", sections)
+
+
+def _describe(study) -> str:
+    from .presets import PRESETS, get_preset
+
+    name = getattr(study, "preset", "paper_toy")
+    return get_preset(name).description.capitalize() if name in PRESETS else f"Preset {name}"
 
 
 def _design_cols():
@@ -582,7 +589,7 @@ def rebuild_report(
             idatas[(r["run"], label)] = reports.load_inference_data(nc)
         except (OSError, ValueError) as e:
             raise StudyError(f"{nc}: cannot read the InferenceData: {e}") from None
-    info = {"name": results.name, "question": "", "priors": "paper"}
+    info = {"name": results.name, "question": "", "priors": "paper", "preset": "paper_toy"}
     try:
         cfg = json.loads((results / "config.json").read_text())
     except (OSError, ValueError):
@@ -591,7 +598,8 @@ def rebuild_report(
         raw = cfg.get("config") if isinstance(cfg.get("config"), dict) else cfg  # study run
         st = raw.get("study") if isinstance(raw.get("study"), dict) else raw
         mo = raw.get("model") if isinstance(raw.get("model"), dict) else raw
-        for key, src in (("name", st), ("question", st), ("priors", mo)):
+        ex = raw.get("experiment") if isinstance(raw.get("experiment"), dict) else {}
+        for key, src in (("name", st), ("question", st), ("priors", mo), ("preset", ex)):
             if isinstance(src.get(key), str):
                 info[key] = src[key]
     study = SimpleNamespace(**info)

@@ -6,10 +6,13 @@
 The config (every key checked; unknown keys are errors)::
 
     [study]       name, question
-    [experiment]  preset = "paper_toy", seed, n_traces, noise_sigma (mV, added to the data)
-    [model]       sigma (mV), priors ("paper" | "lognormal" | "none"), dt (ms, Crank–Nicolson),
-                  backend ("torch" | "numba": the fused CPU kernel)
-    [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("paper9" | "grid25" |
+    [experiment]  preset ("paper_toy" | "hh_tree", see :mod:`.presets`), seed, n_traces,
+                  noise_sigma (mV, added to the data)
+    [model]       sigma (mV), priors ("paper": base × U(0.7, 1.3) | "lognormal" | "none"),
+                  dt (ms, Crank–Nicolson; default the preset's), backend ("torch" | "numba":
+                  the fused CPU kernel)
+    [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("grid": every stim × rec
+                  pair of the preset's site sets | "paper9" | "grid25" (paper_toy) |
                   ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
                   (override [model] / [experiment]), horizons (multiple-shooting stages), dt
     [[infer]]     name, method ("svi" | "laplace" | "nuts"), guide ("mvn" | "normal" |
@@ -48,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .design import Design, design_grid
+from .design import Design
 from .errors import BayesneuronError
 
 if sys.version_info >= (3, 11):
@@ -58,7 +61,6 @@ else:  # pragma: no cover
 
 __all__ = ["StudyError", "load_study", "run_study"]
 
-PAPER_SITES = ([0], [0, 1], [0, -1], [0, 1, -1], None)
 TABLE_COLUMNS = (
     "stim",
     "rec",
@@ -173,11 +175,12 @@ class Study:
     question: str
     seed: int = 20230619
     n_traces: int = 100
-    n_times: int = 48
+    n_times: int | None = None  # None: all of the preset's output times (--smoke: fewer)
     noise_sigma: float = 0.0
     sigma: float = 1.0
     priors: str = "paper"
     dt: float = 0.004
+    preset: str = "paper_toy"
     backend: str = "torch"
     runs: list[Run] = field(default_factory=list)
     infers: list[Infer] = field(default_factory=list)
@@ -185,23 +188,20 @@ class Study:
     raw: dict = field(default_factory=dict)
 
 
-def _designs(spec, where: str) -> list[Design]:
-    if spec == "paper9":
-        return _paper9()
-    if spec == "grid25":
-        return design_grid(PAPER_SITES)
+def _designs(spec, where: str, preset: str = "paper_toy") -> list[Design]:
+    from .presets import get_preset
+
+    if isinstance(spec, str):
+        try:
+            return get_preset(preset).designs(spec)
+        except BayesneuronError as e:
+            raise StudyError(f"{where}: {e}") from None
     if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
         return [Design.from_label(s) for s in spec]
     raise StudyError(
-        f"{where}: designs = {spec!r}; use 'paper9', 'grid25' or a list of labels like "
-        "['all|all', '[0,-1]|all']"
+        f"{where}: designs = {spec!r}; use 'grid', a named list ('paper9', 'grid25' for "
+        "paper_toy) or a list of labels like ['all|all', '[0,-1]|all']"
     )
-
-
-def _paper9() -> list[Design]:
-    from .paper import paper_designs
-
-    return [Design(s, r) for s, r in paper_designs()]
 
 
 def _check(table: dict, schema: dict, where: str) -> None:
@@ -241,8 +241,11 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
     st, ex, mo = raw.get("study", {}), raw.get("experiment", {}), raw.get("model", {})
     if "name" not in st:
         raise StudyError(f"{path}: [study] needs a name")
-    if ex.get("preset", "paper_toy") != "paper_toy":
-        raise StudyError(f"{path}: preset {ex['preset']!r} unknown; available: 'paper_toy'")
+    from .presets import PRESETS, get_preset
+
+    preset = ex.get("preset", "paper_toy")
+    if preset not in PRESETS:
+        raise StudyError(f"{path}: preset {preset!r} unknown; available: {sorted(PRESETS)}")
     study = Study(
         folder=folder,
         name=st["name"],
@@ -252,8 +255,9 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         noise_sigma=float(ex.get("noise_sigma", 0.0)),
         sigma=float(mo.get("sigma", 1.0)),
         priors=mo.get("priors", "paper"),
-        dt=float(mo.get("dt", 0.004)),
+        dt=float(mo.get("dt", get_preset(preset).dt)),
         backend=mo.get("backend", "torch"),
+        preset=preset,
         raw=raw,
     )
     runs, infers = raw.get("run", []), raw.get("infer", [])
@@ -269,7 +273,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
             Run(
                 name=r.get("name", f"run{i + 1}"),
                 protocol=r["protocol"],
-                designs=_designs(r.get("designs", "paper9"), where),
+                designs=_designs(r.get("designs", "grid"), where, preset),
                 n_starts=r.get("n_starts"),
                 max_steps=r.get("max_steps"),
                 priors=r.get("priors"),
@@ -294,7 +298,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: run names must be distinct, got {names}")
     if "laplace" in raw:
-        study.laplace = _designs(raw["laplace"].get("designs", "paper9"), "[laplace]")
+        study.laplace = _designs(raw["laplace"].get("designs", "grid"), "[laplace]", preset)
     vals = [study.priors] + [r.priors for r in study.runs + study.infers if r.priors]
     bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
     if bad:
@@ -308,7 +312,7 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         sm = raw.get("smoke", {})
         study.n_traces = sm.get("n_traces", 8)
         study.n_times = sm.get("n_times", 16)
-        keep = _designs(sm["designs"], "[smoke]") if "designs" in sm else None
+        keep = _designs(sm["designs"], "[smoke]", preset) if "designs" in sm else None
         for r in study.runs:
             r.max_steps = sm.get("max_steps", 3)
             r.n_starts = min(r.n_starts, sm.get("n_starts", 2)) if r.n_starts else None
@@ -359,7 +363,7 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
             Infer(
                 name=r.get("name", f"infer{i + 1}"),
                 method=method,
-                designs=_designs(r.get("designs", "paper9"), where),
+                designs=_designs(r.get("designs", "grid"), where, study.preset),
                 **kw,
             )
         )
@@ -368,9 +372,9 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
 def _check_designs(study: Study, path: Path) -> None:
     """Every design names compartments the preset's cell has (checked before any output)."""
     from .errors import DesignError
-    from .paper import paper_toy_cell
+    from .presets import get_preset
 
-    morph = paper_toy_cell().morphology
+    morph = get_preset(study.preset).cell().morphology
     groups = [(f"[[run]] {r.name}", r.designs) for r in study.runs]
     groups += [(f"[[infer]] {r.name}", r.designs) for r in study.infers]
     groups += [("[laplace]", study.laplace)]
@@ -391,10 +395,10 @@ def _prior_spec(name: str):
 
 
 def _experiment(study: Study, design: Design, priors: str, device, noise_sigma=None, dt=None):
-    from .paper import paper_experiment
+    from .presets import get_preset
     from .solvers import CrankNicolson
 
-    model, v, truth = paper_experiment(
+    model, v, truth = get_preset(study.preset).experiment(
         design,
         n_traces=study.n_traces,
         seed=study.seed,
@@ -404,7 +408,9 @@ def _experiment(study: Study, design: Design, priors: str, device, noise_sigma=N
         solver=CrankNicolson(dt=dt or study.dt, backend=study.backend),
         device=device,
     )
-    if study.n_times < model.t_eval.size:  # smoke: the first n_times output times only
+    if (
+        study.n_times is not None and study.n_times < model.t_eval.size
+    ):  # smoke: the first n_times output times only
         from .model import NeuronModel
 
         model = NeuronModel(
@@ -448,6 +454,7 @@ def run_study(
     from .cli import environment
     from .fit import fit_map_designs
     from .laplace import laplace
+    from .presets import get_preset
 
     study = load_study(folder, smoke=smoke)
     out = Path(out)
@@ -517,10 +524,11 @@ def run_study(
                 fig = reports.plot_trajectories(f)
                 safe = f.design.replace("|", "_").replace("[", "").replace("]", "").replace(",", "")
                 fig.savefig(out / f"{run.name}_trajectories_{safe}.png", dpi=100)
-        if len(fits) == 25:
+        preset = get_preset(study.preset)
+        if [d.label for d in run.designs] == [d.label for d in preset.designs("grid")]:
             vals = {f.design: f.history["gte_g_na"][-1, f.best] for f in fits}
             fig = reports.plot_design_heatmap(
-                vals, PAPER_SITES, "GTE g_na (mS/cm²)", f"{run.name}: final GTE of g_na"
+                vals, preset.site_sets, "GTE g_na (mS/cm²)", f"{run.name}: final GTE of g_na"
             )
             fig.savefig(out / f"{run.name}_gte_grid.png", dpi=110)
         import matplotlib.pyplot as plt
@@ -567,6 +575,7 @@ def run_study(
         "device": device,
         "config": study.raw,
         "effective": {
+            "preset": study.preset,
             "n_traces": study.n_traces,
             "n_times": study.n_times,
             "dt": study.dt,

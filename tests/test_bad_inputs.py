@@ -308,7 +308,15 @@ API_CASES = [
      r"\[\[infer\]\] #1: method 'mcmc' unknown; use one of \['svi', 'laplace'"),
     ("study-infer-designs", lambda w: load_study(_study(
         w.tmp, INFER_STUDY.replace('["all|all"]', '"paper10"'))), StudyError,
-     r"designs = 'paper10'; use 'paper9', 'grid25' or a list of labels"),
+     r"design list 'paper10' unknown for preset 'paper_toy'; use one of \['grid', 'paper9', "
+     r"'grid25'\]"),
+    ("study-unknown-preset", lambda w: load_study(_study(
+        w.tmp, GOOD_STUDY + "[experiment]\npreset = 'hh_forest'\n")), StudyError,
+     r"preset 'hh_forest' unknown; available: \['hh_tree', 'paper_toy'\]"),
+    ("study-hh-tree-site-missing", lambda w: load_study(_study(
+        w.tmp, GOOD_STUDY.replace('designs = ', 'designs = ["[0,7]|all"] #')
+        + "[experiment]\npreset = 'hh_tree'\n")), StudyError,
+     r"design \[0,7\]\|all: .*7"),
     ("study-horizons-with-paper", lambda w: load_study(_study(
         w.tmp, GOOD_STUDY + "horizons = [2]\n")), StudyError,
      r"horizons must be ints ≥ 1, for protocol 'bayesneuron'"),
