@@ -230,7 +230,7 @@ def _check_args(args) -> None:
         raise BayesneuronError(f"--noise {args.noise}: the recording noise must be ≥ 0 mV")
     if not (math.isfinite(args.sigma) and args.sigma > 0):
         raise BayesneuronError(f"--sigma {args.sigma}: the model's noise sd must be > 0 mV")
-    if not (math.isfinite(args.dt) and args.dt > 0):
+    if args.dt is not None and not (math.isfinite(args.dt) and args.dt > 0):
         raise BayesneuronError(f"--dt {args.dt}: the solver step must be > 0 ms (e.g. 0.004)")
     for opt in ("starts", "steps", "particles", "samples", "map_starts", "map_steps", "chains"):
         x = getattr(args, opt, None)
@@ -309,6 +309,7 @@ def cmd_fit(args) -> int:
 
     from . import reports
     from .fit import _starts, fit_map
+    from .presets import get_preset
     from .study import Study, _experiment, _write_csv
 
     _check_args(args)
@@ -326,8 +327,9 @@ def cmd_fit(args) -> int:
         noise_sigma=args.noise,
         sigma=args.sigma,
         priors=args.priors,
-        dt=args.dt,
+        dt=args.dt or get_preset(args.preset).dt,
         backend=backend,
+        preset=args.preset,
     )
     torch.manual_seed(args.seed)
     start = time.perf_counter()
@@ -369,7 +371,7 @@ def cmd_fit(args) -> int:
         "priors": args.priors,
         "noise_sigma": args.noise,
         "horizons": " ".join(map(str, fit.settings.get("horizons", []))),
-        "dt": args.dt,
+        "dt": study.dt,
         "n_starts": len(fit.objective),
         "converged": int(fit.converged.sum()),
         "spread_na_max": float(fit.spread()["g_na"].max()),
@@ -417,6 +419,7 @@ def _study_from_args(args, designs, name: str, question: str):
         sigma=args.sigma,
         priors=args.priors,
         dt=args.dt,
+        preset=args.preset,
         backend=_backend(args),
         num_particles=args.particles,
         max_steps=args.steps,
@@ -507,9 +510,6 @@ def cmd_infer(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import matplotlib.pyplot as plt
-
-    from . import reports
     from .executors import make_executor
     from .posterior_study import rank_designs, run_infers
 
@@ -519,15 +519,14 @@ def cmd_compare(args) -> int:
     _check_out(out)
     _check_device(args.device)
     spec = args.designs.strip()
-    designs = spec if spec in ("paper9", "grid25") else [_design(s) for s in _split_labels(spec)]
+    designs = spec if "|" not in spec else [_design(s) for s in _split_labels(spec)]
     study = _study_from_args(
         args,
         designs,
         name="compare",
         question=f"Which stimulation/recording design determines the 12 Na/K conductances of "
-        f"the paper's cell best, from {args.traces} noisy traces?",
+        f"the {args.preset} cell best, from {args.traces} noisy traces?",
     )
-    inf = study.infers[0]
     existed = out.exists()
     start = time.perf_counter()
     try:
@@ -539,15 +538,6 @@ def cmd_compare(args) -> int:
             _remove_if_empty(out)  # failed before writing anything: leave nothing
         raise
     wall = time.perf_counter() - start
-    if len(rows) != 25:  # run_infers draws the stim × rec heatmaps for the full 5 × 5 grid
-        for value in ("mean_contraction", "min_contraction"):
-            fig = reports.plot_contraction_heatmap(
-                rows,
-                value=value,
-                title=f"{inf.name}: {value.replace('_', ' ')}",
-                path=out / f"{inf.name}_{value}.png",
-            )
-            plt.close(fig)
     _write_json(out / "config.json", _posterior_config(args, study) | {"wall_s": wall})
     _write_json(out / "environment.json", environment())
     ranking = rank_designs(rows)
@@ -626,7 +616,8 @@ _SYNTHETIC = (
     "compartments, recorded at the recorded ones with Gaussian noise (--noise). A design is "
     "'STIM|REC', each side 'all' or a list of compartments 0-5 (negative counts from the end): "
     "'all|all', '[0,-1]|all' (stimulate both ends, record everywhere), 'all|[0]' (record the "
-    "soma only)."
+    "soma only). --preset hh_tree swaps in a branched cell with NEURON's hh channels "
+    "(compartments 0 soma, 1 dend[0], 2-5 the tips; currents in nA by area; 20 ms traces)."
 )
 
 
@@ -639,7 +630,13 @@ def _add_common(p, out_help: str) -> None:
 
 def _add_data(p, priors=("paper", "lognormal", "none")) -> None:
     g = p.add_argument_group("data and model")
-    g.add_argument("--preset", choices=("paper_toy",), default="paper_toy", help="which problem")
+    g.add_argument(
+        "--preset",
+        choices=("paper_toy", "hh_tree"),
+        default="paper_toy",
+        help="paper_toy: the paper's 6-compartment chain; hh_tree: a branched cell with NEURON's "
+        "hh (compartments 0 soma, 1-5 dendrites)",
+    )
     g.add_argument("--traces", type=int, default=20, help="number of stimulus traces")
     g.add_argument("--noise", type=float, default=1.0, help="recording noise sd added (mV)")
     g.add_argument("--sigma", type=float, default=1.0, help="noise sd the model assumes (mV)")
@@ -650,7 +647,12 @@ def _add_data(p, priors=("paper", "lognormal", "none")) -> None:
         help="paper: base x Uniform(0.7, 1.3); lognormal: LogNormal(log base, 0.5)"
         + ("; none: no prior (MAP = maximum likelihood)" if "none" in priors else ""),
     )
-    g.add_argument("--dt", type=float, default=0.004, help="Crank-Nicolson step (ms)")
+    g.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        help="Crank-Nicolson step in ms (default: the preset's, 0.004 paper_toy, 0.025 hh_tree)",
+    )
     g.add_argument(
         "--backend",
         choices=("auto", "numba", "torch"),
@@ -787,7 +789,8 @@ def _add_commands(sub) -> None:
     c.add_argument(
         "--designs",
         default=DEFAULT_DESIGNS,
-        help="paper9, grid25 or labels separated by commas",
+        help="grid (every stim x rec pair of the preset's site sets), paper9, grid25 "
+        "(paper_toy) or labels separated by commas",
     )
     _add_posterior(c, ("svi", "laplace"), "laplace")
     _add_data(c, priors=("paper", "lognormal"))

@@ -59,7 +59,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["StudyError", "load_study", "run_study"]
+__all__ = ["StudyError", "load_study", "run_study", "study_from_config"]
 
 TABLE_COLUMNS = (
     "stim",
@@ -230,6 +230,15 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         raise StudyError(f"{path}: malformed TOML: {e}") from None
     except UnicodeDecodeError:
         raise StudyError(f"{path}: cannot read: not UTF-8 text") from None
+    return study_from_config(raw, folder, smoke=smoke, source=path)
+
+
+def study_from_config(
+    raw: dict, folder: str | Path = ".", *, smoke: bool = False, source: str | Path = "config"
+) -> Study:
+    """Validate a study config given as a dict (the parsed ``config.toml``; see the module
+    docstring) and build the :class:`Study`. ``source`` names it in error messages."""
+    folder, path = Path(folder), Path(source)
     allowed = set(_SCHEMA) | {"run", "infer"}
     for k in raw:
         if k not in allowed:
@@ -294,6 +303,11 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
             or not all(isinstance(x, int) and x >= 1 for x in r["horizons"])
         ):
             raise StudyError(f"{where}: horizons must be ints ≥ 1, for protocol 'bayesneuron'")
+    for r in study.runs + study.infers:
+        labels = [d.label for d in r.designs]
+        dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+        if dup:
+            raise StudyError(f"{path}: design {dup[0]} is listed twice in {r.name}; list it once")
     names = [r.name for r in study.runs] + [r.name for r in study.infers]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: run names must be distinct, got {names}")
@@ -305,8 +319,19 @@ def load_study(folder: str | Path, smoke: bool = False) -> Study:
         raise StudyError(f"{path}: priors {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
     if study.backend not in ("torch", "numba"):
         raise StudyError(f"{path}: backend {study.backend!r} unknown; use 'torch' or 'numba'")
-    if not (study.n_traces >= 1 and study.sigma > 0 and study.dt > 0 and study.noise_sigma >= 0):
-        raise StudyError(f"{path}: need n_traces ≥ 1, sigma > 0, dt > 0 and noise_sigma ≥ 0")
+    finite = all(math.isfinite(x) for x in (study.sigma, study.dt, study.noise_sigma))
+    if not (finite and study.n_traces >= 1 and study.sigma > 0 and study.dt > 0) or not (
+        study.noise_sigma >= 0
+    ):
+        raise StudyError(
+            f"{path}: need n_traces ≥ 1, finite sigma > 0, dt > 0 (ms) and noise_sigma ≥ 0 (mV)"
+        )
+    improper = [i.name for i in study.infers if (i.priors or study.priors) == "none"]
+    if improper:
+        raise StudyError(
+            f"{path}: [[infer]] {improper[0]}: a posterior needs a proper prior; "
+            "use priors = 'paper' or 'lognormal'"
+        )
     _check_designs(study, path)
     if smoke:
         sm = raw.get("smoke", {})

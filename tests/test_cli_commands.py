@@ -224,3 +224,18 @@ def test_a_failure_while_writing_leaves_no_results_folder(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "No space left on device: environment.json" in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_and_fit_on_the_hh_tree_preset(tmp_path):
+    out = tmp_path / "tree"
+    argv = ["compare", "--preset", "hh_tree", "--designs", "[0]|[0],[0]|[0,2,3,4,5]"]
+    assert main([*argv, "--method", "laplace", *TINY_POST, "--out", str(out)]) == 0
+    lap = {f"{r['stim']}|{r['rec']}": float(r["logdet_fisher"]) for r in rows(out / "designs.csv")}
+    assert lap["[0]|[0,2,3,4,5]"] > lap["[0]|[0]"]  # recording the tips adds information
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "hh_tree"
+    fit = tmp_path / "fit"
+    argv = ["fit", "--preset", "hh_tree", "--starts", "1", "--steps", "2", *TINY]
+    assert main([*argv, "--out", str(fit)]) == 0
+    (row,) = rows(fit / "table.csv")
+    assert float(row["dt"]) == 0.025  # the preset's step
