@@ -45,7 +45,7 @@ from .paper import (
 )
 from .priors import LogNormalPrior, Prior, ScaledUniformPrior
 from .profile import Profile, profile_likelihood
-from .simulate import Reset, Trace, simulate
+from .simulate import Reset, Trace, sensitivities, simulate
 from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 from .stimulus import Stimulus, step_current
 from .svi import SviFit, fit_svi
@@ -101,6 +101,7 @@ __all__ = [
     "StimulusError",
     "Torchdiffeq",
     "Trace",
+    "sensitivities",
     "chain",
     "design_grid",
     "draw_truth",

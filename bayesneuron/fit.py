@@ -37,7 +37,7 @@ from torch.distributions import biject_to, constraints
 
 from .errors import FitError
 from .model import NeuronModel
-from .simulate import Reset, simulate
+from .simulate import Reset, sensitivities, simulate
 from .stimulus import Stimulus
 
 __all__ = ["MapFit", "fit_map", "fit_map_designs"]
@@ -191,6 +191,34 @@ class _Stack:
         ).v
         return (v - self.obs[didx]) * self.mask[didx][:, None, :, None]
 
+    def jacobian(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None):
+        """Masked errors ``[Q, trace, comp, time]`` and their exact sensitivities to the free
+        conductances ``[Q, trace, P, comp, time]`` (fused kernel; ``params`` ``[Q, comp]``)."""
+        m = self.m0
+        stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
+        reset = None
+        if horizon is not None:
+            data = torch.where(self.mask[didx][:, None, :, None] > 0, self.obs[didx], math.nan)
+            reset = Reset(data, int(horizon))
+        v, jac = sensitivities(
+            m.cell, dict(params), stim, m.t_eval, m.solver, wrt=m.free, reset=reset
+        )
+        mask = self.mask[didx][:, None, :, None]
+        return (v - self.obs[didx]) * mask, jac * mask[:, :, None]
+
+    @property
+    def exact_jacobian(self) -> bool:
+        """Whether :meth:`jacobian` applies: the fused CPU kernel in float64, and every free
+        parameter a channel's maximal conductance."""
+        m = self.m0
+        chans = {f"g_{c.name}" for c in m.cell.channels}
+        return (
+            getattr(m.solver, "backend", "torch") == "numba"
+            and m.device.type == "cpu"
+            and m.dtype == torch.float64
+            and all(k in chans for k in m.free)
+        )
+
 
 def _same_cell(a, b) -> bool:
     if a is b:
@@ -263,6 +291,7 @@ def fit_map_designs(
     ftol: float = 1e-10,
     xtol: float = 1e-9,
     fd_step: float = 1e-6,
+    jacobian: str = "exact",
     horizons: Sequence[int] | None = None,
     seed: int = 0,
     init: Mapping[str, Sequence] | None = None,
@@ -285,6 +314,10 @@ def fit_map_designs(
         ftol, xtol: stopping tolerances (``bayesneuron``): relative objective change and
             largest change of an unconstrained coordinate in an accepted step.
         fd_step: forward-difference step in unconstrained coordinates (``bayesneuron``).
+        jacobian: ``"exact"`` — forward sensitivities of the fused kernel
+            (:func:`~bayesneuron.simulate.sensitivities`) where it applies (CPU, float64,
+            ``backend="numba"``, free conductances), forward differences elsewhere; ``"fd"``
+            — forward differences always.
         horizons: continuation by multiple shooting (``bayesneuron``): first fit predictions
             that restart from the recorded voltages every ``horizons[0]`` output times, then
             every ``horizons[1]``, …, and finally the plain simulation (the real objective),
@@ -330,9 +363,12 @@ def fit_map_designs(
         ftol=ftol,
         xtol=xtol,
         fd_step=fd_step,
+        jacobian=jacobian,
         seed=seed,
         solver=repr(m0.solver),
     )
+    if jacobian not in ("exact", "fd"):
+        raise FitError(f"jacobian = {jacobian!r}; use 'exact' or 'fd'")
     if protocol == "bayesneuron":
         horizons = (1, 4, 16) if horizons is None else tuple(horizons)
         if not all(isinstance(x, (int, np.integer)) and x >= 1 for x in horizons):
@@ -586,6 +622,7 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
         theta, hist = state["theta"], state["history"]
         stage0, step0, n_sim, fresh = state["stage"], state["step"], 0, False
     eye = torch.eye(P, dtype=m0.dtype, device=m0.device)
+    exact = stack.exact_jacobian and settings.get("jacobian", "exact") == "exact"
     factors = torch.tensor(_DAMPING, dtype=m0.dtype, device=m0.device)
     total = max_steps * len(stages)
 
@@ -614,12 +651,23 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
                 break
             step += 1
             th = theta[act]
-            # Jacobian (transposed, [a, P, M]) by forward differences: P perturbed copies in
-            # one batch.
-            pert = th[:, None, :] + h * eye  # [a, P, P]
-            rp = residuals(pert.transpose(0, 1), act, horizon).transpose(0, 1)  # [a, P, M]
-            n_sim += act.numel() * P
-            Jt = (rp - r[act][:, None, :]) / h
+            if exact:  # Jacobian (transposed, [a, P, M]): forward sensitivities, chain rule
+                g = split(th)
+                _, jac = stack.jacobian(g, didx[act], horizon)
+                dg = torch.cat(
+                    [
+                        T[k].log_abs_det_jacobian(th[:, i * n : (i + 1) * n], g[k]).exp()
+                        for i, k in enumerate(free)
+                    ],
+                    -1,
+                )  # [a, P]: dg/dθ of the elementwise transforms
+                Jt = jac.movedim(2, 1).flatten(-3) * (dg / sigma)[..., None]
+                n_sim += act.numel() * 2  # a stored forward pass and a tangent pass
+            else:  # by forward differences: P perturbed copies in one batch
+                pert = th[:, None, :] + h * eye  # [a, P, P]
+                rp = residuals(pert.transpose(0, 1), act, horizon).transpose(0, 1)
+                n_sim += act.numel() * P
+                Jt = (rp - r[act][:, None, :]) / h
             _, pg, ph = prior_terms(th)
             grad = torch.einsum("apm,am->ap", Jt, r[act]) + pg
             A = Jt @ Jt.transpose(1, 2) + torch.diag_embed(ph.clamp_min(0.0))
