@@ -206,19 +206,6 @@ class _Stack:
         mask = self.mask[didx][:, None, :, None]
         return (v - self.obs[didx]) * mask, jac * mask[:, :, None]
 
-    @property
-    def exact_jacobian(self) -> bool:
-        """Whether :meth:`jacobian` applies: the fused CPU kernel in float64, and every free
-        parameter a channel's maximal conductance."""
-        m = self.m0
-        chans = {f"g_{c.name}" for c in m.cell.channels}
-        return (
-            getattr(m.solver, "backend", "torch") == "numba"
-            and m.device.type == "cpu"
-            and m.dtype == torch.float64
-            and all(k in chans for k in m.free)
-        )
-
 
 def _same_cell(a, b) -> bool:
     if a is b:
@@ -622,7 +609,7 @@ def _lm_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progress
         theta, hist = state["theta"], state["history"]
         stage0, step0, n_sim, fresh = state["stage"], state["step"], 0, False
     eye = torch.eye(P, dtype=m0.dtype, device=m0.device)
-    exact = stack.exact_jacobian and settings.get("jacobian", "exact") == "exact"
+    exact = m0.exact_sensitivities and settings.get("jacobian", "exact") == "exact"
     factors = torch.tensor(_DAMPING, dtype=m0.dtype, device=m0.device)
     total = max_steps * len(stages)
 

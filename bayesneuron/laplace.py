@@ -62,14 +62,30 @@ def _vector(model: NeuronModel, params: Mapping) -> Tensor:
     ).to(model.device)
 
 
-def jacobian(model: NeuronModel, params: Mapping, *, step: float = 1e-5) -> Tensor:
-    """``∂ v_rec / ∂ g`` ``[M, P]`` at ``params`` (name → ``[comp]``) by central differences
-    with relative step ``step`` (error ≈ step², fixed-step solvers only: an adaptive solver's
-    step control would make the difference quotient noisy)."""
+def jacobian(
+    model: NeuronModel, params: Mapping, *, step: float = 1e-5, method: str = "auto"
+) -> Tensor:
+    """``∂ v_rec / ∂ g`` ``[M, P]`` at ``params`` (name → ``[comp]``).
+
+    ``method="auto"``: exact forward sensitivities where the model allows them
+    (:attr:`NeuronModel.exact_sensitivities`: the fused CPU kernel), else central differences;
+    ``"central"``: central differences with relative step ``step`` (error ≈ step², fixed-step
+    solvers only: an adaptive solver's step control would make the difference quotient noisy).
+    """
     g = _vector(model, params)
+    if method not in ("auto", "central"):
+        raise FitError(f"jacobian: method {method!r} unknown; use 'auto' or 'central'")
+    n, P = model.n_comp, g.numel()
+    if method == "auto" and model.exact_sensitivities:
+        from .simulate import sensitivities
+
+        split = {k: g[i * n : (i + 1) * n] for i, k in enumerate(model.free)}
+        args = (model.cell, split, model.stimulus, model.t_eval, model.solver)
+        _, jac = sensitivities(*args, wrt=model.free)  # [trace, P, comp, time]
+        jac = jac.index_select(-2, torch.as_tensor(model.rec_index))
+        return jac.movedim(-3, 0).reshape(P, -1).T.to(model.device)
     if not bool((g > 0).all()):
         raise FitError("jacobian: parameters must be > 0 (relative differences)")
-    n, P = model.n_comp, g.numel()
     eye = torch.eye(P, dtype=g.dtype, device=g.device)
     pts = torch.cat([g * (1 + step * eye), g * (1 - step * eye)])  # [2P, P]
     with torch.no_grad():

@@ -168,6 +168,18 @@ class NeuronModel:
         ).v
         return v.index_select(-2, self._rec) if recorded else v
 
+    @property
+    def exact_sensitivities(self) -> bool:
+        """Whether :func:`~bayesneuron.simulate.sensitivities` applies: the fused CPU kernel in
+        float64, and every free parameter a channel's maximal conductance ``g_<channel>``."""
+        chans = {f"g_{c.name}" for c in self.cell.channels}
+        return (
+            getattr(self.solver, "backend", "torch") == "numba"
+            and self.device.type == "cpu"
+            and self.dtype == torch.float64
+            and all(k in chans for k in self.free)
+        )
+
     def check_data(self, v_obs) -> Tensor:
         """``v_obs`` as a tensor of :attr:`obs_shape`, or a :class:`DataError` saying why not."""
         try:

@@ -246,7 +246,8 @@ def test_hh_rates_and_derivatives_are_exact_at_the_vtrap_singularities():
     # α_m, α_n = scale·(a − V)/(exp((a − V)/b) − 1) against 40-digit arithmetic, across their
     # removable singularities (V = −40, −55 mV) where the closed-form derivative cancels
     mpmath = pytest.importorskip("mpmath")
-    from bayesneuron._fused import _CHANNELS, _LINOID, _VTRAP_SMALL, _rate
+    from bayesneuron._fused import _CHANNELS
+    from bayesneuron._kernels import _LINOID, _VTRAP_SMALL, _rate
     from bayesneuron.channels import HHPotassium, HHSodium
 
     mpmath.mp.dps = 40
@@ -303,7 +304,7 @@ def test_backend_setting_is_validated():
 
 
 def test_vectorised_exp_expm1_and_log1p_are_accurate():
-    from bayesneuron._fused import _exp, _expm1, _log1p01
+    from bayesneuron._kernels import _exp, _expm1, _log1p01
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-700, 700, 2000), rng.uniform(-2, 2, 2000), [0.0, 709.7]])
@@ -386,3 +387,15 @@ def test_levenberg_marquardt_same_steps_with_exact_and_fd_jacobians():
     ex, fd = (f.history["objective"][:, 0] for f in fits)
     assert fits[0].settings["jacobian"] == "exact" and ex[-1] < 1e-2 * ex[0]
     assert np.allclose(ex[:4], fd[:4], rtol=1e-4)  # the same path while far from the optimum
+
+
+def test_laplace_jacobian_exact_equals_central_differences():
+    from bayesneuron import Design, paper_experiment
+    from bayesneuron.laplace import jacobian
+
+    model, _, truth = paper_experiment(Design([0, -1], [0, 2]), n_traces=3, solver=NUMBA)
+    assert model.exact_sensitivities
+    exact = jacobian(model, truth)
+    central = jacobian(model, truth, method="central")
+    assert exact.shape == central.shape == (3 * 2 * 48, 12)
+    assert (exact - central).abs().max() <= 1e-6 * central.abs().max()
