@@ -169,16 +169,21 @@ class _Stack:
             self.mask[d, rec] = 1.0
         self.n_obs = self.mask.sum(-1) * n_trace * n_time  # recorded entries per design
 
+    def _inputs(self, didx: Tensor, horizon) -> tuple[Stimulus, Reset | None]:
+        """The stimulus of designs ``didx`` and, with a ``horizon``, the reset to their data."""
+        m = self.m0
+        stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
+        if horizon is None:
+            return stim, None
+        data = torch.where(self.mask[didx][:, None, :, None] > 0, self.obs[didx], math.nan)
+        return stim, Reset(data, int(horizon))
+
     def simulate(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None) -> Tensor:
         """``params[name]`` ``[..., Q, comp]`` for designs ``didx`` ``[Q]`` →
         masked errors ``v̂ − v`` ``[..., Q, trace, comp, time]`` (0 where unrecorded).
         ``horizon``: restart recorded voltages from the data every ``horizon`` outputs."""
         m = self.m0
-        stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
-        reset = None
-        if horizon is not None:
-            data = torch.where(self.mask[didx][:, None, :, None] > 0, self.obs[didx], math.nan)
-            reset = Reset(data, int(horizon))
+        stim, reset = self._inputs(didx, horizon)
         v = simulate(
             m.cell,
             dict(params),
@@ -195,11 +200,7 @@ class _Stack:
         """Masked errors ``[Q, trace, comp, time]`` and their exact sensitivities to the free
         conductances ``[Q, trace, P, comp, time]`` (fused kernel; ``params`` ``[Q, comp]``)."""
         m = self.m0
-        stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
-        reset = None
-        if horizon is not None:
-            data = torch.where(self.mask[didx][:, None, :, None] > 0, self.obs[didx], math.nan)
-            reset = Reset(data, int(horizon))
+        stim, reset = self._inputs(didx, horizon)
         v, jac = sensitivities(
             m.cell, dict(params), stim, m.t_eval, m.solver, wrt=m.free, reset=reset
         )

@@ -322,25 +322,30 @@ def test_vectorised_exp_expm1_and_log1p_are_accurate():
 
 
 # --------------------------------------------------------------------------- sensitivities
-def _jacobian_checks(cell, params, stim, t, wrt, reset=None, fd_col=None):
-    """J from the tangent pass: its voltages equal simulate's, Jᵀu equals the adjoint's
-    gradient of Σ u·V (an identity of the discrete scheme, to rounding), and one column
-    agrees with a forward difference."""
+def _jacobian_errors(cell, params, stim, t, wrt, reset=None, fd_col=None):
+    """J from the tangent pass against the adjoint and a forward difference: returns the
+    largest relative error of Jᵀu against the adjoint's gradient of Σ u·V (an identity of the
+    discrete scheme, so rounding only) and of column ``fd_col`` against a forward difference."""
     from bayesneuron import sensitivities
 
     solver = CrankNicolson(dt=0.025 if cell is HH_CELL else 0.01, backend="numba")
     v, jac = sensitivities(cell, params, stim, t, solver, wrt=wrt, reset=reset)
     leaves = {k: torch.as_tensor(params[k]).clone().requires_grad_() for k in wrt}
     vt = simulate(cell, {**params, **leaves}, stim, t, solver, reset=reset).v
-    assert torch.equal(v, vt.detach())
     n = cell.n_comp
+    assert torch.equal(v, vt.detach())
     assert jac.shape == v.shape[:-2] + (len(wrt) * n,) + v.shape[-2:]
     u = torch.randn(v.shape, generator=torch.Generator().manual_seed(5), dtype=v.dtype)
     grads = torch.autograd.grad((u * vt).sum(), list(leaves.values()))
     jtu = (jac * u.unsqueeze(-3)).sum((-1, -2))  # [..., P]
-    for a, g in enumerate(grads):
-        col = jtu[..., a * n : (a + 1) * n].sum(-2).sum_to_size(g.shape)  # traces, broadcast
-        assert (col - g).abs().max() <= 1e-11 * g.abs().max(), (col, g)
+    adj_err = max(
+        float(
+            (jtu[..., a * n : (a + 1) * n].sum(-2).sum_to_size(g.shape) - g).abs().max()
+            / g.abs().max()
+        )
+        for a, g in enumerate(grads)
+    )
+    fd_err = None
     if fd_col is not None:
         a, k = fd_col
         h = 1e-6 * float(torch.as_tensor(params[wrt[a]]).reshape(-1)[k])
@@ -348,23 +353,27 @@ def _jacobian_checks(cell, params, stim, t, wrt, reset=None, fd_col=None):
         moved[wrt[a]][..., k] += h
         fd = (simulate(cell, moved, stim, t, solver, reset=reset).v - v) / h
         ref = jac[..., a * n + k, :, :]
-        assert (fd - ref).abs().max() <= 1e-4 * ref.abs().max()
+        fd_err = float((fd - ref).abs().max() / ref.abs().max())
+    return adj_err, fd_err
 
 
 def test_sensitivities_paper_cell_exact_with_and_without_reset():
     gt = paper_ground_truth()
     params = {"g_na": gt["g_na"] * 1.05, "g_k": gt["g_k"] * 0.97}
-    _jacobian_checks(CELL, params, STIM, T, ("g_na", "g_k"), fd_col=(1, 4))
+    adj, fd = _jacobian_errors(CELL, params, STIM, T, ("g_na", "g_k"), fd_col=(1, 4))
+    assert adj <= 1e-11 and fd <= 1e-4
     held = simulate(CELL, gt, STIM, T, TORCH).v.clone()
     held[:, 2:] = math.nan
-    _jacobian_checks(CELL, params, STIM, T, ("g_na", "g_k"), reset=Reset(held, 3))
+    adj, _ = _jacobian_errors(CELL, params, STIM, T, ("g_na", "g_k"), reset=Reset(held, 3))
+    assert adj <= 1e-11
 
 
 def test_sensitivities_hh_tree_with_sample_dims():
     gen = torch.Generator().manual_seed(6)
     g_na = 120.0 * (1 + 0.2 * torch.rand(2, 1, 6, generator=gen, dtype=torch.float64))
     params = {"g_na": g_na, "g_k": torch.full((6,), 36.0, dtype=torch.float64)}
-    _jacobian_checks(HH_CELL, params, HH_STIM, HH_T, ("g_k", "g_na"), fd_col=(1, 5))
+    adj, fd = _jacobian_errors(HH_CELL, params, HH_STIM, HH_T, ("g_k", "g_na"), fd_col=(1, 5))
+    assert adj <= 1e-11 and fd <= 1e-4
 
 
 def test_sensitivities_refuse_what_they_cannot_do():
