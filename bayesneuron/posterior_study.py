@@ -470,7 +470,21 @@ def make_study(
         "model": model,
         "infer": [infer],
     }
+    plain = {k: _plain(v) for k, v in infer.items()}  # numpy scalars as Python numbers
+    raw["infer"] = [plain]
+    for sec in ("experiment", "model"):
+        raw[sec] = {k: _plain(v) for k, v in raw[sec].items()}
     return study_from_config(raw, source="make_study()")
+
+
+def _plain(x):
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
 
 
 def rebuild_report(

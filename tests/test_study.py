@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bayesneuron.cli import main
-from bayesneuron.study import TABLE_COLUMNS, load_study
+from bayesneuron.study import TABLE_COLUMNS, StudyError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "paper_toy_map"
@@ -75,3 +75,18 @@ def test_bad_configs(tmp_path, capsys, text, match):
 def test_missing_study_folder(tmp_path, capsys):
     assert main(["study", "run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     assert "not a study folder" in capsys.readouterr().err
+
+
+def test_make_study_is_checked_like_a_config_file():
+    import numpy as np
+
+    from bayesneuron.posterior_study import make_study
+
+    study = make_study(["all|all"], method="laplace", n_traces=np.int64(5), preset="hh_tree")
+    assert study.n_traces == 5 and study.preset == "hh_tree" and study.dt == 0.025
+    with pytest.raises(StudyError, match=r"design all\|all is listed twice"):
+        make_study(["all|all", "all|all"])
+    with pytest.raises(StudyError, match=r"a posterior needs a proper prior"):
+        make_study(["all|all"], priors="none")
+    with pytest.raises(StudyError, match=r"guide 'flow' unknown"):
+        make_study(["all|all"], guide="flow")
