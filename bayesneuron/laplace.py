@@ -83,7 +83,7 @@ def jacobian(
         args = (model.cell, split, model.stimulus, model.t_eval, model.solver)
         _, jac = sensitivities(*args, wrt=model.free)  # [trace, P, comp, time]
         jac = jac.index_select(-2, torch.as_tensor(model.rec_index))
-        return jac.movedim(-3, 0).reshape(P, -1).T.to(model.device)
+        return jac.movedim(-3, 0).reshape(P, -1).T
     if not bool((g > 0).all()):
         raise FitError("jacobian: parameters must be > 0 (relative differences)")
     eye = torch.eye(P, dtype=g.dtype, device=g.device)

@@ -470,14 +470,15 @@ def make_study(
         "model": model,
         "infer": [infer],
     }
-    plain = {k: _plain(v) for k, v in infer.items()}  # numpy scalars as Python numbers
-    raw["infer"] = [plain]
-    for sec in ("experiment", "model"):
-        raw[sec] = {k: _plain(v) for k, v in raw[sec].items()}
-    return study_from_config(raw, source="make_study()")
+    return study_from_config(_plain(raw), source="make_study()")
 
 
 def _plain(x):
+    """``x`` with numpy scalars as Python numbers, through dicts and lists (as TOML gives)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
     if isinstance(x, np.bool_):
         return bool(x)
     if isinstance(x, np.integer):

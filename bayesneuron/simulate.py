@@ -168,7 +168,7 @@ def sensitivities(
     """Voltages and their exact forward sensitivities to per-compartment maximal conductances.
 
     For the fused CPU kernel (``CrankNicolson(backend="numba")``, float64): one forward pass
-    and one tangent pass, about the cost of two simulations for 12 conductances (forward
+    and one tangent pass, about the cost of four simulations for 12 conductances (forward
     differences cost 13). Arguments as in :func:`simulate`; ``wrt`` names ``g_<channel>``
     parameters.
 
