@@ -52,6 +52,26 @@ def test_paper_protocol_first_step_is_half_a_unit():
     assert np.isclose(fit.history["objective"][0, 0], float(((sim - v) ** 2).mean()))
 
 
+def test_adam_matches_torch_optim_bit_for_bit():
+    from bayesneuron.fit import _Adam
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    paths = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=0.5), lambda ps: _Adam(ps, lr=0.5)):
+        x = x0.clone().requires_grad_()
+        opt, path = make([x]), []
+        for _ in range(25):
+            opt.zero_grad()
+            (torch.sin(3 * x) + (x - target) ** 4).sum().backward()
+            opt.step()
+            path.append(x.detach().clone())
+        paths.append(torch.stack(path))
+    assert torch.equal(paths[0], paths[1])
+    assert not torch.equal(paths[1][0], paths[1][-1])  # it moved
+
+
 def test_paper_loss_counts_all_compartments():
     model = small(Design(rec=[0]))
     v = synthetic_data(model, TRUTH)
