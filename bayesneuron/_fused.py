@@ -66,7 +66,7 @@ from .channels import (
     PaperSodium,
     _q10,
 )
-from .simulate import _step_grid
+from .simulate import _broadcast_shapes, _step_grid
 from .solvers import CrankNicolson
 
 __all__ = ["jacobian", "supported", "run"]
@@ -245,8 +245,8 @@ class _Problem:
             is_output & resets,
         )
 
-        self.pshape = torch.broadcast_shapes(*(x.shape[:-1] for x in flat))
-        self.batch = torch.broadcast_shapes(self.pshape + (1,), vals.shape[1:-1])
+        self.pshape = _broadcast_shapes(*(x.shape[:-1] for x in flat))
+        self.batch = _broadcast_shapes(self.pshape + (1,), vals.shape[1:-1])
         self.n_batch = math.prod(self.batch)
         self.threads = torch.get_num_threads()
         self.lanes, self.n_chunks = _chunking(self.n_batch, sys.n, self.threads)

@@ -227,20 +227,26 @@ def check_device(device) -> torch.device:
     return dev
 
 
+def _broadcast_shapes(*shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` by numpy's rules (the same): torch's own imports sympy on its
+    first call (≈ 1 s). Raises ``ValueError`` where the shapes do not broadcast."""
+    return torch.Size(np.broadcast_shapes(*(tuple(x) for x in shapes)))
+
+
 def _check_batch(p: dict[str, Tensor], stimulus: Stimulus) -> None:
     """Parameters' sample dims must broadcast together and against the stimulus' leading dims."""
     shapes = {k: tuple(x.shape[:-1]) for k, x in p.items() if x.ndim > 1}
     try:
-        batch = tuple(torch.broadcast_shapes(*shapes.values())) if shapes else ()
-    except RuntimeError:
+        batch = tuple(_broadcast_shapes(*shapes.values())) if shapes else ()
+    except ValueError:
         raise ParameterError(
             f"parameters have sample dims that do not broadcast together: {shapes} "
             "([sample…] of tensors [sample…, comp]); give them equal or broadcastable shapes"
         ) from None
     lead = tuple(stimulus.values.shape[:-3])
     try:
-        torch.broadcast_shapes(batch + (1,), lead + (stimulus.n_trace,))
-    except RuntimeError:
+        _broadcast_shapes(batch + (1,), lead + (stimulus.n_trace,))
+    except ValueError:
         raise ParameterError(
             f"parameter sample dims {batch} do not broadcast against the stimulus' leading dims "
             f"{lead} (stimulus shape {tuple(stimulus.values.shape)} = […, trace, comp, bins]); "
@@ -465,7 +471,7 @@ def _run_fixed(cell, p, vals, stimulus, t_eval, solver, reset=None):
     dtype, device = vals.dtype, vals.device
     coef = sys.tensors(dtype, device)
     index = coef["pub_of"]
-    batch = torch.broadcast_shapes(*(x.shape[:-1] + (1,) for x in p.values()), vals.shape[1:-1])
+    batch = _broadcast_shapes(*(x.shape[:-1] + (1,) for x in p.values()), vals.shape[1:-1])
     nb = len(batch)
     # Currents [bins, …, trace, comp] → [bins, nodes, 1…, …, trace] (junction rows are 0).
     vals = torch.cat([vals, vals.new_zeros(vals.shape[:-1] + (1,))], -1).index_select(-1, index)
@@ -607,9 +613,7 @@ def _run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
         dx = [(inf - xi) / tau for (inf, tau), xi in zip(kin.gates(v, local), x)]
         return (dv, *dx)
 
-    batch = torch.broadcast_shapes(
-        *(x.shape[:-1] for q in local for x in q.values()), vals.shape[1:-1]
-    )
+    batch = _broadcast_shapes(*(x.shape[:-1] for q in local for x in q.values()), vals.shape[1:-1])
     v0 = torch.full(batch + (morph.n_comp,), float(cell.v0), dtype=dtype, device=device)
     y0 = (v0, *kin.init(v0, local))
     t = torch.as_tensor(t_eval, dtype=dtype, device=device)

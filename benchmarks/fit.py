@@ -2,10 +2,13 @@
 and bayesneuron's Levenberg–Marquardt MAP, each in a fresh process, wall clock from process
 start (imports, data generation, JIT or compilation and the fit all included).
 
-    python benchmarks/fit.py [--backends numba,torch] [--dt 0.0035] [--threads 2] [--json FILE]
+    python benchmarks/fit.py [--backends numba,torch] [--dt 0.0035] [--threads 2] [--repeat 3]
+                             [--json FILE]
 
-Each configuration runs twice in fresh processes: ``cold`` (numba's on-disk cache of compiled
-kernels emptied first) and ``warm`` (cache present), so compilation cost is visible apart.
+Each configuration runs in fresh processes: ``cold`` (numba's on-disk cache of compiled
+kernels emptied first) and ``warm`` (cache present), so compilation cost is visible apart;
+``--repeat N`` runs each N times, alternating cold and warm, and the table shows the median
+(a shared VM's timings vary by ±10 %); the JSON keeps every run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -54,65 +58,83 @@ def main(argv=None) -> int:
         help="ms (0.0035: < 0.3 mV, the paper's own error, and L0 within 0.01 of the paper's)",
     )
     ap.add_argument("--threads", type=int, default=2, help="torch/kernel threads (2 cores here)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per configuration (median shown)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
-    for protocol in args.protocols.split(","):
-        for backend in args.backends.split(","):
-            for state in ("cold", "warm") if backend == "numba" else ("-",):
-                if state == "cold":
-                    for f in _numba_cache_dirs():
-                        f.unlink()
-                env = dict(os.environ, PYTHONPATH=str(ROOT))
-                t0 = time.perf_counter()
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        "-c",
-                        CHILD,
-                        backend,
-                        str(args.dt),
-                        protocol,
-                        str(args.threads),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                )
-                wall = time.perf_counter() - t0
-                if out.returncode != 0:
-                    rows.append(
-                        {
-                            "protocol": protocol,
-                            "backend": backend,
-                            "cache": state,
-                            "error": out.stderr.strip().splitlines()[-1],
-                        }
-                    )
-                    continue
-                res = json.loads(out.stdout.strip().splitlines()[-1])
+    configs = [
+        (protocol, backend, state)
+        for protocol in args.protocols.split(",")
+        for backend in args.backends.split(",")
+        for state in (("cold", "warm") if backend == "numba" else ("-",))
+    ]
+    for rep in range(args.repeat):
+        for protocol, backend, state in configs:
+            if state == "cold":
+                for f in _numba_cache_dirs():
+                    f.unlink()
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD,
+                    backend,
+                    str(args.dt),
+                    protocol,
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            wall = time.perf_counter() - t0
+            if out.returncode != 0:
                 rows.append(
                     {
                         "protocol": protocol,
                         "backend": backend,
                         "cache": state,
-                        "dt": args.dt,
-                        "process_wall_s": wall,
-                        **res,
+                        "error": out.stderr.strip().splitlines()[-1],
                     }
                 )
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                continue
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "backend": backend,
+                    "cache": state,
+                    "repeat": rep,
+                    "dt": args.dt,
+                    "process_wall_s": wall,
+                    **res,
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(
         f"{'protocol':<12}{'backend':<8}{'cache':<6}{'L0':>9}{'GTE Na':>9}{'GTE K':>9}"
         f"{'fit s':>8}{'total s':>9}"
     )
-    for r in rows:
-        if "error" in r:
-            print(f"{r['protocol']:<12}{r['backend']:<8}{r['cache']:<6} error: {r['error']}")
+    for protocol, backend, state in configs:
+        runs = [
+            r
+            for r in rows
+            if (r["protocol"], r["backend"], r["cache"]) == (protocol, backend, state)
+        ]
+        if any("error" in r for r in runs):
+            err = next(r["error"] for r in runs if "error" in r)
+            print(f"{protocol:<12}{backend:<8}{state:<6} error: {err}")
             continue
+        r = runs[0]
+        fit_s = statistics.median(x["fit_s"] for x in runs)
+        wall = [x["process_wall_s"] for x in runs]
+        spread = f"  ({min(wall):.1f}–{max(wall):.1f})" if len(wall) > 1 else ""
         print(
-            f"{r['protocol']:<12}{r['backend']:<8}{r['cache']:<6}{r['L0']:9.4f}"
-            f"{r['gte']['g_na']:9.4f}{r['gte']['g_k']:9.4f}{r['fit_s']:8.1f}{r['process_wall_s']:9.1f}"
+            f"{protocol:<12}{backend:<8}{state:<6}{r['L0']:9.4f}"
+            f"{r['gte']['g_na']:9.4f}{r['gte']['g_k']:9.4f}{fit_s:8.1f}"
+            f"{statistics.median(wall):9.1f}{spread}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
