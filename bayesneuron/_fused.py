@@ -23,8 +23,9 @@ Chunks run on ``torch.get_num_threads()`` Python threads (the kernels release th
 lane's arithmetic does not depend on its chunk, so results are bit-identical for any thread
 count. Compilation (the first call; numba caches it on disk) is kept short by compiling each
 helper once and calling it from the two kernels (not numba's ``prange``, whose wrapper
-re-optimises everything beneath it, nor numba-level inlining of big helpers), and by
-allocating nothing inside the kernels.
+re-optimises everything beneath it, nor numba-level inlining of big helpers), by allocating
+nothing inside the kernels, and, on a cold cache, by compiling the adjoint kernel in a helper
+process while this one compiles the forward kernel (:mod:`bayesneuron._compile_ahead`).
 
 Numpy layouts (C-contiguous, float64): nodes in Hines order ``[n]``; parameters
 ``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, comp]`` (µA/cm²); reset values
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import _compile_ahead
 from ._kernels import (
     _EXPONENTIAL,
     _LINOID,
@@ -302,8 +304,21 @@ class _Problem:
             data = self._data(par, b0, b1)
             args = (self.tree, self.rates, self.gates, self.steps, data, self.v0, out[b0:b1])
             jobs.append(args + (hist.chunks[ch], work, self.store))
+        self._compile_adjoint_ahead(par, hist)
         _map(_forward_chunk, jobs, self.threads)
         return out, hist
+
+    def _compile_adjoint_ahead(self, par, hist) -> None:
+        """On a cold numba cache, compile the adjoint kernel in a helper process while this
+        one compiles the forward kernel (see :mod:`bayesneuron._compile_ahead`)."""
+
+        def args():
+            b1 = min(self.lanes, self.n_batch)
+            gout = np.empty((b1, self.n_comp, self.n_time))
+            grad = np.empty((b1,) + par.shape[1:])
+            return self._adjoint_job(par, hist.chunks[0], gout, grad, 0, b1)
+
+        _compile_ahead.start("_adjoint_chunk", args)
 
     def adjoint(self, par, hist, gout) -> np.ndarray:
         """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
@@ -312,6 +327,7 @@ class _Problem:
             self._adjoint_job(par, hist.chunks[ch], gout[b0:b1], grad[b0:b1], b0, b1)
             for ch, b0, b1 in self._chunks()
         ]
+        _compile_ahead.wait("_adjoint_chunk")
         _map(_adjoint_chunk, jobs, self.threads)
         return grad
 

@@ -408,3 +408,61 @@ def test_laplace_jacobian_exact_equals_central_differences():
     central = jacobian(model, truth, method="central")
     assert exact.shape == central.shape == (3 * 2 * 48, 12)
     assert (exact - central).abs().max() <= 1e-6 * central.abs().max()
+
+
+_TINY_KERNEL = """
+from numba import njit
+
+
+@njit(cache=True)
+def twice(a, out):
+    for i in range(a.shape[0]):
+        out[i] = 2.0 * a[i]
+"""
+
+
+def _tiny_kernels(tmp_path, monkeypatch):
+    """A module with one cached kernel, standing in for ``_kernels`` in ``_compile_ahead``."""
+    import importlib.util
+
+    from bayesneuron import _compile_ahead
+
+    path = tmp_path / "tiny_kernels.py"
+    path.write_text(_TINY_KERNEL)
+    spec = importlib.util.spec_from_file_location("tiny_kernels", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(_compile_ahead, "_kernels", mod)
+    monkeypatch.setattr(_compile_ahead, "_JOBS", {})
+    return _compile_ahead, mod
+
+
+def test_compile_ahead_child_fills_the_cache_this_process_loads(tmp_path, monkeypatch):
+    ahead, mod = _tiny_kernels(tmp_path, monkeypatch)
+    a, out = np.arange(3.0), np.empty(3)
+    sig = (ahead.numba.typeof(a), ahead.numba.typeof(out))
+    assert not ahead._cached(mod.twice, sig)
+    ahead.start("twice", lambda: (a, out))
+    assert ahead._JOBS["twice"] is not None  # a child was started
+    ahead.wait("twice")
+    assert ahead._JOBS["twice"].returncode == 0
+    assert ahead._cached(mod.twice, sig)
+    mod.twice(a, out)  # loaded from the child's cache, not compiled here
+    assert mod.twice.stats.cache_hits.most_common(1)[0][1] == 1
+    assert not mod.twice.stats.cache_misses
+    np.testing.assert_array_equal(out, 2 * a)
+    ahead.start("twice", lambda: (a, out))  # once per process
+    assert ahead._JOBS["twice"].returncode == 0
+
+
+def test_compile_ahead_skips_cached_compiled_and_switched_off(tmp_path, monkeypatch):
+    ahead, mod = _tiny_kernels(tmp_path, monkeypatch)
+    a, out = np.arange(3.0), np.empty(3)
+    monkeypatch.setenv("BAYESNEURON_COMPILE_AHEAD", "0")
+    ahead.start("twice", lambda: (a, out))
+    assert "twice" not in ahead._JOBS
+    monkeypatch.delenv("BAYESNEURON_COMPILE_AHEAD")
+    mod.twice(a, out)  # compiled here (and cached): nothing left to do ahead
+    ahead.start("twice", lambda: (a, out))
+    assert ahead._JOBS["twice"] is None
+    ahead.wait("twice")  # a no-op
