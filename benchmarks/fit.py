@@ -137,6 +137,7 @@ def main(argv=None) -> int:
             f"{statistics.median(wall):9.1f}{spread}"
         )
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))
     shutil.rmtree(ROOT / "benchmarks" / "__pycache__", ignore_errors=True)
     return 0

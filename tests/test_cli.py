@@ -29,3 +29,18 @@ def test_user_errors_exit_non_zero_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "dt = -1.0 ms must be a finite number > 0" in err
     assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_interpreter_exit_skips_the_final_garbage_collection():
+    import subprocess
+    import sys
+
+    # a handler registered before the import runs after bayesneuron's (atexit is LIFO)
+    code = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+        "import bayesneuron\n"
+        "print('frozen before exit:', gc.get_freeze_count() > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["frozen before exit: False", "frozen at exit: True"]
