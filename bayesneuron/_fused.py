@@ -1,6 +1,6 @@
 """Fused CPU kernels for staggered Crank–Nicolson (``CrankNicolson(backend="numba")``).
 
-The torch backend pays a per-step overhead that dominates small cells. Here numba kernels run
+The torch backend pays a per-step overhead that dominates small cells. Here compiled kernels run
 every step of a trajectory in one call, and a hand-written discrete adjoint returns the exact
 gradient of the same discrete scheme with respect to each channel's ``g`` (mS/cm²) and ``e`` (mV).
 
@@ -21,11 +21,18 @@ Batch elements are independent trajectories, run in chunks of ``lanes`` side by 
 last, so the per-lane loops vectorise; ``exp`` and ``log1p`` are written out for that reason).
 Chunks run on ``torch.get_num_threads()`` Python threads (the kernels release the GIL); a
 lane's arithmetic does not depend on its chunk, so results are bit-identical for any thread
-count. Compilation (the first call; numba caches it on disk) is kept short by compiling each
-helper once and calling it from the two kernels (not numba's ``prange``, whose wrapper
-re-optimises everything beneath it, nor numba-level inlining of big helpers), by allocating
-nothing inside the kernels, and, on a cold cache, by compiling the adjoint kernel in a helper
-process while this one compiles the forward kernel (:mod:`bayesneuron._compile_ahead`).
+count.
+
+Two builds of the forward and adjoint kernels, equal to ≈ 1e-12 (tested): C
+(:mod:`bayesneuron._ckernels`, compiled by the system C compiler in ≈ 1 s on first use) where a
+compiler works, else numba (:mod:`bayesneuron._kernels`, ≈ 10 s of CPU on first use);
+``BAYESNEURON_KERNELS=c|numba`` forces one. The forward sensitivities (:func:`jacobian`) are
+numba's in either case: they read the stored history, whose layout both builds share. numba's
+compilation is kept short by compiling each helper once and calling it from the kernels (not
+numba's ``prange``, whose wrapper re-optimises everything beneath it, nor numba-level inlining of
+big helpers), by allocating nothing inside the kernels, and, on a cold cache, by compiling the
+adjoint kernel in a helper process while this one compiles the forward kernel
+(:mod:`bayesneuron._compile_ahead`).
 
 Numpy layouts (C-contiguous, float64): nodes in Hines order ``[n]``; parameters
 ``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, comp]`` (µA/cm²); reset values
@@ -48,7 +55,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _compile_ahead
+from . import _ckernels, _compile_ahead
 from ._kernels import (
     _EXPONENTIAL,
     _LINOID,
@@ -72,6 +79,16 @@ from .simulate import _broadcast_shapes, _step_grid
 from .solvers import CrankNicolson
 
 __all__ = ["jacobian", "supported", "run"]
+
+
+def _chunk_kernels() -> tuple:
+    """``(forward, adjoint)`` chunk kernels: the C build where it compiles, else numba's;
+    ``BAYESNEURON_KERNELS=numba`` or ``=c`` forces one."""
+    choice = os.environ.get("BAYESNEURON_KERNELS", "auto")
+    if choice == "c" or (choice != "numba" and _ckernels.available()):
+        return _ckernels.forward_chunk, _ckernels.adjoint_chunk
+    return _forward_chunk, _adjoint_chunk
+
 
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
 
@@ -212,6 +229,7 @@ class _Problem:
 
     def __init__(self, cell, flat, vals, stimulus, t_eval, dt, reset, store):
         self.store = store  # keep the history the adjoint needs
+        self.kernels = _chunk_kernels()  # (forward, adjoint)
         sys = tree_system(cell.morphology)
         self.n_comp, self.n_time, self.n = cell.n_comp, len(t_eval), sys.n
         self.tree = (sys.parent, sys.a, sys.b, sys.diag, sys.cm, sys.pub_of, sys.comp_pos)
@@ -305,7 +323,7 @@ class _Problem:
             args = (self.tree, self.rates, self.gates, self.steps, data, self.v0, out[b0:b1])
             jobs.append(args + (hist.chunks[ch], work, self.store))
         self._compile_adjoint_ahead(par, hist)
-        _map(_forward_chunk, jobs, self.threads)
+        _map(self.kernels[0], jobs, self.threads)
         return out, hist
 
     def _compile_adjoint_ahead(self, par, hist) -> None:
@@ -318,7 +336,8 @@ class _Problem:
             grad = np.empty((b1,) + par.shape[1:])
             return self._adjoint_job(par, hist.chunks[0], gout, grad, 0, b1)
 
-        _compile_ahead.start("_adjoint_chunk", args)
+        if self.kernels[0] is _forward_chunk:  # numba's: compile its adjoint meanwhile
+            _compile_ahead.start("_adjoint_chunk", args)
 
     def adjoint(self, par, hist, gout) -> np.ndarray:
         """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
@@ -328,7 +347,7 @@ class _Problem:
             for ch, b0, b1 in self._chunks()
         ]
         _compile_ahead.wait("_adjoint_chunk")
-        _map(_adjoint_chunk, jobs, self.threads)
+        _map(self.kernels[1], jobs, self.threads)
         return grad
 
     def _adjoint_job(self, par, hist, gout, grad, b0, b1) -> tuple:

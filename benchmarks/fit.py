@@ -2,11 +2,13 @@
 and bayesneuron's Levenberg–Marquardt MAP, each in a fresh process, wall clock from process
 start (imports, data generation, JIT or compilation and the fit all included).
 
-    python benchmarks/fit.py [--backends numba,torch] [--dt 0.0037] [--threads 2] [--repeat 3]
-                             [--json FILE]
+    python benchmarks/fit.py [--backends numba,torch] [--kernels c,numba] [--dt 0.0037]
+                             [--threads 2] [--repeat 3] [--json FILE]
 
-Each configuration runs in fresh processes: ``cold`` (numba's on-disk cache of compiled
-kernels emptied first) and ``warm`` (cache present), so compilation cost is visible apart;
+The fused backend (``backend="numba"``) runs the C build of its kernels where a C compiler
+works, else numba's; ``--kernels`` picks (``BAYESNEURON_KERNELS``). Each configuration runs in
+fresh processes: ``cold`` (numba's on-disk cache and the C build's emptied first) and ``warm``
+(both present), so compilation cost is visible apart;
 ``--repeat N`` runs each N times, alternating cold and warm, and the table shows the median
 (a shared VM's timings vary by ±10 %); the JSON keeps every run.
 """
@@ -20,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +54,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="numba,torch")
     ap.add_argument("--protocols", default="paper,bayesneuron")
+    ap.add_argument("--kernels", default="c", help="fused kernels: c, numba or both (c,numba)")
     ap.add_argument(
         "--dt",
         type=float,
@@ -62,25 +66,33 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
+    backends = []  # "numba/<kernels>" or "torch"
+    for b in args.backends.split(","):
+        backends += [f"numba/{k}" for k in args.kernels.split(",")] if b == "numba" else [b]
     configs = [
         (protocol, backend, state)
         for protocol in args.protocols.split(",")
-        for backend in args.backends.split(",")
-        for state in (("cold", "warm") if backend == "numba" else ("-",))
+        for backend in backends
+        for state in (("cold", "warm") if backend.startswith("numba") else ("-",))
     ]
+    c_cache = Path(tempfile.mkdtemp(prefix="bayesneuron-bench-"))
     for rep in range(args.repeat):
         for protocol, backend, state in configs:
+            backend_name, _, kernels = backend.partition("/")
             if state == "cold":
                 for f in _numba_cache_dirs():
                     f.unlink()
-            env = dict(os.environ, PYTHONPATH=str(ROOT))
+                shutil.rmtree(c_cache, ignore_errors=True)
+            env = dict(os.environ, PYTHONPATH=str(ROOT), BAYESNEURON_CACHE_DIR=str(c_cache))
+            if kernels:
+                env["BAYESNEURON_KERNELS"] = kernels
             t0 = time.perf_counter()
             out = subprocess.run(
                 [
                     sys.executable,
                     "-c",
                     CHILD,
-                    backend,
+                    backend_name,
                     str(args.dt),
                     protocol,
                     str(args.threads),
@@ -114,7 +126,7 @@ def main(argv=None) -> int:
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(
-        f"{'protocol':<12}{'backend':<8}{'cache':<6}{'L0':>9}{'GTE Na':>9}{'GTE K':>9}"
+        f"{'protocol':<12}{'backend':<14}{'cache':<6}{'L0':>9}{'GTE Na':>9}{'GTE K':>9}"
         f"{'fit s':>8}{'total s':>9}"
     )
     for protocol, backend, state in configs:
@@ -125,14 +137,14 @@ def main(argv=None) -> int:
         ]
         if any("error" in r for r in runs):
             err = next(r["error"] for r in runs if "error" in r)
-            print(f"{protocol:<12}{backend:<8}{state:<6} error: {err}")
+            print(f"{protocol:<12}{backend:<14}{state:<6} error: {err}")
             continue
         r = runs[0]
         fit_s = statistics.median(x["fit_s"] for x in runs)
         wall = [x["process_wall_s"] for x in runs]
         spread = f"  ({min(wall):.1f}–{max(wall):.1f})" if len(wall) > 1 else ""
         print(
-            f"{protocol:<12}{backend:<8}{state:<6}{r['L0']:9.4f}"
+            f"{protocol:<12}{backend:<14}{state:<6}{r['L0']:9.4f}"
             f"{r['gte']['g_na']:9.4f}{r['gte']['g_k']:9.4f}{fit_s:8.1f}"
             f"{statistics.median(wall):9.1f}{spread}"
         )
@@ -140,6 +152,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))
     shutil.rmtree(ROOT / "benchmarks" / "__pycache__", ignore_errors=True)
+    shutil.rmtree(c_cache, ignore_errors=True)
     return 0
 
 

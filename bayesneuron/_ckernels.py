@@ -1,0 +1,133 @@
+"""The C build of the fused forward and adjoint kernels (``_ckernels.c``).
+
+Compiled at first use by the system C compiler (``$CC``, default ``cc``; ≈ 1 s, where numba
+needs ≈ 10 s of CPU for the same kernels), cached by source, compiler, flags and CPU in
+``$BAYESNEURON_CACHE_DIR`` (default ``~/.cache/bayesneuron``), and called through ctypes, which
+releases the GIL, so chunks run on threads as with numba. :func:`forward_chunk` and
+:func:`adjoint_chunk` take exactly the arguments of the numba kernels in ``_kernels.py``, which
+remain the fallback where no compiler works (:func:`available`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+_SRC = Path(__file__).with_name("_ckernels.c")
+_FLAGS = [
+    "-O3",
+    "-march=native",
+    "-ffp-contract=fast",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fopenmp-simd",
+    "-shared",
+    "-fPIC",
+]
+_LIB = None
+_LOCK = threading.Lock()
+
+
+def _cpu_key() -> bytes:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "model name")):
+                return line.encode()
+    except OSError:
+        pass
+    return platform.processor().encode()
+
+
+def available() -> bool:
+    """Whether the C kernels build and load here (tried once per process; a failure warns)."""
+    global _LIB
+    with _LOCK:  # chunks call it from several threads at once
+        if _LIB is None:
+            try:
+                _build_and_load()
+            except (OSError, subprocess.CalledProcessError) as e:
+                detail = getattr(e, "stderr", b"") or b""
+                warnings.warn(
+                    f"bayesneuron: the C kernels did not build ({e}; "
+                    f"{detail.decode(errors='replace').strip()[:300]}); using the numba kernels, "
+                    "which compile for ≈ 10 s on first use",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _LIB = False
+        return _LIB is not False
+
+
+def _library() -> ctypes.CDLL:
+    with _LOCK:
+        return _build_and_load()
+
+
+def _build_and_load() -> ctypes.CDLL:
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    cc = os.environ.get("CC", "cc")
+    key = hashlib.sha256(_SRC.read_bytes() + " ".join([cc, *_FLAGS]).encode() + _cpu_key())
+    folder = Path(os.environ.get("BAYESNEURON_CACHE_DIR", Path.home() / ".cache" / "bayesneuron"))
+    so = folder / f"_ckernels-{key.hexdigest()[:16]}.so"
+    if not so.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = so.with_name(f"{so.name}.{os.getpid()}.tmp")
+        subprocess.run([cc, *_FLAGS, "-o", str(tmp), str(_SRC)], check=True, capture_output=True)
+        os.replace(tmp, so)
+    lib = ctypes.CDLL(str(so))
+    lib.forward_chunk.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double]
+    lib.forward_chunk.restype = None
+    lib.adjoint_chunk.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.adjoint_chunk.restype = None
+    _LIB = lib
+    return lib
+
+
+def _pointers(arrays) -> ctypes.Array:
+    for a in arrays:
+        if not a.flags.c_contiguous:
+            raise ValueError("the C kernels take C-contiguous arrays")
+    return (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+
+
+def _dims(*sizes) -> np.ndarray:
+    return np.array(sizes, dtype=np.int64)
+
+
+def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
+    """``_kernels._forward_chunk`` in C."""
+    v, _, _, _, _, _, _, vc, _, _, _, _ = work
+    n, nl = v.shape
+    n_comp = tree[6].shape[0]
+    cur, rv = data[0], data[2]
+    arrays = [*tree, *rates, *gates, *steps, *data, out, *hist, *work]
+    dims = _dims(
+        n, n_comp, nl, rates[0].shape[0], gates[0].shape[0], steps[0].shape[0],
+        cur.shape[1], out.shape[2], rv.shape[1], work[3].shape[1], int(store),
+    )  # fmt: skip
+    _library().forward_chunk(_pointers(arrays), dims.ctypes.data, float(v0))
+
+
+def adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad):
+    """``_kernels._adjoint_chunk`` in C."""
+    lv = work[0]
+    n, nl = lv.shape
+    n_comp = tree[6].shape[0]
+    k_dt, _, _, out_at, reset_at = steps
+    _, _, rv, ridx, gm, ee = data
+    arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, gout, *hist, *work, grad]
+    dims = _dims(
+        n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], gout.shape[2],
+        rv.shape[1], hist[1].shape[1],
+    )  # fmt: skip
+    _library().adjoint_chunk(_pointers(arrays), dims.ctypes.data)
