@@ -37,13 +37,12 @@ _LOCK = threading.Lock()
 
 
 def _cpu_key() -> bytes:
+    """The CPU the build targets (``-march=native``): its model and feature flags."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "model name")):
-                return line.encode()
+        lines = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+        return "\n".join(x for x in lines if x.startswith(("flags", "model name"))).encode()
     except OSError:
-        pass
-    return platform.processor().encode()
+        return f"{platform.machine()} {platform.processor()}".encode()
 
 
 def available() -> bool:
@@ -53,7 +52,7 @@ def available() -> bool:
         if _LIB is None:
             try:
                 _build_and_load()
-            except (OSError, subprocess.CalledProcessError) as e:
+            except (OSError, subprocess.SubprocessError) as e:
                 detail = getattr(e, "stderr", b"") or b""
                 warnings.warn(
                     f"bayesneuron: the C kernels did not build ({e}; "
@@ -68,6 +67,11 @@ def available() -> bool:
 
 def _library() -> ctypes.CDLL:
     with _LOCK:
+        if _LIB is False:
+            raise RuntimeError(
+                "the C kernels did not build here (see the warning); unset "
+                "BAYESNEURON_KERNELS=c to use the numba kernels"
+            )
         return _build_and_load()
 
 
@@ -82,7 +86,8 @@ def _build_and_load() -> ctypes.CDLL:
     if not so.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = so.with_name(f"{so.name}.{os.getpid()}.tmp")
-        subprocess.run([cc, *_FLAGS, "-o", str(tmp), str(_SRC)], check=True, capture_output=True)
+        cmd = [cc, *_FLAGS, "-o", str(tmp), str(_SRC)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
         os.replace(tmp, so)
     lib = ctypes.CDLL(str(so))
     lib.forward_chunk.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double]
