@@ -402,3 +402,124 @@ void adjoint_chunk(void **p, const i64 *dims) {
                 grad[((l * n_ch + c) * 2 + 1) * n_comp + kk] = gg[(c * 2 + 1) * m + kk * nl + l];
             }
 }
+
+/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx, n_p */
+void tangent_chunk(void **p, const i64 *dims) {
+    i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
+    i64 n_steps = dims[5], n_time = dims[6], rv_time = dims[7], gx = dims[8], n_p = dims[9];
+    i64 m = n_comp * nl;
+    int k = 0;
+    const i64 *parent = p[k++];
+    const double *ta = p[k++], *tb = p[k++], *diag = p[k++], *cm = p[k++];
+    const i64 *pub = p[k++], *pos = p[k++];
+    Gates gt;
+    gt.ga = p[k++], gt.pa = p[k++], gt.gb = p[k++], gt.pb = p[k++], gt.n_ch = n_ch;
+    const double *k_dt = p[k++];
+    const i64 *out_at = p[k++];
+    const uint8_t *reset_at = p[k++];
+    const double *rv = p[k++];
+    const i64 *ridx = p[k++];
+    const double *gm = p[k++], *ee = p[k++];
+    const double *W = p[k++], *X = p[k++], *AA = p[k++], *DD = p[k++];
+    const i64 *wrt = p[k++];
+    double *dout = p[k++];
+    double *dv = p[k++], *dy = p[k++], *d = p[k++], *r = p[k++], *o = p[k++];
+    double *dgs = p[k++], *dge = p[k++], *dvc = p[k++], *g_sum = p[k++], *ge_sum = p[k++];
+    i64 och = n_ch > 1 ? n_ch : 1; /* rows of each of o[0], o[1], o[2] */
+
+    for (i64 l = 0; l < nl; l++)
+        for (i64 q = 0; q < n_p; q++)
+            for (i64 c = 0; c < n_comp; c++) dout[((l * n_p + q) * n_comp + c) * n_time] = 0.0;
+    for (i64 s = 0; s < n_steps; s++) {
+        const double *y = X + s * gx * m, *w = W + s * n * nl;
+        const double *aa = AA + s * n_g * m, *dd = DD + s * n_g * m;
+        conductance(&gt, m, gm, ee, y, g_sum, ge_sum);
+        for (i64 c = 0; c < n_ch; c++) { /* per channel, the same for every tangent */
+            double *restrict oc = o + c * m, *restrict oa = o + (och + c) * m;
+            double *restrict ob = o + (2 * och + c) * m;
+            const double *restrict ya = y + gt.ga[c] * m, *restrict yb = y + gt.gb[c] * m;
+            const double *restrict gmc = gm + c * m;
+            i64 pp = gt.pa[c], q = gt.pb[c];
+            const Pow a0 = pow_of(pp), a1 = pow_of(pp - 1), b0 = pow_of(q), b1 = pow_of(q - 1);
+            double fp = (double)pp, fq = (double)q;
+            SIMD for (i64 x = 0; x < m; x++) oc[x] = pw(ya[x], a0) * pw(yb[x], b0);
+            for (i64 x = 0; x < m; x++) {
+                oa[x] = 0.0;
+                ob[x] = 0.0;
+            }
+            if (pp > 0) {
+                SIMD for (i64 x = 0; x < m; x++) oa[x] = gmc[x] * (fp * pw(ya[x], a1)) * pw(yb[x], b0);
+            }
+            if (q > 0) {
+                SIMD for (i64 x = 0; x < m; x++) ob[x] = gmc[x] * pw(ya[x], a0) * (fq * pw(yb[x], b1));
+            }
+        }
+        i64 jo = out_at[s];
+        for (i64 q = 0; q < n_p; q++) {
+            double *dvp = dv + q * n * nl, *dyp = dy + q * gx * m;
+            i64 ch = wrt[q / n_comp], k0 = q % n_comp;
+            for (i64 c = 0; c < n_comp; c++) {
+                const double *vk = dvp + pos[c] * nl;
+                for (i64 l = 0; l < nl; l++) dvc[c * nl + l] = vk[l];
+            }
+            for (i64 jg = 0; jg < n_g; jg++) {
+                double *restrict yj = dyp + jg * m;
+                const double *restrict aj = aa + jg * m, *restrict dj = dd + jg * m;
+                SIMD for (i64 x = 0; x < m; x++) yj[x] = aj[x] * yj[x] + dj[x] * dvc[x];
+            }
+            for (i64 x = 0; x < m; x++) {
+                dgs[x] = 0.0;
+                dge[x] = 0.0;
+            }
+            for (i64 c = 0; c < n_ch; c++) {
+                const double *restrict eec = ee + c * m, *restrict oa = o + (och + c) * m;
+                const double *restrict ob = o + (2 * och + c) * m;
+                const double *restrict dya = dyp + gt.ga[c] * m, *restrict dyb = dyp + gt.gb[c] * m;
+                if (gt.pa[c] > 0 || gt.pb[c] > 0) {
+                    SIMD for (i64 x = 0; x < m; x++) {
+                        double g = oa[x] * dya[x] + ob[x] * dyb[x];
+                        dgs[x] += g;
+                        dge[x] += g * eec[x];
+                    }
+                }
+                if (c == ch) { /* the seed: dG_c/dg_c = G_c/g_c at compartment k0 */
+                    const double *oc = o + c * m;
+                    i64 off = k0 * nl;
+                    for (i64 l = 0; l < nl; l++) {
+                        dgs[off + l] += oc[off + l];
+                        dge[off + l] += oc[off + l] * eec[off + l];
+                    }
+                }
+            }
+            for (i64 i = 0; i < n; i++) {
+                double c_i = k_dt[s] * cm[i], dg_i = diag[i];
+                i64 kk = pub[i];
+                double *restrict di = d + i * nl, *restrict ri = r + i * nl;
+                const double *restrict wi = w + i * nl, *restrict vi = dvp + i * nl;
+                if (kk < n_comp) {
+                    i64 off = kk * nl;
+                    SIMD for (i64 l = 0; l < nl; l++) {
+                        di[l] = c_i + g_sum[off + l] + dg_i;
+                        ri[l] = dge[off + l] - dgs[off + l] * wi[l] + c_i * vi[l];
+                    }
+                } else {
+                    SIMD for (i64 l = 0; l < nl; l++) {
+                        di[l] = c_i + 0.0 + dg_i;
+                        ri[l] = c_i * vi[l];
+                    }
+                }
+            }
+            solve(parent, ta, tb, d, r, n, nl);
+            SIMD for (i64 x = 0; x < n * nl; x++) dvp[x] = 2.0 * r[x] - dvp[x];
+            if (jo >= 0) {
+                for (i64 c = 0; c < n_comp; c++)
+                    for (i64 l = 0; l < nl; l++) {
+                        double *vp = dvp + pos[c] * nl + l;
+                        dout[((l * n_p + q) * n_comp + c) * n_time + jo] = *vp;
+                        double x = rv[(ridx[l] * rv_time + jo) * n_comp + c];
+                        if (reset_at[s] && x == x) *vp = 0.0;
+                    }
+            }
+        }
+    }
+}

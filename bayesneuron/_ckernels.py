@@ -1,11 +1,11 @@
-"""The C build of the fused forward and adjoint kernels (``_ckernels.c``).
+"""The C build of the fused kernels (``_ckernels.c``): forward, adjoint and tangent.
 
 Compiled at first use by the system C compiler (``$CC``, default ``cc``; ≈ 1 s, where numba
 needs ≈ 10 s of CPU for the same kernels), cached by source, compiler, flags and CPU in
 ``$BAYESNEURON_CACHE_DIR`` (default ``~/.cache/bayesneuron``), and called through ctypes, which
 releases the GIL, so chunks run on threads as with numba. :func:`forward_chunk` and
-:func:`adjoint_chunk` take exactly the arguments of the numba kernels in ``_kernels.py``, which
-remain the fallback where no compiler works (:func:`available`).
+:func:`adjoint_chunk` and :func:`tangent_chunk` take exactly the arguments of the numba kernels
+in ``_kernels.py``, which remain the fallback where no compiler works (:func:`available`).
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def _build_and_load() -> ctypes.CDLL:
     lib.forward_chunk.restype = None
     lib.adjoint_chunk.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.adjoint_chunk.restype = None
+    lib.tangent_chunk.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.tangent_chunk.restype = None
     _LIB = lib
     return lib
 
@@ -136,3 +138,17 @@ def adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad):
         rv.shape[1], hist[1].shape[1],
     )  # fmt: skip
     _library().adjoint_chunk(_pointers(arrays), dims.ctypes.data)
+
+
+def tangent_chunk(tree, gates, steps, data, hist, wrt, dout, work):
+    """``_kernels._tangent_chunk`` in C."""
+    n, nl = work[2].shape
+    n_comp = tree[6].shape[0]
+    k_dt, _, _, out_at, reset_at = steps
+    _, _, rv, ridx, gm, ee = data
+    arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, *hist, wrt, dout, *work]
+    dims = _dims(
+        n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], dout.shape[3],
+        rv.shape[1], hist[1].shape[1], dout.shape[1],
+    )  # fmt: skip
+    _library().tangent_chunk(_pointers(arrays), dims.ctypes.data)

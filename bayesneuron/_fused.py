@@ -23,12 +23,10 @@ Chunks run on ``torch.get_num_threads()`` Python threads (the kernels release th
 lane's arithmetic does not depend on its chunk, so results are bit-identical for any thread
 count.
 
-Two builds of the forward and adjoint kernels, equal to ≈ 1e-12 (tested): C
+Two builds of the forward, adjoint and tangent kernels, equal to ≈ 1e-12 (tested): C
 (:mod:`bayesneuron._ckernels`, compiled by the system C compiler in ≈ 1 s on first use) where a
-compiler works, else numba (:mod:`bayesneuron._kernels`, ≈ 10 s of CPU on first use);
-``BAYESNEURON_KERNELS=c|numba`` forces one. The forward sensitivities (:func:`jacobian`) are
-numba's in either case: they read the stored history, whose layout both builds share. numba's
-compilation is kept short by compiling each helper once and calling it from the kernels (not
+compiler works, else numba (:mod:`bayesneuron._kernels`, ≈ 15 s of CPU on first use);
+``BAYESNEURON_KERNELS=c|numba`` forces one. numba's compilation is kept short by compiling each helper once and calling it from the kernels (not
 numba's ``prange``, whose wrapper re-optimises everything beneath it, nor numba-level inlining of
 big helpers), by allocating nothing inside the kernels, and, on a cold cache, by compiling the
 adjoint kernel in a helper process while this one compiles the forward kernel
@@ -82,12 +80,12 @@ __all__ = ["jacobian", "supported", "run"]
 
 
 def _chunk_kernels() -> tuple:
-    """``(forward, adjoint)`` chunk kernels: the C build where it compiles, else numba's;
-    ``BAYESNEURON_KERNELS=numba`` or ``=c`` forces one."""
+    """``(forward, adjoint, tangent)`` chunk kernels: the C build where it compiles, else
+    numba's; ``BAYESNEURON_KERNELS=numba`` or ``=c`` forces one."""
     choice = os.environ.get("BAYESNEURON_KERNELS", "auto")
     if choice == "c" or (choice != "numba" and _ckernels.available()):
-        return _ckernels.forward_chunk, _ckernels.adjoint_chunk
-    return _forward_chunk, _adjoint_chunk
+        return _ckernels.forward_chunk, _ckernels.adjoint_chunk, _ckernels.tangent_chunk
+    return _forward_chunk, _adjoint_chunk, _tangent_chunk
 
 
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
@@ -229,7 +227,7 @@ class _Problem:
 
     def __init__(self, cell, flat, vals, stimulus, t_eval, dt, reset, store):
         self.store = store  # keep the history the adjoint needs
-        self.kernels = _chunk_kernels()  # (forward, adjoint)
+        self.kernels = _chunk_kernels()  # (forward, adjoint, tangent)
         sys = tree_system(cell.morphology)
         self.n_comp, self.n_time, self.n = cell.n_comp, len(t_eval), sys.n
         self.tree = (sys.parent, sys.a, sys.b, sys.diag, sys.cm, sys.pub_of, sys.comp_pos)
@@ -368,7 +366,7 @@ class _Problem:
             self._tangent_job(par, hist.chunks[ch], wrt, jac[b0:b1], b0, b1)
             for ch, b0, b1 in self._chunks()
         ]
-        _map(_tangent_chunk, jobs, self.threads)
+        _map(self.kernels[2], jobs, self.threads)
         return jac
 
     def _tangent_job(self, par, hist, wrt, jac, b0, b1) -> tuple:

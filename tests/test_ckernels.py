@@ -16,6 +16,7 @@ from bayesneuron import (
     paper_ground_truth,
     paper_time_grid,
     paper_toy_cell,
+    sensitivities,
     simulate,
     step_current,
 )
@@ -24,11 +25,14 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compile
 
 
 def _run(cell, params, stim, t, reset, c_kernels, monkeypatch):
+    """Voltages, gradients of a loss and forward sensitivities ∂V/∂g_na with one build."""
     monkeypatch.setenv("BAYESNEURON_KERNELS", "c" if c_kernels else "numba")
+    solver = CrankNicolson(dt=0.01, backend="numba")
+    _, jac = sensitivities(cell, params, stim, t, solver, wrt=("g_na",), reset=reset)
     p = {k: v.clone().requires_grad_() for k, v in params.items()}
-    v = simulate(cell, p, stim, t, CrankNicolson(dt=0.01, backend="numba"), reset=reset).v
+    v = simulate(cell, p, stim, t, solver, reset=reset).v
     (v.square().mean() + v[..., -1].mean()).backward()
-    return v.detach(), {k: x.grad for k, x in p.items()}
+    return v.detach(), {k: x.grad for k, x in p.items()}, jac
 
 
 @pytest.mark.parametrize("case", ["paper", "hh_tree_reset"])
@@ -46,12 +50,14 @@ def test_c_kernels_equal_numba_kernels(case, tmp_path, monkeypatch):
         ref = simulate(cell, {}, stim, t, CrankNicolson(dt=0.01)).v.detach()
         reset = Reset(torch.where(torch.rand(ref.shape) < 0.5, ref, torch.nan), every=4)
         params = {"g_na": torch.tensor(cell.params["g_na"]) * 1.1}
-    v_c, g_c = _run(cell, params, stim, t, reset, True, monkeypatch)
-    v_n, g_n = _run(cell, params, stim, t, reset, False, monkeypatch)
+    v_c, g_c, j_c = _run(cell, params, stim, t, reset, True, monkeypatch)
+    v_n, g_n, j_n = _run(cell, params, stim, t, reset, False, monkeypatch)
     assert len(list(tmp_path.glob("_ckernels-*.so"))) == 1  # built into the cache dir
     torch.testing.assert_close(v_c, v_n, rtol=0, atol=1e-9)
     for k in g_n:
         torch.testing.assert_close(g_c[k], g_n[k], rtol=1e-9, atol=1e-12)
+    assert j_c.abs().max() > 0.1  # the sensitivities are not trivially zero
+    torch.testing.assert_close(j_c, j_n, rtol=1e-9, atol=1e-10)
 
 
 def test_c_build_is_cached_and_a_broken_compiler_falls_back_to_numba(tmp_path, monkeypatch):
@@ -69,7 +75,7 @@ def test_c_build_is_cached_and_a_broken_compiler_falls_back_to_numba(tmp_path, m
     monkeypatch.setattr(_ckernels, "_LIB", None)
     with pytest.warns(RuntimeWarning, match="the C kernels did not build"):
         assert not _ckernels.available()
-    assert _fused._chunk_kernels()[0] is _fused._forward_chunk  # numba's
+    assert _fused._chunk_kernels()[2] is _fused._tangent_chunk  # numba's
     monkeypatch.setenv("BAYESNEURON_KERNELS", "numba")
     monkeypatch.delenv("CC")
     monkeypatch.setattr(_ckernels, "_LIB", None)
