@@ -1,7 +1,7 @@
 """The C build of the fused kernels (``_ckernels.c``): forward, adjoint and tangent.
 
 Compiled at first use by the system C compiler (``$CC``, default ``cc``; ≈ 1 s, where numba
-needs ≈ 10 s of CPU for the same kernels), cached by source, compiler, flags and CPU in
+needs ≈ 15 s of CPU for the same kernels), cached by source, compiler, flags and CPU in
 ``$BAYESNEURON_CACHE_DIR`` (default ``~/.cache/bayesneuron``), and called through ctypes, which
 releases the GIL, so chunks run on threads as with numba. :func:`forward_chunk` and
 :func:`adjoint_chunk` and :func:`tangent_chunk` take exactly the arguments of the numba kernels
@@ -57,7 +57,7 @@ def available() -> bool:
                 warnings.warn(
                     f"bayesneuron: the C kernels did not build ({e}; "
                     f"{detail.decode(errors='replace').strip()[:300]}); using the numba kernels, "
-                    "which compile for ≈ 10 s on first use",
+                    "which compile for ≈ 15 s on first use",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -113,8 +113,7 @@ def _dims(*sizes) -> np.ndarray:
 
 def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
     """``_kernels._forward_chunk`` in C."""
-    v, _, _, _, _, _, _, vc, _, _, _, _ = work
-    n, nl = v.shape
+    n, nl = work[0].shape  # v [node, lane]
     n_comp = tree[6].shape[0]
     cur, rv = data[0], data[2]
     arrays = [*tree, *rates, *gates, *steps, *data, out, *hist, *work]
