@@ -1,12 +1,15 @@
-"""bayesneuron: Bayesian inference on differentiable multicompartment neuron models."""
+"""bayesneuron: Bayesian inference on differentiable multicompartment neuron models.
 
-import atexit as _atexit
-import gc as _gc
+Layers (imports flow one way, checked by import-linter in CI): ``morphology`` and ``channels``
+→ ``cell`` and ``protocol`` → ``simulation`` → ``inference`` → ``reference`` and ``reports`` →
+``studies`` → ``cli``. This module re-exports the public API of every layer.
+"""
 
-from .calibration import SbcResult, sbc
-from .cell import Cell
-from .cells import hh_tree_cell, l23_cell
-from .channels import (
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+from bayesneuron.cell import Cell
+from bayesneuron.channels import (
     Channel,
     HHPotassium,
     HHSodium,
@@ -17,8 +20,7 @@ from .channels import (
     hh_channels,
     paper_channels,
 )
-from .design import Design, design_grid
-from .errors import (
+from bayesneuron.errors import (
     BayesneuronError,
     ChannelError,
     DataError,
@@ -29,15 +31,45 @@ from .errors import (
     SolverError,
     StimulusError,
 )
-from .fit import MapFit, fit_map, fit_map_designs
-from .geometry import Section, from_sections
-from .laplace import LocalPosterior, UnconstrainedLaplace, laplace, laplace_map
-from .metrics import Identifiability, identifiability
-from .model import NeuronModel
-from .morphology import Morphology, chain, paper_chain
-from .nuts import NutsRun, run_nuts
-from .oed import expected_information_gain
-from .paper import (
+from bayesneuron.inference import (
+    Identifiability,
+    LocalPosterior,
+    LogNormalPrior,
+    MapFit,
+    NeuronModel,
+    NutsRun,
+    Prior,
+    Profile,
+    SbcResult,
+    ScaledUniformPrior,
+    SviFit,
+    UnconstrainedLaplace,
+    draw_truth,
+    expected_information_gain,
+    fit_map,
+    fit_map_designs,
+    fit_svi,
+    identifiability,
+    laplace,
+    laplace_map,
+    profile_likelihood,
+    run_nuts,
+    sbc,
+    synthetic_data,
+)
+from bayesneuron.morphology import (
+    Morphology,
+    Section,
+    chain,
+    from_sections,
+    load_swc,
+    paper_chain,
+    read_swc_sections,
+)
+from bayesneuron.protocol import Design, Stimulus, design_grid, step_current
+from bayesneuron.reference import (
+    hh_tree_cell,
+    l23_cell,
     paper_currents,
     paper_designs,
     paper_experiment,
@@ -46,16 +78,20 @@ from .paper import (
     paper_time_grid,
     paper_toy_cell,
 )
-from .priors import LogNormalPrior, Prior, ScaledUniformPrior
-from .profile import Profile, profile_likelihood
-from .simulate import Reset, Trace, sensitivities, simulate
-from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
-from .stimulus import Stimulus, step_current
-from .svi import SviFit, fit_svi
-from .swc import load_swc, read_swc_sections
-from .synthetic import draw_truth, synthetic_data
+from bayesneuron.simulation import (
+    BackwardEuler,
+    CrankNicolson,
+    Reset,
+    Torchdiffeq,
+    Trace,
+    sensitivities,
+    simulate,
+)
 
-__version__ = "0.1.0"
+try:
+    __version__ = _version("bayesneuron")
+except _PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Profile",
@@ -129,9 +165,3 @@ __all__ = [
     "step_current",
     "synthetic_data",
 ]
-
-# At interpreter exit, exempt every object from the final garbage collections: with torch loaded
-# they traverse ~200k objects and take ≈ 1 s per process here; the process is ending and the OS
-# reclaims its memory. (Objects in reference cycles then skip ``__del__`` at exit, which Python
-# never guaranteed.) Registered at import, so it runs after the handlers registered later.
-_atexit.register(_gc.freeze)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .channels import Channel
-from .errors import ChannelError, MorphologyError, ParameterError
-from .morphology import Morphology
+from bayesneuron.channels import Channel
+from bayesneuron.errors import ChannelError, MorphologyError, ParameterError
+from bayesneuron.morphology.tree import Morphology
 
 __all__ = ["Cell"]
 

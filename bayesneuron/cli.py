@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -40,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BayesneuronError
+from bayesneuron.errors import BayesneuronError
+from bayesneuron.studies.output import environment, json_default, safe_label, write_csv
 
 PRESETS = ("paper_toy", "hh_tree", "l23")
 SOLVERS = ("cn", "be", "dopri5", "rk4")
@@ -48,11 +47,16 @@ SOLVERS = ("cn", "be", "dopri5", "rk4")
 
 def _preset(name: str, n_traces: int, seed: int):
     """(cell, params, stimulus, t_eval, default dt) of a ready-made problem."""
-    from .cells import hh_tree_cell, l23_cell
-    from .stimulus import step_current
+    from bayesneuron.protocol.stimulus import step_current
+    from bayesneuron.reference.cells import hh_tree_cell, l23_cell
 
     if name == "paper_toy":
-        from .paper import paper_currents, paper_ground_truth, paper_time_grid, paper_toy_cell
+        from bayesneuron.reference.paper import (
+            paper_currents,
+            paper_ground_truth,
+            paper_time_grid,
+            paper_toy_cell,
+        )
 
         stim = paper_currents(seed=seed, n_traces=n_traces)
         return paper_toy_cell(), paper_ground_truth(seed), stim, paper_time_grid(), 0.0015
@@ -77,13 +81,13 @@ def _check_out(out: Path) -> None:
 
 
 def _check_device(name: str) -> None:
-    from .simulate import check_device
+    from bayesneuron.simulation.api import check_device
 
     check_device(name)
 
 
 def _solver(name: str, dt: float):
-    from .solvers import BackwardEuler, CrankNicolson, Torchdiffeq
+    from bayesneuron.simulation.solvers import BackwardEuler, CrankNicolson, Torchdiffeq
 
     return {
         "cn": lambda: CrankNicolson(dt=dt),
@@ -93,37 +97,9 @@ def _solver(name: str, dt: float):
     }[name]()
 
 
-def environment() -> dict:
-    """Versions, device and git commit: what a result folder needs to be reproduced."""
-    import bayesneuron
-
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "bayesneuron": bayesneuron.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": commit,
-    }
-
-
 def cmd_simulate(args) -> int:
-    from .reports import plot_traces
-    from .simulate import simulate
+    from bayesneuron.reports import plot_traces
+    from bayesneuron.simulation.api import simulate
 
     if args.traces < 1:
         raise BayesneuronError(f"--traces {args.traces}: need at least 1 stimulus trace")
@@ -160,8 +136,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_study_run(args) -> int:
-    from .executors import make_executor
-    from .study import run_study
+    from bayesneuron.studies.executors import make_executor
+    from bayesneuron.studies.run import run_study
 
     executor = make_executor(args.executor, args.scheduler, args.workers)
     out = Path(args.out)
@@ -210,16 +186,15 @@ def _say(args, message: str) -> None:
 
 
 def _backend(args) -> str:
-    """``--backend auto``: the fused numba kernel on the CPU, torch on a GPU."""
-    on_cpu = torch.device(args.device).type == "cpu"
-    if args.backend == "auto":
-        return "numba" if on_cpu else "torch"
-    if args.backend == "numba" and not on_cpu:
+    """``--backend``: ``auto`` (the fused C kernel where it applies), ``fused`` or ``torch``;
+    ``numba`` is a deprecated alias of ``fused``."""
+    backend = "fused" if args.backend == "numba" else args.backend
+    if backend == "fused" and torch.device(args.device).type != "cpu":
         raise BayesneuronError(
-            f"--backend numba runs on the CPU only; use --backend torch (or auto) with "
+            f"--backend fused runs on the CPU only; use --backend torch (or auto) with "
             f"--device {args.device}"
         )
-    return args.backend
+    return backend
 
 
 def _check_args(args) -> None:
@@ -242,8 +217,8 @@ def _check_args(args) -> None:
 
 def _design(label: str):
     """A design label checked against the paper's 6-compartment cell."""
-    from .design import Design
-    from .paper import paper_toy_cell
+    from bayesneuron.protocol.design import Design
+    from bayesneuron.reference.paper import paper_toy_cell
 
     design = Design.from_label(label)
     morph = paper_toy_cell().morphology
@@ -294,9 +269,8 @@ def _staged(out: Path):
 
 
 def _write_json(path: Path, obj) -> None:
-    from .study import _json_default
 
-    path.write_text(json.dumps(obj, indent=2, default=_json_default))
+    path.write_text(json.dumps(obj, indent=2, default=json_default))
 
 
 def _config(args, **extra) -> dict:
@@ -307,10 +281,10 @@ def _config(args, **extra) -> dict:
 def cmd_fit(args) -> int:
     import matplotlib.pyplot as plt
 
-    from . import reports
-    from .fit import _starts, fit_map
-    from .presets import get_preset
-    from .study import Study, _experiment, _write_csv
+    from bayesneuron import reports
+    from bayesneuron.inference.fit import fit_map, start_points
+    from bayesneuron.reference.presets import get_preset
+    from bayesneuron.studies.config import Study, build_experiment
 
     _check_args(args)
     out = Path(args.out)
@@ -334,11 +308,11 @@ def cmd_fit(args) -> int:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     _say(args, f"[fit] {design.label}: simulating {args.traces} synthetic traces …")
-    model, v, truth = _experiment(study, design, args.priors, args.device)
+    model, v, truth = build_experiment(study, design, args.priors, args.device)
     n_starts = args.starts or (4 if args.protocol == "bayesneuron" else 1)
     init, horizons = None, None
     if args.init == "truth":  # start 0 at the ground truth, the others as usual
-        init = {k: x.cpu().numpy() for k, x in _starts(model, n_starts, args.seed).items()}
+        init = {k: x.cpu().numpy() for k, x in start_points(model, n_starts, args.seed).items()}
         for k in model.free:
             init[k][0] = truth[k]
         horizons = () if args.protocol == "bayesneuron" else None  # no continuation needed
@@ -384,7 +358,7 @@ def cmd_fit(args) -> int:
     wall = time.perf_counter() - start
     with _staged(out) as tmp:
         _write_json(tmp / "fit.json", fit.to_dict())
-        _write_csv(tmp / "table.csv", [row])
+        write_csv(tmp / "table.csv", [row])
         np.savez_compressed(tmp / "history.npz", **fit.history)
         fig = reports.plot_loss_and_gte([fit], title=f"{design.label}: {args.protocol} protocol")
         fig.savefig(tmp / "loss_gte.png", dpi=110)
@@ -405,7 +379,7 @@ def cmd_fit(args) -> int:
 
 
 def _study_from_args(args, designs, name: str, question: str):
-    from .posterior_study import make_study
+    from bayesneuron.studies.posteriors import make_study
 
     return make_study(
         designs,
@@ -447,9 +421,8 @@ def _posterior_config(args, study) -> dict:
 def cmd_infer(args) -> int:
     import matplotlib.pyplot as plt
 
-    from . import reports
-    from .posterior_study import _safe, infer_design, rank_designs, rebuild_report
-    from .study import _write_csv
+    from bayesneuron import reports
+    from bayesneuron.studies.posteriors import infer_design, rank_designs, rebuild_report
 
     _check_args(args)
     out = Path(args.out)
@@ -475,9 +448,9 @@ def cmd_infer(args) -> int:
         _say(args, "[infer] writing the InferenceData, tables, figures and report …")
         reports.save_inference_data(idata, tmp / "posterior.nc")
         reports.summary(idata).to_csv(tmp / "summary.csv", index_label="parameter")
-        _write_csv(tmp / "designs.csv", [row])
-        _write_csv(tmp / "parameters.csv", res["parameters"])
-        _write_csv(tmp / "ranking.csv", rank_designs([row]))
+        write_csv(tmp / "designs.csv", [row])
+        write_csv(tmp / "parameters.csv", res["parameters"])
+        write_csv(tmp / "ranking.csv", rank_designs([row]))
         elbos = {}
         if res["elbo"] is not None:
             elbos[(inf.name, design.label)] = res["elbo"]
@@ -492,7 +465,7 @@ def cmd_infer(args) -> int:
         _write_json(tmp / "environment.json", environment())
         rebuild_report(tmp, tmp / "report.html", elbos=elbos, figures=True)
         plt.close("all")
-        pre, safe = f"{inf.name}_", _safe(design.label)  # the report's figures, named plainly
+        pre, safe = f"{inf.name}_", safe_label(design.label)  # the report's figures, named plainly
         for old, new in (
             (f"{pre}{safe}_vs.png", "posterior_vs_prior.png"),
             (f"{pre}{safe}_predictive.png", "predictive.png"),
@@ -510,8 +483,8 @@ def cmd_infer(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .executors import make_executor
-    from .posterior_study import rank_designs, run_infers
+    from bayesneuron.studies.executors import make_executor
+    from bayesneuron.studies.posteriors import rank_designs, run_infers
 
     _check_args(args)
     executor = make_executor(args.executor, args.scheduler, args.workers)
@@ -554,7 +527,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .posterior_study import rebuild_report
+    from bayesneuron.studies.posteriors import rebuild_report
 
     results = Path(args.results)
     if args.out is not None:
@@ -655,9 +628,10 @@ def _add_data(p, priors=("paper", "lognormal", "none")) -> None:
     )
     g.add_argument(
         "--backend",
-        choices=("auto", "numba", "torch"),
+        choices=("auto", "fused", "torch", "numba"),
         default="auto",
-        help="simulator kernel; auto: the fused numba kernel on the CPU, torch on a GPU",
+        help="simulator kernel; auto: the fused C kernel where it applies (CPU, float64), "
+        "torch elsewhere; numba: deprecated alias of fused",
     )
 
 

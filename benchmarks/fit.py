@@ -5,7 +5,7 @@ start (imports, data generation, JIT or compilation and the fit all included).
     python benchmarks/fit.py [--backends numba,torch] [--kernels c,numba] [--dt 0.0037]
                              [--threads 2] [--repeat 3] [--json FILE]
 
-The fused backend (``backend="numba"``) runs the C build of its kernels where a C compiler
+The fused backend (``backend="fused"``) runs the C build of its kernels where a C compiler
 works, else numba's; ``--kernels`` picks (``BAYESNEURON_KERNELS``). Each configuration runs in
 fresh processes: ``cold`` (numba's on-disk cache and the C build's emptied first) and ``warm``
 (both present), so compilation cost is visible apart;

@@ -109,7 +109,7 @@ def _paper_problem(n_traces: int, n_times: int):
     import torch
 
     from bayesneuron import Stimulus
-    from bayesneuron.paper import (
+    from bayesneuron.reference.paper import (
         paper_currents,
         paper_ground_truth,
         paper_time_grid,
@@ -133,7 +133,7 @@ def _paper_problem(n_traces: int, n_times: int):
 
 def _hh_tree_problem(sz: dict):
     from bayesneuron import step_current
-    from bayesneuron.cells import hh_tree_cell
+    from bayesneuron.reference.cells import hh_tree_cell
 
     cell = hh_tree_cell()
     amps = np.linspace(0.0, 0.5, sz["n_traces"])
@@ -150,7 +150,7 @@ def _hh_tree_problem(sz: dict):
 
 def _l23_problem(sz: dict, fine: bool):
     from bayesneuron import step_current
-    from bayesneuron.cells import l23_cell
+    from bayesneuron.reference.cells import l23_cell
 
     if fine:
         # The d_lambda rule with the given value, made finer until the cell has at least
@@ -262,7 +262,7 @@ def _task_neuron(job: dict):
     """NEURON on hh_tree: fixed-step backward Euler, exact hh rates, one run per amplitude."""
     from neuron import h
 
-    from bayesneuron.cells import hh_tree_cell, hh_tree_sections
+    from bayesneuron.reference.cells import hh_tree_cell, hh_tree_sections
 
     sz = job["sizes"]
     _, _, t_eval, _, _, amps = _hh_tree_problem(sz)
@@ -355,7 +355,7 @@ def _task_jaxley(job: dict):
     import jaxley as jx
     from jaxley.channels import HH
 
-    from bayesneuron.cells import hh_tree_cell, hh_tree_sections
+    from bayesneuron.reference.cells import hh_tree_cell, hh_tree_sections
 
     sz = job["sizes"]
     _, _, t_eval, gt, init, amps = _hh_tree_problem(sz)

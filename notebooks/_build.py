@@ -108,7 +108,7 @@ QUICKSTART = [
             simulate,
             synthetic_data,
         )
-        from bayesneuron.laplace import laplace
+        from bayesneuron.inference.laplace import laplace
         """,
         INLINE,
     ),
@@ -169,7 +169,7 @@ QUICKSTART = [
         `simulate(cell, params, stimulus, t_eval, solver)` is a pure function: it returns a
         `Trace` whose `v` has shape `[trace, comp, time]` (and a leading sample dimension for
         every batch dimension of the parameters). `CrankNicolson` is the default second-order,
-        stiff-stable scheme; `backend="numba"` runs each trajectory in a compiled CPU kernel
+        stiff-stable scheme; `backend="fused"` runs each trajectory in a compiled CPU kernel
         (the first call in a fresh environment compiles it for ≈ 25 s; later processes load it
         from numba's disk cache).
 
@@ -179,7 +179,7 @@ QUICKSTART = [
     ),
     code(
         """
-        solver = CrankNicolson(dt=DT, backend="numba")
+        solver = CrankNicolson(dt=DT, backend="fused")
         t_fine = np.linspace(paper_time_grid()[0], 5.0, N_FINE)
         g_true = {k: torch.as_tensor(v) for k, v in truth.items()}
         t0 = time.perf_counter()
@@ -431,7 +431,7 @@ IDENTIFIABILITY = [
             paper_experiment,
             reports,
         )
-        from bayesneuron.svi import predictive
+        from bayesneuron.inference.svi import predictive
         """,
         INLINE,
     ),
@@ -451,7 +451,7 @@ IDENTIFIABILITY = [
     ),
     code(
         """
-        solver = CrankNicolson(dt=DT, backend="numba")
+        solver = CrankNicolson(dt=DT, backend="fused")
         runs = {}
         for label in DESIGNS:
             model, v_obs, truth = paper_experiment(
@@ -845,8 +845,8 @@ DESIGN_COMPARISON = [
             paper_experiment,
             reports,
         )
-        from bayesneuron.laplace import laplace, laplace_map
-        from bayesneuron.posterior_study import CRITERIA, rank_designs
+        from bayesneuron.inference.laplace import laplace, laplace_map
+        from bayesneuron.studies.posteriors import CRITERIA, rank_designs
         """,
         INLINE,
     ),
@@ -860,7 +860,7 @@ DESIGN_COMPARISON = [
     ),
     code(
         """
-        solver = CrankNicolson(dt=DT, backend="numba")
+        solver = CrankNicolson(dt=DT, backend="fused")
         experiments, rows, per_param = {}, [], {}
         t0 = time.perf_counter()
         for label in DESIGNS:

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from bayesneuron import Cell, DataError, Design, Morphology, NeuronModel  # noqa: E402
 from bayesneuron import __version__ as bn_version  # noqa: E402
 from bayesneuron.channels import paper_channels  # noqa: E402
-from bayesneuron.paper import paper_currents, paper_experiment, paper_time_grid  # noqa: E402
+from bayesneuron.reference.paper import paper_currents, paper_experiment, paper_time_grid  # noqa: E402
 from bayesneuron.reports import posterior_plots as pp  # noqa: E402
 from bayesneuron.reports.arviz import (  # noqa: E402
     az,

@@ -56,7 +56,7 @@ from bayesneuron.errors import (
     SolverError,
     StimulusError,
 )
-from bayesneuron.study import StudyError, load_study
+from bayesneuron.studies.config import StudyError, load_study
 
 NAN, INF = float("nan"), float("inf")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -175,7 +175,7 @@ API_CASES = [
     ("backward-euler-dt-negative", lambda w: BackwardEuler(dt=-0.1), SolverError,
      r"dt = -0\.1 ms must be a finite number > 0"),
     ("crank-nicolson-unknown-backend", lambda w: CrankNicolson(backend="jax"), SolverError,
-     r"backend = 'jax' must be 'torch' or 'numba'"),
+     r"backend = 'jax' must be one of \('auto', 'fused', 'torch'\)"),
     ("torchdiffeq-unknown-method", lambda w: Torchdiffeq("rk5"), SolverError,
      r"unknown torchdiffeq method 'rk5'; choose from \[.*'rk4'"),
     ("torchdiffeq-rtol-string", lambda w: Torchdiffeq("dopri5", rtol="tight"), SolverError,

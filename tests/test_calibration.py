@@ -4,7 +4,7 @@ failed simulations are counted, not fatal."""
 import numpy as np
 import pytest
 
-import bayesneuron.calibration as calibration
+import bayesneuron.inference.calibration as calibration
 from bayesneuron import (
     Cell,
     CrankNicolson,
@@ -26,7 +26,7 @@ def small_model():
         paper_time_grid()[:24],
         priors=ScaledUniformPrior(0.7, 1.3),
         sigma=2.0,
-        solver=CrankNicolson(dt=0.01, backend="numba"),
+        solver=CrankNicolson(dt=0.01, backend="fused"),
     )
 
 

@@ -59,7 +59,7 @@ def test_fit_writes_fit_table_figures_and_provenance(tmp_path, capsys):
     for name in ("loss_gte.png", "trajectories.png", "history.npz"):
         assert (out / name).stat().st_size > 1000, name
     config = json.loads((out / "config.json").read_text())
-    assert config["traces"] == 3 and config["backend"] == "numba" and "func" not in config
+    assert config["traces"] == 3 and config["backend"] == "auto" and "func" not in config
     assert "git_commit" in json.loads((out / "environment.json").read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit"]  # no staging folder left
 

@@ -7,7 +7,7 @@ import pytest
 
 from bayesneuron.cli import main
 from bayesneuron.errors import BayesneuronError
-from bayesneuron.executors import LocalExecutor, make_executor
+from bayesneuron.studies.executors import LocalExecutor, make_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "paper_toy_identifiability"

@@ -53,7 +53,7 @@ def test_paper_protocol_first_step_is_half_a_unit():
 
 
 def test_adam_matches_torch_optim_bit_for_bit():
-    from bayesneuron.fit import _Adam
+    from bayesneuron.inference.fit import _Adam
 
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(2, 6, generator=gen, dtype=torch.float64)

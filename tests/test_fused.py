@@ -77,7 +77,7 @@ def test_torch_thread_count_is_left_alone():
 
 
 def test_chunks_give_every_thread_work():
-    from bayesneuron._fused import _chunking
+    from bayesneuron.simulation.fused import _chunking
 
     assert _chunking(100, 6, 1) == (100, 1)
     assert _chunking(100, 6, 2) == (52, 2)  # lanes: a multiple of the vector width
@@ -246,8 +246,8 @@ def test_hh_rates_and_derivatives_are_exact_at_the_vtrap_singularities():
     # α_m, α_n = scale·(a − V)/(exp((a − V)/b) − 1) against 40-digit arithmetic, across their
     # removable singularities (V = −40, −55 mV) where the closed-form derivative cancels
     mpmath = pytest.importorskip("mpmath")
-    from bayesneuron._fused import _CHANNELS
-    from bayesneuron._kernels import _LINOID, _VTRAP_SMALL, _rate
+    from bayesneuron.simulation.fused import _CHANNELS
+    from bayesneuron.simulation._kernels import _LINOID, _VTRAP_SMALL, _rate
     from bayesneuron.channels import HHPotassium, HHSodium
 
     mpmath.mp.dps = 40
@@ -304,7 +304,7 @@ def test_backend_setting_is_validated():
 
 
 def test_vectorised_exp_expm1_and_log1p_are_accurate():
-    from bayesneuron._kernels import _exp, _expm1, _log1p01
+    from bayesneuron.simulation._kernels import _exp, _expm1, _log1p01
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-700, 700, 2000), rng.uniform(-2, 2, 2000), [0.0, 709.7]])
@@ -400,7 +400,7 @@ def test_levenberg_marquardt_same_steps_with_exact_and_fd_jacobians():
 
 def test_laplace_jacobian_exact_equals_central_differences():
     from bayesneuron import Design, paper_experiment
-    from bayesneuron.laplace import jacobian
+    from bayesneuron.inference.laplace import jacobian
 
     model, _, truth = paper_experiment(Design([0, -1], [0, 2]), n_traces=3, solver=NUMBA)
     assert model.exact_sensitivities

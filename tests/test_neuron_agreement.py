@@ -1,7 +1,7 @@
 """bayesneuron's BackwardEuler is NEURON's fixed-step scheme: same cell, same traces.
 
 Reference: ``tests/reference/hh_tree_neuron.npz`` from ``generate_neuron_hh_tree.py`` (the
-hh tree of :func:`bayesneuron.cells.hh_tree_cell`, 12 IClamp amplitudes 0–0.5 nA at soma(0.5),
+hh tree of :func:`bayesneuron.reference.cells.hh_tree_cell`, 12 IClamp amplitudes 0–0.5 nA at soma(0.5),
 dt = 0.025 ms, 20 ms). Identical scheme ⇒ agreement to round-off, so the bound is tight.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayesneuron.cells import hh_tree_cell
-from bayesneuron.simulate import simulate
-from bayesneuron.solvers import BackwardEuler
-from bayesneuron.stimulus import step_current
+from bayesneuron.reference.cells import hh_tree_cell
+from bayesneuron.simulation.api import simulate
+from bayesneuron.simulation.solvers import BackwardEuler
+from bayesneuron.protocol.stimulus import step_current
 
 REF = Path(__file__).parent / "reference"
 TOL_MV = 1e-4

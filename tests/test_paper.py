@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bayesneuron.errors import StimulusError
-from bayesneuron.paper import (
+from bayesneuron.reference.paper import (
     PAPER_SEED,
     PAPER_SEEDS,
     paper_currents,
@@ -18,8 +18,8 @@ from bayesneuron.paper import (
     paper_time_grid,
     paper_toy_cell,
 )
-from bayesneuron.simulate import simulate
-from bayesneuron.solvers import CrankNicolson
+from bayesneuron.simulation.api import simulate
+from bayesneuron.simulation.solvers import CrankNicolson
 
 STIMS = [[0], [0, 1], [0, -1], [0, 1, -1]]
 

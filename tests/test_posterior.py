@@ -23,12 +23,12 @@ from bayesneuron import (
 )
 from bayesneuron.cli import main
 from bayesneuron.errors import DataError, FitError
-from bayesneuron.laplace import laplace_map
-from bayesneuron.metrics import identifiability
-from bayesneuron.nuts import run_nuts
-from bayesneuron.study import DESIGN_COLUMNS
-from bayesneuron.svi import GUIDES, WhitenedModel, fit_svi, psis_khat
-from bayesneuron.unconstrained import ParameterSpace
+from bayesneuron.inference.laplace import laplace_map
+from bayesneuron.inference.metrics import identifiability
+from bayesneuron.inference.nuts import run_nuts
+from bayesneuron.studies.config import DESIGN_COLUMNS
+from bayesneuron.inference.svi import GUIDES, WhitenedModel, fit_svi, psis_khat
+from bayesneuron.inference.space import ParameterSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = Cell(chain(2, ax=0.5, cm=0.45), paper_channels(), v0=-60.0)
@@ -42,7 +42,7 @@ def two_compartments(sigma=2.0, n_traces=4, n_times=24):
         paper_time_grid()[:n_times],
         priors=ScaledUniformPrior(0.7, 1.3),
         sigma=sigma,
-        solver=CrankNicolson(dt=0.01, backend="numba"),
+        solver=CrankNicolson(dt=0.01, backend="fused"),
     )
     return model, synthetic_data(model, TRUTH, noise_sigma=sigma, seed=1)
 
@@ -243,7 +243,7 @@ INFER = '[study]\nname = "x"\n[[infer]]\ndesigns = ["all|all"]\n'
     ],
 )
 def test_infer_config_errors(tmp_path, capsys, extra, match):
-    from bayesneuron.study import StudyError, load_study
+    from bayesneuron.studies.config import StudyError, load_study
 
     d = tmp_path / "study"
     d.mkdir()
@@ -283,7 +283,7 @@ def test_svi_on_cuda_matches_cpu():
 
 
 def test_profile_likelihood_is_quadratic_near_a_well_determined_mode(problem):
-    from bayesneuron.profile import profile_likelihood
+    from bayesneuron.inference.profile import profile_likelihood
 
     model, v, params, lap = problem
     sd = lap.sample(4000, seed=2)["g_na"][:, 0].std()
@@ -308,7 +308,7 @@ def test_expected_information_gain_ranks_recording_sites():
     than recording the soma alone (weakly informative data, σ = 20 mV, so NMC is unbiased
     enough: the estimates stay well below log M)."""
     from bayesneuron import Design
-    from bayesneuron.oed import expected_information_gain
+    from bayesneuron.inference.oed import expected_information_gain
 
     def eig(label, seed=0):
         model = NeuronModel(
@@ -318,7 +318,7 @@ def test_expected_information_gain_ranks_recording_sites():
             Design.from_label(label),
             priors=ScaledUniformPrior(0.7, 1.3),
             sigma=20.0,
-            solver=CrankNicolson(dt=0.01, backend="numba"),
+            solver=CrankNicolson(dt=0.01, backend="fused"),
         )
         return expected_information_gain(model, N=300, M=300, seed=seed)
 

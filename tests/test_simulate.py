@@ -21,7 +21,7 @@ from bayesneuron import (
     paper_channels,
     simulate,
 )
-from bayesneuron._tree import tree_solve, tree_system
+from bayesneuron.simulation.hines import tree_solve, tree_system
 
 FIXED = [BackwardEuler, CrankNicolson]
 
@@ -369,7 +369,7 @@ def test_compiled_steps_match_eager(scheme):
 def test_auto_checkpointing_kicks_in_only_for_large_differentiable_runs(monkeypatch):
     import sys
 
-    sim = sys.modules["bayesneuron.simulate"]
+    sim = sys.modules["bayesneuron.simulation.api"]
     v = torch.zeros(6, 100, dtype=torch.float64)
     x = [v] * 3
     grad = [{"g": torch.ones(6, 1, dtype=torch.float64, requires_grad=True)}]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bayesneuron.cli import main
-from bayesneuron.study import TABLE_COLUMNS, StudyError, load_study
+from bayesneuron.studies.config import TABLE_COLUMNS, StudyError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "paper_toy_map"
@@ -80,7 +80,7 @@ def test_missing_study_folder(tmp_path, capsys):
 def test_make_study_is_checked_like_a_config_file():
     import numpy as np
 
-    from bayesneuron.posterior_study import make_study
+    from bayesneuron.studies.posteriors import make_study
 
     study = make_study(["all|all"], method="laplace", n_traces=np.int64(5), preset="hh_tree")
     assert study.n_traces == 5 and study.preset == "hh_tree" and study.dt == 0.025

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import DataError
+from bayesneuron.errors import DataError
 
 with warnings.catch_warnings():
     # ArviZ ≥ 0.21 announces its 1.0 refactor with a FutureWarning once a day on import.
@@ -307,12 +307,12 @@ def _attr_value(key: str, value):
 
 
 def _attrs(model, attrs: Mapping | None) -> dict:
-    from .. import __version__
+    from importlib.metadata import version
 
     out = {
         "design": model.design.label,
         "inference": "unknown",
-        "bayesneuron_version": __version__,
+        "bayesneuron_version": version("bayesneuron"),
         "free": list(model.free),
         "inference_library": "pyro",
     }

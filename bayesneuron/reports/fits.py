@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..design import Design  # noqa: E402
-from ..fit import MapFit  # noqa: E402
+from bayesneuron.inference.fit import MapFit  # noqa: E402
+from bayesneuron.protocol.design import Design  # noqa: E402
 
 
 def plot_loss_and_gte(fits: Sequence[MapFit], title: str = ""):
@@ -56,7 +56,7 @@ def plot_trajectories(fit: MapFit, title: str = ""):
 
 def plot_design_heatmap(values: dict[str, float], site_sets: Sequence, label: str, title: str):
     """A stim × rec grid of one number per design (e.g. final GTE or contraction)."""
-    from ..design import format_sites
+    from bayesneuron.protocol.design import format_sites
 
     keys = [format_sites(Design(s).stim) for s in site_sets]
     grid = np.full((len(keys), len(keys)), np.nan)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
+from bayesneuron.errors import DataError
 
 __all__ = ["Figure", "Table", "Text", "write_html_report"]
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..errors import DataError  # noqa: E402
+from bayesneuron.errors import DataError  # noqa: E402
 
 __all__ = [
     "plot_contraction_heatmap",

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..simulate import Trace  # noqa: E402
+from bayesneuron.simulation.api import Trace  # noqa: E402
 
 
 def plot_traces(

@@ -1,0 +1,7 @@
+"""``python -m bayesneuron``: the command-line interface."""
+
+import sys
+
+from bayesneuron.cli import main
+
+sys.exit(main())

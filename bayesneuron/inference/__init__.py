@@ -1,0 +1,48 @@
+"""Inference layer: the Pyro model, priors, one parameter space, MAP, Laplace, SVI, NUTS,
+identifiability metrics, calibration and design criteria. Numeric only: no plotting."""
+
+from bayesneuron.inference.calibration import SbcResult, sbc
+from bayesneuron.inference.fit import MapFit, fit_map, fit_map_designs
+from bayesneuron.inference.laplace import (
+    LocalPosterior,
+    UnconstrainedLaplace,
+    fisher_information,
+    laplace,
+    laplace_map,
+)
+from bayesneuron.inference.metrics import Identifiability, identifiability
+from bayesneuron.inference.model import NeuronModel
+from bayesneuron.inference.nuts import NutsRun, run_nuts
+from bayesneuron.inference.oed import expected_information_gain
+from bayesneuron.inference.priors import LogNormalPrior, Prior, ScaledUniformPrior
+from bayesneuron.inference.profile import Profile, profile_likelihood
+from bayesneuron.inference.svi import SviFit, fit_svi
+from bayesneuron.inference.synthetic import draw_truth, synthetic_data
+
+__all__ = [
+    "Identifiability",
+    "LocalPosterior",
+    "LogNormalPrior",
+    "MapFit",
+    "NeuronModel",
+    "NutsRun",
+    "Prior",
+    "Profile",
+    "SbcResult",
+    "ScaledUniformPrior",
+    "SviFit",
+    "UnconstrainedLaplace",
+    "draw_truth",
+    "expected_information_gain",
+    "fisher_information",
+    "fit_map",
+    "fit_map_designs",
+    "fit_svi",
+    "identifiability",
+    "laplace",
+    "laplace_map",
+    "profile_likelihood",
+    "run_nuts",
+    "sbc",
+    "synthetic_data",
+]

@@ -1,0 +1,310 @@
+"""Local identifiability: sensitivities, Fisher information and the Laplace approximation.
+
+At a parameter point ``g`` (e.g. the ground truth or a MAP) of a :class:`NeuronModel` with
+fixed noise ``σ``:
+
+* ``J = ∂ v_rec / ∂ g`` ``[M, P]`` by central differences in ``log g`` (one batched simulation
+  of ``2P`` perturbed parameter sets; ``M = trace · n_rec · time``, ``P = n_free · n_comp``,
+  parameters ordered free-name-major: ``g_na[0…n−1], g_k[0…n−1]``);
+* the Fisher information ``F = JᵀJ / σ²`` (the Gauss–Newton Hessian of the negative
+  log-likelihood);
+* the Laplace posterior ``N(g, (F + H_prior)⁻¹)`` with ``H_prior = −∇² log p(g)``; where that
+  is zero (inside a uniform prior) the prior enters as a Gaussian of the same variance, so an
+  uninformed parameter keeps its prior width instead of an unbounded one; its sds,
+  correlations and the contraction ``1 − Var_post / Var_prior``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bayesneuron.errors import FitError
+from bayesneuron.inference.model import NeuronModel
+from bayesneuron.inference.space import ParameterSpace
+
+__all__ = [
+    "jacobian",
+    "fisher_information",
+    "LocalPosterior",
+    "laplace",
+    "log_likelihood",
+    "UnconstrainedLaplace",
+    "laplace_map",
+]
+
+
+def _vector(model: NeuronModel, params: Mapping) -> Tensor:
+    for k in model.free:
+        if k not in params:
+            raise FitError(
+                f"params lack {k!r}; give every free parameter {list(model.free)}, each "
+                f"[{model.n_comp}]"
+            )
+        x = params[k]
+        count = x.numel() if isinstance(x, Tensor) else np.size(x)
+        if count != model.n_comp:
+            raise FitError(
+                f"params[{k!r}] has {count} values; expected one per compartment ({model.n_comp})"
+            )
+    return torch.cat(
+        [
+            torch.as_tensor(np.asarray(params[k], dtype=np.float64), dtype=model.dtype).reshape(
+                model.n_comp
+            )
+            for k in model.free
+        ]
+    ).to(model.device)
+
+
+def jacobian(
+    model: NeuronModel, params: Mapping, *, step: float = 1e-5, method: str = "auto"
+) -> Tensor:
+    """``∂ v_rec / ∂ g`` ``[M, P]`` at ``params`` (name → ``[comp]``).
+
+    ``method="auto"``: exact forward sensitivities where the model allows them
+    (:attr:`NeuronModel.exact_sensitivities`: the fused CPU kernel), else central differences;
+    ``"central"``: central differences with relative step ``step`` (error ≈ step², fixed-step
+    solvers only: an adaptive solver's step control would make the difference quotient noisy).
+    """
+    g = _vector(model, params)
+    if method not in ("auto", "central"):
+        raise FitError(f"jacobian: method {method!r} unknown; use 'auto' or 'central'")
+    n, P = model.n_comp, g.numel()
+    if method == "auto" and model.exact_sensitivities:
+        from bayesneuron.simulation.api import sensitivities
+
+        split = {k: g[i * n : (i + 1) * n] for i, k in enumerate(model.free)}
+        args = (model.cell, split, model.stimulus, model.t_eval, model.solver)
+        _, jac = sensitivities(*args, wrt=model.free)  # [trace, P, comp, time]
+        jac = jac.index_select(-2, torch.as_tensor(model.rec_index))
+        return jac.movedim(-3, 0).reshape(P, -1).T
+    if not bool((g > 0).all()):
+        raise FitError("jacobian: parameters must be > 0 (relative differences)")
+    eye = torch.eye(P, dtype=g.dtype, device=g.device)
+    pts = torch.cat([g * (1 + step * eye), g * (1 - step * eye)])  # [2P, P]
+    with torch.no_grad():
+        v = model.simulate({k: pts[:, i * n : (i + 1) * n] for i, k in enumerate(model.free)})
+    v = v.reshape(2, P, -1)
+    return ((v[0] - v[1]) / (2 * step * g[:, None])).T
+
+
+def fisher_information(model: NeuronModel, params: Mapping, **kw) -> Tensor:
+    """``JᵀJ / σ²`` ``[P, P]`` in the units of ``g`` (needs the model's fixed ``sigma``)."""
+    if model.sigma is None:
+        raise FitError("the Fisher information needs a fixed sigma in the model")
+    J = jacobian(model, params, **kw)
+    return J.T @ J / model.sigma**2
+
+
+@dataclass
+class LocalPosterior:
+    """The Laplace approximation at one point. Arrays are over ``P = n_free · n_comp``
+    parameters, free-name-major; :meth:`per_param` splits them by name."""
+
+    free: tuple[str, ...]
+    mean: np.ndarray
+    cov: np.ndarray
+    prior_var: np.ndarray
+    logdet_fisher: float
+    fisher_eigvals: np.ndarray
+
+    @property
+    def sd(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.cov))
+
+    @property
+    def contraction(self) -> np.ndarray:
+        """``1 − Var_post / Var_prior`` per parameter (1: pinned down; 0: nothing learned)."""
+        return 1.0 - np.diag(self.cov) / self.prior_var
+
+    @property
+    def correlation(self) -> np.ndarray:
+        s = self.sd
+        return self.cov / np.outer(s, s)
+
+    def per_param(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.free, np.split(np.asarray(values), len(self.free))))
+
+
+def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
+    """Gaussian approximation of the posterior at ``params`` (a MAP, or the truth for a
+    design's expected information). Needs proper priors with a finite variance."""
+    if any(model.priors[k] is None for k in model.free):
+        raise FitError("laplace needs a proper prior on every free parameter")
+    F = fisher_information(model, params, **kw)
+    g = _vector(model, params)
+    n = model.n_comp
+
+    def neg_log_prior(x):
+        return -sum(
+            model.priors[k].log_prob(x[i * n : (i + 1) * n]).sum() for i, k in enumerate(model.free)
+        )
+
+    # zero where the prior is flat (uniform priors do not depend on x inside their support)
+    H = torch.autograd.functional.hessian(neg_log_prior, g)
+    prior_var = torch.cat([model.priors[k].variance for k in model.free])
+    flat = H.diagonal() == 0
+    H = H + torch.diag(torch.where(flat, 1.0 / prior_var, torch.zeros_like(prior_var)))
+    prec = (F + H).double().cpu().numpy()
+    cov = np.linalg.inv(prec)
+    ev = np.linalg.eigvalsh(F.double().cpu().numpy())
+    sign, logdet = np.linalg.slogdet(F.double().cpu().numpy())
+    return LocalPosterior(
+        free=model.free,
+        mean=g.detach().cpu().numpy(),
+        cov=cov,
+        prior_var=prior_var.detach().cpu().numpy(),
+        logdet_fisher=float(logdet) if sign > 0 else -np.inf,
+        fisher_eigvals=ev,
+    )
+
+
+# =========================================================================== at a MAP
+def log_likelihood(model: NeuronModel, v_obs: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """``log p(v_obs | g)`` per trace ``[sample…, trace]`` for ``params[name]`` ``[sample…,
+    comp]`` (the model's fixed σ); differentiable."""
+    if model.sigma is None:
+        raise FitError("log_likelihood needs a fixed sigma in the model")
+    r = (model.simulate(params) - v_obs) / model.sigma
+    m = r.shape[-1] * r.shape[-2]
+    return -0.5 * r.pow(2).sum((-1, -2)) - m * math.log(model.sigma * math.sqrt(2 * math.pi))
+
+
+def _grad_log_posterior(model, v_obs, space: ParameterSpace, u: Tensor, chunk: int) -> Tensor:
+    """``∇_u log p(u | v_obs)`` for each row of ``u`` ``[B, P]`` (batched simulations)."""
+    out = []
+    for part in u.split(chunk):
+        x = part.detach().clone().requires_grad_()
+        g, _ = space.constrain(x)
+        lp = log_likelihood(model, v_obs, g).sum(-1) + space.log_prior(x)
+        (grad,) = torch.autograd.grad(lp.sum(), x)
+        out.append(grad)
+    return torch.cat(out)
+
+
+def _exact_hessian(model, v_obs, space, u0, step, chunk) -> Tensor:
+    P = u0.numel()
+    eye = torch.eye(P, dtype=u0.dtype, device=u0.device) * step
+    grads = _grad_log_posterior(model, v_obs, space, torch.cat([u0 + eye, u0 - eye]), chunk)
+    H = -(grads[:P] - grads[P:]) / (2 * step)
+    return 0.5 * (H + H.T)
+
+
+def _gauss_newton_hessian(model, space, u0) -> Tensor:
+    """``JᵤᵀJᵤ/σ² − ∇²_u log p(u)``: positive definite wherever the prior term is."""
+    g0, _ = space.constrain(u0)
+    Jg = jacobian(model, {k: v.detach() for k, v in g0.items()})  # [M, P], ∂v/∂g
+    dg_du = torch.autograd.functional.jacobian(
+        lambda x: torch.cat(list(space.constrain(x)[0].values())), u0
+    ).diagonal()
+    Ju = Jg * dg_du
+    H_prior = torch.autograd.functional.hessian(lambda x: -space.log_prior(x), u0)
+    return Ju.T @ Ju / model.sigma**2 + H_prior
+
+
+def _log_posterior(model, v_obs, space, u: Tensor) -> Tensor:
+    with torch.no_grad():
+        g, _ = space.constrain(u)
+        return log_likelihood(model, v_obs, g).sum(-1) + space.log_prior(u)
+
+
+def _newton(model, v_obs, space, u0, H, tol=1e-6, max_step=2.0) -> tuple[Tensor, bool]:
+    """One damped Newton step (at most ``max_step`` in any coordinate) towards the mode of
+    ``log p(u | v_obs)``; (new u, moved?)."""
+    grad = _grad_log_posterior(model, v_obs, space, u0[None], 1)[0]
+    delta = torch.linalg.solve(H, grad)
+    delta = delta * min(1.0, max_step / float(delta.abs().max().clamp_min(1e-300)))
+    if float(delta.abs().max()) < tol:
+        return u0, False
+    f0 = _log_posterior(model, v_obs, space, u0)
+    ts = torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=u0.dtype, device=u0.device)
+    f = _log_posterior(model, v_obs, space, u0 + ts[:, None] * delta)  # one batch
+    f = torch.where(torch.isfinite(f), f, torch.full_like(f, -math.inf))
+    best = int(torch.argmax(f))
+    if not bool(f[best] > f0):
+        return u0, False
+    return u0 + ts[best] * delta, True
+
+
+@dataclass
+class UnconstrainedLaplace:
+    """``N(center, cov)`` over the unconstrained vector ``u`` (:mod:`.unconstrained`), the
+    Laplace approximation of the posterior at a mode; ``g = T(u)``.
+
+    ``hessian`` says how the curvature was computed: ``"exact"`` (central differences of
+    autograd gradients of the log posterior) or ``"gauss-newton"`` (``JᵀJ/σ²`` plus the
+    prior's exact Hessian; always positive definite).
+    """
+
+    space: ParameterSpace
+    center: Tensor
+    cov: Tensor
+    hessian: str
+    log_posterior: float
+
+    @property
+    def scale_tril(self) -> Tensor:
+        return torch.linalg.cholesky(self.cov)
+
+    def sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``n`` draws of every free parameter, name → ``[n, comp]`` (constrained)."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(n, self.center.numel(), generator=gen, dtype=self.center.dtype)
+        u = self.center + z.to(self.center.device) @ self.scale_tril.T
+        g, _ = self.space.constrain(u)
+        return {k: v.detach().cpu().numpy() for k, v in g.items()}
+
+
+def laplace_map(
+    model: NeuronModel,
+    v_obs,
+    params: Mapping,
+    *,
+    hessian: str = "exact",
+    step: float = 1e-4,
+    newton_steps: int = 8,
+    chunk: int = 8,
+) -> UnconstrainedLaplace:
+    """Laplace approximation at a mode ``params`` (name → ``[comp]``, e.g. a MAP) in the
+    unconstrained coordinates the guides and NUTS use.
+
+    ``hessian="exact"`` differentiates autograd gradients of the log posterior by central
+    differences (step ``step`` in ``u``; ``2P`` gradients in batches of ``chunk``). The centre
+    first moves to the mode *in u* by up to ``newton_steps`` damped Newton steps (a MAP in
+    ``g`` is not the mode in ``u``: the Jacobian of ``T`` shifts it, most near a bounded
+    prior's edge, where a Gaussian in ``u`` would otherwise be absurdly wide). Wherever the
+    exact Hessian is not positive definite the Gauss–Newton one (always positive definite)
+    is used instead; ``hessian`` says which the result used.
+    """
+    if hessian not in ("exact", "gauss-newton"):
+        raise FitError(f"hessian = {hessian!r}; use 'exact' or 'gauss-newton'")
+    v_obs = model.check_data(v_obs)
+    space = ParameterSpace(model)
+    u0 = space.clip_bounded(space.unconstrain(params).detach())
+
+    # Newton steps to the mode in u with the Gauss–Newton Hessian (2P forward simulations);
+    # the exact one (2P gradients) once, at the mode.
+    for _ in range(newton_steps):
+        u0, moved = _newton(model, v_obs, space, u0, _gauss_newton_hessian(model, space, u0))
+        if not moved:
+            break
+    H, kind = None, "gauss-newton"
+    if hessian == "exact":
+        H = _exact_hessian(model, v_obs, space, u0, step, chunk)
+        kind = "exact"
+        if not bool(torch.all(torch.linalg.eigvalsh(H) > 0)):
+            H, kind = None, "gauss-newton"
+    if H is None:
+        H = _gauss_newton_hessian(model, space, u0)
+    with torch.no_grad():
+        g0, _ = space.constrain(u0)
+        lp = float(log_likelihood(model, v_obs, g0).sum() + space.log_prior(u0))
+    cov = torch.linalg.inv(H)
+    cov = 0.5 * (cov + cov.T)
+    return UnconstrainedLaplace(space, u0.detach(), cov.detach(), kind, lp)

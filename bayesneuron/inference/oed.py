@@ -1,0 +1,56 @@
+"""Expected information gain of a design, by Pyro's nested Monte Carlo estimator.
+
+``EIG(d) = E_{θ, y ~ p(θ) p(y|θ, d)} [log p(y | θ, d) − log p(y | d)]`` — how many nats a
+design's data are expected to teach about the free conductances, averaged over the prior
+(``pyro.contrib.oed.eig.nmc_eig``: ``N`` outer draws ``(θ_n, y_n)``, the marginal
+``p(y_n | d)`` from ``M`` fresh prior draws). Every draw of ``θ`` goes through the simulator in
+one batch. Nested Monte Carlo cannot report more than ``log M`` nats, so it suits small cells
+and weakly informative designs; for informative designs rank by the log-det Fisher information
+or the posterior metrics instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.contrib.oed.eig import nmc_eig
+
+from bayesneuron.errors import FitError
+from bayesneuron.inference.space import ParameterSpace
+
+__all__ = ["expected_information_gain"]
+
+
+def _oed_model(model, space: ParameterSpace):
+    """``model`` as ``pyro.contrib.oed`` wants it: a function of a design tensor whose batch
+    shape (all but the last dim) is the batch of ``θ`` draws."""
+
+    def fn(design: torch.Tensor):
+        batch = design.shape[:-1]
+        parts = []
+        for k in model.free:
+            d = model.priors[k].expand(batch + (model.n_comp,)).to_event(1)
+            parts.append(pyro.sample(k, d))
+        v = model.simulate(dict(zip(model.free, parts)))  # [*batch, trace, n_rec, time]
+        return pyro.sample("v_obs", dist.Normal(v, model.sigma).to_event(3))
+
+    return fn
+
+
+def expected_information_gain(model, *, N: int = 200, M: int = 200, seed: int = 0) -> float:
+    """EIG (nats) of ``model``'s design about its free parameters (prior draws ``N`` outer,
+    ``M`` inner; the estimate is at most ``log M``)."""
+    if model.sigma is None:
+        raise FitError("expected_information_gain needs a fixed sigma in the model")
+    if N < 2 or M < 2:
+        raise FitError(f"N = {N} and M = {M} must be ≥ 2")
+    space = ParameterSpace(model)  # checks that every free parameter has a prior
+    design = torch.zeros(1, dtype=model.dtype, device=model.device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        pyro.set_rng_seed(seed)
+        eig = nmc_eig(_oed_model(model, space), design, ["v_obs"], list(model.free), N=N, M=M)
+    out = float(eig.reshape(-1)[0])
+    return min(out, math.log(M)) if math.isfinite(out) else out

@@ -1,0 +1,326 @@
+"""The compartment tree: topology, membrane areas, capacitances and axial conductances.
+
+A :class:`Morphology` knows nothing of channels. Its compartments are the electrical nodes a
+user sees (stimulates, records, gives parameters to). Geometric cells may also carry internal
+*junction* nodes: NEURON's zero-area nodes at a section's end where several children meet.
+They have no membrane and are never exposed; keeping them makes the voltage update the exact
+tree solve NEURON performs.
+
+Units. Abstract cells (the paper's model) are per unit membrane area: coupling conductances in
+mS/cm², injected currents in µA/cm². Geometric cells use absolute conductances in mS (built from
+µm and Ω·cm, see :mod:`bayesneuron.geometry`), areas in cm², injected currents in nA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from bayesneuron.errors import MorphologyError
+
+__all__ = ["Morphology", "chain", "paper_chain"]
+
+
+def _readonly(x, dtype) -> np.ndarray:
+    a = np.array(x, dtype=dtype)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Morphology:
+    """An electrically coupled tree of compartments.
+
+    Nodes ``0 … n_comp-1`` are compartments; nodes ``n_comp … n_nodes-1`` are internal
+    zero-area junctions. Build it with :func:`chain`, :meth:`from_parents`,
+    :meth:`from_adjacency`, :func:`bayesneuron.geometry.from_sections` or
+    :func:`bayesneuron.swc.load_swc` rather than directly.
+
+    Args:
+        names: compartment names, length ``n_comp``.
+        parents: parent node of every node ``[n_nodes]``; ``-1`` marks the single root.
+        axial: conductance from every node to its parent ``[n_nodes]`` (root entry ignored):
+            mS/cm² for abstract cells, mS for geometric ones.
+        area: membrane area per compartment ``[n_comp]`` in cm² (ones for abstract cells).
+        cm: specific membrane capacitance per compartment ``[n_comp]`` in µF/cm².
+        geometric: True when areas are real (currents are then injected in nA).
+
+    Raises:
+        MorphologyError: on several roots, cycles, disconnected parts, parents that do not
+            exist, or non-positive areas, capacitances or conductances.
+    """
+
+    names: tuple[str, ...]
+    parents: np.ndarray
+    axial: np.ndarray
+    area: np.ndarray
+    cm: np.ndarray
+    geometric: bool = False
+    _junction_names: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        object.__setattr__(self, "parents", _readonly(self.parents, np.int64))
+        object.__setattr__(self, "axial", _readonly(self.axial, np.float64))
+        object.__setattr__(self, "area", _readonly(self.area, np.float64))
+        object.__setattr__(self, "cm", _readonly(self.cm, np.float64))
+        n_comp, n_nodes = len(self.names), len(self.parents)
+        if n_comp == 0:
+            raise MorphologyError("a morphology needs at least one compartment")
+        if len(set(self.names)) != n_comp:
+            dup = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise MorphologyError(f"compartment names must be unique; repeated: {dup[:5]}")
+        if self.axial.shape != (n_nodes,):
+            raise MorphologyError(
+                f"axial has shape {self.axial.shape}; expected one conductance per node ({n_nodes},)"
+            )
+        for what, arr in (("area", self.area), ("cm", self.cm)):
+            if arr.shape != (n_comp,):
+                raise MorphologyError(f"{what} has shape {arr.shape}; expected ({n_comp},)")
+            bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
+            if bad.size:
+                i = int(bad[0])
+                raise MorphologyError(
+                    f"compartment {i} ({self.names[i]!r}) has {what} = {arr[i]}; "
+                    f"{what} must be finite and > 0"
+                )
+        _check_tree(self.parents, self._node_name)
+        nonroot = self.parents >= 0
+        bad = np.flatnonzero(nonroot & ~(np.isfinite(self.axial) & (self.axial > 0)))
+        if bad.size:
+            i = int(bad[0])
+            raise MorphologyError(
+                f"the axial conductance between node {i} ({self._node_name(i)!r}) and its parent "
+                f"is {self.axial[i]}; it must be finite and > 0 (check diameters, lengths and Ra)"
+            )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n_comp(self) -> int:
+        """Number of compartments (electrical nodes with membrane)."""
+        return len(self.names)
+
+    @property
+    def n_nodes(self) -> int:
+        """Compartments plus internal zero-area junctions."""
+        return len(self.parents)
+
+    @property
+    def current_unit(self) -> str:
+        """Unit of injected currents: ``"nA"`` (geometric) or ``"uA/cm2"`` (abstract)."""
+        return "nA" if self.geometric else "uA/cm2"
+
+    def _node_name(self, i: int) -> str:
+        if i < len(self.names):
+            return self.names[i]
+        k = i - len(self.names)
+        return self._junction_names[k] if k < len(self._junction_names) else f"junction {k}"
+
+    @cached_property
+    def compartment_parents(self) -> np.ndarray:
+        """Nearest compartment ancestor of every compartment ``[n_comp]`` (-1 for the root side)."""
+        out = np.empty(self.n_comp, dtype=np.int64)
+        for i in range(self.n_comp):
+            p = self.parents[i]
+            while p >= self.n_comp:
+                p = self.parents[p]
+            out[i] = p
+        return out
+
+    def index(self, site: int | str) -> int:
+        """Resolve a compartment given by index (negative counts from the end) or name.
+
+        Raises:
+            MorphologyError: if the compartment does not exist.
+        """
+        n = self.n_comp
+        if isinstance(site, str):
+            try:
+                return self.names.index(site)
+            except ValueError:
+                close = [m for m in self.names if site.lower() in m.lower()][:5]
+                hint = f"; similar names: {close}" if close else ""
+                raise MorphologyError(f"no compartment named {site!r}{hint}") from None
+        if isinstance(site, (bool, np.bool_)) or not isinstance(site, (int, np.integer)):
+            raise MorphologyError(f"compartment {site!r} must be an int index or a name")
+        if not -n <= site < n:
+            raise MorphologyError(
+                f"compartment {site} does not exist: the cell has {n} compartments "
+                f"(0–{n - 1}, or -{n}–-1 from the end)"
+            )
+        return int(site) % n
+
+    def indices(self, sites: Sequence[int | str] | None) -> tuple[int, ...]:
+        """Resolve a list of compartments (``None`` means all) to sorted unique indices."""
+        if sites is None:
+            return tuple(range(self.n_comp))
+        if isinstance(sites, (str, int, np.integer)):
+            sites = [sites]
+        out = sorted({self.index(s) for s in sites})
+        if not out:
+            raise MorphologyError(
+                "an empty list of compartments; give at least one, or None for all"
+            )
+        return tuple(out)
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_parents(
+        cls,
+        parents: Sequence[int],
+        ax: float | Sequence[float] = 0.5,
+        cm: float | Sequence[float] = 1.0,
+        names: Sequence[str] | None = None,
+    ) -> Morphology:
+        """Abstract (unit-area) tree from a parent array.
+
+        Args:
+            parents: parent index of each compartment ``[n]``; exactly one ``-1`` (the root).
+            ax: coupling conductance to the parent in mS/cm², scalar or ``[n]``.
+            cm: membrane capacitance in µF/cm², scalar or ``[n]``.
+            names: optional compartment names (default ``"0"``, ``"1"``, …).
+
+        Example:
+            >>> m = Morphology.from_parents([-1, 0, 0], ax=0.5)   # a soma with two children
+        """
+        parents = np.asarray(parents)
+        if parents.ndim != 1 or not np.issubdtype(parents.dtype, np.integer):
+            raise MorphologyError(f"parents must be a 1-D list of ints; got {parents!r}")
+        n = len(parents)
+        names = tuple(str(i) for i in range(n)) if names is None else tuple(names)
+        if len(names) != n:
+            raise MorphologyError(f"{len(names)} names for {n} compartments")
+        return cls(
+            names=names,
+            parents=parents,
+            axial=np.broadcast_to(np.asarray(ax, dtype=float), (n,)),
+            area=np.ones(n),
+            cm=np.broadcast_to(np.asarray(cm, dtype=float), (n,)),
+        )
+
+    @classmethod
+    def from_adjacency(
+        cls,
+        adjacency,
+        ax: float = 0.5,
+        cm: float = 1.0,
+        root: int = 0,
+        names: Sequence[str] | None = None,
+    ) -> Morphology:
+        """Abstract tree from a symmetric 0/1 adjacency matrix, as in the paper's code.
+
+        The paper couples compartments by ``I_ax,i = ax · Σ_k A_ik (V_k − V_i)``. Only trees are
+        accepted: a graph with a cycle or a disconnected part (such as the paper's own
+        184-node graph) is rejected with the offending nodes named.
+        """
+        a = np.asarray(adjacency)
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise MorphologyError(f"adjacency must be a square matrix; got shape {a.shape}")
+        n = a.shape[0]
+        if not np.array_equal(a, a.T):
+            i, j = map(int, np.argwhere(a != a.T)[0])
+            raise MorphologyError(
+                f"adjacency is not symmetric (A[{i},{j}] = {a[i, j]} but A[{j},{i}] = {a[j, i]}); "
+                "with the paper's coupling an asymmetric edge carries no current — symmetrise it"
+            )
+        if np.any(np.diag(a) != 0):
+            i = int(np.flatnonzero(np.diag(a))[0])
+            raise MorphologyError(f"adjacency has a self-loop at node {i}; the diagonal must be 0")
+        if not np.all((a == 0) | (a == 1)):
+            raise MorphologyError("adjacency entries must be 0 or 1 (use ax for the conductance)")
+        if not 0 <= root < n:
+            raise MorphologyError(f"root {root} does not exist (graph has {n} nodes)")
+        parents = np.full(n, -2, dtype=np.int64)
+        parents[root] = -1
+        order, head = [root], 0
+        while head < len(order):
+            i = order[head]
+            head += 1
+            for j in map(int, np.flatnonzero(a[i])):
+                if j == parents[i]:
+                    continue
+                if parents[j] != -2:
+                    raise MorphologyError(
+                        f"the graph has a cycle through nodes {i} and {j}: a neuron must be a tree; "
+                        "remove one edge of the cycle"
+                    )
+                parents[j] = i
+                order.append(j)
+        missing = np.flatnonzero(parents == -2)
+        if missing.size:
+            raise MorphologyError(
+                f"the graph is disconnected: {missing.size} node(s) cannot be reached from the root "
+                f"{root}, e.g. {missing[:8].tolist()}; connect them or remove them"
+            )
+        return cls.from_parents(parents, ax=ax, cm=cm, names=names)
+
+
+def _check_tree(parents: np.ndarray, name) -> None:
+    n = len(parents)
+    if parents.ndim != 1:
+        raise MorphologyError(f"parents must be 1-D; got shape {parents.shape}")
+    bad = np.flatnonzero((parents < -1) | (parents >= n))
+    if bad.size:
+        i = int(bad[0])
+        raise MorphologyError(
+            f"node {i} ({name(i)!r}) names parent {parents[i]}, which does not exist "
+            f"(valid: 0–{n - 1}, or -1 for the root)"
+        )
+    self_loops = np.flatnonzero(parents == np.arange(n))
+    if self_loops.size:
+        i = int(self_loops[0])
+        raise MorphologyError(f"node {i} ({name(i)!r}) is its own parent")
+    roots = np.flatnonzero(parents == -1)
+    if roots.size != 1:
+        if roots.size == 0:
+            raise MorphologyError(
+                "the tree has no root (no parent of -1): every node is in a cycle"
+            )
+        raise MorphologyError(
+            f"the tree has {roots.size} roots (nodes {roots[:8].tolist()} have parent -1); "
+            "a neuron is one connected tree — attach all but one of them to a parent"
+        )
+    cyc = find_cycle(parents, int(roots[0]))
+    if cyc:
+        raise MorphologyError(
+            f"nodes {cyc[:8]} ({name(cyc[0])!r} …) form a cycle, disconnected from the "
+            "root; a neuron must be a tree: break the cycle and attach it to the tree"
+        )
+
+
+def find_cycle(parents, root: int) -> list[int] | None:
+    """A cycle of parent links that never reaches ``root``, as node indices, or ``None``.
+
+    Walks up from every node; a walk that meets its own path is a cycle.
+    """
+    state = [0] * len(parents)  # 0 unseen, 1 on the current path, 2 reaches the root
+    state[root] = 2
+    for start in range(len(parents)):
+        path, i = [], start
+        while state[i] == 0:
+            state[i] = 1
+            path.append(i)
+            i = int(parents[i])
+        if state[i] == 1:
+            return path[path.index(i) :]
+        for k in path:
+            state[k] = 2
+    return None
+
+
+def chain(n: int, ax: float = 0.5, cm: float = 1.0) -> Morphology:
+    """Linear chain ``0 – 1 – … – n-1`` rooted at 0 (abstract coupling ``ax`` in mS/cm²)."""
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise MorphologyError(f"a chain needs n ≥ 1 compartments; got {n!r}")
+    return Morphology.from_parents(np.arange(n) - 1, ax=ax, cm=cm)
+
+
+def paper_chain() -> Morphology:
+    """The paper's 6-compartment toy chain: 0 = soma, 1 = proximal, 5 = distal.
+
+    Coupling ``ax = 0.5`` mS/cm² per edge and ``Cm = 0.45`` µF/cm² (``paper-model.md`` §1–2).
+    """
+    return chain(6, ax=0.5, cm=0.45)
