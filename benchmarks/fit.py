@@ -2,13 +2,14 @@
 and bayesneuron's Levenberg–Marquardt MAP, each in a fresh process, wall clock from process
 start (imports, data generation, JIT or compilation and the fit all included).
 
-    python benchmarks/fit.py [--backends numba,torch] [--kernels c,numba] [--dt 0.0037]
+    python benchmarks/fit.py [--backends defaults,fused,torch] [--dt 0.0037]
                              [--threads 2] [--repeat 3] [--json FILE]
 
-The fused backend (``backend="fused"``) runs the C build of its kernels where a C compiler
-works, else numba's; ``--kernels`` picks (``BAYESNEURON_KERNELS``). Each configuration runs in
-fresh processes: ``cold`` (numba's on-disk cache and the C build's emptied first) and ``warm``
-(both present), so compilation cost is visible apart;
+Backends: ``defaults`` is the API with every default (``paper_experiment(Design())`` and
+``fit_map(model, v, protocol=...)``: no solver, dt or backend given — what a new user runs);
+``fused`` and ``torch`` pass ``CrankNicolson(dt=--dt, backend=...)``. The fused kernel is C,
+compiled at first use: each fused configuration runs in fresh processes ``cold`` (the C build's
+cache emptied first) and ``warm``, so compilation cost is visible apart;
 ``--repeat N`` runs each N times, alternating cold and warm, and the table shows the median
 (a shared VM's timings vary by ±10 %); the JSON keeps every run.
 """
@@ -35,10 +36,15 @@ import torch
 torch.set_num_threads(int(sys.argv[4]))
 from bayesneuron import CrankNicolson, Design, fit_map, paper_experiment
 backend, dt, protocol = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-solver = CrankNicolson(dt=dt, backend=backend)
-model, v, truth = paper_experiment(Design(), solver=solver)
-t1 = time.perf_counter()
-fit = fit_map(model, v, protocol=protocol, truth=truth, n_starts=1)
+if backend == "defaults":  # the API as a new user calls it; truth only scores (GTE)
+    model, v, truth = paper_experiment(Design())
+    t1 = time.perf_counter()
+    fit = fit_map(model, v, protocol=protocol, truth=truth, progress=False)
+else:
+    solver = CrankNicolson(dt=dt, backend=backend)
+    model, v, truth = paper_experiment(Design(), solver=solver)
+    t1 = time.perf_counter()
+    fit = fit_map(model, v, protocol=protocol, truth=truth, n_starts=1, progress=False)
 t2 = time.perf_counter()
 print(json.dumps({"L0": float(fit.history["mse"][0, 0]), "L_final": float(fit.history["mse"][-1, 0]),
   "gte": fit.gte(), "steps": fit.steps, "n_simulations": fit.n_simulations,
@@ -46,15 +52,10 @@ print(json.dumps({"L0": float(fit.history["mse"][0, 0]), "L_final": float(fit.hi
 """
 
 
-def _numba_cache_dirs():
-    return list((ROOT / "bayesneuron").glob("__pycache__/_kernels*.nb*"))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backends", default="numba,torch")
+    ap.add_argument("--backends", default="defaults,fused,torch")
     ap.add_argument("--protocols", default="paper,bayesneuron")
-    ap.add_argument("--kernels", default="c", help="fused kernels: c, numba or both (c,numba)")
     ap.add_argument(
         "--dt",
         type=float,
@@ -66,33 +67,26 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
-    backends = []  # "numba/<kernels>" or "torch"
-    for b in args.backends.split(","):
-        backends += [f"numba/{k}" for k in args.kernels.split(",")] if b == "numba" else [b]
+    backends = args.backends.split(",")
     configs = [
         (protocol, backend, state)
         for protocol in args.protocols.split(",")
         for backend in backends
-        for state in (("cold", "warm") if backend.startswith("numba") else ("-",))
+        for state in (("cold", "warm") if backend in ("defaults", "fused") else ("-",))
     ]
     c_cache = Path(tempfile.mkdtemp(prefix="bayesneuron-bench-"))
     for rep in range(args.repeat):
         for protocol, backend, state in configs:
-            backend_name, _, kernels = backend.partition("/")
             if state == "cold":
-                for f in _numba_cache_dirs():
-                    f.unlink()
                 shutil.rmtree(c_cache, ignore_errors=True)
             env = dict(os.environ, PYTHONPATH=str(ROOT), BAYESNEURON_CACHE_DIR=str(c_cache))
-            if kernels:
-                env["BAYESNEURON_KERNELS"] = kernels
             t0 = time.perf_counter()
             out = subprocess.run(
                 [
                     sys.executable,
                     "-c",
                     CHILD,
-                    backend_name,
+                    backend,
                     str(args.dt),
                     protocol,
                     str(args.threads),

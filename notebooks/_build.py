@@ -33,9 +33,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without
 
 INLINE = """\
 %matplotlib inline
-# (bayesneuron.reports draws off-screen with the Agg backend; the line above, after that
-# import, brings inline figures back. Every reports.plot_* returns a Figure and never shows
-# it: here Jupyter displays it at the end of the cell.)"""
+# (Every bayesneuron.reports.plot_* returns a Figure and never shows it; here Jupyter
+# displays it at the end of the cell.)"""
 
 
 def md(text: str) -> tuple[str, str]:
@@ -169,9 +168,9 @@ QUICKSTART = [
         `simulate(cell, params, stimulus, t_eval, solver)` is a pure function: it returns a
         `Trace` whose `v` has shape `[trace, comp, time]` (and a leading sample dimension for
         every batch dimension of the parameters). `CrankNicolson` is the default second-order,
-        stiff-stable scheme; `backend="fused"` runs each trajectory in a compiled CPU kernel
-        (the first call in a fresh environment compiles it for ≈ 25 s; later processes load it
-        from numba's disk cache).
+        stiff-stable scheme; on the CPU in float64 it runs each trajectory in a compiled C kernel
+        with an exact adjoint (the default, `backend="auto"`; compiled in about a second on
+        first use, then cached).
 
         The fits below see the paper's coarse 48-point output grid; for plotting we simulate on
         a finer one, which the solver handles at no loss of accuracy.
@@ -179,7 +178,7 @@ QUICKSTART = [
     ),
     code(
         """
-        solver = CrankNicolson(dt=DT, backend="fused")
+        solver = CrankNicolson(dt=DT)
         t_fine = np.linspace(paper_time_grid()[0], 5.0, N_FINE)
         g_true = {k: torch.as_tensor(v) for k, v in truth.items()}
         t0 = time.perf_counter()
@@ -451,7 +450,7 @@ IDENTIFIABILITY = [
     ),
     code(
         """
-        solver = CrankNicolson(dt=DT, backend="fused")
+        solver = CrankNicolson(dt=DT)
         runs = {}
         for label in DESIGNS:
             model, v_obs, truth = paper_experiment(
@@ -860,7 +859,7 @@ DESIGN_COMPARISON = [
     ),
     code(
         """
-        solver = CrankNicolson(dt=DT, backend="fused")
+        solver = CrankNicolson(dt=DT)
         experiments, rows, per_param = {}, [], {}
         t0 = time.perf_counter()
         for label in DESIGNS:

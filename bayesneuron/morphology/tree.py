@@ -321,6 +321,6 @@ def chain(n: int, ax: float = 0.5, cm: float = 1.0) -> Morphology:
 def paper_chain() -> Morphology:
     """The paper's 6-compartment toy chain: 0 = soma, 1 = proximal, 5 = distal.
 
-    Coupling ``ax = 0.5`` mS/cm² per edge and ``Cm = 0.45`` µF/cm² (``paper-model.md`` §1–2).
+    Coupling ``ax = 0.5`` mS/cm² per edge and ``Cm = 0.45`` µF/cm², as in the paper.
     """
     return chain(6, ax=0.5, cm=0.45)

@@ -1,7 +1,7 @@
 """Current-clamp stimuli: piecewise-constant currents ``[…, trace, comp, bins]``.
 
 ``I(t) = values[…, k]`` with ``k = floor((t − t0) / dt)`` clipped to the valid bins — the
-paper's lookup (``paper-model.md`` §1.4). Solvers put a step boundary on every bin edge, so a
+paper's lookup. Solvers put a step boundary on every bin edge, so a
 piecewise-constant current is integrated exactly.
 """
 

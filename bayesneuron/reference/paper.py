@@ -1,19 +1,19 @@
 """The Jones & Kording toy-model preset: cell, targets, currents, time grid, loss and designs.
 
-Everything here reproduces the authors' code exactly (``shared/paper-model.md``), quirks included:
+Everything here reproduces the authors' published code exactly, quirks included:
 
-* the 6-compartment chain with the paper's channels, ``V0 = −60`` mV (§1, §2.1);
-* ground-truth conductances ``g = base · U(0.7, 1.3)`` from ``torch.manual_seed`` (§3.1);
-* the "variablestep" currents with their exact random draws (§4.2), so the paper's data are
+* the 6-compartment chain with the paper's channels, ``V0 = −60`` mV;
+* ground-truth conductances ``g = base · U(0.7, 1.3)`` from ``torch.manual_seed``;
+* the "variablestep" currents with their exact random draws, so the paper's data are
   rebuilt bit for bit: the loss at the initial conductances is 34.256 (stim all) and 301.027
-  (stim [0]), as the paper logged (§7.2);
-* the 48-point output grid ``linspace(0, 5, 50)[1:-1]`` that starts at 0.102 ms (§4.1);
-* the masked MSE divided by *all* entries (§5.1) and the 9 stim/rec designs (§6.1).
+  (stim [0]), as the paper logged;
+* the 48-point output grid ``linspace(0, 5, 50)[1:-1]`` that starts at 0.102 ms;
+* the masked MSE divided by *all* entries and the 9 stim/rec designs.
 
 Units: V mV, t ms, g mS/cm², current µA/cm².
 
 Example:
-    >>> from bayesneuron.paper import paper_currents, paper_ground_truth, paper_toy_cell
+    >>> from bayesneuron.reference import paper_currents, paper_ground_truth, paper_toy_cell
     >>> cell, gt = paper_toy_cell(), paper_ground_truth()
     >>> paper_currents(stim=[0]).values.shape
     torch.Size([100, 6, 48])
@@ -51,15 +51,15 @@ __all__ = [
 ]
 
 PAPER_SEED = 20230619
-"""The seed of every toy-model run (targets, currents and model), §3.3."""
+"""The seed of every toy-model run (targets, currents and model)."""
 PAPER_SEEDS = tuple(range(20230619, 20230629))
 """The authors' ``SEEDS`` list, 20230619 … 20230628."""
 PAPER_DT = 0.1
-"""Width of the current bins in ms (§1.4)."""
+"""Width of the current bins in ms."""
 PAPER_N_BINS = 48
-"""Current bins: ``int(T / dt) − 2`` with ``T = 5`` ms (§4.1)."""
+"""Current bins: ``int(T / dt) − 2`` with ``T = 5`` ms."""
 
-PAPER_SITES = ([0], [0, 1], [0, -1], [0, 1, -1], None)  # the paper's stim/rec lists, §6.1
+PAPER_SITES = ([0], [0, 1], [0, -1], [0, 1, -1], None)  # the paper's stim/rec site lists
 
 # Intel MKL's MCG31m1 generator: x ← a·x mod (2³¹ − 1).
 _MCG31_A = 1132489760
@@ -70,7 +70,7 @@ def paper_toy_cell() -> Cell:
     """The paper's toy cell: 6-compartment chain, paper channels, ``v0 = −60`` mV.
 
     Conductance defaults are the learner's initial values, ``g_na = 100`` and ``g_k = 45``
-    mS/cm² in every compartment (§3.2).
+    mS/cm² in every compartment.
     """
     return Cell(paper_chain(), paper_channels(), v0=-60.0)
 
@@ -79,7 +79,7 @@ def paper_time_grid() -> np.ndarray:
     """The 48 output times ``linspace(0, 5, 50)[1:-1]`` in ms (float64).
 
     They are spaced 5/49 ≈ 0.10204 ms, not 0.1, and the simulation starts at the first one,
-    0.10204 ms (quirk 6, §4.1).
+    0.10204 ms (a quirk of the original code).
     """
     return np.linspace(0.0, 5.0, 50)[1:-1]
 
@@ -88,7 +88,7 @@ def paper_ground_truth(seed: int = PAPER_SEED, n_comp: int = 6) -> dict[str, Ten
     """Target conductances ``{"g_na", "g_k"}``, each ``[n_comp]`` float64, in mS/cm².
 
     ``torch.manual_seed(seed)``, then one float32 ``[2, n_comp]`` ``uniform_(0.7, 1.3)`` fill:
-    row 0 × 100 is g_Na, row 1 × 45 is g_K, computed in float32 as the code does (§3.1). The
+    row 0 × 100 is g_Na, row 1 × 45 is g_K, computed in float32 as the code does. The
     global torch RNG is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
@@ -154,7 +154,7 @@ def paper_currents(
     hazard_rate: float = 0.05,
     multinomial: str = "mkl",
 ) -> Stimulus:
-    """The paper's "variablestep" currents, bit for bit (§4.2).
+    """The paper's "variablestep" currents, bit for bit.
 
     Per trace and compartment: 3 integer levels from ``{0 … i_max−1}`` and 2 sorted change
     points drawn with weights equal to their index (quirk 7: 0 is never drawn, late points are
@@ -229,7 +229,7 @@ def paper_currents(
 
 
 def paper_loss(v_hat: Tensor, v_obs: Tensor, rec: Sequence[int] | None = None) -> Tensor:
-    """The paper's loss: squared error on recorded compartments over ALL entries (§5.1).
+    """The paper's loss: squared error on recorded compartments over ALL entries.
 
     ``L = Σ_{trace, i ∈ rec, time} (v̂ − v)² / (n_trace · n_comp · n_time)`` in mV²: the
     denominator counts every compartment, so the loss shrinks with fewer recording sites
@@ -255,7 +255,7 @@ def paper_loss(v_hat: Tensor, v_obs: Tensor, rec: Sequence[int] | None = None) -
 
 
 def paper_designs() -> list[tuple[list[int] | None, list[int] | None]]:
-    """The 9 toy conditions ``(stim, rec)`` in the paper's run order (§6.1).
+    """The 9 toy conditions ``(stim, rec)`` in the paper's run order.
 
     Rec all with stim [0], [0,1], [0,−1], [0,1,−1]; then stim all with rec [0], [0,1], [0,−1],
     [0,1,−1], all. ``None`` means all compartments.

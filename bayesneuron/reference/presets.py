@@ -11,7 +11,7 @@ solver=…, device=…) → (model, v_obs, truth)`` and its named design lists (
 stim × rec pair of the preset's site sets).
 
 Example:
-    >>> from bayesneuron.presets import get_preset
+    >>> from bayesneuron.reference import get_preset
     >>> p = get_preset("hh_tree")
     >>> len(p.designs("grid")), p.site_sets[1]
     (25, [0, 1])

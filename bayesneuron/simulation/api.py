@@ -99,7 +99,9 @@ def simulate(
     return Trace(t=t, v=v, names=cell.morphology.names, solver=solver, n_steps=n_steps)
 
 
-def runs_fused(cell, solver, dtype=torch.float64, device="cpu", stimulus=None, reset=None) -> bool:
+def runs_fused(
+    cell, solver, dtype=torch.float64, device="cpu", stimulus=None, reset=None, params=()
+) -> bool:
     """Whether :func:`simulate` runs this on the fused C kernel.
 
     ``backend="fused"`` insists (a :class:`SolverError` says why it cannot run); ``"auto"``

@@ -128,6 +128,8 @@ def check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
     """All cell parameters as tensors ``[sample…, comp]`` on device (user values override)."""
     params = {} if params is None else dict(params)
     n = cell.n_comp
+    # maximal conductances (a channel's "g") must be ≥ 0; user values are checked, not clipped
+    conductances = {f"g_{ch.name}" for ch in cell.channels if "g" in ch.param_defaults()}
     unknown = sorted(set(params) - set(cell.params))
     if unknown:
         raise ParameterError(f"unknown parameter(s) {unknown}; this cell has {list(cell.params)}")
@@ -156,5 +158,11 @@ def check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
             )
         if not bool(torch.isfinite(x).all()):
             raise ParameterError(f"{name} contains NaN or inf; parameters must be finite")
+        if name in conductances and bool((x < 0).any()):
+            raise ParameterError(
+                f"{name} has negative values (min {float(x.min()):.4g}); maximal conductances "
+                "are ≥ 0 (mS/cm²). Fit in unconstrained coordinates (the priors' support does "
+                "this) or clamp at 0"
+            )
         out[name] = x
     return out
