@@ -272,7 +272,11 @@ def test_checkpointing_gives_identical_values_and_gradients():
     for chunk in (None, 50):
         g = torch.tensor(cell.params["g_k"]).requires_grad_()
         v = simulate(
-            cell, {"g_k": g}, stim, T_PAPER, CrankNicolson(dt=0.01, checkpoint_every=chunk)
+            cell,
+            {"g_k": g},
+            stim,
+            T_PAPER,
+            CrankNicolson(dt=0.01, checkpoint_every=chunk, backend="torch"),
         ).v
         out.append((v.detach(), torch.autograd.grad(v.pow(2).mean(), g)[0]))
     assert torch.allclose(out[0][0], out[1][0], atol=1e-12)
@@ -360,7 +364,8 @@ def test_compiled_steps_match_eager(scheme):
     out = []
     for compile_ in (False, True):
         g = torch.tensor(cell.params["g_na"]).requires_grad_()
-        v = simulate(cell, {"g_na": g}, stim, T_PAPER[:12], scheme(dt=0.01, compile=compile_)).v
+        kw = {"backend": "torch"} if scheme is CrankNicolson else {}
+        v = simulate(cell, {"g_na": g}, stim, T_PAPER[:12], scheme(0.01, compile=compile_, **kw)).v
         out.append((v.detach(), torch.autograd.grad(v.pow(2).mean(), g)[0]))
     assert torch.allclose(out[0][0], out[1][0], atol=1e-9)
     assert torch.allclose(out[0][1], out[1][1], rtol=1e-8)
@@ -369,7 +374,7 @@ def test_compiled_steps_match_eager(scheme):
 def test_auto_checkpointing_kicks_in_only_for_large_differentiable_runs(monkeypatch):
     import sys
 
-    sim = sys.modules["bayesneuron.simulation.api"]
+    sim = sys.modules["bayesneuron.simulation.stepping"]
     v = torch.zeros(6, 100, dtype=torch.float64)
     x = [v] * 3
     grad = [{"g": torch.ones(6, 1, dtype=torch.float64, requires_grad=True)}]
@@ -379,9 +384,33 @@ def test_auto_checkpointing_kicks_in_only_for_large_differentiable_runs(monkeypa
     monkeypatch.setattr(sim, "_AUTO_BYTES", 1e3)
     cell, stim = _paper_cell(), _paper_stim(2)
     g = torch.tensor(cell.params["g_k"]).requires_grad_()
-    v_auto = simulate(cell, {"g_k": g}, stim, T_PAPER[:10], CrankNicolson(dt=0.01)).v
+    solver = CrankNicolson(dt=0.01, backend="torch")  # checkpointing is the torch backend's
+    v_auto = simulate(cell, {"g_k": g}, stim, T_PAPER[:10], solver).v
     grad_auto = torch.autograd.grad(v_auto.pow(2).mean(), g)[0]
     v_off = simulate(
-        cell, {"g_k": g}, stim, T_PAPER[:10], CrankNicolson(dt=0.01, checkpoint_every=None)
+        cell,
+        {"g_k": g},
+        stim,
+        T_PAPER[:10],
+        CrankNicolson(dt=0.01, checkpoint_every=None, backend="torch"),
     ).v
     assert torch.allclose(grad_auto, torch.autograd.grad(v_off.pow(2).mean(), g)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["fused", "torch"])
+def test_negative_conductances_are_refused_not_simulated(backend):
+    """A negative maximal conductance used to run and return finite voltages; now it is an
+    error that names the parameter, on every backend."""
+    from bayesneuron import ParameterError
+
+    cell, stim = _paper_cell(), _paper_stim(2)
+    solver = CrankNicolson(dt=0.01, backend=backend)
+    g = torch.full((cell.n_comp,), 100.0, dtype=torch.float64)
+    g[3] = -50.0
+    with pytest.raises(ParameterError, match=r"g_na has negative values \(min -50\)"):
+        simulate(cell, {"g_na": g}, stim, solver=solver)
+    g[3] = 0.0  # zero is a channel switched off: allowed
+    v = simulate(cell, {"g_na": g}, stim, solver=solver).v
+    assert torch.isfinite(v).all()
+    # reversal potentials may be negative, of course
+    simulate(cell, {"e_k": torch.full((cell.n_comp,), -90.0)}, stim, solver=solver)
