@@ -211,7 +211,7 @@ QUICKSTART = [
             sigma=NOISE_MV,
             solver=solver,
         )
-        v_obs = synthetic_data(model, truth, noise_sigma=NOISE_MV, seed=bn.paper.PAPER_SEED + 1)
+        v_obs = synthetic_data(model, truth, noise_sigma=NOISE_MV, seed=bn.reference.PAPER_SEED + 1)
         print(model)
         print("v_obs:", tuple(v_obs.shape), "= (trace, recorded compartment, time)")
 
