@@ -144,3 +144,17 @@ def test_layers_contract_holds():
     exe = str(LINT_IMPORTS) if LINT_IMPORTS.exists() else "lint-imports"
     out = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_functions_are_at_most_80_lines():
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {n}")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (docstring included): {long}"

@@ -357,21 +357,7 @@ def from_sections(
         >>> m.names, m.n_nodes
         (('soma(0.5)', 'dend(0.5)'), 3)
     """
-    sections = list(sections)
-    if not sections:
-        raise MorphologyError("no sections given; a morphology needs at least one")
-    for i, s in enumerate(sections):
-        if not isinstance(s, Section):
-            raise MorphologyError(f"sections[{i}] is {type(s).__name__}, not a geometry.Section")
-    names = [s.name for s in sections]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise MorphologyError(f"section names must be unique; repeated: {dup[:5]}")
-    if isinstance(nseg, (bool, np.bool_)) or not isinstance(nseg, (int, np.integer)) or nseg < 1:
-        raise MorphologyError(f"nseg = {nseg!r} must be a positive int")
-    for what, v in (("d_lambda", d_lambda), ("d_lambda_freq", d_lambda_freq)):
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise MorphologyError(f"{what} = {v!r} must be a finite number > 0")
+    sections = _checked_sections(sections, nseg, d_lambda, d_lambda_freq)
     ras = _per_section("Ra", ra, sections, "Ω·cm")
     cms = _per_section("cm", cm, sections, "µF/cm²")
     root = _check_topology(sections)
@@ -395,6 +381,47 @@ def from_sections(
     junction = {key: n_comp + k for k, key in enumerate(ends)}
     n_nodes = n_comp + len(ends)
 
+    comp_names, area, cm_comp, parents, r_edge = _segments(
+        sections, nsegs, geoms, cms, first, junction, n_nodes
+    )
+    r_edge[first[root]] = np.inf  # the root compartment has no parent edge
+    axial = 1e-3 / r_edge
+    axial[first[root]] = 0.0
+    junction_names = tuple(f"{sections[p].name}({x:g})" for p, x in ends)
+    return Morphology(
+        names=tuple(comp_names),
+        parents=parents,
+        axial=axial,
+        area=area,
+        cm=cm_comp,
+        geometric=True,
+        _junction_names=junction_names,
+    )
+
+
+def _checked_sections(sections, nseg, d_lambda, d_lambda_freq) -> list[Section]:
+    """:func:`from_sections`' argument checks; the sections as a list."""
+    sections = list(sections)
+    if not sections:
+        raise MorphologyError("no sections given; a morphology needs at least one")
+    for i, s in enumerate(sections):
+        if not isinstance(s, Section):
+            raise MorphologyError(f"sections[{i}] is {type(s).__name__}, not a geometry.Section")
+    names = [s.name for s in sections]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise MorphologyError(f"section names must be unique; repeated: {dup[:5]}")
+    if isinstance(nseg, (bool, np.bool_)) or not isinstance(nseg, (int, np.integer)) or nseg < 1:
+        raise MorphologyError(f"nseg = {nseg!r} must be a positive int")
+    for what, v in (("d_lambda", d_lambda), ("d_lambda_freq", d_lambda_freq)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise MorphologyError(f"{what} = {v!r} must be a finite number > 0")
+    return sections
+
+
+def _segments(sections, nsegs, geoms, cms, first, junction, n_nodes):
+    """Per compartment: names, areas (cm²), cm; per node: parent and edge resistance (MΩ)."""
+    n_comp = int(first[-1])
     comp_names, area, cm_comp = [], np.empty(n_comp), np.empty(n_comp)
     parents = np.full(n_nodes, -1, dtype=np.int64)
     r_edge = np.ones(n_nodes)  # MΩ; root entry unused
@@ -422,16 +449,4 @@ def from_sections(
             parents[node], r_edge[node] = first[p] + nsegs[p] - 1, r[-1, 1]
         else:
             parents[node], r_edge[node] = first[p], r[0, 0]
-    r_edge[first[root]] = np.inf  # the root compartment has no parent edge
-    axial = 1e-3 / r_edge
-    axial[first[root]] = 0.0
-    junction_names = tuple(f"{sections[p].name}({x:g})" for p, x in ends)
-    return Morphology(
-        names=tuple(comp_names),
-        parents=parents,
-        axial=axial,
-        area=area,
-        cm=cm_comp,
-        geometric=True,
-        _junction_names=junction_names,
-    )
+    return comp_names, area, cm_comp, parents, r_edge

@@ -240,57 +240,73 @@ def _check_acyclic(pts: _Points) -> None:
 
 
 # --------------------------------------------------------------------------- sections
+class _Topology:
+    """Parent/child structure of the SWC points and Import3d's rules for splitting them into
+    sections."""
+
+    def __init__(self, pts: _Points):
+        n = len(pts.ids)
+        self.par, self.typ = pts.parent.tolist(), pts.types.tolist()  # lists: fast scalar access
+        self.root = self.par.index(-1)
+        self.kids: list[list[int]] = [[] for _ in range(n)]
+        for i in range(n):
+            if self.par[i] >= 0:
+                self.kids[self.par[i]].append(i)
+        self.soma = [t == 1 for t in self.typ]
+        self.soma_kids = [
+            sum(self.soma[c] for c in self.kids[i]) if self.soma[i] else 0 for i in range(n)
+        ]
+        self.pts = pts
+
+    def to_prox(self, i: int) -> bool:
+        """A child that leaves the first point of a dendrite leaving the soma (or a non-soma
+        root) attaches to that dendrite's 0-end (Import3d's connect2prox)."""
+        p, par = self.par[i], self.par
+        if p < 0 or i == p + 1 or self.soma[p]:
+            return False
+        return p == self.root or (p > 1 and par[p] >= 0 and self.soma[par[p]])
+
+    def continues(self, i: int) -> bool:
+        """Whether point ``i`` continues its parent's section."""
+        p = self.par[i]
+        if p < 0 or i != p + 1 or self.typ[i] != self.typ[p]:
+            return False
+        if self.soma[p]:
+            return p == self.root or self.soma_kids[p] <= 1
+        return sum(1 for c in self.kids[p] if not self.to_prox(c)) == 1
+
+    def dropped(self) -> set[int]:
+        """The two extra points of a neuromorpho.org 3-point soma (a single point at the root)."""
+        par, soma, kids, n = self.par, self.soma, self.kids, len(self.par)
+        if not (self.root == 0 and n >= 3 and soma[0] and sum(soma) == 3):
+            return set()
+        if not (par[1] == 0 and par[2] == 0 and not kids[1] and not kids[2]):
+            return set()
+        xyzd = self.pts.xyzd
+        d = xyzd[:3, 3]
+        span = sum(float(np.linalg.norm(xyzd[k, :3] - xyzd[0, :3])) for k in (1, 2))
+        if d[1] == d[0] and d[2] == d[0] and abs(span / d[0] - 1) < 0.01:
+            return {1, 2}
+        return set()
+
+    def runs(self) -> tuple[list[list[int]], list[int]]:
+        """The points of every section in id order, and each point's section (−1: dropped)."""
+        dropped, runs, sec_of = self.dropped(), [], [-1] * len(self.par)
+        for i in range(len(self.par)):
+            if i in dropped:
+                continue
+            if not self.continues(i):
+                runs.append([])
+            runs[-1].append(i)
+            sec_of[i] = len(runs) - 1
+        return runs, sec_of
+
+
 def _sections(pts: _Points) -> list[Section]:
-    n = len(pts.ids)
-    par, typ = pts.parent.tolist(), pts.types.tolist()  # lists: fast scalar access
-    root = par.index(-1)
-    kids: list[list[int]] = [[] for _ in range(n)]
-    for i in range(n):
-        if par[i] >= 0:
-            kids[par[i]].append(i)
-    soma = [t == 1 for t in typ]
-    soma_kids = [sum(soma[c] for c in kids[i]) if soma[i] else 0 for i in range(n)]
-
-    # A child that leaves the first point of a dendrite leaving the soma (or a non-soma root)
-    # attaches to that dendrite's 0-end (Import3d's connect2prox).
-    def to_prox(i: int) -> bool:
-        p = par[i]
-        if p < 0 or i == p + 1 or soma[p]:
-            return False
-        return p == root or (p > 1 and par[p] >= 0 and soma[par[p]])
-
-    def continues(i: int) -> bool:
-        p = par[i]
-        if p < 0 or i != p + 1 or typ[i] != typ[p]:
-            return False
-        if soma[p]:
-            return p == root or soma_kids[p] <= 1
-        return sum(1 for c in kids[p] if not to_prox(c)) == 1
-
-    # neuromorpho.org 3-point soma: treat as a single point at the root
-    dropped = set()
-    if root == 0 and n >= 3 and soma[0] and sum(soma) == 3 and par[1] == 0 and par[2] == 0:
-        d = pts.xyzd[:3, 3]
-        span = sum(float(np.linalg.norm(pts.xyzd[k, :3] - pts.xyzd[0, :3])) for k in (1, 2))
-        if (
-            not kids[1]
-            and not kids[2]
-            and d[1] == d[0]
-            and d[2] == d[0]
-            and abs(span / d[0] - 1) < 0.01
-        ):
-            dropped = {1, 2}
-
-    runs: list[list[int]] = []  # the points of every section, in id order
-    sec_of = [-1] * n
-    for i in range(n):
-        if i in dropped:
-            continue
-        if not continues(i):
-            runs.append([])
-        runs[-1].append(i)
-        sec_of[i] = len(runs) - 1
-    root_sec = sec_of[root]
+    top = _Topology(pts)
+    par, typ, soma, soma_kids = top.par, top.typ, top.soma, top.soma_kids
+    runs, sec_of = top.runs()
+    root_sec = sec_of[top.root]
 
     names = _names([int(typ[r[0]]) for r in runs])
     conn: list[tuple[int | None, float]] = []
@@ -319,7 +335,7 @@ def _sections(pts: _Points) -> list[Section]:
             x, wire = 0.5, den_on_soma and len(run) > 1
         elif soma[p]:
             x, wire = 1.0, len(run) > 1 and (not soma[f]) and soma_kids[p] > 1
-        if to_prox(f):
+        if top.to_prox(f):
             x, wire = 0.0, False
             prox.append(s)
         if wire and len(run) > 1:  # (a one-point run keeps its parent point, unlike Import3d)

@@ -145,6 +145,22 @@ def _sites(sites: Sequence[int] | None, n_comp: int, what: str) -> np.ndarray:
     return mask
 
 
+def _check_current_args(n_change, i_max, seed, n_traces, n_comp, hazard_rate) -> None:
+    n_bins = PAPER_N_BINS
+    if not 1 <= n_change <= n_bins - 1:
+        raise StimulusError(
+            f"hazard_rate = {hazard_rate} gives {n_change} change points; need 1–{n_bins - 1} "
+            f"(the paper's 0.05 gives 2)"
+        )
+    if i_max < 1:
+        raise StimulusError(f"i_max = {i_max} must be ≥ 1 (levels are drawn from 0 … i_max−1)")
+    if not 0 <= seed < 2**32:
+        raise StimulusError(f"seed = {seed} must be in [0, 2³²)")
+    for name, val in (("n_traces", n_traces), ("n_comp", n_comp)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise StimulusError(f"{name} = {val!r} must be an int ≥ 1")
+
+
 def paper_currents(
     seed: int = PAPER_SEED,
     n_traces: int = 100,
@@ -190,18 +206,7 @@ def paper_currents(
     """
     n_bins = PAPER_N_BINS
     n_change = int(n_bins * hazard_rate)
-    if not 1 <= n_change <= n_bins - 1:
-        raise StimulusError(
-            f"hazard_rate = {hazard_rate} gives {n_change} change points; need 1–{n_bins - 1} "
-            f"(the paper's 0.05 gives 2)"
-        )
-    if i_max < 1:
-        raise StimulusError(f"i_max = {i_max} must be ≥ 1 (levels are drawn from 0 … i_max−1)")
-    if not 0 <= seed < 2**32:
-        raise StimulusError(f"seed = {seed} must be in [0, 2³²)")
-    for name, val in (("n_traces", n_traces), ("n_comp", n_comp)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise StimulusError(f"{name} = {val!r} must be an int ≥ 1")
+    _check_current_args(n_change, i_max, seed, n_traces, n_comp, hazard_rate)
     mask = _sites(stim, n_comp, "stimulated")
 
     rng = random.Random(seed)  # == random.seed(seed) on the module's generator
