@@ -1,6 +1,6 @@
 """The C build of the fused kernels (``_ckernels.c``): forward, adjoint and tangent.
 
-Compiled at first use by the system C compiler (``$CC``, default ``cc``; ≈ 1 s), cached by
+Compiled at first use by the system C compiler (``$CC``, default ``cc``), cached by
 source, compiler, flags and CPU in ``$BAYESNEURON_CACHE_DIR`` (default
 ``~/.cache/bayesneuron``), and called through ctypes, which releases the GIL, so chunks run on
 threads. Where no compiler works, :func:`available` is False (with a one-line warning) and

@@ -24,7 +24,7 @@ Chunks run on ``torch.get_num_threads()`` Python threads (the kernels release th
 lane's arithmetic does not depend on its chunk, so results are bit-identical for any thread
 count.
 
-The kernels are C (``_ckernels.c``), compiled by the system C compiler in ≈ 1 s on first use and
+The kernels are C (``_ckernels.c``), compiled by the system C compiler on first use and
 cached (:mod:`bayesneuron.simulation._ckernels`). Channel kinetics are not in the C source: each
 gate's rates arrive as rows of a table packed from the channel's rate forms
 (:class:`~bayesneuron.channels.RateChannel`), so any channel declared from them runs here.

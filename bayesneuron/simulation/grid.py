@@ -12,8 +12,9 @@ __all__ = ["broadcast_shapes", "step_grid"]
 
 
 def broadcast_shapes(*shapes) -> torch.Size:
-    """``torch.broadcast_shapes`` by numpy's rules (the same): torch's own imports sympy on its
-    first call (≈ 1 s). Raises ``ValueError`` where the shapes do not broadcast."""
+    """``torch.broadcast_shapes`` by numpy's rules (the same), without importing sympy as
+    torch's own does on its first call. Raises ``ValueError`` where the shapes do not
+    broadcast."""
     return torch.Size(np.broadcast_shapes(*(tuple(x) for x in shapes)))
 
 

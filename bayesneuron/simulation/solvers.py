@@ -52,9 +52,10 @@ class BackwardEuler:
             backward instead of storing it. ``"auto"`` (default) does so, in chunks of
             √steps, when gradients are needed and the stored pass would exceed about 1 GB;
             ``None`` never does.
-        compile: fuse each step with ``torch.compile`` — about 3× faster steps on small
-            cells; the first call per cell, dtype and shape compiles for 20–60 s (cached on
-            disk by inductor), so it pays for fits and long runs, not for one-off simulations.
+        compile: fuse each step with ``torch.compile`` — faster steps on small cells, after a
+            first call per cell, dtype and shape that compiles for tens of seconds (cached on
+            disk by inductor): it pays for fits and long runs, not for one-off simulations
+            (timings in ``benchmarks/README.md``).
     """
 
     dt: float = 0.025
@@ -78,7 +79,7 @@ class CrankNicolson:
         checkpoint_every, compile: as in :class:`BackwardEuler` (torch backend only).
         backend: ``"auto"`` (default), ``"fused"`` or ``"torch"``. ``"fused"`` runs whole
             trajectories in a compiled C kernel with a hand-written discrete adjoint (exact
-            gradients of every ``g`` and ``e``), 10–30× faster than ``"torch"`` on small cells,
+            gradients of every ``g`` and ``e``), much faster than ``"torch"`` on small cells,
             for channels declared from rate forms, on CPU in float64, on
             ``torch.get_num_threads()`` threads; a differentiable run keeps ``1 + 3·gates``
             floats per node, step and batch element. ``"torch"`` steps with autograd (any
