@@ -8,6 +8,7 @@ from bayesneuron import (
     Cell,
     Channel,
     ChannelError,
+    CrankNicolson,
     HHPotassium,
     HHSodium,
     Leak,
@@ -18,7 +19,8 @@ from bayesneuron import (
     paper_channels,
     simulate,
 )
-from bayesneuron.channels import vtrap
+from bayesneuron.channels import RateChannel, rates, vtrap
+from bayesneuron.simulation import runs_fused
 
 ALL = [
     *hh_channels(),
@@ -65,10 +67,20 @@ def test_float32_matches_float64():
 
 
 def test_vtrap_matches_closed_form_and_series():
+    assert vtrap is rates.vtrap  # lives with the rate forms, exported by bayesneuron.channels
     x = torch.tensor([-30.0, -1.0, -1e-3, 1e-3, 2.0, 50.0], dtype=torch.float64)
     assert torch.allclose(vtrap(x, 10.0), x / (torch.exp(x / 10.0) - 1.0), rtol=1e-9)
     zero = torch.zeros(1, dtype=torch.float64)
     assert vtrap(zero, 10.0).item() == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("ch", ALL, ids=lambda c: f"{type(c).__name__}")
+def test_builtin_channels_are_declared_from_rate_forms(ch):
+    # so the fused kernel runs them: the gates come from the declared Kinetics
+    assert isinstance(ch, RateChannel)
+    kin = ch.declared()
+    assert ch.state_names == tuple(g.name for g in kin.gates)
+    assert all(isinstance(r, rates.Rate) for g in kin.gates for r in (g.alpha, g.beta))
 
 
 def test_hh_rates_equal_neuron_formulas():
@@ -120,8 +132,10 @@ class SlowK(Channel):
 
 
 def test_custom_channel_runs_and_acts():
+    # a plain Channel subclass (its own gates, no rate forms) runs on the torch backend
     cell = Cell(chain(1), (*hh_channels(), SlowK()), v0=-65.0)
     assert "g_km" in cell.param_names
+    assert not isinstance(SlowK(), RateChannel) and not runs_fused(cell, CrankNicolson())
     vals = torch.full((1, 1, 400), 15.0, dtype=torch.float64)
     stim = Stimulus(vals, dt=0.25)
     with_km = simulate(cell, None, stim).v

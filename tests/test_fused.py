@@ -1,11 +1,16 @@
-"""The fused numba backend (``CrankNicolson(backend="numba")``) against the torch backend."""
+"""The fused C kernel (``CrankNicolson(backend="fused")``, the default on CPU in float64) against
+the torch backend (``backend="torch"``): voltages, gradients, sensitivities, threads, and which
+runs take which backend."""
 
 import math
+import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from bayesneuron import (
     Cell,
@@ -13,9 +18,11 @@ from bayesneuron import (
     CrankNicolson,
     Leak,
     Morphology,
+    PaperSodium,
     Reset,
     SolverError,
     Stimulus,
+    chain,
     hh_channels,
     hh_tree_cell,
     paper_channels,
@@ -23,16 +30,32 @@ from bayesneuron import (
     paper_ground_truth,
     paper_time_grid,
     paper_toy_cell,
+    sensitivities,
     simulate,
     step_current,
 )
+from bayesneuron.channels import (
+    Constant,
+    Exponential,
+    Gate,
+    HHPotassium,
+    HHSodium,
+    Kinetics,
+    Linoid,
+    Rate,
+    RateChannel,
+    Sigmoid,
+)
+from bayesneuron.simulation import fused, runs_fused
 
-pytest.importorskip("numba")
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler for the fused kernel"
+)
 
 CELL = paper_toy_cell()
 STIM = paper_currents(n_traces=5)
 T = paper_time_grid()[:20]
-TORCH, NUMBA = CrankNicolson(dt=0.01), CrankNicolson(dt=0.01, backend="numba")
+TORCH, FUSED = CrankNicolson(dt=0.01, backend="torch"), CrankNicolson(dt=0.01, backend="fused")
 
 
 def _params(batch=(3,), requires_grad=False):
@@ -44,12 +67,12 @@ def _params(batch=(3,), requires_grad=False):
     return {k: v.requires_grad_(requires_grad) for k, v in p.items()}
 
 
-def _both(cell, params, stim, t=T, **kw):
-    """Voltages and d(Σ w·V)/d(params) from the torch and the numba backend."""
+def _both(cell, params, stim, t=T, dt=0.01, seed=2, **kw):
+    """Voltages and d(Σ w·V)/d(params) from the torch and the fused backend."""
     res = []
-    for solver in (TORCH, CrankNicolson(dt=TORCH.dt, backend="numba")):
-        v = simulate(cell, params, stim, t, solver, **kw).v
-        w = torch.randn(v.shape, generator=torch.Generator().manual_seed(2), dtype=v.dtype)
+    for backend in ("torch", "fused"):
+        v = simulate(cell, params, stim, t, CrankNicolson(dt=dt, backend=backend), **kw).v
+        w = torch.randn(v.shape, generator=torch.Generator().manual_seed(seed), dtype=v.dtype)
         leaves = [x for x in params.values() if x.requires_grad]
         grads = torch.autograd.grad((w * v).sum(), leaves) if leaves else ()
         res.append((v.detach(), grads))
@@ -57,58 +80,58 @@ def _both(cell, params, stim, t=T, **kw):
 
 
 def _assert_close(res, v_tol=1e-10, g_tol=1e-9):
-    (vt, gt), (vn, gn) = res
-    assert vt.shape == vn.shape
-    assert (vt - vn).abs().max() <= v_tol
-    for a, b in zip(gt, gn, strict=True):
+    """Voltages within ``v_tol`` mV (≈ 1e-12 relative), gradients within ``g_tol`` relative."""
+    (vt, gt), (vf, gf) = res
+    assert vt.shape == vf.shape
+    assert (vt - vf).abs().max() <= v_tol
+    for a, b in zip(gt, gf, strict=True):
         assert a.shape == b.shape
+        assert a.abs().max() > 0  # a gradient that is there
         assert (a - b).abs().max() <= g_tol * a.abs().max(), (a, b)
 
 
 def test_torch_thread_count_is_left_alone():
-    # numba's OpenMP layer resets the process's OpenMP thread count when it starts
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        simulate(CELL, None, STIM, T[:3], NUMBA)
+        simulate(CELL, None, STIM, T[:3], FUSED)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
 
 def test_chunks_give_every_thread_work():
-    from bayesneuron.simulation.fused import _chunking
-
-    assert _chunking(100, 6, 1) == (100, 1)
-    assert _chunking(100, 6, 2) == (52, 2)  # lanes: a multiple of the vector width
-    assert _chunking(300, 6, 2) == (76, 4)  # ≤ 128 lanes, as many chunks per thread
-    assert _chunking(3, 6, 2) == (4, 1)
-    assert _chunking(100, 400, 1) == (16, 7)  # big cells: fewer lanes, to stay in cache
+    assert fused._chunking(100, 6, 1) == (100, 1)
+    assert fused._chunking(100, 6, 2) == (52, 2)  # lanes: a multiple of the vector width
+    assert fused._chunking(300, 6, 2) == (76, 4)  # ≤ 128 lanes, as many chunks per thread
+    assert fused._chunking(3, 6, 2) == (4, 1)
+    assert fused._chunking(100, 400, 1) == (16, 7)  # big cells: fewer lanes, to stay in cache
 
 
 def test_threads_and_chunks_give_bit_identical_results(monkeypatch):
     # every trajectory is independent: how the batch is split over threads must not matter
-    from bayesneuron import _fused
-
     stim = paper_currents(n_traces=7)
     before = torch.get_num_threads()
     runs = []
     try:
         for threads, max_lanes in ((1, 128), (2, 128), (2, 4), (3, 8)):
-            monkeypatch.setattr(_fused, "_MAX_LANES", max_lanes)
+            monkeypatch.setattr(fused, "_MAX_LANES", max_lanes)
             torch.set_num_threads(threads)
             params = _params((3,), requires_grad=True)
-            v = simulate(CELL, params, stim, T, NUMBA).v
+            v = simulate(CELL, params, stim, T, FUSED).v
             runs.append((v.detach(), torch.autograd.grad(v.square().sum(), [params["g_na"]])[0]))
+            _, jac = sensitivities(CELL, params, stim, T, FUSED, wrt=("g_k",))
+            runs[-1] += (jac,)
     finally:
         torch.set_num_threads(before)
-    for v, g in runs[1:]:
+    for v, g, j in runs[1:]:
         assert torch.equal(v, runs[0][0]) and torch.equal(g, runs[0][1])
+        assert torch.equal(j, runs[0][2])
 
 
 def _simulate_in_child(queue):
     torch.set_num_threads(2)
-    queue.put(simulate(CELL, None, STIM, T, NUMBA).v.numpy())
+    queue.put(simulate(CELL, None, STIM, T, FUSED).v.numpy())
 
 
 def test_threads_work_in_a_forked_child():
@@ -119,7 +142,7 @@ def test_threads_work_in_a_forked_child():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        v = simulate(CELL, None, STIM, T, NUMBA).v  # the parent's pool now exists
+        v = simulate(CELL, None, STIM, T, FUSED).v  # the parent's pool now exists
         ctx = mp.get_context("fork")
         queue = ctx.Queue()
         child = ctx.Process(target=_simulate_in_child, args=(queue,))
@@ -138,13 +161,14 @@ def test_history_buffers_are_not_shared_while_alive():
         p2["g_na"] *= 1.1
 
     def grad(p):
-        v = simulate(CELL, p, STIM, T, NUMBA).v
+        v = simulate(CELL, p, STIM, T, FUSED).v
         return torch.autograd.grad(v.square().sum(), [p["g_na"]])[0]
 
     alone = [grad(p1), grad(p2)]  # the second reuses the first's buffer
-    v1 = simulate(CELL, p1, STIM, T, NUMBA).v
-    v2 = simulate(CELL, p2, STIM, T, NUMBA).v  # while the first history is alive
+    v1 = simulate(CELL, p1, STIM, T, FUSED).v
+    v2 = simulate(CELL, p2, STIM, T, FUSED).v  # while the first history is alive
     both = [torch.autograd.grad(v.square().sum(), [p["g_na"]])[0] for v, p in ((v1, p1), (v2, p2))]
+    assert not torch.equal(alone[0], alone[1])
     assert all(torch.equal(a, b) for a, b in zip(alone, both))
 
 
@@ -154,10 +178,11 @@ def test_forward_matches_torch(batch):
         _assert_close(_both(CELL, _params(batch), STIM))
     # unbatched defaults and scalars too
     v0 = simulate(CELL, None, STIM, T, TORCH).v
-    v1 = simulate(CELL, {"g_k": 40.0}, STIM, T, NUMBA).v
+    v1 = simulate(CELL, {"g_k": 40.0}, STIM, T, FUSED).v
     assert v1.shape == v0.shape == (5, 6, 20)
-    assert (simulate(CELL, None, STIM, T, NUMBA).v - v0).abs().max() <= 1e-10
+    assert (simulate(CELL, None, STIM, T, FUSED).v - v0).abs().max() <= 1e-10
     assert (simulate(CELL, {"g_k": 40.0}, STIM, T, TORCH).v - v1).abs().max() <= 1e-10
+    assert (v1 - v0).abs().max() > 1e-3  # g_k matters
 
 
 def test_gradients_match_torch():
@@ -204,18 +229,6 @@ def test_switches_leak_only_and_junctions_match_torch():
 HH_CELL = hh_tree_cell()
 HH_STIM = step_current([0.0, 0.15, 0.4], 0, 6, delay=1.0, duration=8.0, t_stop=12.0, dt=1.0)
 HH_T = np.arange(0.0, 12.0 + 1e-9, 0.1)
-HH_TORCH = CrankNicolson(dt=0.025)
-
-
-def _hh_both(params, stim=HH_STIM, celsius=None):
-    cell = HH_CELL if celsius is None else hh_tree_cell(celsius)
-    res = []
-    for solver in (HH_TORCH, CrankNicolson(dt=0.025, backend="numba")):
-        v = simulate(cell, params, stim, HH_T, solver).v
-        w = torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=v.dtype)
-        leaves = [x for x in params.values() if x.requires_grad]
-        res.append((v.detach(), torch.autograd.grad((w * v).sum(), leaves)))
-    return res
 
 
 def test_hh_tree_matches_torch():
@@ -224,52 +237,105 @@ def test_hh_tree_matches_torch():
         k: torch.tensor(x, dtype=torch.float64, requires_grad=True)
         for k, x in HH_CELL.params.items()
     }
-    res = _hh_both(params)
+    res = _both(HH_CELL, params, HH_STIM, HH_T, dt=0.025, seed=3)
     assert res[0][0].max() > 30.0  # spikes
+    assert len(res[1][1]) == 6
     _assert_close(res, v_tol=1e-9, g_tol=1e-9)
 
 
-def test_hh_tree_batched_parameters_and_temperature_match_torch():
+def test_hh_tree_batched_parameters_temperature_and_reset_match_torch():
     gen = torch.Generator().manual_seed(4)
-    g_na = 120.0 * (1 + 0.2 * torch.rand(2, 6, generator=gen, dtype=torch.float64))
+    g_na = 120.0 * (1 + 0.2 * torch.rand(2, 1, 6, generator=gen, dtype=torch.float64))
     params = {
-        "g_na": g_na.requires_grad_(True),
+        "g_na": g_na.requires_grad_(True),  # a sample dim [2] against the stimulus' traces [3]
         "g_k": torch.full((6,), 30.0, dtype=torch.float64, requires_grad=True),
         "e_k": torch.tensor(-75.0, dtype=torch.float64, requires_grad=True),
     }
-    res = _hh_both(params, celsius=16.3)
-    assert res[1][0].shape == (2, 3, 6, len(HH_T))
+    cell = hh_tree_cell(16.3)
+    res = _both(cell, params, HH_STIM, HH_T, dt=0.025, seed=3)
+    assert res[1][0].shape == (2, 1, 3, 6, len(HH_T))
+    _assert_close(res, v_tol=1e-9, g_tol=1e-9)
+    # restarts from data at every 5th output time, on the soma and dend[0] only
+    held = res[0][0][0].clone()
+    held[:, 2:] = math.nan
+    res = _both(cell, params, HH_STIM, HH_T, dt=0.025, seed=3, reset=Reset(held, 5))
     _assert_close(res, v_tol=1e-9, g_tol=1e-9)
 
 
-def test_hh_rates_and_derivatives_are_exact_at_the_vtrap_singularities():
-    # α_m, α_n = scale·(a − V)/(exp((a − V)/b) − 1) against 40-digit arithmetic, across their
-    # removable singularities (V = −40, −55 mV) where the closed-form derivative cancels
-    mpmath = pytest.importorskip("mpmath")
-    from bayesneuron.simulation.fused import _CHANNELS
-    from bayesneuron.simulation._kernels import _LINOID, _VTRAP_SMALL, _rate
-    from bayesneuron.channels import HHPotassium, HHSodium
+@dataclass(frozen=True)
+class _Probe(RateChannel):
+    """One gate with the given rates (a stand-in for any channel declared from rate forms)."""
 
-    mpmath.mp.dps = 40
-    for spec in (_CHANNELS[HHSodium][0][0][0], _CHANNELS[HHPotassium][0][0][0]):
-        form, scale, a, b = spec
-        assert form == _LINOID
-        off = np.array([0.0, 1e-9, 1e-6, 1e-5, 1e-3, 0.3, 0.99, 1.01, 3.0, 30.0, 150.0])
-        v = np.concatenate([a + off, a - off[1:]])
-        rate, d_rate = np.empty_like(v), np.empty_like(v)
-        _rate(np.array(spec), v, rate, d_rate)
-        for vi, r, dr in zip(v, rate, d_rate):
-            u = (mpmath.mpf(a) - mpmath.mpf(vi)) / b
-            if abs(u) < _VTRAP_SMALL:  # the guarded branch, as channels.vtrap: b·(1 − u/2)
-                f, df = 1 - u / 2, mpmath.mpf(-0.5)
-            else:
-                f, df = u / mpmath.expm1(u), mpmath.diff(lambda x: x / mpmath.expm1(x), u)
-            assert abs(r - float(scale * b * f)) <= 4e-16 * abs(r)
-            assert abs(dr - float(-scale * df)) <= 1e-14 * abs(dr)
+    name: str = "probe"
+    alpha: Rate = Constant(1.0)
+    beta: Rate = Constant(1.0)
+    power: int = 1
+    g: float = 5.0
+
+    def param_defaults(self):
+        return {"g": self.g, "e": 0.0}
+
+    def kinetics(self):
+        return Kinetics(gates=(Gate("x", self.alpha, self.beta, self.power),))
 
 
+def test_rates_match_torch_at_and_around_the_linoid_singularities():
+    # Restarting the voltage at every step evaluates each gate's rates at chosen voltages: at
+    # each Linoid's v_half (α_m −40, α_n −55, the M-type pair −30 mV), just beside it (where a
+    # closed form loses digits), across the series/closed-form switch (|u| = 0.1) and over
+    # −150…100 mV; every form (softplus, exponential, sigmoid, linoid, constant) is present.
+    chans = (HHSodium(), HHPotassium(), PaperSodium(name="pna"),
+             _Probe("km", Linoid(0.05, -30.0, 9.0), Linoid(-0.05, -30.0, -9.0)),
+             _Probe("sg", Sigmoid(0.5, -60.0, -6.0), Constant(0.2)), Leak())  # fmt: skip
+    cell = Cell(chain(1), chans, v0=-65.0)
+    off = np.array([0.0, 1e-12, 1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.5, 0.99, 1.0, 1.01, 3])
+    vs = np.concatenate(
+        [
+            vh + s * off * k
+            for vh, k in ((-40.0, 10.0), (-55.0, 10.0), (-30.0, 9.0))
+            for s in (1, -1)
+        ]
+        + [np.linspace(-150.0, 100.0, 51)]
+    )
+    dt, n = 0.02, len(vs)
+    t = np.arange(n + 1) * dt
+    stim = Stimulus(torch.zeros(1, 1, n + 1, dtype=torch.float64), dt=dt)
+    held = torch.tensor(np.append(vs, np.nan), dtype=torch.float64).reshape(1, 1, n + 1)
+    res = _both(cell, {}, stim, t, dt=dt, reset=Reset(held, 1))
+    assert (res[0][0][..., 1:] - held[..., :-1]).abs().max() > 10.0  # the channels act
+    _assert_close(res, v_tol=1e-12)  # |V| ≤ 150 mV: 1e-14 relative
+    # the check can fail: a Linoid scale off by 1e-10 moves the voltages by far more
+    moved = (*chans[:3], _Probe("km", Linoid(0.05 * (1 + 1e-10), -30.0, 9.0), chans[3].beta),
+             *chans[4:])  # fmt: skip
+    v = simulate(Cell(chain(1), moved, v0=-65.0), {}, stim, t, TORCH, reset=Reset(held, 1)).v
+    assert (v - res[0][0]).abs().max() > 1e-11
+
+
+@pytest.mark.parametrize("k", [10.0, -9.0])
+@pytest.mark.parametrize("u", [0.0, 9e-7, -9e-7, 5e-5, 0.099, -0.101])
+def test_gradients_match_torch_resting_on_a_linoid_singularity(k, u):
+    # A cell at rest at v0 = v_half − u·k of a Linoid opening rate (the leak's reversal
+    # balances the current there), so every step evaluates the rate and its slope at that u:
+    # on the singularity, just beside it, and on both sides of the series/closed-form switch at
+    # |u| = 0.1. The slope enters the gradients through the gate updates (a kernel whose slope
+    # was 3e-7 off at |u| < 1e-6 failed here).
+    v_half = -40.0
+    v0 = v_half - u * k
+    probe = _Probe("p", Linoid(1.0, v_half, k), Constant(1.0))
+    x0 = probe.init_gates(torch.tensor(v0, dtype=torch.float64), {})["x"].item()
+    cell = Cell(chain(1), (probe, Leak(g=1.0, e=v0 + 5.0 * x0 * v0)), v0=v0)
+    stim = Stimulus(torch.zeros(1, 1, 4, dtype=torch.float64), dt=0.5)
+    params = {name: torch.tensor(x, requires_grad=True) for name, x in cell.params.items()}
+    res = _both(cell, params, stim, np.linspace(0.0, 2.0, 41))
+    assert (res[0][0] - v0).abs().max() <= 1e-10  # at rest, to rounding
+    _assert_close(res, v_tol=1e-12, g_tol=1e-12)
+
+
+# --------------------------------------------------------------------------- which backend
 @dataclass(frozen=True)
 class _SlowK(Channel):
+    """A channel that writes its own gates: not a RateChannel, so the torch backend's."""
+
     name: str = "km"
     state_names = ("n",)
 
@@ -283,42 +349,126 @@ class _SlowK(Channel):
         return p["g"] * x["n"], p["e"]
 
 
+@dataclass(frozen=True)
+class _ThreeGates(RateChannel):
+    name: str = "k3"
+
+    def param_defaults(self):
+        return {"g": 5.0, "e": -80.0}
+
+    def kinetics(self):
+        a, b = Exponential(0.1, -50.0, -10.0), Sigmoid(0.2, -60.0, -5.0)
+        return Kinetics(gates=(Gate("p", a, b), Gate("q", b, a), Gate("r", a, a, power=2)))
+
+
+TWO = Morphology.from_parents([-1, 0])
+HIGH_POWER = _Probe("k6", Linoid(0.01, -55.0, 10.0), Exponential(0.125, -65.0, 80.0), 6, 20.0)
+UNFUSABLE = {
+    "plain Channel": Cell(TWO, (*hh_channels(), _SlowK())),
+    "three gates": Cell(TWO, (*hh_channels(), _ThreeGates())),
+    "gate power 6": Cell(TWO, (*hh_channels(), HIGH_POWER)),
+}
+
+
 @pytest.mark.parametrize(
     "cell, kw, match",
     [
-        (Cell(Morphology.from_parents([-1, 0]), (*hh_channels(), _SlowK())), {}, "got _SlowK"),
+        (UNFUSABLE["plain Channel"], {}, "_SlowK writes its own gates"),
+        (UNFUSABLE["three gates"], {}, "≤ 2 gates per channel; k3 has more"),
+        (UNFUSABLE["gate power 6"], {}, "gate powers ≤ 4; k6"),
         (CELL, {"dtype": torch.float32}, "float64; got torch.float32"),
     ],
 )
-def test_unsupported_raise_with_the_reason(cell, kw, match):
+def test_fused_refuses_what_it_cannot_run_with_the_reason(cell, kw, match):
     stim = Stimulus(torch.ones(1, cell.n_comp, 2), dt=0.5)
-    with pytest.raises(SolverError, match=f"backend='numba' supports .*{match}"):
-        simulate(cell, None, stim, None, NUMBA, **kw)
+    with pytest.raises(SolverError, match=f"backend='fused' cannot run this: .*{match}"):
+        simulate(cell, None, stim, None, FUSED, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(UNFUSABLE))
+def test_auto_runs_unfusable_channels_on_torch(name):
+    # backend="auto" takes the torch backend for them, with the same result; a gate power above
+    # the kernel's 4 is simulated right (it was once silently taken as 4)
+    cell = UNFUSABLE[name]
+    stim = Stimulus(torch.full((1, 2, 20), 10.0, dtype=torch.float64), dt=0.25)
+    assert not runs_fused(cell, CrankNicolson())
+    v = simulate(cell, None, stim, None, CrankNicolson()).v
+    assert torch.equal(v, simulate(cell, None, stim, None, CrankNicolson(backend="torch")).v)
+    plain = simulate(Cell(TWO, hh_channels()), None, stim, None, CrankNicolson()).v
+    assert (v - plain).abs().max() > 0.1  # the extra channel acts
+
+
+def test_default_solver_runs_fused_on_cpu_float64():
+    params = _params((2,))
+    assert runs_fused(CELL, CrankNicolson())
+    assert runs_fused(CELL, CrankNicolson(), torch.float64, "cpu", STIM, None, params.values())
+    v = simulate(CELL, params, STIM, T, CrankNicolson(dt=0.01)).v
+    assert torch.equal(v, simulate(CELL, params, STIM, T, FUSED).v)
+    default = simulate(CELL, params, STIM, T).v  # solver=None: CrankNicolson()
+    assert torch.equal(default, simulate(CELL, params, STIM, T, CrankNicolson(backend="fused")).v)
+    assert not torch.equal(v, simulate(CELL, params, STIM, T, TORCH).v)  # a different code path
+    assert not runs_fused(CELL, TORCH)
+    assert not runs_fused(CELL, CrankNicolson(compile=True))
+
+
+def test_default_solver_runs_torch_in_float32():
+    auto = CrankNicolson(dt=0.01)
+    assert not runs_fused(CELL, auto, torch.float32)
+    v = simulate(CELL, None, STIM, T, auto, dtype=torch.float32).v
+    assert v.dtype == torch.float32
+    assert torch.equal(v, simulate(CELL, None, STIM, T, TORCH, dtype=torch.float32).v)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_default_solver_runs_torch_for_forward_mode_ad_and_it_equals_sensitivities():
+    # a dual g_na (tangent: one unit vector per sample) runs the torch backend, whose forward
+    # derivatives are the fused kernel's exact sensitivities
+    stim, t = paper_currents(n_traces=2), T[:10]
+    g_na = torch.as_tensor(paper_ground_truth()["g_na"], dtype=torch.float64) * 1.05
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(g_na.expand(6, 6).clone(), torch.eye(6, dtype=torch.float64))
+        assert not runs_fused(CELL, CrankNicolson(), params=(dual,))
+        v = simulate(CELL, {"g_na": dual}, stim, t, CrankNicolson(dt=0.01)).v
+        v, tangent = fwAD.unpack_dual(v)
+    assert tangent is not None and tangent.shape == (6, 2, 6, 10)
+    v_f, jac = sensitivities(CELL, {"g_na": g_na}, stim, t, FUSED, wrt=("g_na",))
+    assert (v[0] - v_f).abs().max() <= 1e-10
+    ref = tangent.movedim(0, 1)  # [trace, k, comp, time]
+    assert ref.abs().max() > 0.1
+    assert (jac - ref).abs().max() <= 1e-9 * ref.abs().max()
+
+
+def test_default_solver_runs_torch_for_gradients_with_respect_to_currents():
+    vals = STIM.values[:2].clone().requires_grad_(True)
+    stim, t = Stimulus(vals, dt=STIM.dt), T[:6]
+    assert not runs_fused(CELL, CrankNicolson(), stimulus=stim)
+    v = simulate(CELL, None, stim, t, CrankNicolson(dt=0.01)).v
+    (g,) = torch.autograd.grad(v.sum(), vals)
+    assert g.abs().max() > 0
+    v_t = simulate(CELL, None, stim, t, TORCH).v
+    (g_t,) = torch.autograd.grad(v_t.sum(), vals)
+    assert torch.equal(v, v_t) and torch.equal(g, g_t)
+    with torch.no_grad():  # no gradient wanted: the fused kernel again
+        assert runs_fused(CELL, CrankNicolson(), stimulus=stim)
+    with pytest.raises(SolverError, match="with respect to the currents"):
+        simulate(CELL, None, stim, t, FUSED)
+
+
+def test_numba_backend_is_a_deprecated_alias_of_fused():
+    with pytest.warns(DeprecationWarning, match=r"backend='numba'\) is deprecated"):
+        solver = CrankNicolson(dt=0.01, backend="numba")
+    assert solver.backend == "fused" and solver == FUSED
+    assert runs_fused(CELL, solver)
+    assert torch.equal(
+        simulate(CELL, None, STIM, T, solver).v, simulate(CELL, None, STIM, T, FUSED).v
+    )
 
 
 def test_backend_setting_is_validated():
-    with pytest.raises(SolverError, match="'torch' or 'numba'"):
+    with pytest.raises(SolverError, match=r"must be one of \('auto', 'fused', 'torch'\)"):
         CrankNicolson(backend="jax")
     with pytest.raises(SolverError, match="compile=True"):
-        CrankNicolson(backend="numba", compile=True)
-
-
-def test_vectorised_exp_expm1_and_log1p_are_accurate():
-    from bayesneuron.simulation._kernels import _exp, _expm1, _log1p01
-
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.uniform(-700, 700, 2000), rng.uniform(-2, 2, 2000), [0.0, 709.7]])
-    got = np.array([_exp(v) for v in x])
-    assert np.all(np.abs(got - np.exp(x)) <= 2 * np.spacing(np.exp(x)))
-    assert _exp(710.0) == np.inf and _exp(-710.0) == 0.0 and np.isnan(_exp(np.nan))
-    u = np.concatenate([rng.uniform(0, 1, 2000), 10.0 ** rng.uniform(-300, 0, 2000), [0.0, 1.0]])
-    got = np.array([_log1p01(v) for v in u])
-    assert np.all(np.abs(got - np.log1p(u)) <= 2 * np.spacing(np.log1p(u)))
-    x = np.concatenate([x, rng.uniform(-0.4, 0.4, 2000), 10.0 ** rng.uniform(-300, 0, 500)])
-    x = np.concatenate([x, -x[-500:], [-745.0, -36.0, 1e-6]])
-    got = np.array([_expm1(v) for v in x])
-    assert np.all(np.abs(got - np.expm1(x)) <= 2 * np.spacing(np.abs(np.expm1(x))))
-    assert _expm1(710.0) == np.inf and _expm1(-710.0) == -1.0 and _expm1(0.0) == 0.0
+        CrankNicolson(backend="fused", compile=True)
 
 
 # --------------------------------------------------------------------------- sensitivities
@@ -326,9 +476,7 @@ def _jacobian_errors(cell, params, stim, t, wrt, reset=None, fd_col=None):
     """J from the tangent pass against the adjoint and a forward difference: returns the
     largest relative error of Jᵀu against the adjoint's gradient of Σ u·V (an identity of the
     discrete scheme, so rounding only) and of column ``fd_col`` against a forward difference."""
-    from bayesneuron import sensitivities
-
-    solver = CrankNicolson(dt=0.025 if cell is HH_CELL else 0.01, backend="numba")
+    solver = CrankNicolson(dt=0.025 if cell is HH_CELL else 0.01, backend="fused")
     v, jac = sensitivities(cell, params, stim, t, solver, wrt=wrt, reset=reset)
     leaves = {k: torch.as_tensor(params[k]).clone().requires_grad_() for k in wrt}
     vt = simulate(cell, {**params, **leaves}, stim, t, solver, reset=reset).v
@@ -353,6 +501,7 @@ def _jacobian_errors(cell, params, stim, t, wrt, reset=None, fd_col=None):
         moved[wrt[a]][..., k] += h
         fd = (simulate(cell, moved, stim, t, solver, reset=reset).v - v) / h
         ref = jac[..., a * n + k, :, :]
+        assert ref.abs().max() > 1e-3
         fd_err = float((fd - ref).abs().max() / ref.abs().max())
     return adj_err, fd_err
 
@@ -377,18 +526,21 @@ def test_sensitivities_hh_tree_with_sample_dims():
 
 
 def test_sensitivities_refuse_what_they_cannot_do():
-    from bayesneuron import ParameterError, sensitivities
+    from bayesneuron import ParameterError
 
     with pytest.raises(SolverError, match="need the fused kernel"):
         sensitivities(CELL, None, STIM, T, TORCH)
     with pytest.raises(ParameterError, match=r"'e_na' is not one of \['g_na', 'g_k', 'g_l'\]"):
-        sensitivities(CELL, None, STIM, T, NUMBA, wrt=("e_na",))
+        sensitivities(CELL, None, STIM, T, FUSED, wrt=("e_na",))
+    with pytest.raises(SolverError, match="need the fused kernel: .*_SlowK"):
+        cell = UNFUSABLE["plain Channel"]
+        sensitivities(cell, None, Stimulus(torch.ones(1, 2, 2), dt=0.5), None, wrt=("g_km",))
 
 
 def test_levenberg_marquardt_same_steps_with_exact_and_fd_jacobians():
     from bayesneuron import Design, fit_map, paper_experiment
 
-    model, v, truth = paper_experiment(Design(), n_traces=4, solver=NUMBA)
+    model, v, truth = paper_experiment(Design(), n_traces=4, solver=FUSED)
     fits = [
         fit_map(model, v, truth=truth, n_starts=1, max_steps=8, horizons=(), jacobian=j)
         for j in ("exact", "fd")
@@ -402,67 +554,9 @@ def test_laplace_jacobian_exact_equals_central_differences():
     from bayesneuron import Design, paper_experiment
     from bayesneuron.inference.laplace import jacobian
 
-    model, _, truth = paper_experiment(Design([0, -1], [0, 2]), n_traces=3, solver=NUMBA)
+    model, _, truth = paper_experiment(Design([0, -1], [0, 2]), n_traces=3, solver=FUSED)
     assert model.exact_sensitivities
     exact = jacobian(model, truth)
     central = jacobian(model, truth, method="central")
     assert exact.shape == central.shape == (3 * 2 * 48, 12)
     assert (exact - central).abs().max() <= 1e-6 * central.abs().max()
-
-
-_TINY_KERNEL = """
-from numba import njit
-
-
-@njit(cache=True)
-def twice(a, out):
-    for i in range(a.shape[0]):
-        out[i] = 2.0 * a[i]
-"""
-
-
-def _tiny_kernels(tmp_path, monkeypatch):
-    """A module with one cached kernel, standing in for ``_kernels`` in ``_compile_ahead``."""
-    import importlib.util
-
-    from bayesneuron import _compile_ahead
-
-    path = tmp_path / "tiny_kernels.py"
-    path.write_text(_TINY_KERNEL)
-    spec = importlib.util.spec_from_file_location("tiny_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(_compile_ahead, "_kernels", mod)
-    monkeypatch.setattr(_compile_ahead, "_JOBS", {})
-    return _compile_ahead, mod
-
-
-def test_compile_ahead_child_fills_the_cache_this_process_loads(tmp_path, monkeypatch):
-    ahead, mod = _tiny_kernels(tmp_path, monkeypatch)
-    a, out = np.arange(3.0), np.empty(3)
-    sig = (ahead.numba.typeof(a), ahead.numba.typeof(out))
-    assert not ahead._cached(mod.twice, sig)
-    ahead.start("twice", lambda: (a, out))
-    assert ahead._JOBS["twice"] is not None  # a child was started
-    ahead.wait("twice")
-    assert ahead._JOBS["twice"].returncode == 0
-    assert ahead._cached(mod.twice, sig)
-    mod.twice(a, out)  # loaded from the child's cache, not compiled here
-    assert mod.twice.stats.cache_hits.most_common(1)[0][1] == 1
-    assert not mod.twice.stats.cache_misses
-    np.testing.assert_array_equal(out, 2 * a)
-    ahead.start("twice", lambda: (a, out))  # once per process
-    assert ahead._JOBS["twice"].returncode == 0
-
-
-def test_compile_ahead_skips_cached_compiled_and_switched_off(tmp_path, monkeypatch):
-    ahead, mod = _tiny_kernels(tmp_path, monkeypatch)
-    a, out = np.arange(3.0), np.empty(3)
-    monkeypatch.setenv("BAYESNEURON_COMPILE_AHEAD", "0")
-    ahead.start("twice", lambda: (a, out))
-    assert "twice" not in ahead._JOBS
-    monkeypatch.delenv("BAYESNEURON_COMPILE_AHEAD")
-    mod.twice(a, out)  # compiled here (and cached): nothing left to do ahead
-    ahead.start("twice", lambda: (a, out))
-    assert ahead._JOBS["twice"] is None
-    ahead.wait("twice")  # a no-op

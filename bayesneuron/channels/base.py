@@ -99,7 +99,7 @@ class Gate:
     def __post_init__(self):
         if not (isinstance(self.alpha, Rate) and isinstance(self.beta, Rate)):
             raise TypeError(f"gate {self.name!r}: alpha and beta must be rate forms (Rate)")
-        if not (isinstance(self.power, int) and self.power >= 1):
+        if isinstance(self.power, bool) or not (isinstance(self.power, int) and self.power >= 1):
             raise ValueError(f"gate {self.name!r}: power = {self.power!r} must be an int ≥ 1")
 
 
@@ -143,7 +143,7 @@ class RateChannel(Channel):
     Subclasses (frozen dataclasses) set ``name`` and implement :meth:`param_defaults` (``g`` in
     mS/cm², ``e`` in mV) and :meth:`kinetics`; gates, steady states and conductance follow, and
     the fused C kernel packs its tables from the same :class:`Kinetics` (at most two gates per
-    channel there; more run on the torch backends).
+    channel there, with powers ≤ 4; other channels run on the torch backends).
     """
 
     def kinetics(self) -> Kinetics:

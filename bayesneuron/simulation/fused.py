@@ -61,14 +61,16 @@ __all__ = ["jacobian", "supported", "run"]
 
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
 _MAX_GATES = 2  # gates per channel the kernels take
+_MAX_POWER = 4  # gate exponents the kernels take (_ckernels.c: pow_of)
 
 
 def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=()) -> str | None:
     """``None`` if the fused kernel can run this simulation, else why not (a message).
 
     It runs :class:`CrankNicolson` on CPU in float64 for channels declared from rate forms
-    (:class:`~bayesneuron.channels.RateChannel`, at most two gates each), where the C kernel
-    builds, and where no gradient is wanted with respect to the currents or reset values.
+    (:class:`~bayesneuron.channels.RateChannel`, at most two gates each, gate powers ≤ 4),
+    where the C kernel builds, and where no gradient is wanted with respect to the currents or
+    reset values.
     """
     if not isinstance(solver, CrankNicolson):
         return f"the fused kernel runs CrankNicolson; got {type(solver).__name__}"
@@ -82,8 +84,11 @@ def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=())
                 f"the fused kernel runs channels declared from rate forms (RateChannel); "
                 f"{type(ch).__name__} writes its own gates"
             )
-        if len(ch.declared().gates) > _MAX_GATES:
+        gates = ch.declared().gates
+        if len(gates) > _MAX_GATES:
             return f"the fused kernel takes ≤ {_MAX_GATES} gates per channel; {ch.name} has more"
+        if any(g.power > _MAX_POWER for g in gates):
+            return f"the fused kernel takes gate powers ≤ {_MAX_POWER}; {ch.name} has a higher one"
     wants = torch.is_grad_enabled()
     if wants and stimulus is not None and stimulus.values.requires_grad:
         return "gradients with respect to the currents need the torch backend"
