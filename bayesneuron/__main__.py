@@ -1,7 +1,8 @@
-"""``python -m bayesneuron``: the command-line interface."""
+"""``python -m bayesneuron``: the command-line interface (as the ``bayesneuron`` command)."""
 
 import sys
 
 from bayesneuron.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,8 +33,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without
 
 INLINE = """\
 %matplotlib inline
-# (Every bayesneuron.reports.plot_* returns a Figure and never shows it; here Jupyter
-# displays it at the end of the cell.)"""
+# (Every bayesneuron.reports.plot_* returns a matplotlib Figure and never shows it, nor
+# touches pyplot: `display(fig)` shows one here.)"""
 
 
 def md(text: str) -> tuple[str, str]:
@@ -185,6 +185,7 @@ QUICKSTART = [
         sim = simulate(cell, g_true, stim, t_fine, solver)
         print(f"v: {tuple(sim.v.shape)} = (trace, comp, time), {time.perf_counter() - t0:.2f} s")
         fig = reports.plot_traces(sim, traces=(0, 1), title="membrane voltage at the ground truth")
+        display(fig)
         """
     ),
     md(
@@ -277,7 +278,9 @@ QUICKSTART = [
     code(
         """
         fig = reports.plot_loss_and_gte([fit], title="MAP fit, all|all")
+        display(fig)
         fig = reports.plot_trajectories(fit)
+        display(fig)
         """
     ),
     md(
@@ -652,6 +655,7 @@ IDENTIFIABILITY = [
         """
         for r in runs.values():
             fig = reports.plot_posterior_vs_prior(r["idata"])
+            display(fig)
         """
     ),
     md(
@@ -665,6 +669,7 @@ IDENTIFIABILITY = [
         for label, r in runs.items():
             fig = reports.plot_pairs(r["idata"], var_names=["g_na", "g_k"], compartments=[0, 5])
             fig.suptitle(f"{label}: posterior pairs (red: truth)", fontsize=9)
+            display(fig)
         """
     ),
     md(
@@ -677,6 +682,7 @@ IDENTIFIABILITY = [
     code(
         """
         fig = reports.plot_ppc_traces(runs["[0]|all"]["idata"], n_traces=2)
+        display(fig)
         """
     ),
     md(
@@ -920,12 +926,15 @@ DESIGN_COMPARISON = [
     code(
         """
         fig = reports.plot_contraction_heatmap(table, value="mean_contraction", title="mean contraction")
+        display(fig)
         fig = reports.plot_contraction_heatmap(
             table, value="min_contraction", title="worst conductance's contraction"
         )
+        display(fig)
         fig = reports.plot_contraction_heatmap(
             table, value="logdet_fisher", title="log-det Fisher information"
         )
+        display(fig)
         """
     ),
     md(
@@ -1007,6 +1016,7 @@ DESIGN_COMPARISON = [
         fig = reports.plot_contraction_heatmap(
             checked, value="mean_contraction", title="mean contraction, Laplace at the MAP"
         )
+        display(fig)
         """
     ),
     md(

@@ -9,6 +9,7 @@ import pytest
 from bayesneuron.cli import main
 
 TINY = ["--traces", "3", "--quiet"]
+ENV_KEYS = {"bayesneuron", "torch", "pyro", "arviz", "fused_kernel", "git_commit"}
 TINY_POST = [*TINY, "--map-steps", "2", "--samples", "20"]
 
 
@@ -60,8 +61,10 @@ def test_fit_writes_fit_table_figures_and_provenance(tmp_path, capsys):
         assert (out / name).stat().st_size > 1000, name
     config = json.loads((out / "config.json").read_text())
     assert config["traces"] == 3 and config["backend"] == "auto" and "func" not in config
-    assert "git_commit" in json.loads((out / "environment.json").read_text())
+    assert ENV_KEYS <= set(json.loads((out / "environment.json").read_text()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit"]  # no staging folder left
+    long = rows(out / "fit_parameters.csv")
+    assert [r["parameter"] for r in long[:2]] == ["g_na[0]", "g_na[1]"] and len(long) == 12
 
 
 def test_infer_svi_writes_posterior_summary_figures_and_report(tmp_path, capsys):
@@ -86,6 +89,8 @@ def test_infer_svi_writes_posterior_summary_figures_and_report(tmp_path, capsys)
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "svi" and config["infer"]["max_steps"] == 5
     assert config["infer"]["map_init"] == "truth"
+    assert ENV_KEYS <= set(json.loads((out / "environment.json").read_text()))
+    assert (out / "forest_g_na.png").is_file() and (out / "forest_g_k.png").is_file()
 
 
 def test_compare_writes_designs_ranking_heatmaps_idata_and_report(compare_dir):
@@ -105,6 +110,18 @@ def test_compare_writes_designs_ranking_heatmaps_idata_and_report(compare_dir):
         assert (out / name).stat().st_size > 100, name
     config = json.loads((out / "config.json").read_text())
     assert config["designs"] == ["all|all", "[0]|all"] and config["method"] == "laplace"
+    assert ENV_KEYS <= set(json.loads((out / "environment.json").read_text()))
+
+
+def test_compare_resume_keeps_the_designs_already_done(compare_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(compare_dir, copy)
+    before = rows(copy / "designs.csv")
+    argv = ["compare", "--designs", "all|all,[0]|all", "--method", "laplace", *TINY_POST]
+    assert main([*argv, "--resume", "--out", str(copy)]) == 0
+    assert rows(copy / "designs.csv") == before  # loaded, not run again (wall_s as it was)
 
 
 def test_report_rebuilds_a_compare_folder(compare_dir, capsys):
@@ -213,12 +230,12 @@ def test_fit_out_that_is_a_file(tmp_path, capsys):
 
 
 def test_a_failure_while_writing_leaves_no_results_folder(tmp_path, monkeypatch, capsys):
-    import bayesneuron.cli as cli
+    import bayesneuron.cli._common as common
 
     def broken():  # the last file written: everything before it must vanish too
         raise OSError(28, "No space left on device", "environment.json")
 
-    monkeypatch.setattr(cli, "environment", broken)
+    monkeypatch.setattr(common, "environment", broken)
     argv = ["fit", "--traces", "2", "--starts", "1", "--steps", "1", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "new" / "fit")]) == 1
     err = capsys.readouterr().err
@@ -239,3 +256,14 @@ def test_compare_and_fit_on_the_hh_tree_preset(tmp_path):
     assert main([*argv, "--out", str(fit)]) == 0
     (row,) = rows(fit / "table.csv")
     assert float(row["dt"]) == 0.025  # the preset's step
+
+
+def test_backend_numba_is_a_deprecated_alias_of_fused(tmp_path, capsys):
+    out = tmp_path / "fit"
+    argv = ["fit", "--backend", "numba", "--traces", "1", "--starts", "1", "--steps", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "--backend numba is a deprecated alias of --backend fused" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["backend"] == "fused"
+    assert run(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "{auto,fused,torch}" in text and "'numba' is a deprecated alias of fused" in text

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayesneuron.reference.cells import L23_SWC, hh_tree_cell, l23_cell
 from bayesneuron.errors import MorphologyError
 from bayesneuron.morphology.geometry import Section, from_sections, section_nseg, segment_geometry
 from bayesneuron.morphology.swc import load_swc, read_swc_sections
+from bayesneuron.reference.cells import L23_SWC, hh_tree_cell, l23_cell
 
 REF = Path(__file__).parent / "reference"
 SWC_PATH = Path(__file__).parents[1] / "bayesneuron" / "data" / L23_SWC

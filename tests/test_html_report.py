@@ -3,25 +3,21 @@
 import base64
 import re
 
-import matplotlib
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure as MplFigure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from bayesneuron import DataError  # noqa: E402
-from bayesneuron.reports.html import Figure, Table, Text, write_html_report  # noqa: E402
+from bayesneuron import DataError
+from bayesneuron.reports.html import Figure, Table, Text, write_html_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def fig():
-    f, ax = plt.subplots(figsize=(2, 1.5))
-    ax.plot([0, 1], [1, 0])
-    yield f
-    plt.close(f)
+    f = MplFigure(figsize=(2, 1.5))  # no pyplot, no backend: as the library's own figures
+    f.subplots().plot([0, 1], [1, 0])
+    return f
 
 
 def _images(text: str) -> list[bytes]:

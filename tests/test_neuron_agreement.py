@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bayesneuron.protocol.stimulus import step_current
 from bayesneuron.reference.cells import hh_tree_cell
 from bayesneuron.simulation.api import simulate
 from bayesneuron.simulation.solvers import BackwardEuler
-from bayesneuron.protocol.stimulus import step_current
 
 REF = Path(__file__).parent / "reference"
 TOL_MV = 1e-4

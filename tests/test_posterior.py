@@ -26,9 +26,9 @@ from bayesneuron.errors import DataError, FitError
 from bayesneuron.inference.laplace import laplace_map
 from bayesneuron.inference.metrics import identifiability
 from bayesneuron.inference.nuts import run_nuts
-from bayesneuron.studies.config import DESIGN_COLUMNS
-from bayesneuron.inference.svi import GUIDES, WhitenedModel, fit_svi, psis_khat
 from bayesneuron.inference.space import ParameterSpace
+from bayesneuron.inference.svi import GUIDES, WhitenedModel, fit_svi, psis_khat
+from bayesneuron.studies.config import DESIGN_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = Cell(chain(2, ax=0.5, cm=0.45), paper_channels(), v0=-60.0)
@@ -156,6 +156,26 @@ def test_parameter_space_round_trip_and_density():
     assert torch.isfinite(sp.log_prior(torch.full((4,), 60.0, dtype=torch.float64)))  # on a bound
 
 
+def test_parameter_space_jacobian_and_flat_parameters():
+    """One map for every method: dg/du is the diagonal of the map's Jacobian; parameters
+    without a prior (maximum-likelihood MAP only) are mapped by exp."""
+    model, _ = two_compartments()
+    sp = ParameterSpace(model)
+    u = torch.randn(4, dtype=torch.float64)
+    full = torch.autograd.functional.jacobian(lambda x: sp.join(sp.constrain(x)[0]), u)
+    assert torch.allclose(sp.dg_du(u), full.diagonal(), rtol=1e-12)
+    assert torch.allclose(full, torch.diag(full.diagonal()))
+    flat = NeuronModel(CELL, model.stimulus, model.t_eval, priors=None, solver=model.solver)
+    with pytest.raises(FitError, match="no prior"):
+        ParameterSpace(flat)
+    fs = ParameterSpace(flat, flat_ok=True)
+    g, _ = fs.constrain(u)
+    assert torch.allclose(g["g_na"], u[:2].exp()) and torch.allclose(fs.dg_du(u), u.exp())
+    assert torch.equal(fs.log_density(g), torch.tensor(0.0, dtype=torch.float64))
+    with pytest.raises(FitError, match="g > 0"):
+        fs.unconstrain({"g_na": [-1.0, 1.0], "g_k": [1.0, 1.0]})
+
+
 def test_posterior_needs_proper_priors_and_fixed_sigma():
     model, v = two_compartments()
     flat = NeuronModel(CELL, model.stimulus, model.t_eval, priors=None, solver=model.solver)
@@ -198,6 +218,29 @@ def test_psis_khat_separates_good_from_heavy_tails():
     assert psis_khat(good) < 0.5
     assert psis_khat(heavy) > 0.7
     assert math.isnan(psis_khat(torch.zeros(3)))
+    assert math.isnan(psis_khat(torch.zeros(100)))  # equal weights: no tail to fit
+
+
+def _khat_by_pyro(log_w: torch.Tensor) -> float:
+    """The hand-written k̂ that ArviZ replaced: Zhang & Stephens' generalized Pareto fit
+    (Pyro's) to the largest min(S/5, 3√S) weights."""
+    from pyro.ops.stats import fit_generalized_pareto
+
+    S = log_w.numel()
+    m = int(min(S / 5, 3 * math.sqrt(S)))
+    tail = torch.sort(torch.exp(log_w - log_w.max()))[0][-(m + 1) :]
+    return float(fit_generalized_pareto(tail[1:] - tail[0])[0])
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.8, 1.5, "exp"])
+def test_psis_khat_agrees_with_the_hand_written_fit(scale):
+    """ArviZ's k̂ adds a weak prior towards 0.5 to the same tail fit: within 0.03."""
+    gen = torch.Generator().manual_seed(1)
+    if scale == "exp":
+        log_w = -torch.log(torch.rand(2000, generator=gen, dtype=torch.float64))
+    else:
+        log_w = scale * torch.randn(1000, generator=gen, dtype=torch.float64)
+    assert abs(psis_khat(log_w) - _khat_by_pyro(log_w)) < 0.03
 
 
 def test_identifiability_study_smoke(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bayesneuron import Design, paper_experiment
-from bayesneuron.reference.cells import hh_tree_cell
 from bayesneuron.errors import BayesneuronError, StimulusError
+from bayesneuron.reference.cells import hh_tree_cell
 from bayesneuron.reference.presets import PRESETS, get_preset, hh_tree_currents, hh_tree_experiment
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "hh_tree_design"

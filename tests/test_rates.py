@@ -38,7 +38,7 @@ FORMS = [
 ]
 
 
-@pytest.mark.parametrize("rate, formula", FORMS, ids=lambda x: repr(x)[:40])
+@pytest.mark.parametrize("rate, formula", FORMS, ids=[repr(r) for r, _ in FORMS])
 def test_each_form_equals_its_closed_formula(rate, formula):
     v = torch.tensor(V, dtype=torch.float64)
     got = rate(v).numpy()
@@ -48,7 +48,7 @@ def test_each_form_equals_its_closed_formula(rate, formula):
     assert np.all(np.isfinite(got))
 
 
-@pytest.mark.parametrize("rate, formula", FORMS, ids=lambda x: repr(x)[:40])
+@pytest.mark.parametrize("rate, formula", FORMS, ids=[repr(r) for r, _ in FORMS])
 def test_each_form_differentiates_like_its_formula(rate, formula):
     # autograd against a central difference of the closed formula, away from any singularity
     v0 = np.array([-90.0, -62.5, -41.0, -20.0, 15.0])

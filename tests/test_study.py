@@ -27,8 +27,10 @@ def test_paper_toy_map_smoke(tmp_path, capsys):
         assert float(r["L_final"]) <= float(r["L0"]) + 1e-9  # no fit ends worse than it began
     fits = json.loads((out / "fits.json").read_text())
     assert len(fits) == len(rows) and "gte" in fits[0]
-    for name in ("paper9_paper_loss_gte.png", "laplace.csv", "config.json", "environment.json"):
+    for name in ("paper9_paper_loss_gte.png", "laplace.csv", "config.json", "fit_parameters.csv"):
         assert (out / name).is_file(), name
+    env = json.loads((out / "environment.json").read_text())
+    assert {"bayesneuron", "torch", "pyro", "arviz", "fused_kernel"} <= set(env)
     assert "results in" in capsys.readouterr().out
 
 

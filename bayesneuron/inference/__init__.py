@@ -1,5 +1,9 @@
 """Inference layer: the Pyro model, priors, one parameter space, MAP, Laplace, SVI, NUTS,
-identifiability metrics, calibration and design criteria. Numeric only: no plotting."""
+identifiability metrics, calibration and design criteria. Numeric only: no plotting.
+
+No inference function changes global state: fits seed the global RNGs locally and restore
+them, and Pyro's parameter store is left as the caller had it. Every result has ``draws``
+(name → ``[draw, comp]``) and ``diagnostics`` (:class:`PosteriorResult`)."""
 
 from bayesneuron.inference.calibration import SbcResult, sbc
 from bayesneuron.inference.fit import MapFit, fit_map, fit_map_designs
@@ -16,8 +20,11 @@ from bayesneuron.inference.nuts import NutsRun, run_nuts
 from bayesneuron.inference.oed import expected_information_gain
 from bayesneuron.inference.priors import LogNormalPrior, Prior, ScaledUniformPrior
 from bayesneuron.inference.profile import Profile, profile_likelihood
+from bayesneuron.inference.results import PosteriorResult
+from bayesneuron.inference.space import ParameterSpace, prior_draws, start_points
 from bayesneuron.inference.svi import SviFit, fit_svi
 from bayesneuron.inference.synthetic import draw_truth, synthetic_data
+from bayesneuron.inference.whitened import PosteriorGuide, WhitenedModel
 
 __all__ = [
     "Identifiability",
@@ -26,12 +33,16 @@ __all__ = [
     "MapFit",
     "NeuronModel",
     "NutsRun",
+    "ParameterSpace",
+    "PosteriorGuide",
+    "PosteriorResult",
     "Prior",
     "Profile",
     "SbcResult",
     "ScaledUniformPrior",
     "SviFit",
     "UnconstrainedLaplace",
+    "WhitenedModel",
     "draw_truth",
     "expected_information_gain",
     "fisher_information",
@@ -41,8 +52,10 @@ __all__ = [
     "identifiability",
     "laplace",
     "laplace_map",
+    "prior_draws",
     "profile_likelihood",
     "run_nuts",
     "sbc",
+    "start_points",
     "synthetic_data",
 ]

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from bayesneuron.errors import BayesneuronError
+from bayesneuron.inference._runtime import progress_bar
 from bayesneuron.inference.laplace import laplace_map
+from bayesneuron.inference.space import prior_draws
 from bayesneuron.inference.svi import fit_svi
 from bayesneuron.inference.synthetic import synthetic_data
 
@@ -63,13 +65,15 @@ def sbc(
     noise_sigma: float | None = None,
     seed: int = 0,
     fit_kwargs: dict | None = None,
-    progress: bool = False,
+    progress: bool = True,
     on_run: Callable[[int, str], None] | None = None,
 ) -> SbcResult:
     """SBC of ``method`` (``"laplace"``: :func:`laplace_map`; ``"svi"``: :func:`fit_svi`) on
     ``model``, whose priors generate the truths and whose ``sigma`` the noise (or
     ``noise_sigma``). The posterior of each run starts at its truth (calibration tests the
-    posterior approximation, not the search for the mode)."""
+    posterior approximation, not the search for the mode). The truths are
+    :func:`~.space.prior_draws` of one generator seeded with ``seed``. ``progress``: a
+    progress bar over the runs (``False``: silent)."""
     if method not in ("laplace", "svi"):
         raise BayesneuronError(f"method {method!r} unknown; use 'laplace' or 'svi'")
     if n_runs < 1 or n_draws < 1:
@@ -79,28 +83,19 @@ def sbc(
     labels = [f"{k}[{i}]" for k in model.free for i in range(model.n_comp)]
     ranks, failures = [], []
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_runs, desc=f"SBC ({method})", leave=False)
+    bar = progress_bar(n_runs, progress, f"SBC ({method})")
     for r in range(n_runs):
-        truth = {
-            k: model.priors[k]
-            .icdf(torch.rand(model.n_comp, generator=gen, dtype=model.dtype).to(model.device))
-            .cpu()
-            .numpy()
-            for k in model.free
-        }
+        truth = {k: x[0].cpu().numpy() for k, x in prior_draws(model, 1, generator=gen).items()}
         status = "ok"
         try:
             v = synthetic_data(model, truth, noise_sigma=noise, seed=seed + 1000 + r)
             if not bool(torch.isfinite(torch.as_tensor(v)).all()):
                 raise BayesneuronError("simulated data are not finite")
             if method == "laplace":
-                draws = laplace_map(model, v, truth).sample(n_draws, seed=seed + r)
+                lap = laplace_map(model, v, truth, progress=False)
+                draws = lap.sample(n_draws, seed=seed + r)
             else:
-                kw = dict(max_steps=200, num_samples=n_draws, seed=seed + r)
+                kw = dict(max_steps=200, num_samples=n_draws, seed=seed + r, progress=False)
                 kw.update(fit_kwargs or {})
                 draws = fit_svi(model, v, truth, **kw).samples
             x = np.concatenate([np.asarray(draws[k])[:n_draws] for k in model.free], axis=1)
@@ -113,11 +108,9 @@ def sbc(
             failures.append(status)
         if on_run is not None:
             on_run(r, status)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(failed=len(failures))
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+        bar.set_postfix(failed=len(failures))
+    bar.close()
     P = len(labels)
     arr = np.asarray(ranks, dtype=np.int64).reshape(-1, P) if ranks else np.zeros((0, P), int)
     return SbcResult(labels, arr, n_draws, failures, time.perf_counter() - t0)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from bayesneuron.errors import FitError
+from bayesneuron.inference._runtime import progress_bar
 from bayesneuron.inference.model import NeuronModel
 from bayesneuron.inference.space import ParameterSpace
 
@@ -139,16 +140,14 @@ def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
         raise FitError("laplace needs a proper prior on every free parameter")
     F = fisher_information(model, params, **kw)
     g = _vector(model, params)
-    n = model.n_comp
+    space = ParameterSpace(model)
 
     def neg_log_prior(x):
-        return -sum(
-            model.priors[k].log_prob(x[i * n : (i + 1) * n]).sum() for i, k in enumerate(model.free)
-        )
+        return -space.log_density(space.split(x))
 
     # zero where the prior is flat (uniform priors do not depend on x inside their support)
     H = torch.autograd.functional.hessian(neg_log_prior, g)
-    prior_var = torch.cat([model.priors[k].variance for k in model.free])
+    prior_var = space.prior_variance()
     flat = H.diagonal() == 0
     H = H + torch.diag(torch.where(flat, 1.0 / prior_var, torch.zeros_like(prior_var)))
     prec = (F + H).double().cpu().numpy()
@@ -200,10 +199,7 @@ def _gauss_newton_hessian(model, space, u0) -> Tensor:
     """``JᵤᵀJᵤ/σ² − ∇²_u log p(u)``: positive definite wherever the prior term is."""
     g0, _ = space.constrain(u0)
     Jg = jacobian(model, {k: v.detach() for k, v in g0.items()})  # [M, P], ∂v/∂g
-    dg_du = torch.autograd.functional.jacobian(
-        lambda x: torch.cat(list(space.constrain(x)[0].values())), u0
-    ).diagonal()
-    Ju = Jg * dg_du
+    Ju = Jg * space.dg_du(u0)  # [M, P]: the chain rule through the elementwise map
     H_prior = torch.autograd.functional.hessian(lambda x: -space.log_prior(x), u0)
     return Ju.T @ Ju / model.sigma**2 + H_prior
 
@@ -232,10 +228,20 @@ def _newton(model, v_obs, space, u0, H, tol=1e-6, max_step=2.0) -> tuple[Tensor,
     return u0 + ts[best] * delta, True
 
 
+def _hessian_at_mode(model, v_obs, space, u0, hessian: str, step: float, chunk: int):
+    """The exact Hessian of ``−log p(u | v_obs)`` where asked for and positive definite,
+    else the Gauss–Newton one; (Hessian, which)."""
+    if hessian == "exact":
+        H = _exact_hessian(model, v_obs, space, u0, step, chunk)
+        if bool(torch.all(torch.linalg.eigvalsh(H) > 0)):
+            return H, "exact"
+    return _gauss_newton_hessian(model, space, u0), "gauss-newton"
+
+
 @dataclass
 class UnconstrainedLaplace:
-    """``N(center, cov)`` over the unconstrained vector ``u`` (:mod:`.unconstrained`), the
-    Laplace approximation of the posterior at a mode; ``g = T(u)``.
+    """``N(center, cov)`` over the unconstrained vector ``u`` (:mod:`.space`), the Laplace
+    approximation of the posterior at a mode; ``g = T(u)``.
 
     ``hessian`` says how the curvature was computed: ``"exact"`` (central differences of
     autograd gradients of the log posterior) or ``"gauss-newton"`` (``JᵀJ/σ²`` plus the
@@ -248,9 +254,22 @@ class UnconstrainedLaplace:
     hessian: str
     log_posterior: float
 
+    DEFAULT_DRAWS = 1000
+
     @property
     def scale_tril(self) -> Tensor:
         return torch.linalg.cholesky(self.cov)
+
+    @property
+    def draws(self) -> dict[str, np.ndarray]:
+        """``sample(1000, seed=0)``: posterior draws name → ``[draw, comp]`` (the results'
+        common protocol; :meth:`sample` for other numbers or seeds)."""
+        return self.sample(self.DEFAULT_DRAWS, seed=0)
+
+    @property
+    def diagnostics(self) -> dict:
+        """``hessian`` (which curvature) and ``log_posterior`` at the centre (nats)."""
+        return {"hessian": self.hessian, "log_posterior": self.log_posterior}
 
     def sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``n`` draws of every free parameter, name → ``[n, comp]`` (constrained)."""
@@ -270,6 +289,7 @@ def laplace_map(
     step: float = 1e-4,
     newton_steps: int = 8,
     chunk: int = 8,
+    progress: bool = True,
 ) -> UnconstrainedLaplace:
     """Laplace approximation at a mode ``params`` (name → ``[comp]``, e.g. a MAP) in the
     unconstrained coordinates the guides and NUTS use.
@@ -280,7 +300,8 @@ def laplace_map(
     ``g`` is not the mode in ``u``: the Jacobian of ``T`` shifts it, most near a bounded
     prior's edge, where a Gaussian in ``u`` would otherwise be absurdly wide). Wherever the
     exact Hessian is not positive definite the Gauss–Newton one (always positive definite)
-    is used instead; ``hessian`` says which the result used.
+    is used instead; ``hessian`` says which the result used. ``progress``: a progress bar
+    over the Newton steps and the Hessian (``False``: silent).
     """
     if hessian not in ("exact", "gauss-newton"):
         raise FitError(f"hessian = {hessian!r}; use 'exact' or 'gauss-newton'")
@@ -290,18 +311,18 @@ def laplace_map(
 
     # Newton steps to the mode in u with the Gauss–Newton Hessian (2P forward simulations);
     # the exact one (2P gradients) once, at the mode.
-    for _ in range(newton_steps):
-        u0, moved = _newton(model, v_obs, space, u0, _gauss_newton_hessian(model, space, u0))
-        if not moved:
-            break
-    H, kind = None, "gauss-newton"
-    if hessian == "exact":
-        H = _exact_hessian(model, v_obs, space, u0, step, chunk)
-        kind = "exact"
-        if not bool(torch.all(torch.linalg.eigvalsh(H) > 0)):
-            H, kind = None, "gauss-newton"
-    if H is None:
-        H = _gauss_newton_hessian(model, space, u0)
+    bar = progress_bar(newton_steps + 1, progress, "Laplace")
+    try:
+        for _ in range(newton_steps):
+            H = _gauss_newton_hessian(model, space, u0)
+            u0, moved = _newton(model, v_obs, space, u0, H)
+            bar.update(1)
+            if not moved:
+                break
+        H, kind = _hessian_at_mode(model, v_obs, space, u0, hessian, step, chunk)
+        bar.update(1)
+    finally:
+        bar.close()
     with torch.no_grad():
         g0, _ = space.constrain(u0)
         lp = float(log_likelihood(model, v_obs, g0).sum() + space.log_prior(u0))

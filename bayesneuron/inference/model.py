@@ -49,7 +49,7 @@ class NeuronModel:
         design: stimulated and recorded compartments (default: all and all).
         free: the per-compartment parameters to infer (default ``("g_na", "g_k")``).
         priors: one spec for all free parameters or a mapping name → spec (see
-            :mod:`bayesneuron.priors`; default ``LogNormalPrior(sd=0.5)``). ``None`` (no prior)
+            :mod:`bayesneuron.inference.priors`; default ``LogNormalPrior(sd=0.5)``). ``None`` (no prior)
             is allowed for maximum-likelihood fits only.
         sigma: observation noise sd in mV: a number (fixed) or a Pyro distribution over a
             positive scalar (inferred, site ``sigma``).

@@ -1,9 +1,13 @@
 """NUTS (Pyro's MCMC) on the whitened model: the reference posterior for small cells.
 
 Chains run one after another (the simulator already uses the cores). Sampling ``z`` with
-``u = c + L z`` from a Laplace approximation (:class:`~bayesneuron.svi.WhitenedModel`) is a
-fixed linear preconditioning: the chain targets the same posterior, with a mass matrix that
-starts right.
+``u = c + L z`` from a Laplace approximation (:class:`~.whitened.WhitenedModel`) is a fixed
+linear preconditioning: the chain targets the same posterior, with a mass matrix that starts
+right. The draws are returned in the model's own names (``g_na``, ``g_k``, …), so
+``Predictive(model, posterior_samples=run.posterior_samples())`` gives predictive draws.
+
+Chain ``c`` is seeded with ``seed + c`` locally: the global RNGs are restored afterwards, and
+the sampler runs on a private Pyro parameter store.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pyro
 import torch
 from pyro.infer import MCMC, NUTS
+from torch import Tensor
 
 from bayesneuron.errors import FitError
+from bayesneuron.inference._runtime import private_param_store, seeded
 from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.model import NeuronModel
-from bayesneuron.inference.svi import WhitenedModel
+from bayesneuron.inference.whitened import WhitenedModel
 
 __all__ = ["NutsRun", "run_nuts"]
 
@@ -39,6 +44,33 @@ class NutsRun:
     def num_divergences(self) -> int:
         return int(self.sample_stats["diverging"].sum())
 
+    @property
+    def draws(self) -> dict[str, np.ndarray]:
+        """Every chain's draws pooled, name → ``[chain · draw, comp]`` (the results' common
+        protocol; :attr:`samples` keeps the chains apart)."""
+        return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
+
+    @property
+    def diagnostics(self) -> dict:
+        """``num_divergences``, ``num_chains``, ``num_samples`` (per chain), the mean
+        ``step_size`` and ``wall_s``."""
+        chains, n = self.sample_stats["diverging"].shape
+        return {
+            "num_divergences": self.num_divergences,
+            "num_chains": int(chains),
+            "num_samples": int(n),
+            "step_size": float(np.mean(self.sample_stats["step_size"])),
+            "wall_s": self.wall_s,
+        }
+
+    def posterior_samples(self) -> dict[str, Tensor]:
+        """:attr:`draws` as tensors in the model's dtype and device, for
+        ``Predictive(model, posterior_samples=run.posterior_samples())``."""
+        sp = self.laplace.space
+        return {
+            k: torch.as_tensor(v, dtype=sp.dtype, device=sp.device) for k, v in self.draws.items()
+        }
+
 
 def run_nuts(
     model: NeuronModel,
@@ -52,12 +84,14 @@ def run_nuts(
     max_tree_depth: int = 8,
     laplace: UnconstrainedLaplace | None = None,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> NutsRun:
     """Sample the posterior of ``model`` given ``v_obs`` with NUTS, chains one after another.
 
     ``init`` is a mode (e.g. a MAP), name → ``[comp]``; the chains start near it (whitened
     coordinates z drawn from N(0, 0.5²)) and adapt step size and a diagonal mass matrix.
+    Chain ``c`` is seeded with ``seed + c`` (locally: the global RNGs are restored).
+    ``progress``: Pyro's progress bar per chain (``False``: silent).
     """
     for key, val, low in (
         ("num_samples", num_samples, 1),
@@ -67,40 +101,22 @@ def run_nuts(
         if not isinstance(val, (int, np.integer)) or val < low:
             raise FitError(f"{key} = {val!r} must be an integer ≥ {low}")
     t0 = time.perf_counter()
-    lap = laplace_map(model, v_obs, init) if laplace is None else laplace
+    lap = laplace_map(model, v_obs, init, progress=progress) if laplace is None else laplace
     wm = WhitenedModel(model, v_obs, lap)
+    kw = dict(
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        progress=progress,
+    )
     draws, stats = [], {"diverging": [], "step_size": []}
     for c in range(num_chains):
-        pyro.set_rng_seed(seed + c)
-        z0 = 0.5 * torch.randn(wm.size, dtype=wm.center.dtype).to(wm.center.device)
-        kernel = NUTS(
-            potential_fn=lambda p: -wm.log_joint(p["z"]),  # no Pyro tracing per step
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-        )
-        steps = []
-
-        def hook(kernel, samples, stage, i, steps=steps):
-            if stage == "Sample":
-                steps.append(float(kernel.step_size))
-
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            num_chains=1,
-            initial_params={"z": z0},
-            disable_progbar=not progress,
-            hook_fn=hook,
-        )
-        mcmc.run()
-        z = mcmc.get_samples()["z"].detach()
+        with seeded(seed + c, model.device), private_param_store():
+            z, diverging, step_size = _chain(wm, **kw)
         draws.append(z)
-        div = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
-        flag = np.zeros(num_samples, dtype=bool)
-        flag[np.asarray(div, dtype=int)] = True
-        stats["diverging"].append(flag)
-        stats["step_size"].append(np.asarray(steps, dtype=np.float64))
+        stats["diverging"].append(diverging)
+        stats["step_size"].append(step_size)
     with torch.no_grad():
         z = torch.stack(draws)  # [chain, draw, P]
         samples = {k: v.cpu().numpy() for k, v in wm.params(z).items()}
@@ -111,3 +127,37 @@ def run_nuts(
         wall_s=time.perf_counter() - t0,
         laplace=lap,
     )
+
+
+def _chain(
+    wm: WhitenedModel, *, num_samples, warmup_steps, target_accept_prob, max_tree_depth, progress
+):
+    """One chain from ``z ~ N(0, 0.5²)``: draws ``[draw, P]``, divergence flags and the step
+    size per draw."""
+    z0 = 0.5 * torch.randn(wm.size, dtype=wm.center.dtype).to(wm.center.device)
+    kernel = NUTS(
+        potential_fn=lambda p: -wm.log_joint(p["z"]),  # no Pyro tracing per step
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+    )
+    steps = []
+
+    def hook(kernel, samples, stage, i):
+        if stage == "Sample":
+            steps.append(float(kernel.step_size))
+
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=1,
+        initial_params={"z": z0},
+        disable_progbar=not progress,
+        hook_fn=hook,
+    )
+    mcmc.run()
+    z = mcmc.get_samples()["z"].detach()
+    div = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
+    flag = np.zeros(num_samples, dtype=bool)
+    flag[np.asarray(div, dtype=int)] = True
+    return z, flag, np.asarray(steps, dtype=np.float64)

@@ -19,6 +19,7 @@ import torch
 from pyro.contrib.oed.eig import nmc_eig
 
 from bayesneuron.errors import FitError
+from bayesneuron.inference._runtime import seeded
 from bayesneuron.inference.space import ParameterSpace
 
 __all__ = ["expected_information_gain"]
@@ -49,8 +50,7 @@ def expected_information_gain(model, *, N: int = 200, M: int = 200, seed: int = 
         raise FitError(f"N = {N} and M = {M} must be ≥ 2")
     space = ParameterSpace(model)  # checks that every free parameter has a prior
     design = torch.zeros(1, dtype=model.dtype, device=model.device)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        pyro.set_rng_seed(seed)
+    with seeded(seed, model.device), torch.no_grad():  # the global RNGs are restored
         eig = nmc_eig(_oed_model(model, space), design, ["v_obs"], list(model.free), N=N, M=M)
     out = float(eig.reshape(-1)[0])
     return min(out, math.log(M)) if math.isfinite(out) else out

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bayesneuron.errors import FitError
+from bayesneuron.inference._runtime import progress_bar
 from bayesneuron.inference.laplace import log_likelihood
 from bayesneuron.inference.space import ParameterSpace
 
@@ -55,10 +56,12 @@ def profile_likelihood(
     *,
     posterior: bool = False,
     max_iter: int = 100,
+    progress: bool = True,
 ) -> Profile:
     """Profile of ``name[comp]`` over ``values`` (the parameter's units), starting the other
     parameters at ``init`` (name → ``[comp]``, e.g. a MAP). ``posterior=True`` profiles the
-    log posterior in ``u`` instead of the log-likelihood."""
+    log posterior in ``u`` instead of the log-likelihood. ``progress``: a progress bar over
+    the grid (``False``: silent)."""
     if name not in model.free:
         raise FitError(f"{name!r} is not a free parameter of the model; it has {list(model.free)}")
     if not 0 <= comp < model.n_comp:
@@ -73,29 +76,38 @@ def profile_likelihood(
     order = np.argsort(np.abs(vals - float(np.asarray(init[name])[comp])))  # nearest first
     obj = np.full(vals.size, np.nan)
     others = {k: np.full((vals.size, model.n_comp), np.nan) for k in model.free}
-    start = u.clone()
+    bar = progress_bar(vals.size, progress, f"profile {name}[{comp}]")
     for i in order:
-        u_j = space.unconstrain(
-            {**{k: np.asarray(init[k]) for k in model.free}, name: _with(init[name], comp, vals[i])}
-        )[j]
+        point = {
+            **{k: np.asarray(init[k]) for k in model.free},
+            name: _with(init[name], comp, vals[i]),
+        }
         nearest = _nearest_done(vals, obj, i)
-        x0 = start if nearest is None else torch.as_tensor(_u_of(space, others, nearest))
-
-        def full(f, u_j=u_j):
-            return torch.cat([f[:j], u_j.reshape(1), f[j:]])
-
-        def objective(f, full=full):
-            g, _ = space.constrain(full(f))
-            val = log_likelihood(model, v_obs, g).sum()
-            return val + space.log_prior(full(f)) if posterior else val
-
-        free = _maximise(objective, torch.cat([x0[:j], x0[j + 1 :]]), max_iter)
-        with torch.no_grad():
-            obj[i] = float(objective(free))
-            g, _ = space.constrain(full(free))
+        x0 = u.clone() if nearest is None else torch.as_tensor(_u_of(space, others, nearest))
+        obj[i], g = _maximise_others(model, v_obs, space, j, point, x0, posterior, max_iter)
         for k in model.free:
             others[k][i] = g[k].cpu().numpy()
+        bar.update(1)
+    bar.close()
     return Profile(name, comp, vals, obj, others, posterior)
+
+
+def _maximise_others(model, v_obs, space, j: int, point, x0, posterior: bool, max_iter: int):
+    """The objective maximised over every coordinate but ``u[j]``, held at ``point``'s;
+    (maximum, the parameters name → ``[comp]`` there), from ``x0``."""
+    u_j = space.unconstrain(point)[j]
+
+    def full(f):
+        return torch.cat([f[:j], u_j.reshape(1), f[j:]])
+
+    def objective(f):
+        g, _ = space.constrain(full(f))
+        val = log_likelihood(model, v_obs, g).sum()
+        return val + space.log_prior(full(f)) if posterior else val
+
+    free = _maximise(objective, torch.cat([x0[:j], x0[j + 1 :]]), max_iter)
+    with torch.no_grad():
+        return float(objective(free)), space.constrain(full(free))[0]
 
 
 def _maximise(objective, x0, max_iter: int):

@@ -1,10 +1,18 @@
-"""The free parameters of a :class:`NeuronModel` as one unconstrained vector.
+"""The free parameters of a :class:`NeuronModel` as one unconstrained vector, and draws from
+their priors: the one parameter space of every inference method.
 
-Posterior approximations (Laplace, SVI guides, NUTS) work in ``u ∈ ℝᴾ``, ``P = n_free ·
-n_comp``, ordered free-name-major (``g_na[0…n−1], g_k[0…n−1], …``, as :mod:`.laplace`):
+MAP (Levenberg–Marquardt), Laplace, the SVI guides and NUTS all work in ``u ∈ ℝᴾ``,
+``P = n_free · n_comp``, ordered free-name-major (``g_na[0…n−1], g_k[0…n−1], …``):
 ``g = T(u)`` with ``T = biject_to(prior.support)`` per parameter (``exp`` for positive
-supports, a scaled logistic for the paper's bounded ``base · U(0.7, 1.3)``), the transform
-Pyro's autoguides use. The prior density of ``u`` is ``p(T(u)) · |T′(u)|``.
+supports, a scaled logistic for the paper's bounded ``base · U(0.7, 1.3)``, the identity on
+ℝ), the transform Pyro's autoguides use; a parameter without a prior (maximum-likelihood MAP
+fits only) is mapped by ``exp``. ``T`` acts elementwise, so its Jacobian is the diagonal
+:meth:`ParameterSpace.dg_du`; Jacobians of the simulated voltages are ``[M, P]`` (rows the
+``M`` recorded values, columns the parameters) in every method, ``J_u = J_g · diag(dg/du)``.
+The prior density of ``u`` is ``p(T(u)) · |T′(u)|``.
+
+:func:`prior_draws` is the one way to draw parameters from the priors (MAP starts, SBC truths,
+prior predictive draws): inverse-CDF draws from a private generator, the global RNGs untouched.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from pyro.distributions.transforms import biject_to
 from torch import Tensor
 
 from bayesneuron.errors import FitError
+from bayesneuron.inference._runtime import seeded
 
-__all__ = ["ParameterSpace"]
+__all__ = ["ParameterSpace", "prior_draws", "start_points"]
 
 
 def _log_prob_inside(d, g: Tensor) -> Tensor:
@@ -33,11 +42,16 @@ def _log_prob_inside(d, g: Tensor) -> Tensor:
 
 
 class ParameterSpace:
-    """Maps between name → ``[..., comp]`` parameter values and ``u`` ``[..., P]``."""
+    """Maps between name → ``[..., comp]`` parameter values and ``u`` ``[..., P]``.
 
-    def __init__(self, model):
+    ``flat_ok=True`` accepts parameters without a prior (``priors=None``: a flat density on
+    ``g > 0``, mapped by ``exp``), for maximum-likelihood MAP fits; the posterior methods
+    refuse them.
+    """
+
+    def __init__(self, model, *, flat_ok: bool = False):
         missing = [k for k in model.free if model.priors[k] is None]
-        if missing:
+        if missing and not flat_ok:
             raise FitError(
                 f"{missing} have no prior: posterior inference needs a proper prior on every "
                 "free parameter (priors=None is for maximum-likelihood MAP fits only)"
@@ -45,8 +59,13 @@ class ParameterSpace:
         self.free = model.free
         self.n_comp = model.n_comp
         self.priors = {k: model.priors[k] for k in self.free}
-        self.transforms = {k: biject_to(d.support) for k, d in self.priors.items()}
+        self.transforms = {k: biject_to(self.support(k)) for k in self.free}
         self.dtype, self.device = model.dtype, model.device
+
+    def support(self, name: str) -> constraints.Constraint:
+        """Where ``name`` may lie: its prior's support (``g > 0`` without a prior)."""
+        d = self.priors[name]
+        return constraints.positive if d is None else d.support
 
     @property
     def size(self) -> int:
@@ -80,6 +99,14 @@ class ParameterSpace:
             logdet = logdet + self.transforms[k].log_abs_det_jacobian(part, g[k]).sum(-1)
         return g, logdet
 
+    def dg_du(self, u: Tensor) -> Tensor:
+        """``∂g/∂u`` ``[..., P]``: the diagonal of the (elementwise) map's Jacobian."""
+        parts = []
+        for k, part in self.split(u).items():
+            t = self.transforms[k]
+            parts.append(t.log_abs_det_jacobian(part, t(part)).exp())
+        return torch.cat(parts, dim=-1)
+
     def unconstrain(self, params: Mapping) -> Tensor:
         """``u = T⁻¹(g)`` ``[..., P]``; every value must lie inside its prior's support."""
         out = []
@@ -91,7 +118,9 @@ class ParameterSpace:
             )
         for k in self.free:
             try:
-                g = torch.as_tensor(np.asarray(params[k], dtype=np.float64), dtype=self.dtype)
+                x = params[k]
+                x = x.detach() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+                g = torch.as_tensor(x, dtype=self.dtype)
             except (TypeError, ValueError):
                 raise FitError(f"{k} = {params[k]!r} is not numeric") from None
             if g.shape[-1:] != (self.n_comp,) or not bool(torch.isfinite(g).all()):
@@ -100,26 +129,86 @@ class ParameterSpace:
                     f"got shape {tuple(g.shape)}"
                 )
             g = g.to(self.device)
-            if not bool(self.priors[k].support.check(g).all()):
-                raise FitError(f"{k} = {g.tolist()} lies outside the support of its prior")
+            if not bool(self.support(k).check(g).all()):
+                where = "the support of its prior"
+                if self.priors[k] is None:
+                    where = "g > 0 (it has no prior: a flat density on g > 0)"
+                raise FitError(f"{k} = {g.tolist()} lies outside {where}")
             out.append(self.transforms[k].inv(g))
         return torch.cat(out, dim=-1)
+
+    @property
+    def bounded(self) -> Tensor:
+        """``[P]`` bool: the coordinates of priors on an interval (where ``T`` is logistic)."""
+        flags = [isinstance(self.support(k), constraints.interval) for k in self.free]
+        return torch.tensor(flags, device=self.device).repeat_interleave(self.n_comp)
 
     def clip_bounded(self, u: Tensor, limit: float = 6.0) -> Tensor:
         """``u`` with the coordinates of bounded priors clipped to ``[−limit, limit]``
         (``|u| = 6``: within 0.25 % of the interval's ends), where ``T`` is logistic; a
         MAP on a bound maps to ``u = ±∞``."""
-        parts = []
-        for k, x in self.split(u).items():
-            bounded = isinstance(self.priors[k].support, constraints.interval)
-            parts.append(x.clamp(-limit, limit) if bounded else x)
-        return torch.cat(parts, dim=-1)
+        return torch.where(self.bounded, u.clamp(-limit, limit), u)
+
+    def log_density(self, g: Mapping[str, Tensor]) -> Tensor:
+        """``log p(g)`` ``[...]`` for ``g = T(u)`` (name → ``[..., comp]``), no Jacobian: the
+        prior term of a MAP in ``g``; 0 for parameters without a prior."""
+        out = 0.0
+        for k in self.free:
+            d = self.priors[k]
+            if d is not None:
+                out = out + _log_prob_inside(d, g[k]).sum(-1)
+        if not isinstance(out, Tensor):
+            shape = next(iter(g.values())).shape[:-1]
+            out = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return out
 
     def log_prior(self, u: Tensor) -> Tensor:
         """``log p(T(u)) + log |T′(u)|`` ``[...]``: the prior density of ``u``."""
         g, logdet = self.constrain(u)
-        return logdet + sum(_log_prob_inside(self.priors[k], g[k]).sum(-1) for k in self.free)
+        return logdet + self.log_density(g)
 
     def prior_variance(self) -> Tensor:
         """Prior variance of ``g`` ``[P]`` (the denominator of the contraction)."""
         return torch.cat([self.priors[k].variance.expand(self.n_comp) for k in self.free])
+
+
+def _default_prior(base: Tensor) -> dist.Distribution:
+    """What a parameter without a prior is drawn from: the default prior's width around the
+    cell's value, ``LogNormal(log base, 0.5)``."""
+    return dist.LogNormal(base.log(), torch.full_like(base, 0.5))
+
+
+def prior_draws(
+    model, n: int, seed: int = 0, *, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """``n`` draws of every free parameter from its prior, name → ``[n, comp]`` (the model's
+    dtype and device).
+
+    Inverse-CDF draws of uniforms from a private CPU generator seeded with ``seed`` (or the
+    given ``generator``, which advances), free parameter by free parameter: the global RNGs
+    are not touched and the same seed gives the same draws. A parameter without a prior
+    (``priors=None``) is drawn from ``LogNormal(log base, 0.5)``; a prior without an inverse
+    CDF (e.g. ``Gamma``) by its ``sample`` under a locally seeded global RNG (restored
+    afterwards).
+    """
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise FitError(f"n = {n!r} draws must be an integer ≥ 0")
+    gen = torch.Generator().manual_seed(int(seed)) if generator is None else generator
+    out = {}
+    for k in model.free:
+        base = model.base[k]
+        d = model.priors[k] if model.priors[k] is not None else _default_prior(base)
+        q = torch.rand((int(n), base.numel()), generator=gen, dtype=base.dtype)
+        try:
+            out[k] = d.icdf(q.to(base.device))
+        except NotImplementedError:
+            with seeded(int(torch.randint(2**62, (1,), generator=gen)), base.device):
+                out[k] = d.sample((int(n),))
+    return out
+
+
+def start_points(model, n_starts: int, seed: int) -> dict[str, Tensor]:
+    """MAP starts name → ``[n_starts, comp]``: start 0 at the cell's values (the priors'
+    base), the others :func:`prior_draws` with ``seed``."""
+    draws = prior_draws(model, n_starts - 1, seed)
+    return {k: torch.cat([model.base[k][None], draws[k]]) for k in model.free}

@@ -1,32 +1,31 @@
 """Variational posteriors by stochastic variational inference (Pyro autoguides).
 
-The guide lives in *whitened* coordinates: with a Laplace approximation ``N(c, LLᵀ)`` of the
-posterior over the unconstrained vector ``u`` (:mod:`.unconstrained`), the model is rewritten
-exactly as ::
+The guide is fitted in *whitened* coordinates ``z`` (:class:`~.whitened.WhitenedModel`): the
+Laplace approximation at the mode makes the posterior over ``z`` close to ``N(0, I)``, so one
+Adam learning rate suits every coordinate. The ELBO is the ELBO of the original model. The
+fitted guide is returned as a :class:`~.whitened.PosteriorGuide` over the model's own sites::
 
-    z ~ N(0, I)                     # [P], site "z" under plate "latent"
-    u = c + L z ;  g = T(u)         # per-compartment parameters
-    factor: log p(T(u)) + log|T′(u)| + log|L| − log N(z; 0, I)   # the prior, corrected
-    v_obs ~ Normal(V(g)[rec], σ)    # the likelihood, as in NeuronModel
-
-so the posterior over ``z`` is the true posterior, carried by the change of variables, and is
-close to ``N(0, I)``. Posterior sds here span 1e-3 to 1 of the prior's: without whitening one
-Adam learning rate cannot suit every coordinate. The ELBO is the ELBO of the original model.
+    fit = fit_svi(model, v_obs, fit_map(model, v_obs).params)
+    Predictive(model, guide=fit.guide, num_samples=500)()   # g_na, g_k [500, comp]; v_obs
 
 Vectorised particles: the particle dimension is a batch dimension of ``z`` and goes through
 the simulator in one call. A step whose loss is not finite (a diverged simulation for some
 particle) is skipped and counted, never applied.
+
+No global state changes: the fit seeds and then restores the global RNGs
+(:func:`~._runtime.seeded`) and trains on a private Pyro parameter store; the caller's store
+is left as it was.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
@@ -37,14 +36,15 @@ from pyro.infer.autoguide import (
     AutoNormal,
 )
 from pyro.infer.autoguide.initialization import init_to_value
-from pyro.ops.stats import fit_generalized_pareto
 from torch import Tensor
 
 from bayesneuron.errors import FitError
-from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map, log_likelihood
+from bayesneuron.inference._runtime import private_param_store, progress_bar, seeded
+from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.model import NeuronModel
+from bayesneuron.inference.whitened import PosteriorGuide, WhitenedModel
 
-__all__ = ["GUIDES", "WhitenedModel", "SviFit", "fit_svi", "psis_khat"]
+__all__ = ["GUIDES", "PosteriorGuide", "SviFit", "WhitenedModel", "fit_svi", "psis_khat"]
 
 GUIDES = {
     "normal": AutoNormal,
@@ -54,66 +54,25 @@ GUIDES = {
 }
 
 
-class WhitenedModel:
-    """The Pyro model of :class:`NeuronModel` in whitened coordinates ``z`` (module doc)."""
-
-    def __init__(self, model: NeuronModel, v_obs: Tensor, laplace: UnconstrainedLaplace):
-        if model.sigma is None:
-            raise FitError("fit_svi and run_nuts need a fixed sigma (mV) in the model")
-        self.model = model
-        self.v_obs = model.check_data(v_obs)
-        self.space = laplace.space
-        self.center = laplace.center
-        self.L = laplace.scale_tril
-        self.logdet_L = float(torch.log(torch.diagonal(self.L)).sum())
-
-    @property
-    def size(self) -> int:
-        return self.center.numel()
-
-    def params(self, z: Tensor) -> dict[str, Tensor]:
-        """Constrained parameters name → ``[..., comp]`` for ``z`` ``[..., P]``."""
-        return self.space.constrain(self.center + z @ self.L.T)[0]
-
-    def log_prior(self, z: Tensor) -> Tensor:
-        """Prior density of ``z`` ``[...]`` (the original prior carried by the map)."""
-        return self.space.log_prior(self.center + z @ self.L.T) + self.logdet_L
-
-    def log_joint(self, z: Tensor) -> Tensor:
-        """``log p(v_obs, z)`` ``[...]`` for ``z`` ``[..., P]``."""
-        return self.log_prior(z) + log_likelihood(self.model, self.v_obs, self.params(z)).sum(-1)
-
-    def __call__(self):
-        zeros = torch.zeros(self.size, dtype=self.center.dtype, device=self.center.device)
-        with pyro.plate("latent", self.size, dim=-1):
-            z = pyro.sample("z", dist.Normal(zeros, 1.0))
-        base = dist.Normal(zeros, 1.0).log_prob(z).sum(-1)
-        pyro.factor("prior", (self.log_prior(z) - base).unsqueeze(-1))
-        v = self.model.simulate(self.params(z))
-        with pyro.plate("trace", self.model.n_trace, dim=-1):
-            pyro.sample("v_obs", dist.Normal(v, self.model.sigma).to_event(2), obs=self.v_obs)
-        return v
-
-
 def psis_khat(log_w: Tensor) -> float:
     """Pareto-smoothed importance sampling shape ``k̂`` of log importance weights ``[S]``
-    (Vehtari et al.): < 0.5 good, 0.5–0.7 usable, > 0.7 the approximation is poor."""
-    log_w = log_w[torch.isfinite(log_w)].double()
-    S = log_w.numel()
-    m = int(min(S / 5, 3 * math.sqrt(S)))
-    if m < 5:
+    (Vehtari et al.): < 0.5 good, 0.5–0.7 usable, > 0.7 the approximation is poor; NaN where
+    the tail is too short to fit (fewer than 5 tail draws, or all weights equal).
+
+    Computed by ``arviz.psislw``, imported here on first use: the only use of ArviZ outside
+    :mod:`bayesneuron.reports`.
+    """
+    x = log_w[torch.isfinite(log_w)].detach().double().cpu().numpy()
+    if x.size < 2:
         return math.nan
-    w = torch.exp(log_w - log_w.max())
-    tail, _ = torch.sort(w)
-    tail = tail[-(m + 1) :]
-    x = tail[1:] - tail[0]
-    if not bool((x > 0).any()):
-        return math.nan
-    try:
-        k, _ = fit_generalized_pareto(x)
-    except (ZeroDivisionError, ValueError, RuntimeError):  # a degenerate tail
-        return math.nan
-    return float(k)
+    with warnings.catch_warnings():
+        # ArviZ ≥ 0.21 announces its 1.0 refactor with a FutureWarning on import.
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+
+    _, k = az.psislw(x)
+    k = float(k)
+    return k if math.isfinite(k) else math.nan
 
 
 @dataclass
@@ -122,7 +81,10 @@ class SviFit:
 
     ``samples``: name → ``[draw, comp]`` (constrained); ``elbo``: per step (``[steps]``, nats,
     NaN for skipped steps); ``iw_elbo``: importance-weighted bound from ``psis_samples``
-    draws; ``khat``: PSIS shape of those weights; ``laplace``: the Gaussian it started from.
+    draws; ``khat``: PSIS shape of those weights; ``laplace``: the Gaussian it started from;
+    ``guide``: the fitted guide over the model's own sites (:class:`PosteriorGuide`), for
+    ``Predictive(model, guide=fit.guide, num_samples=n)``; ``whitened``: the whitened model
+    it was fitted to (``fit.whitened.model`` is the :class:`NeuronModel`).
     """
 
     guide_name: str
@@ -137,7 +99,31 @@ class SviFit:
     wall_s: float
     laplace: UnconstrainedLaplace
     whitened: WhitenedModel = field(repr=False)
-    guide: object = field(repr=False)
+    guide: PosteriorGuide = field(repr=False)
+
+    @property
+    def model(self) -> NeuronModel:
+        """The fitted :class:`NeuronModel` (pass it to ``Predictive`` with :attr:`guide`)."""
+        return self.whitened.model
+
+    @property
+    def draws(self) -> dict[str, np.ndarray]:
+        """Posterior draws name → ``[draw, comp]`` (the results' common protocol)."""
+        return self.samples
+
+    @property
+    def diagnostics(self) -> dict:
+        """``elbo`` (mean of the last window), ``iw_elbo``, ``khat``, ``steps``,
+        ``converged``, ``skipped``, ``wall_s``."""
+        return {
+            "elbo": self.elbo_final,
+            "iw_elbo": self.iw_elbo,
+            "khat": self.khat,
+            "steps": self.steps,
+            "converged": self.converged,
+            "skipped": self.skipped,
+            "wall_s": self.wall_s,
+        }
 
     def posterior_predictive(self, n: int | None = None, seed: int = 0) -> np.ndarray:
         """Draws of ``v_obs`` ``[draw, trace, n_rec, time]`` (mV) at the first ``n`` samples."""
@@ -146,7 +132,7 @@ class SviFit:
 
 def predictive(model: NeuronModel, samples: Mapping, n: int | None = None, seed: int = 0):
     """``v_obs`` draws ``[draw, trace, n_rec, time]`` for parameter draws name → ``[draw,
-    comp]``: one batched simulation plus observation noise."""
+    comp]``: one batched simulation plus observation noise (a private generator)."""
     params = {
         k: torch.as_tensor(np.asarray(v)[:n], dtype=model.dtype, device=model.device)
         for k, v in samples.items()
@@ -157,27 +143,6 @@ def predictive(model: NeuronModel, samples: Mapping, n: int | None = None, seed:
         v = model.simulate(params)
     noise = torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device) * model.sigma
     return (v + noise).cpu().numpy()
-
-
-def _guide(name: str, wm: WhitenedModel, rank: int | None):
-    if name not in GUIDES:
-        raise FitError(f"guide {name!r} unknown; use one of {sorted(GUIDES)}")
-    zero = {"z": torch.zeros(wm.size, dtype=wm.center.dtype, device=wm.center.device)}
-    if name == "iaf":
-        # starts near its base N(0, I), i.e. at the Laplace approximation
-        return AutoIAFNormal(wm, hidden_dim=[max(2 * wm.size, 8)])
-    kw = dict(init_loc_fn=init_to_value(values=zero), init_scale=1.0)
-    if name == "lowrank":
-        kw["rank"] = rank or max(1, int(math.ceil(math.sqrt(wm.size))))
-    return GUIDES[name](wm, **kw)
-
-
-def _flat_posterior(guide) -> dist.Distribution:
-    """The guide's distribution over the flat ``z`` ``[P]``."""
-    if isinstance(guide, AutoNormal):
-        loc, scale = guide._get_loc_and_scale("z")
-        return dist.Normal(loc, scale).to_event(1)
-    return guide.get_posterior()
 
 
 def fit_svi(
@@ -196,7 +161,7 @@ def fit_svi(
     laplace: UnconstrainedLaplace | None = None,
     rank: int | None = None,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> SviFit:
     """Fit a variational posterior, starting from the Laplace approximation at ``init``.
 
@@ -215,12 +180,46 @@ def fit_svi(
         num_samples: posterior draws returned; ``psis_samples`` draws for k̂ and the
             importance-weighted bound.
         laplace: a precomputed :func:`laplace_map` at ``init`` (else computed here).
-        seed: seeds Pyro and the draws.
+        seed: seeds the fit and the draws (locally: the global RNGs are restored afterwards).
+        progress: show progress bars (``False``: silent).
 
     Returns:
-        :class:`SviFit`.
+        :class:`SviFit`; ``Predictive(model, guide=fit.guide, num_samples=n)()`` draws the
+        model's sites from it.
     """
     t0 = time.perf_counter()
+    _check_args(guide, num_particles, max_steps, window, num_samples, lr)
+    lap = laplace_map(model, v_obs, init, progress=progress) if laplace is None else laplace
+    wm = WhitenedModel(model, v_obs, lap)
+    with seeded(seed, model.device), private_param_store() as store:
+        g = _make_guide(guide, wm, rank)
+        bar = progress_bar(max_steps, progress, f"SVI {guide}")
+        try:
+            elbo, skipped, converged = _train(
+                wm, g, num_particles, max_steps, min_steps, window, lr, bar
+            )
+        finally:
+            bar.close()
+        with seeded(seed + 1, model.device):
+            samples, iw, log_w = _draws(wm, g, num_samples, psis_samples)
+    return SviFit(
+        guide_name=guide,
+        samples=samples,
+        elbo=np.asarray(elbo),
+        steps=len(elbo),
+        converged=converged,
+        skipped=skipped,
+        elbo_final=float(np.nanmean(np.asarray(elbo[-window:]))),
+        iw_elbo=iw,
+        khat=psis_khat(log_w),
+        wall_s=time.perf_counter() - t0,
+        laplace=lap,
+        whitened=wm,
+        guide=PosteriorGuide(g, wm, store),
+    )
+
+
+def _check_args(guide, num_particles, max_steps, window, num_samples, lr) -> None:
     if guide not in GUIDES:  # before the Laplace approximation, which takes a while
         raise FitError(f"guide {guide!r} unknown; use one of {sorted(GUIDES)}")
     for key, val in dict(
@@ -230,29 +229,42 @@ def fit_svi(
             raise FitError(f"{key} = {val} must be ≥ 1")
     if not (lr > 0 and math.isfinite(lr)):
         raise FitError(f"lr = {lr} must be finite and > 0")
-    lap = laplace_map(model, v_obs, init) if laplace is None else laplace
-    wm = WhitenedModel(model, v_obs, lap)
-    pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
+
+
+def _make_guide(name: str, wm: WhitenedModel, rank: int | None):
+    """The autoguide over ``z``, its parameters created (in the model's dtype), at the
+    Laplace approximation (``z`` ~ N(0, I))."""
+    zero = {"z": torch.zeros(wm.size, dtype=wm.center.dtype, device=wm.center.device)}
+    if name == "iaf":  # starts near its base N(0, I), i.e. at the Laplace approximation
+        make, kw = AutoIAFNormal, dict(hidden_dim=[max(2 * wm.size, 8)])
+    else:
+        make, kw = GUIDES[name], dict(init_loc_fn=init_to_value(values=zero), init_scale=1.0)
+        if name == "lowrank":
+            kw["rank"] = rank or max(1, int(math.ceil(math.sqrt(wm.size))))
     default = torch.get_default_dtype()
-    torch.set_default_dtype(model.dtype)  # the guides create their parameters in it
+    torch.set_default_dtype(wm.center.dtype)  # the guides create their parameters in it
     try:
-        g = _guide(guide, wm, rank)
+        g = make(wm, **kw)
         with torch.no_grad():
-            g()  # creates the guide's parameters
+            g(wm.v_obs)  # creates the guide's parameters (v_obs observed, not a latent)
     finally:
         torch.set_default_dtype(default)
+    return g
+
+
+def _train(wm, g, num_particles, max_steps, min_steps, window, lr, bar):
+    """Adam on the ELBO until the plateau test or ``max_steps``; (ELBO per step, skipped
+    steps, converged)."""
     loss_fn = Trace_ELBO(
         num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
     ).differentiable_loss
     params = list(g.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.1 ** (1.0 / max_steps))
-    elbo, skipped, converged = [], 0, False
-    bar = _bar(max_steps, progress, f"SVI {guide}")
+    elbo, skipped = [], 0
     for step in range(max_steps):
         opt.zero_grad()
-        loss = loss_fn(wm, g)
+        loss = loss_fn(wm, g, wm.v_obs)
         if not torch.isfinite(loss):
             skipped += 1
             elbo.append(math.nan)
@@ -267,41 +279,33 @@ def fit_svi(
         opt.step()
         sched.step()
         elbo.append(-loss.item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(elbo=f"{elbo[-1]:.4g}")
+        bar.update(1)
+        bar.set_postfix(elbo=f"{elbo[-1]:.4g}")
         if step + 1 >= max(min_steps, 2 * window) and (step + 1) % window == 0:
             if _plateau(elbo[-2 * window : -window], elbo[-window:]):
-                converged = True
-                break
-    if bar is not None:
-        bar.close()
+                return elbo, skipped, True
+    return elbo, skipped, False
+
+
+def _flat_posterior(guide) -> dist.Distribution:
+    """The guide's distribution over the flat ``z`` ``[P]``."""
+    if isinstance(guide, AutoNormal):
+        loc, scale = guide._get_loc_and_scale("z")
+        return dist.Normal(loc, scale).to_event(1)
+    return guide.get_posterior()
+
+
+def _draws(wm: WhitenedModel, g, num_samples: int, psis_samples: int):
+    """Posterior draws name → ``[draw, comp]``, the importance-weighted ELBO and the log
+    importance weights of ``psis_samples`` further draws."""
     with torch.no_grad():
         q = _flat_posterior(g)
-        gen_state = torch.get_rng_state()
-        torch.manual_seed(seed + 1)
         z = q.sample((num_samples,))
         zs = q.sample((psis_samples,))
-        torch.set_rng_state(gen_state)
         log_w = wm.log_joint(zs) - q.log_prob(zs)
         iw = float(torch.logsumexp(log_w, 0) - math.log(log_w.numel()))
         samples = {k: v.cpu().numpy() for k, v in wm.params(z).items()}
-    tail = np.asarray(elbo[-window:])
-    return SviFit(
-        guide_name=guide,
-        samples=samples,
-        elbo=np.asarray(elbo),
-        steps=len(elbo),
-        converged=converged,
-        skipped=skipped,
-        elbo_final=float(np.nanmean(tail)),
-        iw_elbo=iw,
-        khat=psis_khat(log_w),
-        wall_s=time.perf_counter() - t0,
-        laplace=lap,
-        whitened=wm,
-        guide=g,
-    )
+    return samples, iw, log_w
 
 
 def _plateau(a, b) -> bool:
@@ -316,11 +320,3 @@ def _plateau(a, b) -> bool:
         return (1.858 * np.median(np.abs(x - np.median(x)))) ** 2 / x.size
 
     return abs(np.median(b) - np.median(a)) < 2 * math.sqrt(se2(a) + se2(b))
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)

@@ -2,7 +2,7 @@
 
 Example:
     >>> from bayesneuron import NeuronModel, Design, paper_toy_cell, paper_currents, paper_time_grid
-    >>> from bayesneuron.synthetic import draw_truth, synthetic_data
+    >>> from bayesneuron.inference.synthetic import draw_truth, synthetic_data
     >>> cell = paper_toy_cell()
     >>> model = NeuronModel(cell, paper_currents(n_traces=4), paper_time_grid(), Design(rec=[0]))
     >>> truth = draw_truth(cell, model.free, seed=1)

@@ -1,8 +1,12 @@
-"""Figures and reports: the only part of bayesneuron that imports matplotlib (and ArviZ).
+"""Figures and reports: the only part of bayesneuron that imports matplotlib, and ArviZ (but
+for :func:`bayesneuron.inference.svi.psis_khat`, which calls ``arviz.psislw``).
 
-The ArviZ functions (:mod:`.arviz`) are imported on first use: importing ArviZ takes seconds.
+Figures are bare ``matplotlib.figure.Figure`` objects, returned and never shown: no backend is
+chosen and pyplot is not used (:mod:`._figures`). The ArviZ functions (:mod:`.arviz`) are
+imported on first use, as importing ArviZ is slow.
 """
 
+from .figures import subplots
 from .fits import plot_design_heatmap, plot_loss_and_gte, plot_trajectories
 from .html import Figure, Table, Text, write_html_report
 from .posterior_plots import (
@@ -23,6 +27,7 @@ _ARVIZ = (
 )
 
 __all__ = [
+    "subplots",
     "Figure",
     "Table",
     "Text",

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bayesneuron.inference.fit import MapFit  # noqa: E402
-from bayesneuron.protocol.design import Design  # noqa: E402
+from bayesneuron.inference.fit import MapFit
+from bayesneuron.protocol.design import Design
+from bayesneuron.reports.figures import colormap, subplots
 
 
 def plot_loss_and_gte(fits: Sequence[MapFit], title: str = ""):
     """Loss (mean squared error over recorded entries, log scale), GTE_Na and GTE_K against
     iteration, one line per design (the best start of each)."""
     names = [k for k in fits[0].free][:2]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 3.6))
-    cmap = plt.get_cmap("viridis", max(len(fits), 2))
+    fig, axes = subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 3.6))
+    cmap = colormap("viridis", max(len(fits), 2))
     for i, f in enumerate(fits):
         kw = dict(color=cmap(i), lw=1.4, label=f.design)
         axes[0].semilogy(np.maximum(f.history["mse"][:, f.best], 1e-16), **kw)
@@ -39,10 +36,10 @@ def plot_loss_and_gte(fits: Sequence[MapFit], title: str = ""):
 def plot_trajectories(fit: MapFit, title: str = ""):
     """Per-compartment parameter trajectories (best start) against dashed ground truth."""
     names = list(fit.free)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     for ax, k in zip(axes[0], names):
         traj = fit.history[k][:, fit.best]  # [iteration, comp]
-        colors = plt.get_cmap("tab10")
+        colors = colormap("tab10")
         for c in range(traj.shape[1]):
             ax.plot(traj[:, c], color=colors(c % 10), lw=1.3, label=f"comp {c}")
             if fit.truth is not None:
@@ -63,7 +60,7 @@ def plot_design_heatmap(values: dict[str, float], site_sets: Sequence, label: st
     for i, s in enumerate(keys):
         for j, r in enumerate(keys):
             grid[i, j] = values.get(f"{s}|{r}", np.nan)
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig, ax = subplots(figsize=(5.2, 4.4))
     im = ax.imshow(grid, cmap="magma_r")
     for i in range(len(keys)):
         for j in range(len(keys)):

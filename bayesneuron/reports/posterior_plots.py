@@ -1,7 +1,8 @@
 """Figures of posteriors held in ArviZ ``InferenceData`` (as built by :mod:`.arviz`).
 
 Every function returns a matplotlib ``Figure`` (never shown) and, given ``path``, also saves it
-as PNG (parent folders created). Close figures with ``plt.close(fig)`` when done.
+as PNG (parent folders created). No backend is chosen and nothing is registered with pyplot
+(:mod:`._figures`).
 
 Example:
     >>> fig = plot_posterior_vs_prior(idata, path="out/posterior.png")
@@ -13,14 +14,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bayesneuron.errors import DataError  # noqa: E402
+from bayesneuron.errors import DataError
+from bayesneuron.reports.figures import colormap, subplots
 
 __all__ = [
     "plot_contraction_heatmap",
@@ -134,9 +132,7 @@ def plot_posterior_vs_prior(
     names = _params(post, var_names)
     comps = _compartments(post, compartments)
     ncol = max(len(comps), 1)
-    fig, axes = plt.subplots(
-        len(names), ncol, figsize=(2.4 * ncol, 2.0 * len(names)), squeeze=False
-    )
+    fig, axes = subplots(len(names), ncol, figsize=(2.4 * ncol, 2.0 * len(names)), squeeze=False)
     for i, k in enumerate(names):
         row = comps if "compartment" in post[k].dims else [None]
         for j in range(ncol):
@@ -200,7 +196,7 @@ def plot_pairs(idata, var_names=None, compartments: Sequence[int] | None = None,
     n = len(cells)
     data = [_draws(post, k, c) for k, c in cells]
     truth = [_const_at(idata, f"{k}_true", c) for k, c in cells]
-    fig, axes = plt.subplots(n, n, figsize=(1.5 * n + 1, 1.5 * n + 1), squeeze=False)
+    fig, axes = subplots(n, n, figsize=(1.5 * n + 1, 1.5 * n + 1), squeeze=False)
     for i in range(n):
         for j in range(n):
             _pair_panel(axes[i][j], data, truth, i, j)
@@ -254,10 +250,10 @@ def plot_forest_designs(idatas: Mapping[str, object], var_name: str, prob: float
     n, labels = next(iter(sizes.values())), list(idatas)
     first = idatas[labels[0]]
     D = len(labels)
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1, n, sharey=True, figsize=(max(6.0, 1.9 * n), 1.2 + 0.24 * max(D, 2)), squeeze=False
     )
-    cmap = plt.get_cmap("viridis", max(D, 2))
+    cmap = colormap("viridis", max(D, 2))
     q = (1 - prob) / 2
     for c, ax in enumerate(axes[0]):
         iv = _prior_interval(first, var_name, c, prob)
@@ -302,9 +298,7 @@ def plot_ppc_traces(idata, n_traces: int = 3, prob: float = 0.9, path=None):
     flat = v.values.reshape(-1, *v.shape[2:])  # [sample, trace, rec, time]
     q = (1 - prob) / 2
     lo, lo50, med, hi50, hi = np.quantile(flat, [q, 0.25, 0.5, 0.75, 1 - q], axis=0)
-    fig, axes = plt.subplots(
-        n_tr, n_rec, figsize=(3.0 * n_rec, 2.0 * n_tr), sharex=True, squeeze=False
-    )
+    fig, axes = subplots(n_tr, n_rec, figsize=(3.0 * n_rec, 2.0 * n_tr), sharex=True, squeeze=False)
     for i in range(n_tr):
         for j in range(n_rec):
             ax = axes[i][j]
@@ -374,7 +368,7 @@ def plot_contraction_heatmap(
         .reindex(index=stim, columns=rec)
         .to_numpy(dtype=float)
     )
-    fig, ax = plt.subplots(figsize=(1.0 * len(rec) + 2.2, 0.8 * len(stim) + 1.4))
+    fig, ax = subplots(figsize=(1.0 * len(rec) + 2.2, 0.8 * len(stim) + 1.4))
     im = ax.imshow(grid, cmap="viridis")
     lo, hi = np.nanmin(grid), np.nanmax(grid)
     for i in range(len(stim)):

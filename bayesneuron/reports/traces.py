@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from bayesneuron.simulation.api import Trace  # noqa: E402
+from bayesneuron.reports.figures import colormap, subplots
+from bayesneuron.simulation.api import Trace
 
 
 def plot_traces(
@@ -35,10 +31,8 @@ def plot_traces(
         raise ValueError(f"plot_traces wants v [trace, comp, time]; got shape {tuple(v.shape)}")
     comps = list(range(min(v.shape[1], 12))) if compartments is None else list(compartments)
     t = trace.t.detach().cpu().numpy()
-    fig, axes = plt.subplots(
-        len(traces), 1, figsize=(7, 2.4 * len(traces)), sharex=True, squeeze=False
-    )
-    cmap = plt.get_cmap("viridis", max(len(comps), 2))
+    fig, axes = subplots(len(traces), 1, figsize=(7, 2.4 * len(traces)), sharex=True, squeeze=False)
+    cmap = colormap("viridis", max(len(comps), 2))
     for ax, k in zip(axes[:, 0], traces):
         for j, c in enumerate(comps):
             ax.plot(t, v[k, c].numpy(), color=cmap(j), lw=1.2, label=trace.names[c])

@@ -6,11 +6,13 @@
 The config (every key checked; unknown keys are errors)::
 
     [study]       name, question
-    [experiment]  preset ("paper_toy" | "hh_tree", see :mod:`.presets`), seed, n_traces,
-                  noise_sigma (mV, added to the data)
-    [model]       sigma (mV), priors ("paper": base × U(0.7, 1.3) | "lognormal" | "none"),
-                  dt (ms, Crank–Nicolson; default the preset's), backend ("auto" | "fused" | "torch":
-                  see CrankNicolson)
+    [experiment]  preset ("paper_toy" | "hh_tree", see :mod:`bayesneuron.reference.presets`),
+                  seed, n_traces, noise_sigma (mV, added to the data)
+    [model]       free (the per-compartment parameters to infer, e.g. ["g_na", "g_k", "g_l"];
+                  default the preset's, ["g_na", "g_k"]), sigma (mV), priors ("paper":
+                  base × U(0.7, 1.3) | "lognormal" | "none"), dt (ms, Crank–Nicolson; default
+                  the preset's), backend ("auto" | "fused" | "torch"; "numba" is a deprecated
+                  alias of "fused")
     [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("grid": every stim × rec
                   pair of the preset's site sets | "paper9" | "grid25" (paper_toy) |
                   ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
@@ -19,21 +21,26 @@ The config (every key checked; unknown keys are errors)::
                   "lowrank" | "iaf"), designs, num_particles, max_steps (SVI), num_samples,
                   map_starts, map_steps, map_init ("starts": base values and prior draws;
                   "truth": the ground truth and prior draws) — the MAP each posterior
-                  starts from; warmup_steps,
-                  num_chains (NUTS), priors, noise_sigma
+                  starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
-    [smoke]       n_traces, n_times, max_steps, n_starts, designs: a minutes-long version
+    [smoke]       n_traces, n_times, max_steps, n_starts, svi_steps, num_samples, designs: a
+                  tiny version of the study, for tests and a first look
+
+Columns named after a free parameter follow :mod:`bayesneuron.studies.tables`: ``g_<x>``
+gives ``gte_<x>_final``, ``contraction_<x>_<compartment>`` …, so the paper's ``g_na`` and
+``g_k`` give ``gte_na_final`` and ``gte_k_final``.
 
 Outputs in ``--out``: ``table.csv`` (one row per run × design: ``stim, rec, protocol, L0,
-L_final, gte_na_final, gte_k_final, steps, wall_s``, then extras), ``laplace.csv``,
-``fits.json`` (every fit with its optimum, starts and settings), ``histories.npz``, figures
-(``<run>_loss_gte.png``, ``<run>_trajectories_<design>.png``, ``<run>_gte_grid.png``),
-``config.json`` (resolved) and ``environment.json``. Each run checkpoints to
-``<out>/checkpoints/``; ``--resume`` continues an interrupted study.
+L_final``, ``gte_<x>_final`` per free parameter, ``steps, wall_s``, then extras),
+``fit_parameters.csv`` (long: per run × design × parameter and compartment),
+``laplace.csv``, ``fits.json`` (every fit with its optimum, starts and settings),
+``histories.npz``, figures (``<run>_loss_gte.png``, ``<run>_trajectories_<design>.png``,
+``<run>_gte_grid_<param>.png``), ``config.json`` (resolved) and ``environment.json``. Each run
+checkpoints to ``<out>/checkpoints/``; ``--resume`` continues an interrupted study.
 
 ``[[infer]]`` runs write ``designs.csv`` (one row per run × design: ``stim, rec, guide,
 mean_contraction, min_contraction, max_abs_z, coverage_90, logdet_fisher, elbo, wall_s``, then
-extras), ``parameters.csv`` (per design × parameter), ``ranking.csv``, one netCDF
+extras), ``parameters.csv`` (long: per design × parameter), ``ranking.csv``, one netCDF
 InferenceData per design (``idata/<run>/<design>.nc``), figures (``<run>_contraction.png``,
 ``<run>_forest_<param>.png``, per-design posterior/pair/predictive plots for up to 9 designs)
 and ``report.html`` (self-contained).
@@ -46,9 +53,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bayesneuron.errors import BayesneuronError
 from bayesneuron.protocol.design import Design
 from bayesneuron.simulation.solvers import BACKENDS
+from bayesneuron.studies.experiment import build_experiment, prior_spec
+from bayesneuron.studies.tables import table_columns
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,22 +73,14 @@ __all__ = [
     "StudyError",
     "TABLE_COLUMNS",
     "build_experiment",
+    "check_free",
     "load_study",
     "prior_spec",
     "study_from_config",
 ]
 
-TABLE_COLUMNS = (
-    "stim",
-    "rec",
-    "protocol",
-    "L0",
-    "L_final",
-    "gte_na_final",
-    "gte_k_final",
-    "steps",
-    "wall_s",
-)
+TABLE_COLUMNS = table_columns(("g_na", "g_k"))
+"""The leading columns of ``table.csv`` for the paper's model (free ``g_na``, ``g_k``)."""
 
 
 class StudyError(BayesneuronError):
@@ -87,7 +90,7 @@ class StudyError(BayesneuronError):
 _SCHEMA = {
     "study": {"name": str, "question": str},
     "experiment": {"preset": str, "seed": int, "n_traces": int, "noise_sigma": float},
-    "model": {"sigma": float, "priors": str, "dt": float, "backend": str},
+    "model": {"free": (str, list), "sigma": float, "priors": str, "dt": float, "backend": str},
     "laplace": {"designs": (str, list)},
     "smoke": {
         "svi_steps": int,
@@ -188,6 +191,7 @@ class Study:
     dt: float = 0.004
     preset: str = "paper_toy"
     backend: str = "auto"
+    free: tuple[str, ...] | None = None  # None: the preset's (g_na, g_k)
     runs: list[Run] = field(default_factory=list)
     infers: list[Infer] = field(default_factory=list)
     laplace: list[Design] = field(default_factory=list)
@@ -245,6 +249,22 @@ def study_from_config(
     """Validate a study config given as a dict (the parsed ``config.toml``; see the module
     docstring) and build the :class:`Study`. ``source`` names it in error messages."""
     folder, path = Path(folder), Path(source)
+    _check_sections(raw, path)
+    study = _header(raw, folder, path)
+    runs, infers = raw.get("run", []), raw.get("infer", [])
+    if not isinstance(runs, list) or not isinstance(infers, list) or not (runs or infers):
+        raise StudyError(f"{path}: no [[run]] or [[infer]] tables; add at least one")
+    _load_infers(study, infers, path)
+    _load_runs(study, runs, path)
+    if "laplace" in raw:
+        study.laplace = _designs(raw["laplace"].get("designs", "grid"), "[laplace]", study.preset)
+    _check_study(study, path)
+    if smoke:
+        _apply_smoke(study, raw.get("smoke", {}))
+    return study
+
+
+def _check_sections(raw: dict, path: Path) -> None:
     allowed = set(_SCHEMA) | {"run", "infer"}
     for k in raw:
         if k not in allowed:
@@ -253,15 +273,21 @@ def study_from_config(
         if not isinstance(raw.get(sec, {}), dict):
             raise StudyError(f"{path}: [{sec}] must be a table")
         _check(raw.get(sec, {}), schema, f"{path.name} [{sec}]")
+
+
+def _header(raw: dict, folder: Path, path: Path) -> Study:
+    """The study's [study], [experiment] and [model] settings."""
+    from bayesneuron.reference.presets import PRESETS, get_preset
+
     st, ex, mo = raw.get("study", {}), raw.get("experiment", {}), raw.get("model", {})
     if "name" not in st:
         raise StudyError(f"{path}: [study] needs a name")
-    from bayesneuron.reference.presets import PRESETS, get_preset
-
     preset = ex.get("preset", "paper_toy")
     if preset not in PRESETS:
         raise StudyError(f"{path}: preset {preset!r} unknown; available: {sorted(PRESETS)}")
-    study = Study(
+    free = check_free(mo["free"], preset, f"{path.name} [model]") if "free" in mo else None
+    backend = mo.get("backend", "auto")
+    return Study(
         folder=folder,
         name=st["name"],
         question=st.get("question", ""),
@@ -271,32 +297,51 @@ def study_from_config(
         sigma=float(mo.get("sigma", 1.0)),
         priors=mo.get("priors", "paper"),
         dt=float(mo.get("dt", get_preset(preset).dt)),
-        backend=mo.get("backend", "auto"),
+        backend="fused" if backend == "numba" else backend,  # deprecated alias, one release
         preset=preset,
+        free=free,
         raw=raw,
     )
-    runs, infers = raw.get("run", []), raw.get("infer", [])
-    if not isinstance(runs, list) or not isinstance(infers, list) or not (runs or infers):
-        raise StudyError(f"{path}: no [[run]] or [[infer]] tables; add at least one")
-    _load_infers(study, infers, path)
+
+
+def check_free(free, preset: str, where: str = "free") -> tuple[str, ...]:
+    """``free`` (a list of parameter names) checked against the preset's cell: distinct names
+    of per-compartment parameters with positive base values (the priors scale them)."""
+    from bayesneuron.reference.presets import get_preset
+
+    if isinstance(free, str):
+        free = [free]
+    if not (isinstance(free, (list, tuple)) and free and all(isinstance(k, str) for k in free)):
+        raise StudyError(
+            f"{where}: free = {free!r}; give a list of parameter names, e.g. ['g_na', 'g_k']"
+        )
+    cell = get_preset(preset).cell()
+    unknown = [k for k in free if k not in cell.params]
+    if unknown:
+        raise StudyError(
+            f"{where}: free parameters {unknown} are not parameters of the {preset} cell; "
+            f"it has {list(cell.param_names)}"
+        )
+    dup = sorted({k for k in free if list(free).count(k) > 1})
+    if dup:
+        raise StudyError(f"{where}: free lists {dup[0]!r} twice; list each parameter once")
+    bad = [k for k in free if not np.all(np.asarray(cell.params[k], dtype=float) > 0)]
+    if bad:
+        raise StudyError(
+            f"{where}: free parameter {bad[0]!r} has base values ≤ 0 in the {preset} cell; the "
+            "priors are relative to a positive base value (free a conductance such as 'g_l')"
+        )
+    return tuple(free)
+
+
+def _load_runs(study: Study, runs: list, path: Path) -> None:
     for i, r in enumerate(runs):
         where = f"{path.name} [[run]] #{i + 1}"
+        if not isinstance(r, dict):
+            raise StudyError(f"{where}: must be a table")
         _check(r, _RUN_KEYS, where)
         if r.get("protocol") not in ("paper", "bayesneuron"):
             raise StudyError(f"{where}: protocol must be 'paper' or 'bayesneuron'")
-        study.runs.append(
-            Run(
-                name=r.get("name", f"run{i + 1}"),
-                protocol=r["protocol"],
-                designs=_designs(r.get("designs", "grid"), where, preset),
-                n_starts=r.get("n_starts"),
-                max_steps=r.get("max_steps"),
-                priors=r.get("priors"),
-                noise_sigma=float(r["noise_sigma"]) if "noise_sigma" in r else None,
-                horizons=tuple(r["horizons"]) if "horizons" in r else None,
-                dt=float(r["dt"]) if "dt" in r else None,
-            )
-        )
         if r.get("dt", 1.0) <= 0:
             raise StudyError(f"{where}: dt must be > 0 (ms)")
         for key in ("n_starts", "max_steps"):
@@ -309,6 +354,23 @@ def study_from_config(
             or not all(isinstance(x, int) and x >= 1 for x in r["horizons"])
         ):
             raise StudyError(f"{where}: horizons must be ints ≥ 1, for protocol 'bayesneuron'")
+        study.runs.append(
+            Run(
+                name=r.get("name", f"run{i + 1}"),
+                protocol=r["protocol"],
+                designs=_designs(r.get("designs", "grid"), where, study.preset),
+                n_starts=r.get("n_starts"),
+                max_steps=r.get("max_steps"),
+                priors=r.get("priors"),
+                noise_sigma=float(r["noise_sigma"]) if "noise_sigma" in r else None,
+                horizons=tuple(r["horizons"]) if "horizons" in r else None,
+                dt=float(r["dt"]) if "dt" in r else None,
+            )
+        )
+
+
+def _check_study(study: Study, path: Path) -> None:
+    """What needs the whole study: distinct names and designs, priors, backend, numbers."""
     for r in study.runs + study.infers:
         labels = [d.label for d in r.designs]
         dup = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -317,14 +379,10 @@ def study_from_config(
     names = [r.name for r in study.runs] + [r.name for r in study.infers]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: run names must be distinct, got {names}")
-    if "laplace" in raw:
-        study.laplace = _designs(raw["laplace"].get("designs", "grid"), "[laplace]", preset)
     vals = [study.priors] + [r.priors for r in study.runs + study.infers if r.priors]
     bad = [v for v in vals if v not in ("paper", "lognormal", "none")]
     if bad:
         raise StudyError(f"{path}: priors {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
-    if study.backend == "numba":  # deprecated alias, one release
-        object.__setattr__(study, "backend", "fused")
     if study.backend not in BACKENDS:
         raise StudyError(f"{path}: backend {study.backend!r} unknown; use one of {BACKENDS}")
     finite = all(math.isfinite(x) for x in (study.sigma, study.dt, study.noise_sigma))
@@ -341,27 +399,28 @@ def study_from_config(
             "use priors = 'paper' or 'lognormal'"
         )
     _check_designs(study, path)
-    if smoke:
-        sm = raw.get("smoke", {})
-        study.n_traces = sm.get("n_traces", 8)
-        study.n_times = sm.get("n_times", 16)
-        keep = _designs(sm["designs"], "[smoke]", preset) if "designs" in sm else None
-        for r in study.runs:
-            r.max_steps = sm.get("max_steps", 3)
-            r.n_starts = min(r.n_starts, sm.get("n_starts", 2)) if r.n_starts else None
-            if keep is not None:
-                r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
-        for r in study.infers:
-            r.max_steps = sm.get("svi_steps", 10)
-            r.num_samples = sm.get("num_samples", 50)
-            r.map_steps = sm.get("max_steps", 3)
-            r.map_starts = min(r.map_starts, sm.get("n_starts", 2))
-            r.warmup_steps, r.num_chains = min(r.warmup_steps, 10), 1
-            r.num_particles = min(r.num_particles, 4)
-            if keep is not None:
-                r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
-        study.laplace = study.laplace[:2]
-    return study
+
+
+def _apply_smoke(study: Study, sm: dict) -> None:
+    """``--smoke``: the [smoke] table's (or tiny default) sizes."""
+    study.n_traces = sm.get("n_traces", 8)
+    study.n_times = sm.get("n_times", 16)
+    keep = _designs(sm["designs"], "[smoke]", study.preset) if "designs" in sm else None
+    for r in study.runs:
+        r.max_steps = sm.get("max_steps", 3)
+        r.n_starts = min(r.n_starts, sm.get("n_starts", 2)) if r.n_starts else None
+        if keep is not None:
+            r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
+    for r in study.infers:
+        r.max_steps = sm.get("svi_steps", 10)
+        r.num_samples = sm.get("num_samples", 50)
+        r.map_steps = sm.get("max_steps", 3)
+        r.map_starts = min(r.map_starts, sm.get("n_starts", 2))
+        r.warmup_steps, r.num_chains = min(r.warmup_steps, 10), 1
+        r.num_particles = min(r.num_particles, 4)
+        if keep is not None:
+            r.designs = [d for d in r.designs if d in keep] or r.designs[:1]
+    study.laplace = study.laplace[:2]
 
 
 def _load_infers(study: Study, infers: list, path: Path) -> None:
@@ -417,44 +476,3 @@ def _check_designs(study: Study, path: Path) -> None:
                 d.stim_index(morph), d.rec_index(morph)
             except DesignError as e:
                 raise StudyError(f"{path.name} {where}: design {d.label}: {e}") from None
-
-
-def prior_spec(name: str):
-    from bayesneuron.inference.priors import LogNormalPrior, ScaledUniformPrior
-
-    return {"paper": ScaledUniformPrior(0.7, 1.3), "lognormal": LogNormalPrior(0.5), "none": None}[
-        name
-    ]
-
-
-def build_experiment(study: Study, design: Design, priors: str, device, noise_sigma=None, dt=None):
-    from bayesneuron.reference.presets import get_preset
-    from bayesneuron.simulation.solvers import CrankNicolson
-
-    model, v, truth = get_preset(study.preset).experiment(
-        design,
-        n_traces=study.n_traces,
-        seed=study.seed,
-        noise_sigma=study.noise_sigma if noise_sigma is None else noise_sigma,
-        sigma=study.sigma,
-        priors=prior_spec(priors),
-        solver=CrankNicolson(dt=dt or study.dt, backend=study.backend),
-        device=device,
-    )
-    if (
-        study.n_times is not None and study.n_times < model.t_eval.size
-    ):  # smoke: the first n_times output times only
-        from bayesneuron.inference.model import NeuronModel
-
-        model = NeuronModel(
-            model.cell,
-            model.stimulus,
-            model.t_eval[: study.n_times],
-            design,
-            priors=prior_spec(priors),
-            sigma=study.sigma,
-            solver=model.solver,
-            device=device,
-        )
-        v = v[..., : study.n_times]
-    return model, v, truth

@@ -4,6 +4,7 @@ environment manifest, and file-safe design labels."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import platform
 import subprocess
@@ -15,7 +16,7 @@ import torch
 
 from bayesneuron.simulation import kernel_build
 
-__all__ = ["environment", "json_default", "safe_label", "write_csv"]
+__all__ = ["environment", "json_default", "safe_label", "write_csv", "write_json"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -39,6 +40,11 @@ def json_default(x):
     if isinstance(x, float) and math.isnan(x):
         return None
     return str(x)
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON at ``path`` (numpy values as numbers, NaN as null)."""
+    path.write_text(json.dumps(obj, indent=2, default=json_default))
 
 
 def safe_label(label: str) -> str:

@@ -2,7 +2,7 @@
 
 Per design: MAP fits (every design in one batch, multi-start Levenberg–Marquardt), the Laplace
 approximation at the MAP, then the run's method (SVI with a guide, NUTS, or the Laplace draws
-themselves); identifiability metrics (:mod:`.metrics`) against the ground truth; the log-det
+themselves); identifiability metrics (:mod:`bayesneuron.inference.metrics`) against the ground truth; the log-det
 Fisher information at the MAP; an InferenceData (posterior, prior, posterior predictive,
 per-trace log-likelihood, observed data, truth) saved as netCDF. Then ``designs.csv``,
 ``parameters.csv``, ``ranking.csv``, heatmaps, forest plots and ``report.html``.
@@ -23,22 +23,25 @@ from bayesneuron.inference.fit import fit_map
 from bayesneuron.inference.laplace import laplace, laplace_map
 from bayesneuron.inference.metrics import identifiability
 from bayesneuron.inference.nuts import run_nuts
+from bayesneuron.inference.space import prior_draws
 from bayesneuron.inference.svi import fit_svi
 from bayesneuron.studies.output import safe_label, write_csv
+from bayesneuron.studies.ranking import CRITERIA, rank_designs
+from bayesneuron.studies.report import rebuild_report, write_report
+from bayesneuron.studies.tables import column_key, plain
 
-__all__ = ["infer_design", "make_study", "rank_designs", "rebuild_report", "run_infers"]
-
-CRITERIA = (  # column, better, what it measures
-    ("logdet_fisher", "max", "log-det Fisher information (volume of information)"),
-    ("max_rel_sd", "min", "worst-case relative posterior sd (the least determined parameter)"),
-    ("mean_contraction", "max", "mean posterior contraction"),
-)
+__all__ = [
+    "CRITERIA",
+    "infer_design",
+    "make_study",
+    "rank_designs",
+    "rebuild_report",
+    "run_infers",
+]
 
 
 def _prior_draws(model, n: int, seed: int) -> dict[str, np.ndarray]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return {k: model.priors[k].sample((n,)).cpu().numpy() for k in model.free}
+    return {k: x.cpu().numpy() for k, x in prior_draws(model, n, seed).items()}
 
 
 def _predictions(model, v, samples: dict, seed: int, chunk: int = 100):
@@ -64,7 +67,7 @@ def _predictions(model, v, samples: dict, seed: int, chunk: int = 100):
 
 def _posterior(inf, model, v, mp_params, seed: int, progress: bool):
     """Draws name → ``[chain, draw, comp]`` for the metrics, sample stats, extras."""
-    lap = laplace_map(model, v, mp_params)
+    lap = laplace_map(model, v, mp_params, progress=progress)
     extras = {"laplace_hessian": lap.hessian}
     if inf.method == "svi":
         fit = fit_svi(
@@ -110,47 +113,43 @@ def _posterior(inf, model, v, mp_params, seed: int, progress: bool):
 
 
 def _truth_init(model, truth, n_starts: int, seed: int) -> dict[str, np.ndarray]:
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for k in model.free:
-        d = model.priors[k]
-        rows = [np.asarray(truth[k], dtype=np.float64)]
-        for _ in range(n_starts - 1):
-            u = torch.rand(model.n_comp, generator=gen, dtype=torch.float64)
-            rows.append(d.icdf(u.to(model.dtype)).cpu().numpy())
-        out[k] = np.stack(rows)
-    return out
-
-
-def rank_designs(rows: list[dict]) -> list[dict]:
-    """Per design its rank (1 = most informative) under each criterion of :data:`CRITERIA`."""
-    out = [{"design": f"{r['stim']}|{r['rec']}", "run": r.get("run", "")} for r in rows]
-    for col, better, _ in CRITERIA:
-        vals = np.array([float(r[col]) for r in rows])
-        vals = np.where(np.isfinite(vals), vals, -np.inf if better == "max" else np.inf)
-        order = np.argsort(-vals if better == "max" else vals, kind="stable")
-        ranks = np.empty(len(rows), dtype=int)
-        ranks[order] = np.arange(1, len(rows) + 1)
-        for o, r, k in zip(out, rows, ranks):
-            o[col] = r[col]
-            o[f"rank_{col}"] = int(k)
-    return out
+    """MAP starts for ``map_init = "truth"``: row 0 the ground truth, then prior draws."""
+    draws = _prior_draws(model, n_starts - 1, seed)
+    return {
+        k: np.concatenate([np.asarray(truth[k], dtype=np.float64)[None], draws[k]])
+        for k in model.free
+    }
 
 
 def infer_design(study, inf, j: int, device="cpu", progress=False) -> dict:
     """Design ``inf.designs[j]`` of an ``[[infer]]`` run, start to finish, in one process:
     data, MAP, posterior, metrics, InferenceData. Returns ``{"row", "parameters", "idata",
     "elbo"}`` — the unit of work an executor ships (a function of its arguments only)."""
-    from bayesneuron import reports
-    from bayesneuron.studies.config import DESIGN_COLUMNS, build_experiment
+    from bayesneuron.studies.config import build_experiment
 
     t0 = time.perf_counter()
     priors = inf.priors or study.priors
     model, v, truth = build_experiment(study, inf.designs[j], priors, device, inf.noise_sigma)
+    mp = _map(inf, model, v, truth, study.seed, progress)
+    draws, stats, extras, elbo_hist = _posterior(inf, model, v, mp.params, study.seed + j, progress)
+    met = identifiability(draws, model, truth)
+    keep = {k: x[:, : inf.num_samples] for k, x in draws.items()}
+    stats = {k: np.asarray(x)[:, : inf.num_samples] for k, x in stats.items()}
+    row = _design_row(inf, model, mp, met, extras) | {"wall_s": round(time.perf_counter() - t0, 2)}
+    row = _ordered(plain(row))
+    idata = _inference_data(study, inf, j, model, v, truth, keep, stats, row)
+    label = model.design.label
+    params = [{"run": inf.name, "design": label, **p} for p in met.per_parameter()]
+    return {"row": row, "parameters": params, "idata": idata, "elbo": elbo_hist}
+
+
+def _map(inf, model, v, truth, seed: int, progress: bool):
+    """The MAP each posterior starts from: at the truth and prior draws (``map_init =
+    "truth"``, no continuation) or at the base values and prior draws."""
     init = None
     if inf.map_init == "truth":  # start 0 at the truth, the others at prior draws
-        init = _truth_init(model, truth, inf.map_starts, study.seed)
-    mp = fit_map(
+        init = _truth_init(model, truth, inf.map_starts, seed)
+    return fit_map(
         model,
         v,
         truth=truth,
@@ -158,46 +157,58 @@ def infer_design(study, inf, j: int, device="cpu", progress=False) -> dict:
         horizons=() if init is not None else None,  # from the truth: no continuation
         n_starts=inf.map_starts,
         max_steps=inf.map_steps,
-        seed=study.seed,
+        seed=seed,
+        progress=progress,
     )
-    draws, stats, extras, elbo_hist = _posterior(inf, model, v, mp.params, study.seed + j, progress)
-    met = identifiability(draws, model, truth)
+
+
+def _design_row(inf, model, mp, met, extras: dict) -> dict:
+    """A ``designs.csv`` row: the design, its metrics, per-parameter contractions
+    (``contraction_<param>_<comp>``) and the MAP's ground-truth errors (``map_gte_<key>``)."""
     summ = met.summary()
-    fisher = laplace(model, mp.params).logdet_fisher
-    keep = {k: x[:, : inf.num_samples] for k, x in draws.items()}
-    flat = {k: x.reshape(-1, model.n_comp) for k, x in keep.items()}
-    n_chain, n_draw = next(iter(keep.values())).shape[:2]
-    ppc, ll = _predictions(model, v, flat, study.seed + j)
-    stats = {k: np.asarray(x)[:, : inf.num_samples] for k, x in stats.items()}
-    label = model.design.label
-    stim, rec = label.split("|")
+    stim, rec = model.design.label.split("|")
     gte = mp.gte()
-    row = {
+    extras = dict(extras)
+    return {
         "stim": stim,
         "rec": rec,
         "guide": inf.guide if inf.method == "svi" else inf.method,
-        **{k: summ[k] for k in DESIGN_COLUMNS if k in summ},
-        "logdet_fisher": fisher,
+        **summ,
+        "logdet_fisher": laplace(model, mp.params).logdet_fisher,
         "elbo": extras.pop("elbo"),
-        "wall_s": round(time.perf_counter() - t0, 2),
         "run": inf.name,
         "method": inf.method,
-        "max_rel_sd": summ["max_rel_sd"],
-        "sloppiest_sd": summ["sloppiest_sd"],
         **{
             f"contraction_{k}_{i}": float(c)
             for k, cs in _split(met, model).items()
             for i, c in enumerate(cs)
         },
-        "map_gte_na": gte.get("g_na", math.nan),
-        "map_gte_k": gte.get("g_k", math.nan),
+        **{f"map_gte_{column_key(k)}": gte.get(k, math.nan) for k in model.free},
         "map_steps": mp.steps,
         "n_traces": model.n_trace,
         "sigma_mv": model.sigma,
         **extras,
     }
-    row = {k: (x.item() if isinstance(x, (np.floating, np.integer)) else x) for k, x in row.items()}
-    idata = reports.to_inference_data(
+
+
+def _ordered(row: dict) -> dict:
+    """:data:`DESIGN_COLUMNS` first, then run, method, max_rel_sd, sloppiest_sd, the rest."""
+    from bayesneuron.studies.config import DESIGN_COLUMNS
+
+    first = [*DESIGN_COLUMNS, "run", "method", "max_rel_sd", "sloppiest_sd"]
+    head = {k: row[k] for k in first if k in row}
+    return head | {k: x for k, x in row.items() if k not in head}
+
+
+def _inference_data(study, inf, j, model, v, truth, keep, stats, row):
+    """Posterior, prior, posterior predictive, log-likelihood, data and truth of a design."""
+    from bayesneuron import reports
+    from bayesneuron.studies.config import DESIGN_COLUMNS
+
+    flat = {k: x.reshape(-1, model.n_comp) for k, x in keep.items()}
+    n_chain, n_draw = next(iter(keep.values())).shape[:2]
+    ppc, ll = _predictions(model, v, flat, study.seed + j)
+    return reports.to_inference_data(
         model,
         keep,
         prior={k: x[None] for k, x in _prior_draws(model, n_draw, study.seed).items()},
@@ -213,60 +224,79 @@ def infer_design(study, inf, j: int, device="cpu", progress=False) -> dict:
             **{k: row[k] for k in DESIGN_COLUMNS[3:]},
         },
     )
-    params = [{"run": inf.name, "design": label, **p} for p in met.per_parameter()]
-    return {"row": row, "parameters": params, "idata": idata, "elbo": elbo_hist}
 
 
 def run_infers(study, out: Path, *, device="cpu", resume=False, progress=True, executor=None):
     """Run every ``[[infer]]`` of ``study`` into ``out``, one task per design through
-    ``executor`` (default: this process, in order); returns the ``designs.csv`` rows."""
-    from bayesneuron import reports
+    ``executor`` (default: this process, in order); returns the ``designs.csv`` rows.
+    ``designs.csv`` grows as designs finish; with ``resume`` the designs whose results are in
+    ``out/idata`` are loaded, not run again."""
     from bayesneuron.studies.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
     results = {}
     for inf in study.infers:
-        folder = out / "idata" / inf.name
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [
-            (folder / f"{safe_label(d.label)}.nc", folder / f"{safe_label(d.label)}.json")
-            for d in inf.designs
-        ]
-        todo = []
-        for j, (nc, done) in enumerate(paths):
-            if resume and nc.is_file() and done.is_file():
-                saved = json.loads(done.read_text())
-                idata = reports.load_inference_data(nc)
-                results[(inf.name, j)] = {**saved, "idata": idata, "elbo": None}
-            else:
-                todo.append(j)
+        paths = _paths(out, inf)
+        todo = _load_done(inf, paths, results) if resume else list(range(len(inf.designs)))
         if progress:
             what = f"{inf.method}{' (' + inf.guide + ')' if inf.method == 'svi' else ''}"
-            print(
+            _say(
                 f"[{study.name}] {inf.name}: MAP then {what} for {len(todo)} design(s) "
-                f"({len(inf.designs) - len(todo)} done before) on {executor}",
-                file=sys.stderr,
-                flush=True,
+                f"({len(inf.designs) - len(todo)} done before) on {executor}"
             )
         tasks = {j: (infer_design, (study, inf, j, device)) for j in todo}
         for j, res in executor.run(tasks):
-            nc, done = paths[j]
-            reports.save_inference_data(res["idata"], nc)
-            done.write_text(
-                json.dumps({"row": res["row"], "parameters": res["parameters"]}, default=_num)
-            )
+            _save_design(res, *paths[j])
             results[(inf.name, j)] = res
             row = res["row"]
             if progress:
-                print(
+                _say(
                     f"  {inf.designs[j].label:>16}  contraction mean {row['mean_contraction']:.3f}"
                     f" min {row['min_contraction']:.3f}  max|z| {row['max_abs_z']:.2f}  "
-                    f"{row['wall_s']:.1f} s",
-                    file=sys.stderr,
-                    flush=True,
+                    f"{row['wall_s']:.1f} s"
                 )
             done_rows = [results[k]["row"] for k in sorted(results, key=_order(study))]
             write_csv(out / "designs.csv", done_rows)  # partial results stay usable
+    return _finish(study, out, results)
+
+
+def _paths(out: Path, inf) -> list[tuple[Path, Path]]:
+    """Per design of ``inf``: its InferenceData file and its rows (JSON), in ``out/idata``."""
+    folder = out / "idata" / inf.name
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        (folder / f"{safe_label(d.label)}.nc", folder / f"{safe_label(d.label)}.json")
+        for d in inf.designs
+    ]
+
+
+def _load_done(inf, paths, results: dict) -> list[int]:
+    """Load the designs of ``inf`` finished before into ``results``; the others' indices."""
+    from bayesneuron import reports
+
+    todo = []
+    for j, (nc, done) in enumerate(paths):
+        if nc.is_file() and done.is_file():
+            saved = json.loads(done.read_text())
+            results[(inf.name, j)] = {
+                **saved,
+                "idata": reports.load_inference_data(nc),
+                "elbo": None,
+            }
+        else:
+            todo.append(j)
+    return todo
+
+
+def _save_design(res: dict, nc: Path, done: Path) -> None:
+    from bayesneuron import reports
+
+    reports.save_inference_data(res["idata"], nc)
+    done.write_text(json.dumps({"row": res["row"], "parameters": res["parameters"]}, default=_num))
+
+
+def _finish(study, out: Path, results: dict) -> list[dict]:
+    """``designs.csv``, ``parameters.csv``, ``ranking.csv``, figures and ``report.html``."""
     keys = sorted(results, key=_order(study))
     rows = [results[k]["row"] for k in keys]
     write_csv(out / "designs.csv", rows)
@@ -279,8 +309,12 @@ def run_infers(study, out: Path, *, device="cpu", resume=False, progress=True, e
         for r, j in keys
         if results[(r, j)]["elbo"] is not None
     }
-    _figures_and_report(study, out, rows, ranking, idatas, elbos)
+    write_report(study, out, rows, ranking, idatas, elbos)
     return rows
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _label(study, run: str, j: int) -> str:
@@ -302,97 +336,6 @@ def _num(x):
     return str(x)
 
 
-def _figures_and_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from bayesneuron import reports
-    from bayesneuron.reports import Figure, Table, Text
-
-    table = pd.DataFrame(rows)
-    sections = [
-        Text("Question", study.question or study.name),
-        Text(
-            "Setting",
-            f"{_describe(study)}; {rows[0]['n_traces']} input traces, observation "
-            f"noise σ = {rows[0]['sigma_mv']} mV, prior {study.priors}. Per design: MAP "
-            "(multi-start Levenberg–Marquardt), Laplace at the MAP, then the posterior method "
-            "named in the table. Contraction = 1 − Var_post/Var_prior; z = (mean − truth)/sd.",
-        ),
-    ]
-    for run in dict.fromkeys(r["run"] for r in rows):
-        sub = table[table["run"] == run]
-        cols = [c for c in (*_design_cols(), "max_rel_sd", "khat", "map_gte_na") if c in sub]
-        sections.append(Table(f"{run}: designs", sub[cols], caption="one row per design"))
-        rk = pd.DataFrame([r for r in ranking if r["run"] == run])
-        best = []
-        for col, _better, what in CRITERIA:
-            top = rk.sort_values(f"rank_{col}").iloc[0]
-            best.append(f"By {what}: {top['design']} ({col} = {float(top[col]):.4g}).")
-        sections.append(Text(f"{run}: the most informative design", "\n\n".join(best)))
-        sections.append(Table(f"{run}: ranking", rk, caption="rank 1 = most informative"))
-        if len(sub) > 1:  # stim × rec heatmaps (designs not run stay blank)
-            for value in ("mean_contraction", "min_contraction"):
-                fig = reports.plot_contraction_heatmap(
-                    sub,
-                    value=value,
-                    title=f"{run}: {value.replace('_', ' ')}",
-                    path=out / f"{run}_{value}.png",
-                )
-                sections.append(Figure(f"{run}: {value.replace('_', ' ')}", fig))
-                plt.close(fig)
-        labels = [lab for (r, lab) in idatas if r == run]
-        for var in ("g_na", "g_k"):
-            fig = reports.plot_forest_designs(
-                {lab: idatas[(run, lab)] for lab in labels},
-                var,
-                path=out / f"{run}_forest_{var}.png",
-            )
-            sections.append(Figure(f"{run}: {var} across designs", fig))
-            plt.close(fig)
-        for lab in _highlights(labels):
-            idata = idatas[(run, lab)]
-            safe = safe_label(lab)
-            for name, fn in (
-                ("posterior vs prior", reports.plot_posterior_vs_prior),
-                ("posterior predictive", reports.plot_ppc_traces),
-            ):
-                fig = fn(idata, path=out / f"{run}_{safe}_{name.split()[1]}.png")
-                sections.append(Figure(f"{run} {lab}: {name}", fig))
-                plt.close(fig)
-            if (run, lab) in elbos:
-                fig, ax = plt.subplots(figsize=(5, 2.6))
-                ax.plot(elbos[(run, lab)])
-                ax.set_xlabel("SVI step")
-                ax.set_ylabel("ELBO (nats)")
-                ax.set_title(f"{run} {lab}")
-                fig.tight_layout()
-                sections.append(Figure(f"{run} {lab}: ELBO", fig))
-                plt.close(fig)
-    reports.write_html_report(out / "report.html", f"{study.name}: identifiability", sections)
-
-
-def _describe(study) -> str:
-    from bayesneuron.reference.presets import PRESETS, get_preset
-
-    name = getattr(study, "preset", "paper_toy")
-    return get_preset(name).description.capitalize() if name in PRESETS else f"Preset {name}"
-
-
-def _design_cols():
-    from bayesneuron.studies.config import DESIGN_COLUMNS
-
-    return DESIGN_COLUMNS
-
-
-def _highlights(labels: list[str]) -> list[str]:
-    """The designs that get their own figures: all of ≤ 4, else all|all, [0]|all and ≤ 2 more."""
-    if len(labels) <= 4:
-        return labels
-    keep = [lab for lab in ("all|all", "[0]|all") if lab in labels]
-    return keep + [lab for lab in labels if lab not in keep][: 4 - len(keep)]
-
-
 def make_study(
     designs,
     *,
@@ -402,6 +345,7 @@ def make_study(
     question: str = "",
     run: str = "posterior",
     preset: str = "paper_toy",
+    free=None,
     seed: int = 20230619,
     n_traces: int = 20,
     noise_sigma: float = 1.0,
@@ -418,14 +362,15 @@ def make_study(
     warmup_steps: int = 100,
     num_chains: int = 1,
 ):
-    """A :class:`~bayesneuron.study.Study` with one ``[[infer]]`` run, built in code instead of
-    from a ``config.toml`` and checked by the same rules (a
-    :class:`~bayesneuron.study.StudyError` says what is wrong before any work is done).
+    """A :class:`~bayesneuron.studies.config.Study` with one ``[[infer]]`` run, built in code
+    instead of from a ``config.toml`` and checked by the same rules (a
+    :class:`~bayesneuron.studies.config.StudyError` says what is wrong before any work is done).
 
     ``designs``: ``"grid"`` (or a preset's named list such as ``"paper9"``), a list of labels
     (``["all|all", "[0,-1]|all"]``) or of :class:`~bayesneuron.Design`. ``dt`` defaults to the
-    preset's. The other defaults are the quickstart's: 20 noisy traces, SVI with a
-    multivariate-normal guide, the MAP started at the ground truth (synthetic data).
+    preset's. ``free``: the parameters to infer (e.g. ``["g_na", "g_k", "g_l"]``; default the
+    preset's, ``g_na`` and ``g_k``). The other defaults are the quickstart's: 20 noisy traces,
+    SVI with a multivariate-normal guide, the MAP started at the ground truth (synthetic data).
 
     Example:
         >>> study = make_study(["all|all"], method="laplace", n_traces=5)
@@ -441,6 +386,8 @@ def make_study(
     model = {"sigma": sigma, "priors": priors, "backend": backend}
     if dt is not None:
         model["dt"] = dt
+    if free is not None:
+        model["free"] = [free] if isinstance(free, str) else list(free)
     infer = dict(
         name=run,
         method=method,
@@ -482,104 +429,3 @@ def _plain(x):
     if isinstance(x, np.floating):
         return float(x)
     return x
-
-
-def rebuild_report(
-    results: str | Path, path: str | Path | None = None, elbos=None, figures: bool = False
-) -> Path:
-    """Write the ``report.html`` of an existing results folder again, from its ``designs.csv``,
-    ``ranking.csv`` (recomputed if absent) and InferenceData files (``idata/<run>/<design>.nc``,
-    or ``posterior.nc`` for a one-design folder of ``bayesneuron infer``); the study's name,
-    question and prior come from its ``config.json`` where there is one.
-
-    Only ``path`` (default ``results/report.html``) is written: the figures are drawn into a
-    temporary folder and embedded (``figures=True``: into ``results``, and kept there). ``elbos``: optional ``{(run, design): ELBO history}`` (not
-    stored in results folders, so a rebuilt report has no ELBO plots otherwise).
-    """
-    import shutil
-    import tempfile
-    from types import SimpleNamespace
-
-    import pandas as pd
-
-    from bayesneuron import reports
-    from bayesneuron.studies.config import StudyError
-
-    results = Path(results)
-    if not results.is_dir():
-        raise StudyError(f"{results} is not a results folder (no such folder)")
-    table = results / "designs.csv"
-    if not table.is_file():
-        raise StudyError(
-            f"{results} has no posterior results (no designs.csv); make some with "
-            "'bayesneuron compare', 'bayesneuron infer' or a study with [[infer]] runs"
-        )
-    try:
-        df = pd.read_csv(table, dtype={"stim": str, "rec": str, "run": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise StudyError(f"{table}: cannot read: {str(e).splitlines()[0]}") from None
-    need = {"stim", "rec", "run", "n_traces", "sigma_mv", *(c for c, _, _ in CRITERIA)}
-    if df.empty or not need <= set(df.columns):
-        missing = sorted(need - set(df.columns)) or ["any rows"]
-        raise StudyError(f"{table} is not a designs table: it lacks {', '.join(missing)}")
-    rows = df.to_dict("records")
-    ranking = None
-    if (results / "ranking.csv").is_file():
-        try:
-            rk = pd.read_csv(results / "ranking.csv", dtype={"design": str, "run": str})
-            ranking = rk.to_dict("records")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            ranking = None
-        if ranking is not None and not (
-            all(f"rank_{c}" in rk for c, _, _ in CRITERIA)
-            and sorted((str(r["run"]), str(r["design"])) for r in ranking)
-            == sorted((str(r["run"]), f"{r['stim']}|{r['rec']}") for r in rows)
-        ):
-            ranking = None  # another set of designs than designs.csv: rank them again
-    if ranking is None:
-        ranking = []
-        for run in dict.fromkeys(r["run"] for r in rows):
-            ranking += rank_designs([r for r in rows if r["run"] == run])
-    idatas = {}
-    for r in rows:
-        label = f"{r['stim']}|{r['rec']}"
-        files = [results / "idata" / str(r["run"]) / f"{safe_label(label)}.nc"]
-        if len(rows) == 1:
-            files.append(results / "posterior.nc")
-        nc = next((f for f in files if f.is_file()), None)
-        if nc is None:
-            raise StudyError(f"{results}: the InferenceData of {label} is missing ({files[0]})")
-        try:
-            idatas[(r["run"], label)] = reports.load_inference_data(nc)
-        except (OSError, ValueError) as e:
-            raise StudyError(f"{nc}: cannot read the InferenceData: {e}") from None
-    info = {"name": results.name, "question": "", "priors": "paper", "preset": "paper_toy"}
-    try:
-        cfg = json.loads((results / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    if isinstance(cfg, dict):
-        raw = cfg.get("config") if isinstance(cfg.get("config"), dict) else cfg  # study run
-        st = raw.get("study") if isinstance(raw.get("study"), dict) else raw
-        mo = raw.get("model") if isinstance(raw.get("model"), dict) else raw
-        ex = raw.get("experiment") if isinstance(raw.get("experiment"), dict) else {}
-        for key, src in (("name", st), ("question", st), ("priors", mo), ("preset", ex)):
-            if isinstance(src.get(key), str):
-                info[key] = src[key]
-    study = SimpleNamespace(**info)
-    if elbos is None and len(rows) == 1 and (results / "elbo.csv").is_file():
-        try:  # a one-design folder of ``bayesneuron infer`` keeps its ELBO history
-            hist = np.loadtxt(results / "elbo.csv", skiprows=1, ndmin=1)
-            elbos = {(rows[0]["run"], f"{rows[0]['stim']}|{rows[0]['rec']}"): hist}
-        except ValueError:
-            elbos = None
-    path = results / "report.html" if path is None else Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=path.parent))
-    try:
-        where = results if figures else tmp
-        _figures_and_report(study, where, rows, ranking, idatas, dict(elbos or {}))
-        (where / "report.html").replace(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path

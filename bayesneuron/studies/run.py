@@ -1,5 +1,6 @@
 """``run_study``: every ``[[run]]`` (MAP fits), ``[laplace]`` and ``[[infer]]`` of a study into
-its results folder (the config's schema: :mod:`bayesneuron.studies.config`)."""
+its results folder (the config's schema: :mod:`bayesneuron.studies.config`; the tables'
+columns, named after the model's free parameters: :mod:`bayesneuron.studies.tables`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from bayesneuron.studies.config import build_experiment, load_study
-from bayesneuron.studies.output import environment, json_default, write_csv
+from bayesneuron.studies.output import (
+    environment,
+    json_default,
+    safe_label,
+    write_csv,
+    write_json,
+)
+from bayesneuron.studies.tables import fit_parameter_rows, fit_row, laplace_row
 
 __all__ = ["run_study"]
 
@@ -28,134 +36,138 @@ def run_study(
 ) -> dict[str, list[dict]]:
     """Run every ``[[run]]`` and ``[[infer]]`` of the study; returns the rows of
     ``table.csv`` (``"fits"``) and ``designs.csv`` (``"designs"``), also written to disk.
-    ``executor`` (:mod:`.executors`) runs the ``[[infer]]`` designs (default: here, in order)."""
-    from bayesneuron import reports
-    from bayesneuron.inference.fit import fit_map_designs
-    from bayesneuron.inference.laplace import laplace
-    from bayesneuron.reference.presets import get_preset
-
+    ``executor`` (:mod:`bayesneuron.studies.executors`) runs the ``[[infer]]`` designs
+    (default: here, in order). ``table.csv`` is written after every run and ``designs.csv``
+    after every design, so an interrupted study keeps what it finished (``resume=True``
+    continues it); ``config.json`` and ``environment.json`` at the end."""
     study = load_study(folder, smoke=smoke)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
-    rows, fits_json, hist = [], [], {}
     t_study = time.perf_counter()
-    for run in study.runs:
-        priors = run.priors or study.priors
-        exps = [
-            build_experiment(study, d, priors, device, run.noise_sigma, run.dt) for d in run.designs
-        ]
-        models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
-        if progress:
-            print(
-                f"[{study.name}] {run.name}: {run.protocol} protocol, {len(models)} design(s) "
-                "in one batch …",
-                file=sys.stderr,
-                flush=True,
-            )
-        fits = fit_map_designs(
-            models,
-            data,
-            protocol=run.protocol,
-            truth=truth,
-            n_starts=run.n_starts,
-            max_steps=run.max_steps,
-            seed=study.seed,
-            horizons=run.horizons if run.protocol == "bayesneuron" else None,
-            checkpoint=out / "checkpoints" / f"{run.name}.pt",
-            resume=resume,
-            progress=progress,
-        )
-        for m, f in zip(models, fits):
-            frac = len(m.rec_index) / m.n_comp  # paper loss = MSE over recorded · |rec| / n
-            stim, rec = f.design.split("|")
-            rows.append(
-                {
-                    "stim": stim,
-                    "rec": rec,
-                    "protocol": run.protocol,
-                    "L0": f.history["mse"][0, 0] * frac,  # start 0 is at the base values
-                    "L_final": f.history["mse"][-1, f.best] * frac,
-                    "gte_na_final": f.history["gte_g_na"][-1, f.best],
-                    "gte_k_final": f.history["gte_g_k"][-1, f.best],
-                    "steps": f.steps,
-                    "wall_s": round(f.wall_s, 2),
-                    "run": run.name,
-                    "priors": priors,
-                    "noise_sigma": study.noise_sigma
-                    if run.noise_sigma is None
-                    else run.noise_sigma,
-                    "horizons": " ".join(map(str, f.settings.get("horizons", []))),
-                    "dt": run.dt or study.dt,
-                    "n_starts": len(f.objective),
-                    "converged": int(f.converged.sum()),
-                    "spread_na_max": float(f.spread()["g_na"].max()),
-                    "spread_k_max": float(f.spread()["g_k"].max()),
-                    "designs_in_batch": len(models),
-                }
-            )
-            fits_json.append({"run": run.name, **f.to_dict()})
-            for k, v in f.history.items():
-                hist[f"{run.name}/{f.design}/{k}"] = v
-        fig = reports.plot_loss_and_gte(fits, title=f"{run.name}: {run.protocol} protocol")
-        fig.savefig(out / f"{run.name}_loss_gte.png", dpi=110)
-        if len(fits) <= 9:
-            for f in fits:
-                fig = reports.plot_trajectories(f)
-                safe = f.design.replace("|", "_").replace("[", "").replace("]", "").replace(",", "")
-                fig.savefig(out / f"{run.name}_trajectories_{safe}.png", dpi=100)
-        preset = get_preset(study.preset)
-        if [d.label for d in run.designs] == [d.label for d in preset.designs("grid")]:
-            vals = {f.design: f.history["gte_g_na"][-1, f.best] for f in fits}
-            fig = reports.plot_design_heatmap(
-                vals, preset.site_sets, "GTE g_na (mS/cm²)", f"{run.name}: final GTE of g_na"
-            )
-            fig.savefig(out / f"{run.name}_gte_grid.png", dpi=110)
-        import matplotlib.pyplot as plt
-
-        plt.close("all")
-        write_csv(out / "table.csv", rows)  # after every run: partial results are usable
-    lap_rows = []
-    for d in study.laplace:
-        model, _, truth = build_experiment(study, d, "paper", device)
-        lp = laplace(model, truth)
-        c = lp.per_param(lp.contraction)
-        stim, rec = d.label.split("|")
-        lap_rows.append(
-            {
-                "stim": stim,
-                "rec": rec,
-                "min_contraction": float(lp.contraction.min()),
-                "mean_contraction": float(lp.contraction.mean()),
-                **{f"contraction_na_{i}": float(x) for i, x in enumerate(c["g_na"])},
-                **{f"contraction_k_{i}": float(x) for i, x in enumerate(c["g_k"])},
-                "logdet_fisher": lp.logdet_fisher,
-                "fisher_condition": float(
-                    lp.fisher_eigvals.max() / max(lp.fisher_eigvals.min(), 1e-300)
-                ),
-                "sigma_mv": study.sigma,
-            }
-        )
-    if lap_rows:
-        write_csv(out / "laplace.csv", lap_rows)
-    if study.runs:
-        np.savez_compressed(out / "histories.npz", **hist)
-        (out / "fits.json").write_text(json.dumps(fits_json, indent=1, default=json_default))
+    rows = _run_fits(study, out, device, resume, progress)
+    _run_laplace(study, out, device)
+    design_rows = []
     if study.infers:
         from bayesneuron.studies.posteriors import run_infers
 
         design_rows = run_infers(
             study, out, device=device, resume=resume, progress=progress, executor=executor
         )
-    else:
-        design_rows = []
-    resolved = {
+    resolved = _resolved(study, smoke, device) | {"wall_s": time.perf_counter() - t_study}
+    write_json(out / "config.json", resolved)
+    write_json(out / "environment.json", environment())
+    return {"fits": rows, "designs": design_rows}
+
+
+def _run_fits(study, out: Path, device: str, resume: bool, progress: bool) -> list[dict]:
+    """Every ``[[run]]``: one batched MAP fit of its designs, its rows and figures; the tables
+    are written after each run, so partial results are usable."""
+    rows, params, fits_json, hist = [], [], [], {}
+    for run in study.runs:
+        models, fits = _fit_run(study, run, out, device, resume, progress)
+        for m, f in zip(models, fits):
+            rows.append(
+                fit_row(
+                    f,
+                    m,
+                    run.protocol,
+                    run=run.name,
+                    priors=run.priors or study.priors,
+                    noise_sigma=study.noise_sigma if run.noise_sigma is None else run.noise_sigma,
+                    dt=run.dt or study.dt,
+                )
+                | {"designs_in_batch": len(models)}
+            )
+            params += fit_parameter_rows(f, run.name)
+            fits_json.append({"run": run.name, **f.to_dict()})
+            hist.update({f"{run.name}/{f.design}/{k}": v for k, v in f.history.items()})
+        _fit_figures(study, run, fits, out)
+        write_csv(out / "table.csv", rows)
+        write_csv(out / "fit_parameters.csv", params)
+    if study.runs:
+        np.savez_compressed(out / "histories.npz", **hist)
+        (out / "fits.json").write_text(json.dumps(fits_json, indent=1, default=json_default))
+    return rows
+
+
+def _fit_run(study, run, out: Path, device: str, resume: bool, progress: bool):
+    """The models of a run's designs and their MAP fits, all designs in one batch."""
+    from bayesneuron.inference.fit import fit_map_designs
+
+    priors = run.priors or study.priors
+    exps = [
+        build_experiment(study, d, priors, device, run.noise_sigma, run.dt) for d in run.designs
+    ]
+    models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
+    if progress:
+        print(
+            f"[{study.name}] {run.name}: {run.protocol} protocol, {len(models)} design(s) "
+            f"in one batch, free {', '.join(models[0].free)} …",
+            file=sys.stderr,
+            flush=True,
+        )
+    fits = fit_map_designs(
+        models,
+        data,
+        protocol=run.protocol,
+        truth=truth,
+        n_starts=run.n_starts,
+        max_steps=run.max_steps,
+        seed=study.seed,
+        horizons=run.horizons if run.protocol == "bayesneuron" else None,
+        checkpoint=out / "checkpoints" / f"{run.name}.pt",
+        resume=resume,
+        progress=progress,
+    )
+    return models, fits
+
+
+def _fit_figures(study, run, fits, out: Path) -> None:
+    """Loss and ground-truth errors, per-design trajectories (≤ 9 designs) and, for the
+    preset's full grid, a stim × rec heatmap of each free parameter's final error."""
+
+    from bayesneuron import reports
+    from bayesneuron.reference.presets import get_preset
+
+    fig = reports.plot_loss_and_gte(fits, title=f"{run.name}: {run.protocol} protocol")
+    fig.savefig(out / f"{run.name}_loss_gte.png", dpi=110)
+    if len(fits) <= 9:
+        for f in fits:
+            fig = reports.plot_trajectories(f)
+            fig.savefig(out / f"{run.name}_trajectories_{safe_label(f.design)}.png", dpi=100)
+    preset = get_preset(study.preset)
+    if [d.label for d in run.designs] == [d.label for d in preset.designs("grid")]:
+        for k in fits[0].free:
+            vals = {f.design: f.history[f"gte_{k}"][-1, f.best] for f in fits}
+            fig = reports.plot_design_heatmap(
+                vals, preset.site_sets, f"GTE {k}", f"{run.name}: final GTE of {k}"
+            )
+            fig.savefig(out / f"{run.name}_gte_grid_{k}.png", dpi=110)
+
+
+def _run_laplace(study, out: Path, device: str) -> None:
+    """``[laplace]``: the Laplace/Fisher analysis at the ground truth of each design."""
+    from bayesneuron.inference.laplace import laplace
+
+    rows = []
+    for d in study.laplace:
+        model, _, truth = build_experiment(study, d, "paper", device)
+        rows.append(laplace_row(laplace(model, truth), d.label, study.sigma))
+    if rows:
+        write_csv(out / "laplace.csv", rows)
+
+
+def _resolved(study, smoke: bool, device: str) -> dict:
+    """``config.json``: the config as given and the settings in effect."""
+    return {
         "folder": str(study.folder),
         "smoke": smoke,
         "device": device,
         "config": study.raw,
         "effective": {
             "preset": study.preset,
+            "free": list(study.free) if study.free else None,
             "n_traces": study.n_traces,
             "n_times": study.n_times,
             "dt": study.dt,
@@ -176,8 +188,4 @@ def run_study(
                 {**r.__dict__, "designs": [d.label for d in r.designs]} for r in study.infers
             ],
         },
-        "wall_s": time.perf_counter() - t_study,
     }
-    (out / "config.json").write_text(json.dumps(resolved, indent=2, default=json_default))
-    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
-    return {"fits": rows, "designs": design_rows}

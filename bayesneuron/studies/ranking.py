@@ -1,0 +1,28 @@
+"""Ranking designs by how much their posteriors say: the criteria and the ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CRITERIA", "rank_designs"]
+
+CRITERIA = (  # column, better, what it measures
+    ("logdet_fisher", "max", "log-det Fisher information (volume of information)"),
+    ("max_rel_sd", "min", "worst-case relative posterior sd (the least determined parameter)"),
+    ("mean_contraction", "max", "mean posterior contraction"),
+)
+
+
+def rank_designs(rows: list[dict]) -> list[dict]:
+    """Per design its rank (1 = most informative) under each criterion of :data:`CRITERIA`."""
+    out = [{"design": f"{r['stim']}|{r['rec']}", "run": r.get("run", "")} for r in rows]
+    for col, better, _ in CRITERIA:
+        vals = np.array([float(r[col]) for r in rows])
+        vals = np.where(np.isfinite(vals), vals, -np.inf if better == "max" else np.inf)
+        order = np.argsort(-vals if better == "max" else vals, kind="stable")
+        ranks = np.empty(len(rows), dtype=int)
+        ranks[order] = np.arange(1, len(rows) + 1)
+        for o, r, k in zip(out, rows, ranks):
+            o[col] = r[col]
+            o[f"rank_{col}"] = int(k)
+    return out
