@@ -11,14 +11,23 @@ from importlib.metadata import version as _version
 from bayesneuron.cell import Cell
 from bayesneuron.channels import (
     Channel,
+    Constant,
+    Exponential,
+    Gate,
     HHPotassium,
     HHSodium,
+    Kinetics,
     Leak,
+    Linoid,
     PaperLeak,
     PaperPotassium,
     PaperSodium,
+    RateChannel,
+    Sigmoid,
+    Softplus,
     hh_channels,
     paper_channels,
+    q10_factor,
 )
 from bayesneuron.errors import (
     BayesneuronError,
@@ -38,6 +47,7 @@ from bayesneuron.inference import (
     MapFit,
     NeuronModel,
     NutsRun,
+    PosteriorResult,
     Prior,
     Profile,
     SbcResult,
@@ -52,6 +62,7 @@ from bayesneuron.inference import (
     identifiability,
     laplace,
     laplace_map,
+    prior_draws,
     profile_likelihood,
     run_nuts,
     sbc,
@@ -94,6 +105,17 @@ except _PackageNotFoundError:  # running from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "Constant",
+    "Exponential",
+    "Gate",
+    "Kinetics",
+    "Linoid",
+    "PosteriorResult",
+    "RateChannel",
+    "Sigmoid",
+    "Softplus",
+    "prior_draws",
+    "q10_factor",
     "Profile",
     "SbcResult",
     "expected_information_gain",
