@@ -77,67 +77,51 @@ class Rate:
 
 
 @dataclass(frozen=True)
-class Exponential(Rate):
-    """``scale·exp(−(v − v_half)/k)``; ``scale`` 1/ms, ``v_half`` and ``k`` mV (``k ≠ 0``)."""
+class _HalfSlope(Rate):
+    """The forms of ``(v − v_half)/k``: ``scale``, ``v_half`` (mV) and ``k`` (mV, ≠ 0)."""
 
     scale: float
     v_half: float
     k: float
-    FORM: ClassVar[int] = 1
 
     def __post_init__(self):
         _finite(self.scale, self.v_half, self.k)
         if self.k == 0:
-            raise ValueError("Exponential: k must not be 0")
+            raise ValueError(f"{type(self).__name__}: k must not be 0")
+
+    def row(self):
+        return (float(self.FORM), float(self.scale), float(self.v_half), float(self.k))
+
+
+@dataclass(frozen=True)
+class Exponential(_HalfSlope):
+    """``scale·exp(−(v − v_half)/k)``; ``scale`` 1/ms, ``v_half`` and ``k`` mV (``k ≠ 0``)."""
+
+    FORM: ClassVar[int] = 1
 
     def __call__(self, v):
         return self.scale * torch.exp((self.v_half - v) / self.k)
 
-    def row(self):
-        return (float(self.FORM), float(self.scale), float(self.v_half), float(self.k))
-
 
 @dataclass(frozen=True)
-class Sigmoid(Rate):
+class Sigmoid(_HalfSlope):
     """``scale / (1 + exp(−(v − v_half)/k))``; ``scale`` 1/ms, ``v_half`` and ``k`` mV."""
 
-    scale: float
-    v_half: float
-    k: float
     FORM: ClassVar[int] = 2
-
-    def __post_init__(self):
-        _finite(self.scale, self.v_half, self.k)
-        if self.k == 0:
-            raise ValueError("Sigmoid: k must not be 0")
 
     def __call__(self, v):
         return self.scale * torch.sigmoid((v - self.v_half) / self.k)
 
-    def row(self):
-        return (float(self.FORM), float(self.scale), float(self.v_half), float(self.k))
-
 
 @dataclass(frozen=True)
-class Linoid(Rate):
+class Linoid(_HalfSlope):
     """``scale·(v − v_half) / (1 − exp(−(v − v_half)/k))`` (exp-linear); limit ``scale·k`` at
     ``v = v_half``. ``scale`` 1/(ms·mV), ``v_half`` and ``k`` mV."""
 
-    scale: float
-    v_half: float
-    k: float
     FORM: ClassVar[int] = 3
-
-    def __post_init__(self):
-        _finite(self.scale, self.v_half, self.k)
-        if self.k == 0:
-            raise ValueError("Linoid: k must not be 0")
 
     def __call__(self, v):
         return self.scale * vtrap(self.v_half - v, self.k)
-
-    def row(self):
-        return (float(self.FORM), float(self.scale), float(self.v_half), float(self.k))
 
 
 @dataclass(frozen=True)
