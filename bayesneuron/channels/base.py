@@ -170,8 +170,9 @@ class RateChannel(Channel):
     def _inf_tau(self, kin: Kinetics, vs: Tensor) -> Gates:
         out = {}
         for gate in kin.gates:
-            rs = (gate.alpha(vs) + gate.beta(vs)).add_(kin.eps).reciprocal_()
-            out[gate.name] = (gate.alpha(vs) * rs, rs if kin.phi == 1.0 else rs / kin.phi)
+            alpha = gate.alpha(vs)
+            rs = (alpha + gate.beta(vs)).add_(kin.eps).reciprocal_()
+            out[gate.name] = (alpha * rs, rs if kin.phi == 1.0 else rs / kin.phi)
         return out
 
     def gates(self, v, p):

@@ -2,7 +2,7 @@
 for :func:`bayesneuron.inference.svi.psis_khat`, which calls ``arviz.psislw``).
 
 Figures are bare ``matplotlib.figure.Figure`` objects, returned and never shown: no backend is
-chosen and pyplot is not used (:mod:`._figures`). The ArviZ functions (:mod:`.arviz`) are
+chosen and pyplot is not used (:mod:`.figures`). The ArviZ functions (:mod:`.arviz`) are
 imported on first use, as importing ArviZ is slow.
 """
 
