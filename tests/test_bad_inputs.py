@@ -297,7 +297,7 @@ API_CASES = [
     ("laplace-without-priors", lambda w: laplace(w.model(priors=None), w.truth), FitError,
      r"laplace needs a proper prior on every free parameter"),
     ("laplace-inferred-sigma", lambda w: laplace(w.model(sigma=dist.HalfNormal(1.0)), w.truth),
-     FitError, r"needs a fixed sigma"),
+     FitError, r"infers sigma, so give params\['sigma'\]"),
     ("nuts-zero-samples", lambda w: run_nuts(w.m, w.v, w.truth, num_samples=0), FitError,
      r"num_samples = 0 must be an integer ≥ 1"),
     # ------------------------------------------------------------------ study configs

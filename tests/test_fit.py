@@ -171,9 +171,9 @@ def test_fit_bad_data_and_models():
         fit_map(model, v)
     import pyro.distributions as dist
 
-    m2 = small(sigma=dist.HalfNormal(1.0))
-    with pytest.raises(FitError, match="fixed observation noise"):
-        fit_map(m2, synthetic_data(m2, TRUTH))
+    m2 = small(sigma=dist.HalfNormal(1.0))  # an inferred σ: all designs or none
+    with pytest.raises(FitError, match="all fix sigma or all infer it"):
+        fit_map_designs([model, m2], [v, v])
     other = small(n_times=8)
     with pytest.raises(FitError, match="must share"):
         fit_map_designs([model, other], [v, v])

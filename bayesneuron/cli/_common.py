@@ -24,6 +24,7 @@ __all__ = [
     "config",
     "design",
     "free_names",
+    "model_sigma",
     "remove_if_empty",
     "say",
     "split_labels",
@@ -83,6 +84,11 @@ def free_names(args) -> tuple[str, ...] | None:
     if not all(names):
         raise BayesneuronError(f"--free {args.free!r}: an empty name; write e.g. g_na,g_k,g_l")
     return check_free(names, args.preset, "--free")
+
+
+def model_sigma(args) -> float | str:
+    """The model's noise sd: ``--sigma`` (mV), or ``"infer"`` with ``--infer-sigma``."""
+    return "infer" if getattr(args, "infer_sigma", False) else args.sigma
 
 
 def check_args(args) -> None:

@@ -16,6 +16,7 @@ from bayesneuron.cli._common import (
     config,
     design,
     free_names,
+    model_sigma,
     say,
     staged,
     write_provenance,
@@ -42,8 +43,11 @@ def cmd_fit(args) -> int:
     wall = time.perf_counter() - start
     _write(args, out, study, model, fit, n_starts, wall)
     gte = ", ".join(f"{k} {x:.3g}" for k, x in fit.gte().items())
+    gte += " (mean over compartments)"
+    if "sigma" in fit.params:
+        gte += f", noise sd {float(fit.params['sigma']):.3g} mV (data: {args.noise:g} mV)"
     print(
-        f"MAP fit of {d.label}: ground-truth error {gte} (mean over compartments) after "
+        f"MAP fit of {d.label}: ground-truth error {gte} after "
         f"{fit.steps} steps in {wall:.1f} s; results in {out}/"
     )
     return 0
@@ -60,7 +64,7 @@ def _study(args):
         seed=args.seed,
         n_traces=args.traces,
         noise_sigma=args.noise,
-        sigma=args.sigma,
+        sigma=model_sigma(args),
         priors=args.priors,
         dt=args.dt or get_preset(args.preset).dt,
         backend=backend(args),
@@ -112,7 +116,8 @@ def _write(args, out: Path, study, model, fit, n_starts: int, wall: float) -> No
         noise_sigma=args.noise,
         dt=study.dt,
     )
-    row |= {"init": args.init, "n_traces": args.traces, "sigma_mv": args.sigma}
+    sigma = float(fit.params["sigma"]) if "sigma" in fit.params else args.sigma
+    row |= {"init": args.init, "n_traces": args.traces, "sigma_mv": sigma}
     with staged(out) as tmp:
         write_json(tmp / "fit.json", fit.to_dict())
         write_csv(tmp / "table.csv", [row])

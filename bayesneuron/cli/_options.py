@@ -133,6 +133,13 @@ def add_data(p, priors=("paper", "lognormal", "none")) -> None:
     g.add_argument("--noise", type=float, default=1.0, help="recording noise sd added (mV)")
     g.add_argument("--sigma", type=float, default=1.0, help="noise sd the model assumes (mV)")
     g.add_argument(
+        "--infer-sigma",
+        action="store_true",
+        help="infer the noise sd instead of assuming --sigma: one more parameter with the prior "
+        "LogNormal(log 1 mV, 1) (90 %% of its mass within 0.19-5.2 mV), carried through the "
+        "MAP, Laplace, SVI and NUTS",
+    )
+    g.add_argument(
         "--priors",
         choices=priors,
         default="paper",

@@ -67,43 +67,50 @@ class Stack:
             self.mask[d, rec] = 1.0
         self.n_obs = self.mask.sum(-1) * n_trace * n_time  # recorded entries per design
 
-    def _inputs(self, didx: Tensor, horizon) -> tuple[Stimulus, Reset | None]:
-        """The stimulus of designs ``didx`` and, with a ``horizon``, the reset to their data."""
+    def _inputs(self, didx: Tensor, horizon, n_times) -> tuple[Stimulus, Tensor, Reset | None]:
+        """The stimulus of designs ``didx``, their data on the first ``n_times`` output times
+        (all for None) and, with a ``horizon``, the reset to those data."""
         m = self.m0
         stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
+        obs = self.obs[didx][..., :n_times]
         if horizon is None:
-            return stim, None
-        data = torch.where(self.mask[didx][:, None, :, None] > 0, self.obs[didx], math.nan)
-        return stim, Reset(data, int(horizon))
+            return stim, obs, None
+        data = torch.where(self.mask[didx][:, None, :, None] > 0, obs, math.nan)
+        return stim, obs, Reset(data, int(horizon))
 
-    def simulate(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None) -> Tensor:
+    def simulate(
+        self, params: Mapping[str, Tensor], didx: Tensor, horizon=None, n_times=None
+    ) -> Tensor:
         """``params[name]`` ``[..., Q, comp]`` for designs ``didx`` ``[Q]`` →
         masked errors ``v̂ − v`` ``[..., Q, trace, comp, time]`` (0 where unrecorded).
-        ``horizon``: restart recorded voltages from the data every ``horizon`` outputs."""
+        ``horizon``: restart recorded voltages from the data every ``horizon`` outputs;
+        ``n_times``: simulate and compare the first ``n_times`` output times only (a time
+        window, for continuation; None: all)."""
         m = self.m0
-        stim, reset = self._inputs(didx, horizon)
+        stim, obs, reset = self._inputs(didx, horizon, n_times)
         v = simulate(
             m.cell,
             dict(params),
             stim,
-            m.t_eval,
+            m.t_eval[:n_times],
             m.solver,
             dtype=m.dtype,
             device=m.device,
             reset=reset,
         ).v
-        return (v - self.obs[didx]) * self.mask[didx][:, None, :, None]
+        return (v - obs) * self.mask[didx][:, None, :, None]
 
-    def jacobian(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None):
+    def jacobian(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None, n_times=None):
         """Masked errors ``[Q, trace, comp, time]`` and their exact sensitivities to the free
-        conductances ``[Q, trace, P, comp, time]`` (fused kernel; ``params`` ``[Q, comp]``)."""
+        conductances ``[Q, trace, P, comp, time]`` (fused kernel; ``params`` ``[Q, comp]``;
+        ``horizon``, ``n_times`` as in :meth:`simulate`)."""
         m = self.m0
-        stim, reset = self._inputs(didx, horizon)
+        stim, obs, reset = self._inputs(didx, horizon, n_times)
         v, jac = sensitivities(
-            m.cell, dict(params), stim, m.t_eval, m.solver, wrt=m.free, reset=reset
+            m.cell, dict(params), stim, m.t_eval[:n_times], m.solver, wrt=m.free, reset=reset
         )
         mask = self.mask[didx][:, None, :, None]
-        return (v - self.obs[didx]) * mask, jac * mask[:, :, None]
+        return (v - obs) * mask, jac * mask[:, :, None]
 
 
 def _same_cell(a, b) -> bool:

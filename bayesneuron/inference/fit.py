@@ -16,7 +16,10 @@ Two protocols:
   one batched simulation. Stops when an accepted step changes the objective by less than
   ``ftol`` (relative) or the coordinates by less than ``xtol``. Several starts (the base
   values, then prior draws, :func:`~.space.start_points`) run side by side; the spread of
-  their optima shows non-identifiability.
+  their optima shows non-identifiability. An inferred noise sd ``σ``
+  (``NeuronModel(sigma=<prior>)``) alternates with LM: LM on the other parameters at a fixed
+  ``σ``, then ``σ`` ← its mode given the residuals (``σ² ≈ SSR/N``, moved by its prior), a
+  few times (:func:`~._noise.lm_fit_sigma`); designs are then fitted one after another.
 
 Every start of every design is an independent problem in one batch, so fitting the paper's 9
 designs costs one batched simulation per iteration, not nine.
@@ -36,6 +39,7 @@ from torch import Tensor
 
 from bayesneuron.errors import FitError
 from bayesneuron.inference._lm import lm_fit
+from bayesneuron.inference._noise import describe, lm_fit_sigma
 from bayesneuron.inference._paper_protocol import paper_fit
 from bayesneuron.inference._stack import Stack, fingerprint
 from bayesneuron.inference.model import NeuronModel
@@ -53,8 +57,9 @@ class MapFit:
     Attributes:
         protocol: ``"paper"`` or ``"bayesneuron"``.
         design: the design's label, e.g. ``"all|[0,-1]"``.
-        params: the best start's optimum, name → ``[comp]``.
-        starts: every start's optimum, name → ``[start, comp]``.
+        params: the best start's optimum, name → ``[comp]`` (an inferred ``"sigma"``: a
+            0-d array, mV, so ``laplace_map(model, v, fit.params)`` starts from it too).
+        starts: every start's optimum, name → ``[start, comp]`` (``"sigma"`` ``[start]``).
         objective: each start's final objective ``[start]`` (the paper's loss in mV², or the
             negative log posterior up to a constant).
         mse: each start's final mean squared error over recorded entries ``[start]`` (mV²).
@@ -89,15 +94,17 @@ class MapFit:
 
     @property
     def draws(self) -> dict[str, np.ndarray]:
-        """The MAP as one draw, name → ``[1, comp]`` (the results' common protocol: every
-        method's ``draws`` are name → ``[draw, …]``)."""
+        """The MAP as one draw, name → ``[1, comp]`` (``"sigma"`` ``[1]``; the results'
+        common protocol: every method's ``draws`` are name → ``[draw, …]``)."""
         return {k: v[None] for k, v in self.params.items()}
 
     @property
     def diagnostics(self) -> dict:
         """Scalar summaries of the fit: the best start's ``objective`` and ``mse``, ``steps``,
-        ``n_converged`` of ``n_starts``, ``n_simulations``, ``wall_s``."""
-        return {
+        ``n_converged`` of ``n_starts``, ``n_simulations``, ``wall_s`` (and the MAP's
+        ``sigma`` in mV when inferred)."""
+        extra = {"sigma": float(self.params["sigma"])} if "sigma" in self.params else {}
+        return extra | {
             "objective": float(self.objective[self.best]),
             "mse": float(self.mse[self.best]),
             "steps": int(self.steps),
@@ -177,6 +184,7 @@ def fit_map_designs(
     fd_step: float = 1e-6,
     jacobian: str = "exact",
     horizons: Sequence[int] | None = None,
+    windows: Sequence[int] = (),
     seed: int = 0,
     init: Mapping[str, Sequence] | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -208,6 +216,9 @@ def fit_map_designs(
             of at least 1e-4 before the last). Short horizons have no spike-time errors to
             accumulate and far fewer local minima. Default ``(1, 4, 16)``; ``()`` fits the
             plain objective only.
+        windows: then continuation over time windows: the first ``windows[0]`` output times
+            only, …, then all (e.g. ``range(8, 48, 4)``; guides unrecorded compartments too,
+            which the horizons cannot: :mod:`._lm`). Windows ≥ the data's length are skipped.
         seed: seeds the prior draws of the starts (a private generator: global RNGs untouched).
         init: starting values name → ``[start, comp]`` (or ``[comp]`` for every start),
             instead of the base values and prior draws.
@@ -218,19 +229,20 @@ def fit_map_designs(
     Returns:
         One :class:`MapFit` per model, in order.
     """
-    if protocol not in PROTOCOLS:
-        raise FitError(f"protocol {protocol!r} unknown; use one of {PROTOCOLS}")
+    if (fits := _one_by_one(dict(locals()))) is not None:  # checks protocol; inferred σ
+        return fits
     stack = Stack(models, data)
     m0 = stack.m0
     if resume and checkpoint is None:
         raise FitError("resume=True continues a checkpoint: give checkpoint=<file> as well")
     numbers = dict(lr=lr, ftol=ftol, xtol=xtol, fd_step=fd_step, seed=seed)
-    settings, init = _settings(m0, protocol, n_starts, max_steps, jacobian, horizons, init, numbers)
+    stages = (horizons, windows)
+    settings, init = _settings(m0, protocol, n_starts, max_steps, jacobian, stages, init, numbers)
     n_starts, max_steps = settings["n_starts"], settings["max_steps"]
     tru = None if truth is None else _truth(m0, truth)
     fp = fingerprint(stack, protocol, settings)
     ck, state = _checkpoint(checkpoint, resume, fp)
-    runner = paper_fit if protocol == "paper" else lm_fit
+    runner = paper_fit if protocol == "paper" else lm_fit if m0.sigma is not None else lm_fit_sigma
     t0 = time.perf_counter()
     out = runner(
         stack, n_starts, max_steps, settings, state, ck, checkpoint_every, fp, progress, init
@@ -239,16 +251,37 @@ def fit_map_designs(
     return _results(stack, out, protocol, tru, wall, settings)
 
 
+def _one_by_one(kw: dict) -> list[MapFit] | None:
+    """Several designs whose ``σ`` is inferred (``kw``: :func:`fit_map_designs`'s
+    arguments), fitted one after another, as each design has its own ``σ``; a checkpoint
+    ``fit.pt`` becomes ``fit.design<d>.pt`` per design. None where that does not apply.
+    Checks the protocol first."""
+    if kw["protocol"] not in PROTOCOLS:
+        raise FitError(f"protocol {kw['protocol']!r} unknown; use one of {PROTOCOLS}")
+    models, data, ck = kw.pop("models"), kw.pop("data"), kw.pop("checkpoint")
+    inferred = [getattr(m, "sigma", 1.0) is None for m in models]
+    if kw["protocol"] != "bayesneuron" or len(models) < 2 or not any(inferred):
+        return None
+    if not all(inferred):
+        raise FitError(
+            "models fitted together must all fix sigma or all infer it; fit them separately"
+        )
+    fits = []
+    for d, (m, v) in enumerate(zip(models, data)):
+        path = (
+            None
+            if ck is None
+            else Path(ck).with_name(f"{Path(ck).stem}.design{d}{Path(ck).suffix}")
+        )
+        fits += fit_map_designs([m], [v], checkpoint=path, **kw)
+    return fits
+
+
 # =========================================================================== checks
-def _settings(m0, protocol, n_starts, max_steps, jacobian, horizons, init, numbers: dict):
+def _settings(m0, protocol, n_starts, max_steps, jacobian, stages, init, numbers: dict):
     """The fit's settings (checked, as recorded in every :class:`MapFit`) and the starts
     ``init`` as tensors ``[n_starts, comp]`` (or None)."""
     n_starts, max_steps = _counts(protocol, n_starts, max_steps)
-    if protocol == "bayesneuron" and m0.sigma is None:
-        raise FitError(
-            "fit_map needs a fixed observation noise: build the model with sigma=<mV> (an "
-            "inferred sigma is for fit_svi / NUTS)"
-        )
     settings = dict(
         protocol=protocol,
         n_starts=n_starts,
@@ -258,7 +291,9 @@ def _settings(m0, protocol, n_starts, max_steps, jacobian, horizons, init, numbe
         seed=numbers["seed"],
         solver=repr(m0.solver),
     )
-    settings.update(_horizons(protocol, jacobian, horizons))
+    settings.update(_horizons(protocol, jacobian, *stages))
+    if protocol == "bayesneuron" and m0.sigma is None:
+        settings["sigma_prior"] = describe(m0.sigma_prior)
     if init is not None:
         init = _init(m0, init, n_starts)
         if protocol == "bayesneuron":
@@ -278,17 +313,27 @@ def _counts(protocol: str, n_starts, max_steps) -> tuple[int, int]:
     return int(n_starts), int(max_steps)
 
 
-def _horizons(protocol: str, jacobian: str, horizons) -> dict:
+def _horizons(protocol: str, jacobian: str, horizons, windows) -> dict:
     if jacobian not in ("exact", "fd"):
         raise FitError(f"jacobian = {jacobian!r}; use 'exact' or 'fd'")
     if protocol != "bayesneuron":
-        if horizons:
-            raise FitError("horizons apply to protocol='bayesneuron' only")
+        if horizons or windows:
+            raise FitError(
+                f"{'horizons' if horizons else 'windows'} apply to protocol='bayesneuron' only"
+            )
         return {}
     horizons = (1, 4, 16) if horizons is None else tuple(horizons)
+    windows = tuple(windows)
     if not all(isinstance(x, (int, np.integer)) and x >= 1 for x in horizons):
         raise FitError(f"horizons = {horizons!r} must be ints ≥ 1 (output intervals)")
-    return {"horizons": [int(x) for x in horizons]}
+    if not all(isinstance(x, (int, np.integer)) and x >= 1 for x in windows) or list(
+        windows
+    ) != sorted(set(windows)):
+        raise FitError(f"windows = {windows!r} must be increasing ints ≥ 1 (output times)")
+    out = {"horizons": [int(x) for x in horizons]}
+    if windows:  # absent when unused: earlier fits' settings and checkpoints stay valid
+        out["windows"] = [int(x) for x in windows]
+    return out
 
 
 def _checkpoint(checkpoint, resume: bool, fp: str) -> tuple[Path | None, dict | None]:
@@ -376,7 +421,7 @@ def _results(stack, out, protocol, tru, wall, settings) -> list[MapFit]:
                 h[f"gte_{k}"] = np.abs(h[k] - tru[k]).mean(-1)
         obj = h["objective"][-1]
         best = int(np.nanargmin(obj))
-        starts = {k: h[k][-1] for k in m0.free}
+        starts = {k: h[k][-1] for k in (*m0.free, "sigma") if k in h}
         fits.append(
             MapFit(
                 protocol=protocol,

@@ -1,7 +1,7 @@
 """Local identifiability: sensitivities, Fisher information and the Laplace approximation.
 
 At a parameter point ``g`` (e.g. the ground truth or a MAP) of a :class:`NeuronModel` with
-fixed noise ``σ``:
+fixed noise ``σ`` (an inferred one: the point's ``params["sigma"]``):
 
 * ``J = ∂ v_rec / ∂ g`` ``[M, P]`` by central differences in ``log g`` (one batched simulation
   of ``2P`` perturbed parameter sets; ``M = trace · n_rec · time``, ``P = n_free · n_comp``,
@@ -12,6 +12,11 @@ fixed noise ``σ``:
   is zero (inside a uniform prior) the prior enters as a Gaussian of the same variance, so an
   uninformed parameter keeps its prior width instead of an unbounded one; its sds,
   correlations and the contraction ``1 − Var_post / Var_prior``.
+
+:func:`laplace_map` approximates the posterior in the unconstrained ``u`` of
+:class:`~.space.ParameterSpace`, where an inferred ``σ`` is the last coordinate (``log σ``):
+its Gauss–Newton Hessian adds the exact ``log σ`` terms of ``−log p(v | θ, σ)``,
+``∂²/∂(log σ)² = 2 SSR/σ²`` and ``∂²/∂u ∂log σ = −2 Jᵤᵀ r/σ²`` (``r = v̂ − v``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 
 from bayesneuron.errors import FitError
+from bayesneuron.inference._noise import sigma_mode
 from bayesneuron.inference._runtime import progress_bar
 from bayesneuron.inference.model import NeuronModel
 from bayesneuron.inference.space import ParameterSpace
@@ -95,12 +101,26 @@ def jacobian(
     return ((v[0] - v[1]) / (2 * step * g[:, None])).T
 
 
+def _sigma_of(model: NeuronModel, params: Mapping, what: str):
+    """The noise sd (mV): the model's fixed one, or ``params["sigma"]`` when inferred."""
+    if model.sigma is not None:
+        return model.sigma
+    if "sigma" not in params:
+        raise FitError(
+            f"{what}: the model infers sigma, so give params['sigma'] (mV) as well (e.g. "
+            "fit_map(...).params has it)"
+        )
+    s = params["sigma"]
+    return s if isinstance(s, Tensor) else torch.as_tensor(np.asarray(s, dtype=np.float64))
+
+
 def fisher_information(model: NeuronModel, params: Mapping, **kw) -> Tensor:
-    """``JᵀJ / σ²`` ``[P, P]`` in the units of ``g`` (needs the model's fixed ``sigma``)."""
-    if model.sigma is None:
-        raise FitError("the Fisher information needs a fixed sigma in the model")
+    """``JᵀJ / σ²`` ``[P, P]`` in the units of ``g``: the model's fixed ``σ``, or
+    ``params["sigma"]`` when it is inferred (the per-compartment block; for Gaussian noise
+    the information is block-diagonal between them and ``σ``)."""
+    sigma = float(_sigma_of(model, params, "fisher_information"))
     J = jacobian(model, params, **kw)
-    return J.T @ J / model.sigma**2
+    return J.T @ J / sigma**2
 
 
 @dataclass
@@ -142,8 +162,10 @@ def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
     g = _vector(model, params)
     space = ParameterSpace(model)
 
-    def neg_log_prior(x):
-        return -space.log_density(space.split(x))
+    extra = {"sigma": _sigma_of(model, params, "laplace")} if space.infer_sigma else {}
+
+    def neg_log_prior(x):  # an inferred σ enters as a constant
+        return -space.log_density({**space.split(x), **extra})
 
     # zero where the prior is flat (uniform priors do not depend on x inside their support)
     H = torch.autograd.functional.hessian(neg_log_prior, g)
@@ -167,12 +189,18 @@ def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
 # =========================================================================== at a MAP
 def log_likelihood(model: NeuronModel, v_obs: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """``log p(v_obs | g)`` per trace ``[sample…, trace]`` for ``params[name]`` ``[sample…,
-    comp]`` (the model's fixed σ); differentiable."""
-    if model.sigma is None:
-        raise FitError("log_likelihood needs a fixed sigma in the model")
-    r = (model.simulate(params) - v_obs) / model.sigma
+    comp]``, with the model's fixed σ or, when inferred, ``params["sigma"]`` ``[sample…]``
+    (mV); differentiable."""
+    sigma = _sigma_of(model, params, "log_likelihood")
+    v = model.simulate({k: params[k] for k in model.free})
+    if isinstance(sigma, Tensor):
+        sigma = sigma.to(v.dtype).to(v.device)[..., None, None, None]
+        log_sigma = sigma[..., 0, 0].log()
+    else:
+        log_sigma = math.log(sigma)
+    r = (v - v_obs) / sigma
     m = r.shape[-1] * r.shape[-2]
-    return -0.5 * r.pow(2).sum((-1, -2)) - m * math.log(model.sigma * math.sqrt(2 * math.pi))
+    return -0.5 * r.pow(2).sum((-1, -2)) - m * (log_sigma + 0.5 * math.log(2 * math.pi))
 
 
 def _grad_log_posterior(model, v_obs, space: ParameterSpace, u: Tensor, chunk: int) -> Tensor:
@@ -195,13 +223,37 @@ def _exact_hessian(model, v_obs, space, u0, step, chunk) -> Tensor:
     return 0.5 * (H + H.T)
 
 
-def _gauss_newton_hessian(model, space, u0) -> Tensor:
-    """``JᵤᵀJᵤ/σ² − ∇²_u log p(u)``: positive definite wherever the prior term is."""
+def _gauss_newton_hessian(model, v_obs, space, u0) -> Tensor:
+    """``JᵤᵀJᵤ/σ² − ∇²_u log p(u)``: positive definite wherever the prior term is. With an
+    inferred ``σ`` (last coordinate ``w``, ``σ = T_σ(w)``) the likelihood's ``w`` row and
+    column are exact: ``∂²/∂w²`` of ``½ SSR/σ² + M log σ`` and ``−2 Jᵤᵀr σ′/σ³``; if that
+    makes the matrix indefinite (far from the mode), the cross term is dropped."""
     g0, _ = space.constrain(u0)
-    Jg = jacobian(model, {k: v.detach() for k, v in g0.items()})  # [M, P], ∂v/∂g
-    Ju = Jg * space.dg_du(u0)  # [M, P]: the chain rule through the elementwise map
+    theta = {k: g0[k].detach() for k in model.free}
+    P = space.n_params
+    Jg = jacobian(model, theta)  # [M, P], ∂v/∂g
+    dg = space.dg_du(u0)
+    Ju = Jg * dg[:P]  # [M, P]: the chain rule through the elementwise map
     H_prior = torch.autograd.functional.hessian(lambda x: -space.log_prior(x), u0)
-    return Ju.T @ Ju / model.sigma**2 + H_prior
+    if not space.infer_sigma:
+        return Ju.T @ Ju / model.sigma**2 + H_prior
+    sigma = g0["sigma"].detach()
+    with torch.no_grad():
+        r = (model.simulate(theta) - v_obs).reshape(-1)  # [M], ordered as J's rows
+    ssr, t = r.pow(2).sum(), space.sigma_transform
+
+    def nll_w(w):  # the σ-terms of −log p(v | θ, σ) as a function of w
+        s = t(w)
+        return 0.5 * ssr / s**2 + r.numel() * s.log()
+
+    H = torch.zeros_like(H_prior)
+    H[:P, :P] = Ju.T @ Ju / sigma**2
+    H[P, P] = torch.autograd.functional.hessian(nll_w, u0[P])
+    cross = -2.0 * (Ju.T @ r) * dg[P] / sigma**3
+    H[:P, P] = H[P, :P] = cross
+    if torch.linalg.cholesky_ex(H + H_prior).info != 0:
+        H[:P, P] = H[P, :P] = 0.0
+    return H + H_prior
 
 
 def _log_posterior(model, v_obs, space, u: Tensor) -> Tensor:
@@ -235,7 +287,15 @@ def _hessian_at_mode(model, v_obs, space, u0, hessian: str, step: float, chunk: 
         H = _exact_hessian(model, v_obs, space, u0, step, chunk)
         if bool(torch.all(torch.linalg.eigvalsh(H) > 0)):
             return H, "exact"
-    return _gauss_newton_hessian(model, space, u0), "gauss-newton"
+    return _gauss_newton_hessian(model, v_obs, space, u0), "gauss-newton"
+
+
+def _conditional_sigma(model, v_obs, space, params) -> Tensor:
+    """The mode of ``σ`` given ``params``' other parameters (mV, scalar)."""
+    g = space.split(_vector(model, params))
+    with torch.no_grad():
+        r = model.simulate(g) - v_obs
+    return sigma_mode(r.pow(2).sum(), r.numel(), space.sigma_prior)
 
 
 @dataclass
@@ -262,8 +322,9 @@ class UnconstrainedLaplace:
 
     @property
     def draws(self) -> dict[str, np.ndarray]:
-        """``sample(1000, seed=0)``: posterior draws name → ``[draw, comp]`` (the results'
-        common protocol; :meth:`sample` for other numbers or seeds)."""
+        """``sample(1000, seed=0)``: posterior draws name → ``[draw, comp]`` (and ``"sigma"``
+        ``[draw]`` when inferred; the results' common protocol; :meth:`sample` for other
+        numbers or seeds)."""
         return self.sample(self.DEFAULT_DRAWS, seed=0)
 
     @property
@@ -272,7 +333,8 @@ class UnconstrainedLaplace:
         return {"hessian": self.hessian, "log_posterior": self.log_posterior}
 
     def sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """``n`` draws of every free parameter, name → ``[n, comp]`` (constrained)."""
+        """``n`` draws of every free parameter, name → ``[n, comp]`` (constrained), and
+        ``"sigma"`` → ``[n]`` (mV) when inferred."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
         z = torch.randn(n, self.center.numel(), generator=gen, dtype=self.center.dtype)
         u = self.center + z.to(self.center.device) @ self.scale_tril.T
@@ -302,11 +364,16 @@ def laplace_map(
     exact Hessian is not positive definite the Gauss–Newton one (always positive definite)
     is used instead; ``hessian`` says which the result used. ``progress``: a progress bar
     over the Newton steps and the Hessian (``False``: silent).
+
+    An inferred ``σ`` is the last coordinate of ``u``; ``params["sigma"]`` starts it, or, if
+    absent, its mode given the other parameters (:func:`~._noise.sigma_mode`).
     """
     if hessian not in ("exact", "gauss-newton"):
         raise FitError(f"hessian = {hessian!r}; use 'exact' or 'gauss-newton'")
     v_obs = model.check_data(v_obs)
     space = ParameterSpace(model)
+    if space.infer_sigma and "sigma" not in params:
+        params = {**params, "sigma": _conditional_sigma(model, v_obs, space, params)}
     u0 = space.clip_bounded(space.unconstrain(params).detach())
 
     # Newton steps to the mode in u with the Gauss–Newton Hessian (2P forward simulations);
@@ -314,7 +381,7 @@ def laplace_map(
     bar = progress_bar(newton_steps + 1, progress, "Laplace")
     try:
         for _ in range(newton_steps):
-            H = _gauss_newton_hessian(model, space, u0)
+            H = _gauss_newton_hessian(model, v_obs, space, u0)
             u0, moved = _newton(model, v_obs, space, u0, H)
             bar.update(1)
             if not moved:

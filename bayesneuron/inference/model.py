@@ -36,6 +36,8 @@ from bayesneuron.simulation.solvers import BackwardEuler, CrankNicolson, Torchdi
 __all__ = ["NeuronModel"]
 
 DEFAULT_PRIOR = LogNormalPrior(sd=0.5)
+DEFAULT_SIGMA_LOC, DEFAULT_SIGMA_SCALE = 0.0, 1.0
+"""``sigma="infer"``: ``log σ ~ Normal(log 1 mV, 1)``, i.e. ``σ`` mostly within 0.2–5 mV (90 %)."""
 
 
 class NeuronModel:
@@ -51,8 +53,9 @@ class NeuronModel:
         priors: one spec for all free parameters or a mapping name → spec (see
             :mod:`bayesneuron.inference.priors`; default ``LogNormalPrior(sd=0.5)``). ``None`` (no prior)
             is allowed for maximum-likelihood fits only.
-        sigma: observation noise sd in mV: a number (fixed) or a Pyro distribution over a
-            positive scalar (inferred, site ``sigma``).
+        sigma: observation noise sd in mV: a number (fixed), a Pyro distribution over a
+            positive scalar (inferred, site ``sigma``), or ``"infer"`` (inferred under the
+            default prior ``LogNormal(log 1 mV, 1)``).
         solver: simulator settings (default ``CrankNicolson(dt=0.004)``, whose error on the
             paper's model is ≈ 0.3 mV, the paper's own numerical error).
         dtype, device: where and in which precision the simulator runs.
@@ -119,24 +122,7 @@ class NeuronModel:
             for k in self.free
         }
         self.priors = resolve_priors(self.free, priors, self.base)
-        if isinstance(sigma, dist.Distribution):
-            if sigma.batch_shape != () or sigma.event_shape != ():
-                raise ParameterError("a sigma prior must be a scalar distribution")
-            self.sigma: float | None = None
-            self.sigma_prior: dist.Distribution | None = sigma
-        else:
-            try:
-                s = float(sigma)
-            except (TypeError, ValueError):
-                raise ParameterError(
-                    f"sigma = {sigma!r} must be a number of mV (fixed noise) or a Pyro "
-                    "distribution over a positive scalar (inferred noise)"
-                ) from None
-            if not (np.isfinite(s) and s > 0):
-                raise ParameterError(
-                    f"sigma = {sigma} mV must be finite and > 0 (the observation noise sd)"
-                )
-            self.sigma, self.sigma_prior = s, None
+        self.sigma, self.sigma_prior = _noise_sd(sigma, dtype, self.device)
         self._rec = torch.as_tensor(self.rec_index, device=self.device)
 
     # ------------------------------------------------------------------ shapes
@@ -229,3 +215,32 @@ class NeuronModel:
             f"{self.design.label}, free {list(self.free)}, sigma "
             f"{self.sigma if self.sigma is not None else self.sigma_prior})"
         )
+
+
+def _noise_sd(sigma, dtype: torch.dtype, device) -> tuple[float | None, dist.Distribution | None]:
+    """``(fixed σ in mV, None)`` or ``(None, prior of σ)`` from :class:`NeuronModel`'s
+    ``sigma`` argument (a number, a scalar Pyro distribution over σ > 0, or ``"infer"``)."""
+    if isinstance(sigma, str) and sigma == "infer":
+        loc = torch.tensor(DEFAULT_SIGMA_LOC, dtype=dtype, device=device)
+        sigma = dist.LogNormal(loc, torch.full_like(loc, DEFAULT_SIGMA_SCALE))
+    if isinstance(sigma, dist.Distribution):
+        if sigma.batch_shape != () or sigma.event_shape != ():
+            raise ParameterError("a sigma prior must be a scalar distribution")
+        if bool(sigma.support.check(torch.tensor(-1e-6, dtype=dtype))):
+            raise ParameterError(
+                f"the sigma prior {sigma} allows σ < 0; use one over σ > 0 (mV), e.g. "
+                "dist.LogNormal(0.0, 1.0) or dist.HalfNormal(5.0)"
+            )
+        return None, sigma
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"sigma = {sigma!r} must be a number of mV (fixed noise), a Pyro "
+            "distribution over a positive scalar or 'infer' (inferred noise)"
+        ) from None
+    if not (np.isfinite(s) and s > 0):
+        raise ParameterError(
+            f"sigma = {sigma} mV must be finite and > 0 (the observation noise sd)"
+        )
+    return s, None

@@ -13,7 +13,7 @@ the sampler runs on a private Pyro parameter store.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +32,9 @@ __all__ = ["NutsRun", "run_nuts"]
 
 @dataclass
 class NutsRun:
-    """Posterior draws name → ``[chain, draw, comp]`` and per-draw statistics ``[chain,
-    draw]`` (``diverging``, ``step_size``, ``lp``: the log joint density)."""
+    """Posterior draws name → ``[chain, draw, comp]`` (an inferred ``"sigma"`` ``[chain,
+    draw]``, mV) and per-draw statistics ``[chain, draw]`` (``diverging``, ``step_size``,
+    ``lp``: the log joint density)."""
 
     samples: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray]
@@ -46,8 +47,9 @@ class NutsRun:
 
     @property
     def draws(self) -> dict[str, np.ndarray]:
-        """Every chain's draws pooled, name → ``[chain · draw, comp]`` (the results' common
-        protocol; :attr:`samples` keeps the chains apart)."""
+        """Every chain's draws pooled, name → ``[chain · draw, comp]`` (``"sigma"``
+        ``[chain · draw]``; the results' common protocol; :attr:`samples` keeps the chains
+        apart)."""
         return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
 
     @property
@@ -83,6 +85,7 @@ def run_nuts(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 8,
     laplace: UnconstrainedLaplace | None = None,
+    inits: Sequence[Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> NutsRun:
@@ -90,6 +93,9 @@ def run_nuts(
 
     ``init`` is a mode (e.g. a MAP), name → ``[comp]``; the chains start near it (whitened
     coordinates z drawn from N(0, 0.5²)) and adapt step size and a diagonal mass matrix.
+    ``inits``: unconstrained starting points ``u`` ``[P]`` (e.g. the centres of several
+    modes' Laplace approximations); chain ``c`` starts at ``inits[c % len(inits)]``, so
+    chains started in different modes show a multi-modal posterior in R̂.
     Chain ``c`` is seeded with ``seed + c`` (locally: the global RNGs are restored).
     ``progress``: Pyro's progress bar per chain (``False``: silent).
     """
@@ -111,9 +117,10 @@ def run_nuts(
         progress=progress,
     )
     draws, stats = [], {"diverging": [], "step_size": []}
+    starts = [None] if not inits else [wm.whiten(torch.as_tensor(u)) for u in inits]
     for c in range(num_chains):
         with seeded(seed + c, model.device), private_param_store():
-            z, diverging, step_size = _chain(wm, **kw)
+            z, diverging, step_size = _chain(wm, starts[c % len(starts)], **kw)
         draws.append(z)
         stats["diverging"].append(diverging)
         stats["step_size"].append(step_size)
@@ -130,11 +137,19 @@ def run_nuts(
 
 
 def _chain(
-    wm: WhitenedModel, *, num_samples, warmup_steps, target_accept_prob, max_tree_depth, progress
+    wm: WhitenedModel,
+    start,
+    *,
+    num_samples,
+    warmup_steps,
+    target_accept_prob,
+    max_tree_depth,
+    progress,
 ):
-    """One chain from ``z ~ N(0, 0.5²)``: draws ``[draw, P]``, divergence flags and the step
-    size per draw."""
-    z0 = 0.5 * torch.randn(wm.size, dtype=wm.center.dtype).to(wm.center.device)
+    """One chain from ``start + N(0, 0.1²)`` (``start`` ``z``; None: ``z ~ N(0, 0.5²)``):
+    draws ``[draw, P]``, divergence flags and the step size per draw."""
+    z0 = torch.randn(wm.size, dtype=wm.center.dtype).to(wm.center.device)
+    z0 = 0.5 * z0 if start is None else start + 0.1 * z0
     kernel = NUTS(
         potential_fn=lambda p: -wm.log_joint(p["z"]),  # no Pyro tracing per step
         target_accept_prob=target_accept_prob,

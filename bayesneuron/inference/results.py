@@ -4,7 +4,8 @@
 :class:`~.svi.SviFit` (SVI) and :class:`~.nuts.NutsRun` (NUTS) each have
 
 * ``draws`` — name → numpy array ``[draw, comp]`` of every free parameter, in the model's own
-  names and units (the MAP is one draw; Laplace gives 1000 draws of seed 0, ``sample(n, seed)``
+  names and units, and ``"sigma"`` → ``[draw]`` (mV, no compartment dim) when the model
+  infers the noise (the MAP is one draw; Laplace gives 1000 draws of seed 0, ``sample(n, seed)``
   gives others; NUTS pools its chains, ``samples`` keeps them apart);
 * ``diagnostics`` — a dict of scalars saying how the method went (objective and convergence,
   ELBO and PSIS k̂, divergences, …; the keys differ by method).

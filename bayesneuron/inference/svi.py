@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,10 +35,10 @@ from pyro.infer.autoguide import (
     AutoNormal,
 )
 from pyro.infer.autoguide.initialization import init_to_value
-from torch import Tensor
 
 from bayesneuron.errors import FitError
 from bayesneuron.inference._runtime import private_param_store, progress_bar, seeded
+from bayesneuron.inference.diagnostics import psis_khat
 from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.model import NeuronModel
 from bayesneuron.inference.whitened import PosteriorGuide, WhitenedModel
@@ -54,32 +53,12 @@ GUIDES = {
 }
 
 
-def psis_khat(log_w: Tensor) -> float:
-    """Pareto-smoothed importance sampling shape ``k̂`` of log importance weights ``[S]``
-    (Vehtari et al.): < 0.5 good, 0.5–0.7 usable, > 0.7 the approximation is poor; NaN where
-    the tail is too short to fit (fewer than 5 tail draws, or all weights equal).
-
-    Computed by ``arviz.psislw``, imported here on first use: the only use of ArviZ outside
-    :mod:`bayesneuron.reports`.
-    """
-    x = log_w[torch.isfinite(log_w)].detach().double().cpu().numpy()
-    if x.size < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        # ArviZ ≥ 0.21 announces its 1.0 refactor with a FutureWarning on import.
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-
-    _, k = az.psislw(x)
-    k = float(k)
-    return k if math.isfinite(k) else math.nan
-
-
 @dataclass
 class SviFit:
     """A variational posterior of one model.
 
-    ``samples``: name → ``[draw, comp]`` (constrained); ``elbo``: per step (``[steps]``, nats,
+    ``samples``: name → ``[draw, comp]`` (constrained; an inferred ``"sigma"`` ``[draw]``,
+    mV); ``elbo``: per step (``[steps]``, nats,
     NaN for skipped steps); ``iw_elbo``: importance-weighted bound from ``psis_samples``
     draws; ``khat``: PSIS shape of those weights; ``laplace``: the Gaussian it started from;
     ``guide``: the fitted guide over the model's own sites (:class:`PosteriorGuide`), for
@@ -132,16 +111,23 @@ class SviFit:
 
 def predictive(model: NeuronModel, samples: Mapping, n: int | None = None, seed: int = 0):
     """``v_obs`` draws ``[draw, trace, n_rec, time]`` for parameter draws name → ``[draw,
-    comp]``: one batched simulation plus observation noise (a private generator)."""
+    comp]``: one batched simulation plus observation noise (a private generator) of sd the
+    model's fixed ``σ``, or each draw's ``samples["sigma"]`` ``[draw]`` (mV) when inferred."""
     params = {
         k: torch.as_tensor(np.asarray(v)[:n], dtype=model.dtype, device=model.device)
         for k, v in samples.items()
         if k in model.free
     }
+    sigma = model.sigma
+    if sigma is None:
+        if "sigma" not in samples:
+            raise FitError("the model infers sigma: give samples['sigma'] [draw] (mV) as well")
+        s = np.asarray(samples["sigma"], dtype=np.float64)[:n]
+        sigma = torch.as_tensor(s, dtype=model.dtype, device=model.device)[:, None, None, None]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         v = model.simulate(params)
-    noise = torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device) * model.sigma
+    noise = torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device) * sigma
     return (v + noise).cpu().numpy()
 
 
@@ -157,7 +143,7 @@ def fit_svi(
     window: int = 50,
     lr: float = 0.02,
     num_samples: int = 1000,
-    psis_samples: int = 256,
+    psis_samples: int = 2000,
     laplace: UnconstrainedLaplace | None = None,
     rank: int | None = None,
     seed: int = 0,
@@ -166,9 +152,10 @@ def fit_svi(
     """Fit a variational posterior, starting from the Laplace approximation at ``init``.
 
     Args:
-        model, v_obs: the :class:`NeuronModel` (fixed ``sigma``) and its data
+        model, v_obs: the :class:`NeuronModel` (fixed or inferred ``sigma``) and its data
             ``model.obs_shape``.
-        init: a mode to start from, name → ``[comp]`` (e.g. ``fit_map(...).params``).
+        init: a mode to start from, name → ``[comp]`` (e.g. ``fit_map(...).params``, which
+            has ``"sigma"`` too when the model infers it).
         guide: ``"normal"`` (AutoNormal), ``"mvn"`` (AutoMultivariateNormal), ``"lowrank"``
             (AutoLowRankMultivariateNormal, ``rank`` default ⌈√P⌉) or ``"iaf"``
             (AutoIAFNormal, a normalizing flow).
@@ -296,8 +283,9 @@ def _flat_posterior(guide) -> dist.Distribution:
 
 
 def _draws(wm: WhitenedModel, g, num_samples: int, psis_samples: int):
-    """Posterior draws name → ``[draw, comp]``, the importance-weighted ELBO and the log
-    importance weights of ``psis_samples`` further draws."""
+    """Posterior draws name → ``[draw, comp]`` (``"sigma"`` ``[draw]``), the
+    importance-weighted ELBO and the log importance weights of ``psis_samples`` further
+    draws."""
     with torch.no_grad():
         q = _flat_posterior(g)
         z = q.sample((num_samples,))

@@ -3,11 +3,12 @@
 With a Laplace approximation ``N(c, LLᵀ)`` of the posterior over the unconstrained vector ``u``
 (:mod:`.space`), the model is rewritten exactly as ::
 
-    z ~ N(0, I)                     # [P], site "z" under plate "latent"
+    z ~ N(0, I)                     # [P] (P + 1 with an inferred σ), site "z", plate "latent"
     u = c + L z ;  g = T(u)         # per-compartment parameters
     factor: log p(T(u)) + log|T′(u)| + log|L| − log N(z; 0, I)   # the prior, corrected
     g_na, g_k, … = deterministic    # [comp] each, under plate "compartment", as NeuronModel
-    v_obs ~ Normal(V(g)[rec], σ)    # the likelihood, as in NeuronModel
+    sigma = deterministic           # [] (only when inferred: u's last coordinate, mV)
+    v_obs ~ Normal(V(g)[rec], σ)    # the likelihood, as in NeuronModel (each draw's σ)
 
 so the posterior over ``z`` is the true posterior, carried by the change of variables, and is
 close to ``N(0, I)``. Posterior sds span 1e-3 to 1 of the prior's: without whitening one Adam
@@ -42,8 +43,11 @@ class WhitenedModel:
     """
 
     def __init__(self, model: NeuronModel, v_obs: Tensor, laplace: UnconstrainedLaplace):
-        if model.sigma is None:
-            raise FitError("fit_svi and run_nuts need a fixed sigma (mV) in the model")
+        if laplace.space.infer_sigma != (model.sigma is None):
+            raise FitError(
+                "the Laplace approximation and the model disagree on whether sigma is "
+                "inferred; compute it with laplace_map(model, …) of this model"
+            )
         self.model = model
         self.v_obs = model.check_data(v_obs)
         self.space = laplace.space
@@ -55,8 +59,16 @@ class WhitenedModel:
     def size(self) -> int:
         return self.center.numel()
 
+    def whiten(self, u: Tensor) -> Tensor:
+        """``z = L⁻¹ (u − c)`` ``[..., size]`` for unconstrained ``u`` ``[..., size]``."""
+        u = u.to(dtype=self.center.dtype, device=self.center.device)
+        return torch.linalg.solve_triangular(self.L, (u - self.center).unsqueeze(-1), upper=False)[
+            ..., 0
+        ]
+
     def params(self, z: Tensor) -> dict[str, Tensor]:
-        """Constrained parameters name → ``[..., comp]`` for ``z`` ``[..., P]``."""
+        """Constrained parameters name → ``[..., comp]`` (and ``"sigma"`` ``[...]`` when
+        inferred) for ``z`` ``[..., size]``."""
         return self.space.constrain(self.center + z @ self.L.T)[0]
 
     def log_prior(self, z: Tensor) -> Tensor:
@@ -74,13 +86,24 @@ class WhitenedModel:
         base = dist.Normal(zeros, 1.0).log_prob(z).sum(-1)
         pyro.factor("prior", (self.log_prior(z) - base).unsqueeze(-1))
         g = self.params(z)
-        with pyro.plate("compartment", self.model.n_comp, dim=-1):
-            for k, v in g.items():
-                pyro.deterministic(k, v)
-        v = self.model.simulate(g)
+        _record_sites(self.model, g, pyro.deterministic)
+        v = self.model.simulate({k: g[k] for k in self.model.free})
+        sigma = self.model.sigma if "sigma" not in g else g["sigma"][..., None, None, None]
         with pyro.plate("trace", self.model.n_trace, dim=-1):
-            pyro.sample("v_obs", dist.Normal(v, self.model.sigma).to_event(2), obs=v_obs)
+            pyro.sample("v_obs", dist.Normal(v, sigma).to_event(2), obs=v_obs)
         return v
+
+
+def _record_sites(model: NeuronModel, g: dict[str, Tensor], record) -> None:
+    """``record(name, value)`` per model site: the per-compartment parameters ``[..., comp]``
+    under plate ``"compartment"``, an inferred ``sigma`` ``[...]`` outside it (as a
+    ``[..., 1]`` batch, so that it lines up with an outer particle plate at dim −2)."""
+    with pyro.plate("compartment", model.n_comp, dim=-1):
+        for k in model.free:
+            record(k, g[k])
+    if "sigma" in g:
+        s = g["sigma"]
+        record("sigma", s if s.dim() == 0 else s[..., None])
 
 
 class PosteriorGuide:
@@ -88,7 +111,8 @@ class PosteriorGuide:
 
     Each call draws ``z`` from the fitted autoguide (site ``z``, and the autoguide's own
     auxiliary sites) and records every free parameter ``g = T(c + L z)`` as a ``Delta`` site
-    named as in the model (``g_na``, ``g_k``, … ``[comp]`` under plate ``"compartment"``), so::
+    named as in the model (``g_na``, ``g_k``, … ``[comp]`` under plate ``"compartment"``;
+    an inferred ``sigma`` ``[]``), so::
 
         Predictive(model, guide=fit.guide, num_samples=n)()     # the user's NeuronModel
         Predictive(fit.whitened, guide=fit.guide, num_samples=n)()
@@ -110,9 +134,7 @@ class PosteriorGuide:
         with pyro.get_param_store().scope(self.param_state):
             z = self.autoguide()["z"]
         g = self.whitened.params(z)
-        with pyro.plate("compartment", self.whitened.model.n_comp, dim=-1):
-            for k, v in g.items():
-                pyro.sample(k, dist.Delta(v))
+        _record_sites(self.whitened.model, g, lambda k, v: pyro.sample(k, dist.Delta(v)))
         return g
 
     def parameters(self):

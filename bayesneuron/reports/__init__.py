@@ -1,5 +1,5 @@
 """Figures and reports: the only part of bayesneuron that imports matplotlib, and ArviZ (but
-for :func:`bayesneuron.inference.svi.psis_khat`, which calls ``arviz.psislw``).
+for :func:`bayesneuron.inference.diagnostics.psis_khat`, which calls ``arviz.psislw``).
 
 Figures are bare ``matplotlib.figure.Figure`` objects, returned and never shown: no backend is
 chosen and pyplot is not used (:mod:`.figures`). The ArviZ functions (:mod:`.arviz`) are

@@ -1,7 +1,7 @@
 """The ArviZ boundary: Pyro site arrays → one labelled :class:`arviz.InferenceData` per fit.
 
 This is the only module of bayesneuron that imports ArviZ, but for ``arviz.psislw`` in
-:func:`bayesneuron.inference.svi.psis_khat`. The contract is the Pyro model's
+:func:`bayesneuron.inference.diagnostics.psis_khat`. The contract is the Pyro model's
 site names (:mod:`bayesneuron.inference.model`): one variable per free parameter (``g_na``, ``g_k``, …)
 over ``compartment``, the scalar ``sigma`` (mV) when it is inferred, and ``v_obs`` over
 ``(trace, rec_compartment, time)``.

@@ -9,20 +9,22 @@ The config (every key checked; unknown keys are errors)::
     [experiment]  preset ("paper_toy" | "hh_tree", see :mod:`bayesneuron.reference.presets`),
                   seed, n_traces, noise_sigma (mV, added to the data)
     [model]       free (the per-compartment parameters to infer, e.g. ["g_na", "g_k", "g_l"];
-                  default the preset's, ["g_na", "g_k"]), sigma (mV), priors ("paper":
+                  default the preset's, ["g_na", "g_k"]), sigma (mV, or "infer": inferred
+                  under LogNormal(log 1 mV, 1)), priors ("paper":
                   base × U(0.7, 1.3) | "lognormal" | "none"), dt (ms, Crank–Nicolson; default
                   the preset's), backend ("auto" | "fused" | "torch"; "numba" is a deprecated
                   alias of "fused")
     [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("grid": every stim × rec
                   pair of the preset's site sets | "paper9" | "grid25" (paper_toy) |
                   ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
-                  (override [model] / [experiment]), horizons (multiple-shooting stages), dt
+                  (override [model] / [experiment]), horizons / windows (continuation), dt
     [[infer]]     name, method ("svi" | "laplace" | "nuts"), guide ("mvn" | "normal" |
                   "lowrank" | "iaf"), designs, num_particles, max_steps (SVI), num_samples,
                   map_starts, map_steps, map_init ("starts": base values and prior draws;
                   "truth": the ground truth and prior draws) — the MAP each posterior
                   starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
+    [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)
     [smoke]       n_traces, n_times, max_steps, n_starts, svi_steps, num_samples, designs: a
                   tiny version of the study, for tests and a first look
 
@@ -58,6 +60,7 @@ import numpy as np
 from bayesneuron.errors import BayesneuronError
 from bayesneuron.protocol.design import Design
 from bayesneuron.simulation.solvers import BACKENDS
+from bayesneuron.studies import expected as expected_table
 from bayesneuron.studies.experiment import build_experiment, prior_spec
 from bayesneuron.studies.tables import table_columns
 
@@ -87,20 +90,21 @@ class StudyError(BayesneuronError):
     """A study folder or its config is invalid."""
 
 
+_SMOKE_SIZES = ("svi_steps", "num_samples", "n_traces", "n_times", "max_steps", "n_starts")
 _SCHEMA = {
     "study": {"name": str, "question": str},
     "experiment": {"preset": str, "seed": int, "n_traces": int, "noise_sigma": float},
-    "model": {"free": (str, list), "sigma": float, "priors": str, "dt": float, "backend": str},
-    "laplace": {"designs": (str, list)},
-    "smoke": {
-        "svi_steps": int,
-        "num_samples": int,
-        "n_traces": int,
-        "n_times": int,
-        "max_steps": int,
-        "n_starts": int,
-        "designs": (str, list),
+    "model": {
+        "free": (str, list),
+        "sigma": (float, int, str),
+        "priors": str,
+        "dt": float,
+        "backend": str,
     },
+    "laplace": {"designs": (str, list)},
+    "expected": expected_table.EXPECTED_KEYS,
+    "smoke": dict.fromkeys(_SMOKE_SIZES, int)
+    | {"designs": (str, list), **expected_table.EXPECTED_SMOKE_KEYS},
 }
 _RUN_KEYS = {
     "name": str,
@@ -111,6 +115,7 @@ _RUN_KEYS = {
     "priors": str,
     "noise_sigma": float,
     "horizons": list,
+    "windows": list,
     "dt": float,
 }
 
@@ -174,6 +179,7 @@ class Run:
     priors: str | None = None
     noise_sigma: float | None = None
     horizons: tuple[int, ...] | None = None
+    windows: tuple[int, ...] = ()
     dt: float | None = None
 
 
@@ -186,7 +192,7 @@ class Study:
     n_traces: int = 100
     n_times: int | None = None  # None: all of the preset's output times (--smoke: fewer)
     noise_sigma: float = 0.0
-    sigma: float = 1.0
+    sigma: float | str = 1.0  # mV, or "infer"
     priors: str = "paper"
     dt: float = 0.004
     preset: str = "paper_toy"
@@ -195,6 +201,7 @@ class Study:
     runs: list[Run] = field(default_factory=list)
     infers: list[Infer] = field(default_factory=list)
     laplace: list[Design] = field(default_factory=list)
+    expected: expected_table.Expected | None = None  # [expected]
     raw: dict = field(default_factory=dict)
 
 
@@ -258,6 +265,7 @@ def study_from_config(
     _load_runs(study, runs, path)
     if "laplace" in raw:
         study.laplace = _designs(raw["laplace"].get("designs", "grid"), "[laplace]", study.preset)
+    study.expected = expected_table.from_config(raw, study.preset, smoke, StudyError, path.name)
     _check_study(study, path)
     if smoke:
         _apply_smoke(study, raw.get("smoke", {}))
@@ -294,7 +302,7 @@ def _header(raw: dict, folder: Path, path: Path) -> Study:
         seed=ex.get("seed", 20230619),
         n_traces=ex.get("n_traces", 100),
         noise_sigma=float(ex.get("noise_sigma", 0.0)),
-        sigma=float(mo.get("sigma", 1.0)),
+        sigma=_sigma(mo.get("sigma", 1.0), path),
         priors=mo.get("priors", "paper"),
         dt=float(mo.get("dt", get_preset(preset).dt)),
         backend="fused" if backend == "numba" else backend,  # deprecated alias, one release
@@ -302,6 +310,18 @@ def _header(raw: dict, folder: Path, path: Path) -> Study:
         free=free,
         raw=raw,
     )
+
+
+def _sigma(value, path: Path) -> float | str:
+    """``[model] sigma``: a number of mV (fixed noise) or ``"infer"``."""
+    if isinstance(value, str) and value == "infer":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise StudyError(
+            f"{path.name} [model].sigma = {value!r} has the wrong type; give the noise sd in "
+            "mV (e.g. 1.0) or 'infer' to infer it"
+        )
+    return float(value)
 
 
 def check_free(free, preset: str, where: str = "free") -> tuple[str, ...]:
@@ -349,11 +369,11 @@ def _load_runs(study: Study, runs: list, path: Path) -> None:
                 raise StudyError(f"{where}: {key} must be ≥ 1")
         if r.get("noise_sigma", 0) < 0:
             raise StudyError(f"{where}: noise_sigma must be ≥ 0")
-        if "horizons" in r and (
-            r["protocol"] != "bayesneuron"
-            or not all(isinstance(x, int) and x >= 1 for x in r["horizons"])
-        ):
-            raise StudyError(f"{where}: horizons must be ints ≥ 1, for protocol 'bayesneuron'")
+        for key in ("horizons", "windows"):  # windows: increasing output counts
+            x = r.get(key, [])
+            ok = all(isinstance(v, int) and v >= 1 for v in x) and (key < "w" or x == sorted(x))
+            if x and (r["protocol"] != "bayesneuron" or not ok):
+                raise StudyError(f"{where}: {key} must be ints ≥ 1, for protocol 'bayesneuron'")
         study.runs.append(
             Run(
                 name=r.get("name", f"run{i + 1}"),
@@ -364,6 +384,7 @@ def _load_runs(study: Study, runs: list, path: Path) -> None:
                 priors=r.get("priors"),
                 noise_sigma=float(r["noise_sigma"]) if "noise_sigma" in r else None,
                 horizons=tuple(r["horizons"]) if "horizons" in r else None,
+                windows=tuple(r.get("windows", ())),
                 dt=float(r["dt"]) if "dt" in r else None,
             )
         )
@@ -385,8 +406,9 @@ def _check_study(study: Study, path: Path) -> None:
         raise StudyError(f"{path}: priors {bad[0]!r} unknown; use 'paper', 'lognormal' or 'none'")
     if study.backend not in BACKENDS:
         raise StudyError(f"{path}: backend {study.backend!r} unknown; use one of {BACKENDS}")
-    finite = all(math.isfinite(x) for x in (study.sigma, study.dt, study.noise_sigma))
-    if not (finite and study.n_traces >= 1 and study.sigma > 0 and study.dt > 0) or not (
+    sigma = 1.0 if study.sigma == "infer" else study.sigma
+    finite = all(math.isfinite(x) for x in (sigma, study.dt, study.noise_sigma))
+    if not (finite and study.n_traces >= 1 and sigma > 0 and study.dt > 0) or not (
         study.noise_sigma >= 0
     ):
         raise StudyError(

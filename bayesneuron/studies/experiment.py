@@ -27,7 +27,9 @@ def build_experiment(study, design: Design, priors: str, device, noise_sigma=Non
     each is the preset's where it has one and ``base · U(0.7, 1.3)`` (seed ``study.seed``)
     otherwise, the parameters not free keep the cell's values, and the data are simulated
     again from that truth (noise seed ``study.seed + 1``, as the presets do). ``--smoke``
-    keeps the first ``study.n_times`` output times.
+    keeps the first ``study.n_times`` output times. ``study.sigma = "infer"``: the model
+    infers the noise sd (:class:`~bayesneuron.NeuronModel`'s ``sigma="infer"``), and the
+    truth has ``"sigma"``, the noise sd of the data (mV).
     """
     from bayesneuron.reference.presets import get_preset
     from bayesneuron.simulation.solvers import CrankNicolson
@@ -49,10 +51,12 @@ def build_experiment(study, design: Design, priors: str, device, noise_sigma=Non
     if study.n_times is not None and study.n_times < model.t_eval.size:
         model = _remodel(model, free, priors, study.sigma, t_eval=model.t_eval[: study.n_times])
         v = v[..., : study.n_times]
+    if model.sigma is None:
+        truth = {**truth, "sigma": float(noise)}
     return model, v, truth
 
 
-def _remodel(model, free, priors: str, sigma: float, t_eval=None):
+def _remodel(model, free, priors: str, sigma: float | str, t_eval=None):
     from bayesneuron.inference.model import NeuronModel
 
     return NeuronModel(

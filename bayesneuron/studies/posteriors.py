@@ -46,7 +46,8 @@ def _prior_draws(model, n: int, seed: int) -> dict[str, np.ndarray]:
 
 def _predictions(model, v, samples: dict, seed: int, chunk: int = 100):
     """Posterior predictive draws ``[draw, trace, n_rec, time]`` and the per-trace
-    log-likelihood ``[draw, trace]``, from one simulation per draw."""
+    log-likelihood ``[draw, trace]``, from one simulation per draw (each draw's ``sigma``
+    ``[draw]`` when the model infers it)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.as_tensor(v, dtype=model.dtype, device=model.device)
     ppc, ll = [], []
@@ -54,14 +55,16 @@ def _predictions(model, v, samples: dict, seed: int, chunk: int = 100):
     for i in range(0, n, chunk):
         part = {k: torch.as_tensor(x[i : i + chunk], dtype=model.dtype) for k, x in samples.items()}
         with torch.no_grad():
-            sim = model.simulate(part)
-        r = (sim - v) / model.sigma
+            sim = model.simulate({k: part[k] for k in model.free})
+        sigma = model.sigma if model.sigma is not None else part["sigma"][:, None, None, None]
+        r = (sim - v) / sigma
         m = r.shape[-1] * r.shape[-2]
+        log_sigma = torch.as_tensor(sigma, dtype=sim.dtype).log().reshape(-1)
         ll.append(
-            -0.5 * r.pow(2).sum((-1, -2)) - m * math.log(model.sigma * math.sqrt(2 * math.pi))
+            -0.5 * r.pow(2).sum((-1, -2)) - m * (log_sigma[:, None] + 0.5 * math.log(2 * math.pi))
         )
         noise = torch.randn(sim.shape, generator=gen, dtype=sim.dtype).to(sim.device)
-        ppc.append(sim + model.sigma * noise)
+        ppc.append(sim + sigma * noise)
     return torch.cat(ppc).cpu().numpy(), torch.cat(ll).cpu().numpy()
 
 
@@ -135,7 +138,8 @@ def infer_design(study, inf, j: int, device="cpu", progress=False) -> dict:
     met = identifiability(draws, model, truth)
     keep = {k: x[:, : inf.num_samples] for k, x in draws.items()}
     stats = {k: np.asarray(x)[:, : inf.num_samples] for k, x in stats.items()}
-    row = _design_row(inf, model, mp, met, extras) | {"wall_s": round(time.perf_counter() - t0, 2)}
+    row = _design_row(inf, model, mp, met, extras) | _sigma_columns(draws, truth)
+    row["wall_s"] = round(time.perf_counter() - t0, 2)
     row = _ordered(plain(row))
     idata = _inference_data(study, inf, j, model, v, truth, keep, stats, row)
     label = model.design.label
@@ -191,6 +195,19 @@ def _design_row(inf, model, mp, met, extras: dict) -> dict:
     }
 
 
+def _sigma_columns(draws: dict, truth: dict) -> dict:
+    """An inferred noise sd's posterior: ``sigma_mv`` (mean), ``sigma_sd_mv`` and whether the
+    data's noise sd lies in its central 90 % interval (``sigma_covered_90``)."""
+    if "sigma" not in draws:
+        return {}
+    x = np.asarray(draws["sigma"], dtype=np.float64).reshape(-1)
+    lo, hi = np.quantile(x, [0.05, 0.95])
+    out = {"sigma_mv": float(x.mean()), "sigma_sd_mv": float(x.std(ddof=1))}
+    if "sigma" in truth:
+        out["sigma_covered_90"] = bool(lo <= truth["sigma"] <= hi)
+    return out
+
+
 def _ordered(row: dict) -> dict:
     """:data:`DESIGN_COLUMNS` first, then run, method, max_rel_sd, sloppiest_sd, the rest."""
     from bayesneuron.studies.config import DESIGN_COLUMNS
@@ -205,7 +222,7 @@ def _inference_data(study, inf, j, model, v, truth, keep, stats, row):
     from bayesneuron import reports
     from bayesneuron.studies.config import DESIGN_COLUMNS
 
-    flat = {k: x.reshape(-1, model.n_comp) for k, x in keep.items()}
+    flat = {k: x.reshape(-1, *x.shape[2:]) for k, x in keep.items()}
     n_chain, n_draw = next(iter(keep.values())).shape[:2]
     ppc, ll = _predictions(model, v, flat, study.seed + j)
     return reports.to_inference_data(
@@ -349,7 +366,7 @@ def make_study(
     seed: int = 20230619,
     n_traces: int = 20,
     noise_sigma: float = 1.0,
-    sigma: float = 1.0,
+    sigma: float | str = 1.0,
     priors: str = "paper",
     dt: float | None = None,
     backend: str = "auto",
@@ -369,8 +386,9 @@ def make_study(
     ``designs``: ``"grid"`` (or a preset's named list such as ``"paper9"``), a list of labels
     (``["all|all", "[0,-1]|all"]``) or of :class:`~bayesneuron.Design`. ``dt`` defaults to the
     preset's. ``free``: the parameters to infer (e.g. ``["g_na", "g_k", "g_l"]``; default the
-    preset's, ``g_na`` and ``g_k``). The other defaults are the quickstart's: 20 noisy traces,
-    SVI with a multivariate-normal guide, the MAP started at the ground truth (synthetic data).
+    preset's, ``g_na`` and ``g_k``). ``sigma``: the model's noise sd in mV, or ``"infer"``.
+    The other defaults are the quickstart's: 20 noisy traces, SVI with a multivariate-normal
+    guide, the MAP started at the ground truth (synthetic data).
 
     Example:
         >>> study = make_study(["all|all"], method="laplace", n_traces=5)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from bayesneuron.studies.expected import expected_sections
 from bayesneuron.studies.output import safe_label
 from bayesneuron.studies.ranking import CRITERIA, rank_designs
 
@@ -52,9 +53,10 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
             "1 − Var_post/Var_prior; z = (mean − truth)/sd.",
         ),
     ]
-    for run in dict.fromkeys(r["run"] for r in rows):
+    for i, run in enumerate(dict.fromkeys(r["run"] for r in rows)):
         sub = table[table["run"] == run]
         sections += _tables(run, sub, ranking, out)
+        sections += expected_sections(out) if i == 0 else []  # beside the single-draw ranking
         labels = [lab for (r, lab) in idatas if r == run]
         sections += _forests(run, {lab: idatas[(run, lab)] for lab in labels}, out)
         for lab in _highlights(labels):
@@ -173,6 +175,8 @@ def rebuild_report(
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=path.parent))
     try:
         where = results if figures else tmp
+        if not figures and (results / "ranking_expected.csv").is_file():
+            shutil.copy(results / "ranking_expected.csv", tmp)  # for expected_sections
         write_report(study, where, rows, ranking, idatas, dict(elbos or {}))
         (where / "report.html").replace(path)
     finally:

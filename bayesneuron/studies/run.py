@@ -1,4 +1,5 @@
-"""``run_study``: every ``[[run]]`` (MAP fits), ``[laplace]`` and ``[[infer]]`` of a study into
+"""``run_study``: every ``[[run]]`` (MAP fits), ``[laplace]``, ``[expected]`` (designs ranked in
+expectation, :mod:`bayesneuron.studies.expected`) and ``[[infer]]`` of a study into
 its results folder (the config's schema: :mod:`bayesneuron.studies.config`; the tables'
 columns, named after the model's free parameters: :mod:`bayesneuron.studies.tables`)."""
 
@@ -47,6 +48,10 @@ def run_study(
     t_study = time.perf_counter()
     rows = _run_fits(study, out, device, resume, progress)
     _run_laplace(study, out, device)
+    if study.expected is not None:  # before [[infer]]: its report.html shows the ranking
+        from bayesneuron.studies.expected import run_expected
+
+        run_expected(study, out, device=device, progress=progress)
     design_rows = []
     if study.infers:
         from bayesneuron.studies.posteriors import run_infers
@@ -116,6 +121,7 @@ def _fit_run(study, run, out: Path, device: str, resume: bool, progress: bool):
         max_steps=run.max_steps,
         seed=study.seed,
         horizons=run.horizons if run.protocol == "bayesneuron" else None,
+        windows=run.windows,
         checkpoint=out / "checkpoints" / f"{run.name}.pt",
         resume=resume,
         progress=progress,
@@ -181,11 +187,15 @@ def _resolved(study, smoke: bool, device: str) -> dict:
                     "priors": r.priors or study.priors,
                     "noise_sigma": r.noise_sigma,
                     "horizons": r.horizons,
+                    "windows": list(r.windows),
                 }
                 for r in study.runs
             ],
             "infers": [
                 {**r.__dict__, "designs": [d.label for d in r.designs]} for r in study.infers
             ],
+            "expected": None
+            if study.expected is None
+            else {**study.expected.__dict__, "designs": [d.label for d in study.expected.designs]},
         },
     }

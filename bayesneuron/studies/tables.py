@@ -76,6 +76,7 @@ def fit_row(fit, model, protocol: str, *, run: str, priors: str, noise_sigma, dt
         "priors": priors,
         "noise_sigma": noise_sigma,
         "horizons": " ".join(map(str, fit.settings.get("horizons", []))),
+        "windows": " ".join(map(str, fit.settings.get("windows", []))),
         "dt": dt,
         "n_starts": len(fit.objective),
         "converged": int(fit.converged.sum()),

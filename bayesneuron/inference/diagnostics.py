@@ -1,0 +1,94 @@
+"""Numbers that say whether a posterior approximation can be trusted.
+
+* :func:`psis_khat` / :func:`psis_weights` — Pareto-smoothed importance sampling (Vehtari,
+  Simpson, Gelman, Yao & Gabry 2024): the shape ``k̂`` of the importance weights' tail, and
+  the smoothed weights themselves.
+* :func:`khat_threshold` — the sample-size-aware bound on ``k̂``: ``min(1 − 1/log10 S, 0.7)``
+  (0.585 for 256 draws, 0.697 for 2000). Above it, ``S`` draws cannot give a reliable
+  importance-sampling estimate, so the approximation does not pass.
+* :func:`chain_diagnostics` — rank-normalised split ``R̂`` and bulk/tail ESS of MCMC chains
+  (Vehtari et al. 2021); :data:`RHAT_MAX` and :func:`min_ess` are the pass marks used.
+
+ArviZ computes the statistics; it is imported on first use, here only (the InferenceData
+boundary is :mod:`bayesneuron.reports.arviz`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "RHAT_MAX",
+    "chain_diagnostics",
+    "khat_threshold",
+    "min_ess",
+    "psis_khat",
+    "psis_weights",
+]
+
+RHAT_MAX = 1.01
+"""Largest rank-normalised split R̂ a chain set may have to pass (Vehtari et al. 2021)."""
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        # ArviZ ≥ 0.21 announces its 1.0 refactor with a FutureWarning on import.
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+def khat_threshold(n_draws: int) -> float:
+    """The largest PSIS ``k̂`` at which ``n_draws`` importance draws are reliable:
+    ``min(1 − 1/log10(n_draws), 0.7)``."""
+    if n_draws < 11:
+        return 0.0
+    return min(1.0 - 1.0 / math.log10(n_draws), 0.7)
+
+
+def min_ess(num_chains: int) -> float:
+    """The bulk and tail ESS a chain set needs to pass: 100 per chain."""
+    return 100.0 * num_chains
+
+
+def psis_weights(log_w: Tensor | np.ndarray) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed normalised log weights ``[S]`` and ``k̂`` of log importance weights
+    ``[S]``; non-finite weights get weight 0 (``k̂`` NaN where fewer than 2 are finite)."""
+    x = torch.as_tensor(log_w).detach().double().cpu().numpy()
+    ok = np.isfinite(x)
+    out = np.full(x.shape, -np.inf)
+    if ok.sum() < 2:
+        return out, math.nan
+    lw, k = _arviz().psislw(x[ok].copy())
+    out[ok] = lw
+    k = float(k)
+    return out, (k if math.isfinite(k) else math.nan)
+
+
+def psis_khat(log_w: Tensor | np.ndarray) -> float:
+    """Pareto-smoothed importance sampling shape ``k̂`` of log importance weights ``[S]``:
+    ≤ :func:`khat_threshold` ``(S)`` good; NaN where the tail is too short to fit."""
+    return psis_weights(log_w)[1]
+
+
+def chain_diagnostics(draws: dict[str, np.ndarray]) -> dict:
+    """``rhat_max``, ``ess_bulk_min`` and ``ess_tail_min`` over every scalar of ``draws``
+    (name → ``[chain, draw, …]``)."""
+    az = _arviz()
+    ds = az.convert_to_dataset({k: np.asarray(v) for k, v in draws.items()})
+    vals = {}
+    for key, fn in (
+        ("rhat_max", lambda: az.rhat(ds)),
+        ("ess_bulk_min", lambda: az.ess(ds, method="bulk")),
+        ("ess_tail_min", lambda: az.ess(ds, method="tail")),
+    ):
+        arr = np.concatenate([np.ravel(fn()[k].values) for k in draws])
+        arr = arr[np.isfinite(arr)]
+        pick = np.max if key == "rhat_max" else np.min
+        vals[key] = float(pick(arr)) if arr.size else math.nan
+    return vals
