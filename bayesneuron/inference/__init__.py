@@ -6,6 +6,12 @@ them, and Pyro's parameter store is left as the caller had it. Every result has 
 (name → ``[draw, comp]``) and ``diagnostics`` (:class:`PosteriorResult`)."""
 
 from bayesneuron.inference.calibration import SbcResult, sbc
+from bayesneuron.inference.criteria import (
+    bayesian_d_optimality,
+    design_criteria,
+    posterior_contraction,
+)
+from bayesneuron.inference.diagnostics import chain_diagnostics, khat_threshold, psis_khat
 from bayesneuron.inference.fit import MapFit, fit_map, fit_map_designs
 from bayesneuron.inference.laplace import (
     LocalPosterior,
@@ -18,6 +24,7 @@ from bayesneuron.inference.metrics import Identifiability, identifiability
 from bayesneuron.inference.model import NeuronModel
 from bayesneuron.inference.nuts import NutsRun, run_nuts
 from bayesneuron.inference.oed import expected_information_gain
+from bayesneuron.inference.posterior import LADDER, CheckedPosterior, checked_posterior
 from bayesneuron.inference.priors import LogNormalPrior, Prior, ScaledUniformPrior
 from bayesneuron.inference.profile import Profile, profile_likelihood
 from bayesneuron.inference.results import PosteriorResult
@@ -27,6 +34,15 @@ from bayesneuron.inference.synthetic import draw_truth, synthetic_data
 from bayesneuron.inference.whitened import PosteriorGuide, WhitenedModel
 
 __all__ = [
+    "LADDER",
+    "CheckedPosterior",
+    "bayesian_d_optimality",
+    "design_criteria",
+    "posterior_contraction",
+    "chain_diagnostics",
+    "checked_posterior",
+    "khat_threshold",
+    "psis_khat",
     "Identifiability",
     "LocalPosterior",
     "LogNormalPrior",

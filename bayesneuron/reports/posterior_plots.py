@@ -318,6 +318,27 @@ def plot_ppc_traces(idata, n_traces: int = 3, prob: float = 0.9, path=None):
     return _save(fig, path)
 
 
+def _hatch_not_ok(ax, df, stim: list[str], rec: list[str], ok: str) -> int:
+    """Hatch the cells of designs whose ``ok`` column is false; returns their number."""
+    from matplotlib.patches import Rectangle
+
+    bad = df[~df[ok].map(_truthy)]
+    for s, r in zip(bad["stim"].astype(str), bad["rec"].astype(str)):
+        i, j = stim.index(s), rec.index(r)
+        ax.add_patch(
+            Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red", lw=1.5)
+        )
+        ax.text(j, i + 0.32, "not ok", ha="center", va="center", fontsize=6, color="red")
+    return len(bad)
+
+
+def _truthy(x) -> bool:
+    """``posterior_ok`` as written to or read back from a CSV (bool, 0/1, "True"/"False")."""
+    if isinstance(x, str):
+        return x.strip().lower() in ("true", "1", "yes")
+    return bool(x) if x == x else False
+
+
 def _site_order(labels) -> list[str]:
     """Site labels ordered as the paper's tables: by number of sites, then by index with
     negative (from the end) after positive, ``"all"`` last: [0], [0,1], [0,-1], [0,1,-1], all."""
@@ -337,9 +358,15 @@ def _is_int(s: str) -> bool:
 
 
 def plot_contraction_heatmap(
-    table, value: str = "mean_contraction", title: str | None = None, path=None
+    table,
+    value: str = "mean_contraction",
+    title: str | None = None,
+    path=None,
+    ok: str | None = "posterior_ok",
 ):
-    """A stim × rec grid of one number per design, cells annotated.
+    """A stim × rec grid of one number per design, cells annotated; designs whose posterior
+    failed its checks (column ``ok`` false, where the table has it) are hatched and marked
+    "not ok" — their numbers are not results.
 
     Args:
         table: a pandas DataFrame (or list of records) with columns ``stim``, ``rec`` (site
@@ -347,6 +374,7 @@ def plot_contraction_heatmap(
         value: the column to show (e.g. mean posterior contraction, 0–1).
         title: figure title (default: ``value``).
         path: optional PNG path.
+        ok: the column saying whether a design's posterior passed its checks.
     """
     df = table if isinstance(table, pd.DataFrame) else pd.DataFrame.from_records(table)
     missing = [c for c in ("stim", "rec", value) if c not in df.columns]
@@ -384,9 +412,11 @@ def plot_contraction_heatmap(
                     fontsize=8,
                     color="k" if light else "w",
                 )
+    n_bad = _hatch_not_ok(ax, df, stim, rec, ok) if ok in df.columns else 0
     ax.set_xticks(range(len(rec)), rec, rotation=30)
     ax.set_yticks(range(len(stim)), stim)
-    ax.set(xlabel="recorded", ylabel="stimulated", title=title or value)
+    note = f"\nhatched: posterior not ok ({n_bad})" if n_bad else ""
+    ax.set(xlabel="recorded", ylabel="stimulated", title=(title or value) + note)
     fig.colorbar(im, ax=ax, label=value)
     fig.tight_layout()
     return _save(fig, path)

@@ -22,7 +22,9 @@ The config (every key checked; unknown keys are errors)::
                   "lowrank" | "iaf"), designs, num_particles, max_steps (SVI), num_samples,
                   map_starts, map_steps, map_init ("starts": base values and prior draws;
                   "truth": the ground truth and prior draws) — the MAP each posterior
-                  starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma
+                  starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma, ladder
+                  (methods tried until one passes its checks, default [guide, "svi:iaf",
+                  "importance"] for SVI; see bayesneuron.inference.posterior)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
     [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)
     [smoke]       n_traces, n_times, max_steps, n_starts, svi_steps, num_samples, designs: a
@@ -62,6 +64,7 @@ from bayesneuron.protocol.design import Design
 from bayesneuron.simulation.solvers import BACKENDS
 from bayesneuron.studies import expected as expected_table
 from bayesneuron.studies.experiment import build_experiment, prior_spec
+from bayesneuron.studies.infer_config import DESIGN_COLUMNS, INFER_KEYS, METHODS, Infer
 from bayesneuron.studies.tables import table_columns
 
 if sys.version_info >= (3, 11):
@@ -118,55 +121,6 @@ _RUN_KEYS = {
     "windows": list,
     "dt": float,
 }
-
-
-_INFER_KEYS = {
-    "name": str,
-    "method": str,
-    "guide": str,
-    "designs": (str, list),
-    "num_particles": int,
-    "max_steps": int,
-    "num_samples": int,
-    "map_starts": int,
-    "map_steps": int,
-    "map_init": str,
-    "warmup_steps": int,
-    "num_chains": int,
-    "priors": str,
-    "noise_sigma": float,
-}
-METHODS = ("svi", "laplace", "nuts")
-DESIGN_COLUMNS = (
-    "stim",
-    "rec",
-    "guide",
-    "mean_contraction",
-    "min_contraction",
-    "max_abs_z",
-    "coverage_90",
-    "logdet_fisher",
-    "elbo",
-    "wall_s",
-)
-
-
-@dataclass
-class Infer:
-    name: str
-    method: str
-    designs: list[Design]
-    guide: str = "mvn"
-    num_particles: int = 8
-    max_steps: int = 400
-    num_samples: int = 400
-    map_starts: int = 4
-    map_steps: int = 50
-    map_init: str = "starts"
-    warmup_steps: int = 200
-    num_chains: int = 2
-    priors: str | None = None
-    noise_sigma: float | None = None
 
 
 @dataclass
@@ -445,12 +399,21 @@ def _apply_smoke(study: Study, sm: dict) -> None:
     study.laplace = study.laplace[:2]
 
 
+def _check_ladder(ladder, where: str) -> None:
+    """``ladder``: a non-empty list of methods of :mod:`bayesneuron.inference.posterior`."""
+    from bayesneuron.inference.svi import GUIDES
+
+    known = ("laplace", "importance", "nuts", *(f"svi:{g}" for g in GUIDES))
+    if ladder is not None and (not ladder or any(m not in known for m in ladder)):
+        raise StudyError(f"{where}: ladder {ladder!r} must list methods among {list(known)}")
+
+
 def _load_infers(study: Study, infers: list, path: Path) -> None:
     for i, r in enumerate(infers):
         where = f"{path.name} [[infer]] #{i + 1}"
         if not isinstance(r, dict):
             raise StudyError(f"{where}: must be a table")
-        _check(r, _INFER_KEYS, where)
+        _check(r, INFER_KEYS, where)
         method = r.get("method", "svi")
         if method not in METHODS:
             raise StudyError(f"{where}: method {method!r} unknown; use one of {list(METHODS)}")
@@ -472,7 +435,10 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
             raise StudyError(f"{where}: map_init must be 'starts' or 'truth'")
         if r.get("noise_sigma", 0) < 0 or r.get("warmup_steps", 0) < 0:
             raise StudyError(f"{where}: noise_sigma and warmup_steps must be ≥ 0")
+        _check_ladder(r.get("ladder"), where)
         kw = {k: v for k, v in r.items() if k not in ("name", "designs", "method")}
+        if "ladder" in kw:
+            kw["ladder"] = tuple(kw["ladder"])
         study.infers.append(
             Infer(
                 name=r.get("name", f"infer{i + 1}"),

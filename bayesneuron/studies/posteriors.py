@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from bayesneuron.inference.fit import fit_map
-from bayesneuron.inference.laplace import laplace, laplace_map
+from bayesneuron.inference.laplace import laplace
 from bayesneuron.inference.metrics import identifiability
-from bayesneuron.inference.nuts import run_nuts
+from bayesneuron.inference.posterior import checked_posterior
 from bayesneuron.inference.space import prior_draws
-from bayesneuron.inference.svi import fit_svi
 from bayesneuron.studies.output import safe_label, write_csv
 from bayesneuron.studies.ranking import CRITERIA, rank_designs
 from bayesneuron.studies.report import rebuild_report, write_report
@@ -68,51 +67,73 @@ def _predictions(model, v, samples: dict, seed: int, chunk: int = 100):
     return torch.cat(ppc).cpu().numpy(), torch.cat(ll).cpu().numpy()
 
 
-def _posterior(inf, model, v, mp_params, seed: int, progress: bool):
-    """Draws name → ``[chain, draw, comp]`` for the metrics, sample stats, extras."""
-    lap = laplace_map(model, v, mp_params, progress=progress)
-    extras = {"laplace_hessian": lap.hessian}
-    if inf.method == "svi":
-        fit = fit_svi(
-            model,
-            v,
-            mp_params,
-            guide=inf.guide,
+def _posterior(inf, model, v, mp, seed: int, progress: bool):
+    """Draws name → ``[chain, draw, comp]`` for the metrics, sample stats, extras, ELBO
+    history: the first method of the run's ladder whose checks pass
+    (:func:`~bayesneuron.inference.posterior.checked_posterior`), started from the MAP's
+    distinct modes, or the last one tried, flagged ``posterior_ok = False``."""
+    res = checked_posterior(
+        model,
+        v,
+        _modes(mp),
+        ladder=inf.methods(),
+        num_samples=max(1000, inf.num_samples) if inf.method != "nuts" else inf.num_samples,
+        svi=dict(
             num_particles=inf.num_particles,
             max_steps=inf.max_steps,
             min_steps=min(100, inf.max_steps),
             window=min(50, max(1, inf.max_steps // 2)),
-            num_samples=max(2000, inf.num_samples),
-            laplace=lap,
-            seed=seed,
-            progress=progress,
-        )
-        draws = {k: x[None] for k, x in fit.samples.items()}
-        extras.update(
-            elbo=fit.elbo_final,
-            iw_elbo=fit.iw_elbo,
-            khat=fit.khat,
-            svi_steps=fit.steps,
-            svi_converged=int(fit.converged),
-            svi_skipped=fit.skipped,
-        )
-        return draws, {}, extras, fit.elbo
-    if inf.method == "laplace":
-        draws = {k: x[None] for k, x in lap.sample(max(2000, inf.num_samples), seed).items()}
-        return draws, {}, {**extras, "elbo": math.nan}, None
-    run = run_nuts(
-        model,
-        v,
-        mp_params,
-        num_samples=inf.num_samples,
-        warmup_steps=inf.warmup_steps,
-        num_chains=inf.num_chains,
-        laplace=lap,
+        ),
+        nuts=dict(warmup_steps=inf.warmup_steps, num_chains=inf.num_chains),
         seed=seed,
         progress=progress,
     )
-    extras.update(elbo=math.nan, divergences=run.num_divergences)
-    return run.samples, run.sample_stats, extras, None
+    diag = res.diagnostics
+    extras = {
+        "posterior_method": res.method,
+        "posterior_ok": bool(res.ok),
+        "n_modes": res.n_modes,
+        "laplace_hessian": res.laplace.hessian,
+        "elbo": diag.get("elbo", math.nan),
+        **{k: diag[k] for k in _DIAGNOSTICS if k in diag},
+        "attempts": diag["attempts"],
+    }
+    return res.samples, res.sample_stats, extras, res.elbo
+
+
+_DIAGNOSTICS = (
+    "khat",
+    "khat_threshold",
+    "iw_elbo",
+    "iw_gap",
+    "ess",
+    "rhat_max",
+    "ess_bulk_min",
+    "ess_tail_min",
+    "num_divergences",
+)
+
+
+def _attr(x):
+    """A netCDF attribute (no booleans there)."""
+    return int(x) if isinstance(x, bool | np.bool_) else x
+
+
+def _modes(mp, max_modes: int = 4, within: float = 5.0) -> list[dict]:
+    """The MAP's distinct optima, best first: starts whose objective is within ``within``
+    nats of the best and whose parameters differ from every better one's (some log g by
+    more than 0.01); at most ``max_modes``."""
+    order = np.argsort(mp.objective)
+    keys = list(mp.starts)
+    modes, seen = [], []
+    for s in order:
+        if mp.objective[s] > mp.objective[order[0]] + within or len(modes) == max_modes:
+            break
+        x = np.log(np.concatenate([np.ravel(mp.starts[k][s]) for k in keys]))
+        if all(np.abs(x - y).max() > 1e-2 for y in seen):
+            seen.append(x)
+            modes.append({k: mp.starts[k][s] for k in keys})
+    return modes
 
 
 def _truth_init(model, truth, n_starts: int, seed: int) -> dict[str, np.ndarray]:
@@ -134,7 +155,7 @@ def infer_design(study, inf, j: int, device="cpu", progress=False) -> dict:
     priors = inf.priors or study.priors
     model, v, truth = build_experiment(study, inf.designs[j], priors, device, inf.noise_sigma)
     mp = _map(inf, model, v, truth, study.seed, progress)
-    draws, stats, extras, elbo_hist = _posterior(inf, model, v, mp.params, study.seed + j, progress)
+    draws, stats, extras, elbo_hist = _posterior(inf, model, v, mp, study.seed + j, progress)
     met = identifiability(draws, model, truth)
     keep = {k: x[:, : inf.num_samples] for k, x in draws.items()}
     stats = {k: np.asarray(x)[:, : inf.num_samples] for k, x in stats.items()}
@@ -238,7 +259,7 @@ def _inference_data(study, inf, j, model, v, truth, keep, stats, row):
             "inference": f"{inf.method}:{inf.guide}" if inf.method == "svi" else inf.method,
             "study": study.name,
             "run": inf.name,
-            **{k: row[k] for k in DESIGN_COLUMNS[3:]},
+            **{k: _attr(row[k]) for k in DESIGN_COLUMNS[3:]},
         },
     )
 

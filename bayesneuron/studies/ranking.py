@@ -13,11 +13,27 @@ CRITERIA = (  # column, better, what it measures
 )
 
 
+POSTERIOR_CRITERIA = ("max_rel_sd", "mean_contraction")
+"""Criteria read off the posterior draws: a design whose posterior failed its checks ranks
+last under them (its numbers are not results)."""
+
+
+def _ok(row: dict) -> bool:
+    x = row.get("posterior_ok", True)
+    return x.strip().lower() in ("true", "1") if isinstance(x, str) else bool(x)
+
+
 def rank_designs(rows: list[dict]) -> list[dict]:
-    """Per design its rank (1 = most informative) under each criterion of :data:`CRITERIA`."""
-    out = [{"design": f"{r['stim']}|{r['rec']}", "run": r.get("run", "")} for r in rows]
+    """Per design its rank (1 = most informative) under each criterion of :data:`CRITERIA`;
+    designs whose posterior is not ok rank last under :data:`POSTERIOR_CRITERIA`."""
+    out = [
+        {"design": f"{r['stim']}|{r['rec']}", "run": r.get("run", ""), "posterior_ok": _ok(r)}
+        for r in rows
+    ]
     for col, better, _ in CRITERIA:
-        vals = np.array([float(r[col]) for r in rows])
+        vals = np.array(
+            [float(r[col]) if _ok(r) or col not in POSTERIOR_CRITERIA else np.nan for r in rows]
+        )
         vals = np.where(np.isfinite(vals), vals, -np.inf if better == "max" else np.inf)
         order = np.argsort(-vals if better == "max" else vals, kind="stable")
         ranks = np.empty(len(rows), dtype=int)

@@ -1,0 +1,281 @@
+"""A posterior that says whether it can be trusted: methods tried in turn until one passes.
+
+Every posterior approximation can be wrong, and a wrong one looks like any other: a Gaussian
+guide on a curved or multi-modal posterior is confidently over-contracted. So each method's
+result is checked, and where it fails the next, more expensive method is tried (the
+*ladder*, default :data:`LADDER`)::
+
+    "svi:mvn"      SVI, multivariate normal guide    passes: PSIS k̂ ≤ khat_threshold(S)
+    "svi:iaf"      SVI, normalizing flow guide        passes: PSIS k̂ ≤ khat_threshold(S)
+    "importance"   importance resampling from a       passes: PSIS k̂ ≤ khat_threshold(S),
+                   Student-t mixture on every mode's  ESS ≥ 100
+                   Laplace approximation
+    "nuts"         NUTS, chains started at the modes  passes: R̂ ≤ 1.01, bulk and tail
+                                                      ESS ≥ 100 per chain, no divergences
+
+(``"laplace"`` — the Laplace approximation, checked by PSIS like a guide — may be put in a
+ladder too.) The first method that passes gives the reported posterior
+(``method``, ``ok=True``); if none passes, the last one tried is reported with ``ok=False``,
+and every attempt keeps its diagnostics and the reason it failed. k̂ is computed from ``S ≥
+2000`` fresh draws, where the sample-size-aware threshold is ≈ 0.70.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bayesneuron.errors import FitError
+from bayesneuron.inference.diagnostics import (
+    RHAT_MAX,
+    chain_diagnostics,
+    khat_threshold,
+    min_ess,
+    psis_weights,
+)
+from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
+from bayesneuron.inference.nuts import run_nuts
+from bayesneuron.inference.svi import GUIDES, fit_svi
+from bayesneuron.inference.whitened import WhitenedModel
+
+__all__ = ["LADDER", "Attempt", "CheckedPosterior", "checked_posterior"]
+
+LADDER = ("svi:mvn", "svi:iaf", "importance", "nuts")
+_T_DF = 5  # Student-t tails of the importance proposal (an integer: χ² from normals)
+
+
+@dataclass
+class Attempt:
+    """One method tried: whether it passed, why not, its diagnostics and wall time."""
+
+    method: str
+    ok: bool
+    reason: str
+    diagnostics: dict
+    wall_s: float
+
+
+@dataclass
+class CheckedPosterior:
+    """The reported posterior and how it was obtained.
+
+    ``samples``: name → ``[chain, draw, comp]`` (``"sigma"`` ``[chain, draw]``; one chain
+    except for NUTS); ``sample_stats``: NUTS's per-draw statistics ``[chain, draw]`` (else
+    empty); ``method``: the method that produced it; ``ok``: whether it passed its checks;
+    ``attempts``: every method tried, in order; ``elbo``: the ELBO history of the reported
+    SVI fit (else None); ``laplace``: the Laplace approximation at the best mode.
+    """
+
+    method: str
+    ok: bool
+    samples: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    attempts: list[Attempt]
+    laplace: UnconstrainedLaplace
+    n_modes: int = 1
+    elbo: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def draws(self) -> dict[str, np.ndarray]:
+        """Every chain's draws pooled, name → ``[draw, …]``."""
+        return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
+
+    @property
+    def diagnostics(self) -> dict:
+        """``posterior_method``, ``posterior_ok``, ``n_modes``, the reported method's own
+        diagnostics, and ``attempts`` (e.g. ``"svi:mvn ✗ k̂ 0.91 > 0.70; importance ✓"``)."""
+        last = next(a for a in self.attempts if a.method == self.method)
+        return {
+            "posterior_method": self.method,
+            "posterior_ok": self.ok,
+            "n_modes": self.n_modes,
+            **last.diagnostics,
+            "attempts": "; ".join(
+                f"{a.method} {'ok' if a.ok else 'failed: ' + a.reason}" for a in self.attempts
+            ),
+        }
+
+
+def checked_posterior(
+    model,
+    v_obs,
+    modes: Mapping | Sequence[Mapping],
+    *,
+    ladder: Sequence[str] = LADDER,
+    num_samples: int = 1000,
+    psis_samples: int = 2000,
+    svi: Mapping | None = None,
+    nuts: Mapping | None = None,
+    laplace: UnconstrainedLaplace | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> CheckedPosterior:
+    """The posterior of ``model`` given ``v_obs`` by the first method of ``ladder`` that
+    passes its checks (module doc).
+
+    Args:
+        model, v_obs: the :class:`~.model.NeuronModel` and its data ``model.obs_shape``.
+        modes: one mode or several (name → ``[comp]``), best first — e.g.
+            :meth:`~.fit.MapFit.modes` of a multi-start MAP. Never the ground truth.
+        ladder: methods in the order tried: ``"laplace"``, ``"svi:<guide>"`` (a guide of
+            :data:`~.svi.GUIDES`), ``"importance"``, ``"nuts"``.
+        num_samples: posterior draws reported (per chain for NUTS).
+        psis_samples: fresh draws for k̂ (SVI, Laplace); twice as many for ``"importance"``.
+        svi, nuts: keyword arguments for :func:`~.svi.fit_svi` / :func:`~.nuts.run_nuts`.
+        laplace: a precomputed :func:`~.laplace.laplace_map` at the best mode.
+        seed: seeds every method (locally; the global RNGs are left as they were).
+    """
+    modes = [modes] if isinstance(modes, Mapping) else list(modes)
+    if not modes:
+        raise FitError("checked_posterior needs at least one mode to start from")
+    for m in ladder:
+        if m not in ("laplace", "importance", "nuts") and m.removeprefix("svi:") not in GUIDES:
+            raise FitError(f"unknown method {m!r} in the ladder; use {LADDER} or 'laplace'")
+    v_obs = model.check_data(v_obs)
+    lap = laplace or laplace_map(model, v_obs, modes[0], progress=progress)
+    laps = [lap] + [laplace_map(model, v_obs, m, progress=False) for m in modes[1:]]
+    attempts, result = [], None
+    for method in ladder:
+        t0 = time.perf_counter()
+        samples, stats, diag, elbo = _run(
+            method, model, v_obs, laps, num_samples, psis_samples, svi, nuts, seed, progress
+        )
+        ok, reason = _passes(method, diag)
+        attempts.append(Attempt(method, ok, reason, diag, time.perf_counter() - t0))
+        result = (method, ok, samples, stats, elbo)
+        if ok:
+            break
+    method, ok, samples, stats, elbo = result
+    return CheckedPosterior(method, ok, samples, stats, attempts, lap, len(modes), elbo)
+
+
+def _run(method, model, v, laps, num_samples, psis_samples, svi, nuts, seed, progress):
+    """``(samples [chain, draw, …], sample_stats, diagnostics, elbo)`` of one method."""
+    if method == "laplace":
+        return _laplace_checked(model, v, laps[0], num_samples, psis_samples, seed)
+    if method == "importance":
+        return _importance(model, v, laps, num_samples, 2 * psis_samples, seed)
+    if method == "nuts":
+        kw = dict(num_samples=num_samples, warmup_steps=300, num_chains=2) | dict(nuts or {})
+        run = run_nuts(
+            model, v, None, laplace=laps[0], inits=[lp.center for lp in laps], seed=seed, **kw
+        )
+        diag = chain_diagnostics(run.samples) | {
+            "num_divergences": run.num_divergences,
+            "num_chains": run.diagnostics["num_chains"],
+        }
+        return run.samples, run.sample_stats, diag, None
+    kw = dict(num_particles=4, max_steps=300, min_steps=100, window=50) | dict(svi or {})
+    fit = fit_svi(
+        model,
+        v,
+        None,  # the mode is the Laplace approximation's centre
+        guide=method.removeprefix("svi:"),
+        num_samples=num_samples,
+        psis_samples=psis_samples,
+        laplace=laps[0],
+        seed=seed,
+        progress=progress,
+        **kw,
+    )
+    diag = fit.diagnostics | {
+        "khat_threshold": khat_threshold(psis_samples),
+        "iw_gap": fit.iw_elbo - fit.elbo_final,
+    }
+    return {k: x[None] for k, x in fit.samples.items()}, {}, diag, fit.elbo
+
+
+def _passes(method: str, d: dict) -> tuple[bool, str]:
+    """Whether ``method``'s diagnostics ``d`` pass, and if not why."""
+    if method == "nuts":
+        need = min_ess(d["num_chains"])
+        fails = [
+            f"R̂ {d['rhat_max']:.3f} > {RHAT_MAX}" if not d["rhat_max"] <= RHAT_MAX else "",
+            f"ESS {d['ess_bulk_min']:.0f} < {need:.0f}" if not d["ess_bulk_min"] >= need else "",
+            f"tail ESS {d['ess_tail_min']:.0f} < {need:.0f}"
+            if not d["ess_tail_min"] >= need
+            else "",
+            f"{d['num_divergences']} divergences" if d["num_divergences"] else "",
+        ]
+    else:
+        k, thr = d["khat"], d["khat_threshold"]
+        fails = [f"k̂ {k:.2f} > {thr:.2f}" if not k <= thr else ""]
+        if method == "importance" and not d["ess"] >= 100:
+            fails.append(f"ESS {d['ess']:.0f} < 100")
+    reason = ", ".join(f for f in fails if f)
+    return not reason, reason
+
+
+def _log_target(wm: WhitenedModel, z: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([wm.log_joint(z[i : i + chunk]) for i in range(0, z.shape[0], chunk)])
+
+
+def _laplace_checked(model, v, lap, num_samples, psis_samples, seed):
+    """The Laplace approximation's draws, checked by PSIS on ``psis_samples`` fresh draws."""
+    wm = WhitenedModel(model, v, lap)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(num_samples + psis_samples, wm.size, generator=gen, dtype=wm.center.dtype)
+    z = z.to(wm.center.device)
+    zs = z[num_samples:]
+    log_q = torch.distributions.Normal(0.0, 1.0).log_prob(zs).sum(-1)
+    _, k = psis_weights(_log_target(wm, zs) - log_q)
+    samples = {x: y[None].cpu().numpy() for x, y in wm.params(z[:num_samples]).items()}
+    return samples, {}, {"khat": k, "khat_threshold": khat_threshold(psis_samples)}, None
+
+
+def _importance(model, v, laps, num_samples, n_prop, seed):
+    """Importance resampling from a mixture of multivariate Student-t (``_T_DF`` degrees of
+    freedom) centred on every mode's Laplace approximation, weighted by its Laplace
+    evidence; PSIS-smoothed weights, ``num_samples`` draws resampled with replacement."""
+    wm = WhitenedModel(model, v, laps[0])
+    P = wm.size
+    Linv = torch.linalg.inv(wm.L)
+    locs = torch.stack([Linv @ (lp.center - wm.center) for lp in laps])  # modes in z
+    scales = torch.stack([torch.linalg.cholesky(Linv @ lp.cov @ Linv.T) for lp in laps])
+    ev = torch.tensor([lp.log_posterior + 0.5 * torch.logdet(lp.cov).item() for lp in laps])
+    logw_mix = torch.log_softmax(ev.to(locs.dtype), 0)
+    gen = torch.Generator().manual_seed(seed)
+    comp = torch.multinomial(logw_mix.exp().cpu(), n_prop, replacement=True, generator=gen)
+    e = torch.randn(n_prop, P, generator=gen, dtype=locs.dtype)
+    chi2 = torch.randn(n_prop, int(_T_DF), generator=gen, dtype=locs.dtype).pow(2).sum(-1)
+    e = (e / (chi2 / _T_DF).sqrt()[:, None]).to(locs.device)
+    comp = comp.to(locs.device)
+    z = locs[comp] + torch.einsum("nij,nj->ni", scales[comp], e)
+    log_q = torch.logsumexp(
+        torch.stack([_log_t(z, locs[m], scales[m]) + logw_mix[m] for m in range(len(laps))]), 0
+    )
+    lw, k = psis_weights(_log_target(wm, z) - log_q)
+    w = np.exp(lw - np.max(lw))
+    w = w / w.sum()
+    ess = float(1.0 / np.sum(w**2))
+    rng = np.random.default_rng(seed)
+    pick = torch.as_tensor(rng.choice(n_prop, size=num_samples, p=w), device=z.device)
+    samples = {x: y[None].cpu().numpy() for x, y in wm.params(z[pick]).items()}
+    diag = {
+        "khat": k,
+        "khat_threshold": khat_threshold(n_prop),
+        "ess": ess,
+        "unique_draws": int(np.unique(pick.cpu().numpy()).size),
+        "n_proposals": n_prop,
+    }
+    return samples, {}, diag, None
+
+
+def _log_t(z, loc, scale_tril):
+    """Log density of a multivariate Student-t (``_T_DF``) at ``z`` ``[n, P]``."""
+    P = z.shape[-1]
+    r = torch.linalg.solve_triangular(scale_tril, (z - loc).T, upper=False).T
+    df = _T_DF
+    return (
+        math.lgamma((df + P) / 2)
+        - math.lgamma(df / 2)
+        - 0.5 * P * math.log(df * math.pi)
+        - torch.log(torch.diagonal(scale_tril)).sum()
+        - 0.5 * (df + P) * torch.log1p(r.pow(2).sum(-1) / df)
+    )

@@ -1,0 +1,71 @@
+"""The ``[[infer]]`` tables of a study's config: their keys, methods and settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bayesneuron.protocol.design import Design
+
+__all__ = ["DESIGN_COLUMNS", "INFER_KEYS", "METHODS", "Infer"]
+
+INFER_KEYS = {
+    "name": str,
+    "method": str,
+    "guide": str,
+    "designs": (str, list),
+    "num_particles": int,
+    "max_steps": int,
+    "num_samples": int,
+    "map_starts": int,
+    "map_steps": int,
+    "map_init": str,
+    "warmup_steps": int,
+    "num_chains": int,
+    "priors": str,
+    "noise_sigma": float,
+    "ladder": list,
+}
+METHODS = ("svi", "laplace", "nuts")
+DESIGN_COLUMNS = (
+    "stim",
+    "rec",
+    "guide",
+    "posterior_method",
+    "posterior_ok",
+    "mean_contraction",
+    "min_contraction",
+    "max_abs_z",
+    "coverage_90",
+    "logdet_fisher",
+    "elbo",
+    "wall_s",
+)
+
+
+@dataclass
+class Infer:
+    name: str
+    method: str
+    designs: list[Design]
+    guide: str = "mvn"
+    num_particles: int = 8
+    max_steps: int = 400
+    num_samples: int = 400
+    map_starts: int = 4
+    map_steps: int = 50
+    map_init: str = "starts"
+    warmup_steps: int = 200
+    num_chains: int = 2
+    priors: str | None = None
+    noise_sigma: float | None = None
+    ladder: tuple[str, ...] | None = None
+
+    def methods(self) -> tuple[str, ...]:
+        """The posterior methods tried in turn (:mod:`bayesneuron.inference.posterior`):
+        ``ladder`` if given, else by ``method`` — SVI: the guide, a flow, importance
+        resampling; Laplace: the Laplace approximation; NUTS: NUTS."""
+        if self.ladder:
+            return tuple(self.ladder)
+        if self.method == "svi":
+            return tuple(dict.fromkeys((f"svi:{self.guide}", "svi:iaf", "importance")))
+        return (self.method,)
