@@ -24,7 +24,8 @@ The config (every key checked; unknown keys are errors)::
                   "truth": the ground truth and prior draws) — the MAP each posterior
                   starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma, ladder
                   (methods tried until one passes its checks, default [guide, "svi:iaf",
-                  "importance"] for SVI; see bayesneuron.inference.posterior)
+                  "importance"] for SVI; see bayesneuron.inference.posterior), map_windows
+                  (the MAP's continuation over time windows, as [[run]] windows)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
     [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)
     [smoke]       n_traces, n_times, max_steps, n_starts, svi_steps, num_samples, designs: a
@@ -437,8 +438,9 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
             raise StudyError(f"{where}: noise_sigma and warmup_steps must be ≥ 0")
         _check_ladder(r.get("ladder"), where)
         kw = {k: v for k, v in r.items() if k not in ("name", "designs", "method")}
-        if "ladder" in kw:
-            kw["ladder"] = tuple(kw["ladder"])
+        for key in ("ladder", "map_windows"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
         study.infers.append(
             Infer(
                 name=r.get("name", f"infer{i + 1}"),

@@ -24,6 +24,7 @@ INFER_KEYS = {
     "priors": str,
     "noise_sigma": float,
     "ladder": list,
+    "map_windows": list,
 }
 METHODS = ("svi", "laplace", "nuts")
 DESIGN_COLUMNS = (
@@ -59,6 +60,7 @@ class Infer:
     priors: str | None = None
     noise_sigma: float | None = None
     ladder: tuple[str, ...] | None = None
+    map_windows: tuple[int, ...] = ()
 
     def methods(self) -> tuple[str, ...]:
         """The posterior methods tried in turn (:mod:`bayesneuron.inference.posterior`):

@@ -179,7 +179,8 @@ def _map(inf, model, v, truth, seed: int, progress: bool):
         v,
         truth=truth,
         init=init,
-        horizons=() if init is not None else None,  # from the truth: no continuation
+        horizons=() if init is not None or inf.map_windows else None,  # see map_windows
+        windows=inf.map_windows if init is None else (),  # from the truth: no continuation
         n_starts=inf.map_starts,
         max_steps=inf.map_steps,
         seed=seed,
