@@ -88,7 +88,7 @@ def test_infer_svi_writes_posterior_summary_figures_and_report(tmp_path, capsys)
     assert rows(out / "ranking.csv")[0]["design"] == "all|[0]"
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "svi" and config["infer"]["max_steps"] == 5
-    assert config["infer"]["map_init"] == "truth"
+    assert config["infer"]["map_init"] == "starts"  # never the truth by default
     assert ENV_KEYS <= set(json.loads((out / "environment.json").read_text()))
     assert (out / "forest_g_na.png").is_file() and (out / "forest_g_k.png").is_file()
 

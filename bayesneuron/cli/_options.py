@@ -185,14 +185,14 @@ def add_posterior(p, methods, method: str) -> None:
     g.add_argument("--particles", type=int, default=4, help="SVI: ELBO particles per step")
     g.add_argument("--steps", type=int, default=300, help="SVI: largest number of steps")
     g.add_argument("--samples", type=int, default=200, help="posterior draws kept")
-    g.add_argument("--map-starts", type=int, default=1, help="MAP starts before the posterior")
+    g.add_argument("--map-starts", type=int, default=4, help="MAP starts before the posterior")
     g.add_argument("--map-steps", type=int, default=20, help="MAP Levenberg-Marquardt steps")
     g.add_argument(
         "--map-init",
-        choices=("truth", "starts"),
-        default="truth",
-        help="where the MAP starts: truth = at the ground truth, as the studies do for "
-        "synthetic data (finds the posterior mode next to it); starts = base values and prior draws",
+        choices=("starts", "truth"),
+        default="starts",
+        help="where the MAP starts: starts = the base values and prior draws (the truth "
+        "only scores); truth = at the ground truth, for local analyses only",
     )
     if "nuts" in methods:
         g.add_argument("--warmup", type=int, default=100, help="NUTS warm-up steps")

@@ -67,8 +67,8 @@ class CheckedPosterior:
     ``samples``: name → ``[chain, draw, comp]`` (``"sigma"`` ``[chain, draw]``; one chain
     except for NUTS); ``sample_stats``: NUTS's per-draw statistics ``[chain, draw]`` (else
     empty); ``method``: the method that produced it; ``ok``: whether it passed its checks;
-    ``attempts``: every method tried, in order; ``elbo``: the ELBO history of the reported
-    SVI fit (else None); ``laplace``: the Laplace approximation at the best mode.
+    ``attempts``: every method tried, in order; ``elbo``: the ELBO history of the last SVI
+    fit tried (None if none was); ``laplace``: the Laplace approximation at the best mode.
     """
 
     method: str
@@ -139,18 +139,18 @@ def checked_posterior(
     v_obs = model.check_data(v_obs)
     lap = laplace or laplace_map(model, v_obs, modes[0], progress=progress)
     laps = [lap] + [laplace_map(model, v_obs, m, progress=False) for m in modes[1:]]
-    attempts, result = [], None
+    attempts, result, elbo = [], None, None
     for method in ladder:
         t0 = time.perf_counter()
-        samples, stats, diag, elbo = _run(
+        samples, stats, diag, hist = _run(
             method, model, v_obs, laps, num_samples, psis_samples, svi, nuts, seed, progress
         )
         ok, reason = _passes(method, diag)
         attempts.append(Attempt(method, ok, reason, diag, time.perf_counter() - t0))
-        result = (method, ok, samples, stats, elbo)
+        result, elbo = (method, ok, samples, stats), elbo if hist is None else hist
         if ok:
             break
-    method, ok, samples, stats, elbo = result
+    method, ok, samples, stats = result
     return CheckedPosterior(method, ok, samples, stats, attempts, lap, len(modes), elbo)
 
 
