@@ -263,22 +263,6 @@ class SbcResult:
 
 
 # =========================================================================== the SBC loop
-def _modes(fit, model, max_modes: int = 3, rel: float = 1e-3) -> list[dict]:
-    """Distinct optima of a multi-start MAP, best first (starts whose parameters differ from
-    every better kept one by more than ``rel``, relatively), at most ``max_modes``."""
-    order = [s for s in np.argsort(fit.objective) if np.isfinite(fit.objective[s])]
-    kept: list[int] = []
-    for s in order:
-        if all(
-            max(np.max(np.abs(fit.starts[k][s] / fit.starts[k][m] - 1)) for k in model.free) > rel
-            for m in kept
-        ):
-            kept.append(s)
-        if len(kept) == max_modes:
-            break
-    return [{k: np.asarray(v[s]) for k, v in fit.starts.items()} for s in kept]
-
-
 def _posterior(model, v, truth, r: int, cfg: dict) -> tuple:
     """``(draws name → [draw, comp], method used, posterior ok, MAP converged, attempts)``
     of run ``r`` given only its data ``v`` (``truth`` only where ``cfg["init"] == "truth"``)."""
@@ -294,7 +278,7 @@ def _posterior(model, v, truth, r: int, cfg: dict) -> tuple:
             seed=seed,
             progress=False,
         )
-        modes, converged = _modes(fit, model), bool(np.any(fit.converged))
+        modes, converged = fit.modes(max_modes=3, rel=1e-3), bool(np.any(fit.converged))
         if not modes:
             raise BayesneuronError("no MAP start reached a finite objective")
     kw, L = dict(cfg["fit_kwargs"] or {}), cfg["n_draws"]

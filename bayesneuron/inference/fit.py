@@ -121,6 +121,24 @@ class MapFit:
         s = self.best if start is None else start
         return {k: float(np.mean(np.abs(self.starts[k][s] - self.truth[k]))) for k in self.free}
 
+    def modes(
+        self, max_modes: int = 4, within: float = np.inf, rel: float = 1e-2
+    ) -> list[dict[str, np.ndarray]]:
+        """The distinct optima, best first, name → ``[comp]`` (``"sigma"`` ``[]``): starts
+        with a finite objective within ``within`` of the best whose values differ from every
+        better kept one's by more than ``rel`` (relative) somewhere; at most ``max_modes``."""
+        order = [s for s in np.argsort(self.objective) if np.isfinite(self.objective[s])]
+        kept: list[int] = []
+        for s in order:
+            if len(kept) == max_modes or self.objective[s] > self.objective[order[0]] + within:
+                break
+            if all(
+                max(np.max(np.abs(v[s] / v[m] - 1)) for v in self.starts.values()) > rel
+                for m in kept
+            ):
+                kept.append(s)
+        return [{k: np.asarray(v[s]) for k, v in self.starts.items()} for s in kept]
+
     def spread(self, rel_tol: float = 1e-3) -> dict[str, np.ndarray]:
         """Per-compartment sd of the optima over the starts whose objective is within
         ``rel_tol`` (relative) of the best: equally good but different optima mean the data do

@@ -192,7 +192,13 @@ def log_likelihood(model: NeuronModel, v_obs: Tensor, params: Mapping[str, Tenso
     comp]``, with the model's fixed σ or, when inferred, ``params["sigma"]`` ``[sample…]``
     (mV); differentiable."""
     sigma = _sigma_of(model, params, "log_likelihood")
-    v = model.simulate({k: params[k] for k in model.free})
+    return gaussian_log_likelihood(model.simulate({k: params[k] for k in model.free}), v_obs, sigma)
+
+
+def gaussian_log_likelihood(v: Tensor, v_obs: Tensor, sigma: float | Tensor) -> Tensor:
+    """``log N(v_obs; v, σ²)`` per trace ``[sample…, trace]`` for simulated voltages ``v``
+    ``[sample…, trace, n_rec, time]`` (mV) and a noise sd ``sigma``: a number, or
+    ``[sample…]`` (one per draw)."""
     if isinstance(sigma, Tensor):
         sigma = sigma.to(v.dtype).to(v.device)[..., None, None, None]
         log_sigma = sigma[..., 0, 0].log()

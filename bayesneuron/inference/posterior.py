@@ -22,12 +22,12 @@ and every attempt keeps its diagnostics and the reason it failed. k̂ is compute
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 
 from bayesneuron.errors import FitError
@@ -247,8 +247,15 @@ def _importance(model, v, laps, num_samples, n_prop, seed):
     e = (e / (chi2 / _T_DF).sqrt()[:, None]).to(locs.device)
     comp = comp.to(locs.device)
     z = locs[comp] + torch.einsum("nij,nj->ni", scales[comp], e)
+    df = torch.tensor(float(_T_DF), dtype=locs.dtype, device=locs.device)
     log_q = torch.logsumexp(
-        torch.stack([_log_t(z, locs[m], scales[m]) + logw_mix[m] for m in range(len(laps))]), 0
+        torch.stack(
+            [
+                dist.MultivariateStudentT(df, locs[m], scales[m]).log_prob(z) + logw_mix[m]
+                for m in range(len(laps))
+            ]
+        ),
+        0,
     )
     lw, k = psis_weights(_log_target(wm, z) - log_q)
     w = np.exp(lw - np.max(lw))
@@ -265,17 +272,3 @@ def _importance(model, v, laps, num_samples, n_prop, seed):
         "n_proposals": n_prop,
     }
     return samples, {}, diag, None
-
-
-def _log_t(z, loc, scale_tril):
-    """Log density of a multivariate Student-t (``_T_DF``) at ``z`` ``[n, P]``."""
-    P = z.shape[-1]
-    r = torch.linalg.solve_triangular(scale_tril, (z - loc).T, upper=False).T
-    df = _T_DF
-    return (
-        math.lgamma((df + P) / 2)
-        - math.lgamma(df / 2)
-        - 0.5 * P * math.log(df * math.pi)
-        - torch.log(torch.diagonal(scale_tril)).sum()
-        - 0.5 * (df + P) * torch.log1p(r.pow(2).sum(-1) / df)
-    )

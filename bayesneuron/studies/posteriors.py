@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bayesneuron.inference.fit import fit_map
-from bayesneuron.inference.laplace import laplace
+from bayesneuron.inference.laplace import gaussian_log_likelihood, laplace
 from bayesneuron.inference.metrics import identifiability
 from bayesneuron.inference.posterior import checked_posterior
 from bayesneuron.inference.space import prior_draws
@@ -55,15 +55,11 @@ def _predictions(model, v, samples: dict, seed: int, chunk: int = 100):
         part = {k: torch.as_tensor(x[i : i + chunk], dtype=model.dtype) for k, x in samples.items()}
         with torch.no_grad():
             sim = model.simulate({k: part[k] for k in model.free})
-        sigma = model.sigma if model.sigma is not None else part["sigma"][:, None, None, None]
-        r = (sim - v) / sigma
-        m = r.shape[-1] * r.shape[-2]
-        log_sigma = torch.as_tensor(sigma, dtype=sim.dtype).log().reshape(-1)
-        ll.append(
-            -0.5 * r.pow(2).sum((-1, -2)) - m * (log_sigma[:, None] + 0.5 * math.log(2 * math.pi))
-        )
+        sigma = model.sigma if model.sigma is not None else part["sigma"]
+        ll.append(gaussian_log_likelihood(sim, v, sigma))
         noise = torch.randn(sim.shape, generator=gen, dtype=sim.dtype).to(sim.device)
-        ppc.append(sim + sigma * noise)
+        scale = sigma if model.sigma is not None else sigma[:, None, None, None]
+        ppc.append(sim + scale * noise)
     return torch.cat(ppc).cpu().numpy(), torch.cat(ll).cpu().numpy()
 
 
@@ -75,7 +71,7 @@ def _posterior(inf, model, v, mp, seed: int, progress: bool):
     res = checked_posterior(
         model,
         v,
-        _modes(mp),
+        mp.modes(max_modes=4, within=5.0),  # distinct optima within 5 nats of the best
         ladder=inf.methods(),
         num_samples=max(1000, inf.num_samples) if inf.method != "nuts" else inf.num_samples,
         svi=dict(
@@ -117,23 +113,6 @@ _DIAGNOSTICS = (
 def _attr(x):
     """A netCDF attribute (no booleans there)."""
     return int(x) if isinstance(x, bool | np.bool_) else x
-
-
-def _modes(mp, max_modes: int = 4, within: float = 5.0) -> list[dict]:
-    """The MAP's distinct optima, best first: starts whose objective is within ``within``
-    nats of the best and whose parameters differ from every better one's (some log g by
-    more than 0.01); at most ``max_modes``."""
-    order = np.argsort(mp.objective)
-    keys = list(mp.starts)
-    modes, seen = [], []
-    for s in order:
-        if mp.objective[s] > mp.objective[order[0]] + within or len(modes) == max_modes:
-            break
-        x = np.log(np.concatenate([np.ravel(mp.starts[k][s]) for k in keys]))
-        if all(np.abs(x - y).max() > 1e-2 for y in seen):
-            seen.append(x)
-            modes.append({k: mp.starts[k][s] for k in keys})
-    return modes
 
 
 def _truth_init(model, truth, n_starts: int, seed: int) -> dict[str, np.ndarray]:
