@@ -14,6 +14,7 @@ __all__ = [
     "DesignError",
     "DataError",
     "FitError",
+    "RecordingError",
 ]
 
 
@@ -51,3 +52,7 @@ class DataError(BayesneuronError):
 
 class FitError(BayesneuronError):
     """A fit cannot start or continue (bad settings, a checkpoint that does not match)."""
+
+
+class RecordingError(BayesneuronError):
+    """A recording file cannot be read or written as asked, or its sweeps are invalid."""
