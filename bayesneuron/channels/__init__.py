@@ -1,7 +1,16 @@
 """Channel layer: pure kinetics. Rates are declared once, as rate forms
 (:mod:`~bayesneuron.channels.rates`), and every backend evaluates the same objects."""
 
-from bayesneuron.channels.base import Channel, Gate, Kinetics, Leak, RateChannel, q10_factor
+from bayesneuron.channels.base import (
+    Channel,
+    Gate,
+    InfTauGate,
+    Kinetics,
+    Leak,
+    RateChannel,
+    q10_factor,
+)
+from bayesneuron.channels.cortical import Ih, Kdr, Km, Kv31, NaT, cortical_channels
 from bayesneuron.channels.hh import HHPotassium, HHSodium, hh_channels
 from bayesneuron.channels.paper import PaperLeak, PaperPotassium, PaperSodium, paper_channels
 from bayesneuron.channels.rates import (
@@ -21,9 +30,15 @@ __all__ = [
     "Gate",
     "HHPotassium",
     "HHSodium",
+    "Ih",
+    "InfTauGate",
+    "Kdr",
     "Kinetics",
+    "Km",
+    "Kv31",
     "Leak",
     "Linoid",
+    "NaT",
     "PaperLeak",
     "PaperPotassium",
     "PaperSodium",
@@ -31,6 +46,7 @@ __all__ = [
     "RateChannel",
     "Sigmoid",
     "Softplus",
+    "cortical_channels",
     "hh_channels",
     "paper_channels",
     "q10_factor",

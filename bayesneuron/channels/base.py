@@ -25,6 +25,9 @@ gradients::
             n = Gate("n", Linoid(1e-3, -30.0, 9.0), Linoid(-1e-3, -30.0, -9.0), power=1)
             return Kinetics(gates=(n,), phi=q10_factor(2.3, celsius=36.0, base=23.0))
 
+Gates published as steady state and time constant are :class:`InfTauGate` s; a gate with
+α/β time constants but its own steady state is a :class:`Gate` with ``inf``.
+
 A channel with other kinetics subclasses :class:`Channel` and writes ``gates`` and
 ``conductance`` itself; it runs on the torch backends only.
 """
@@ -37,11 +40,12 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from bayesneuron.channels.rates import Rate
+from bayesneuron.channels.rates import Constant, Linoid, Rate, Sigmoid
 
-__all__ = ["Channel", "Gate", "Kinetics", "Leak", "RateChannel", "q10_factor"]
+__all__ = ["Channel", "Gate", "InfTauGate", "Kinetics", "Leak", "RateChannel", "q10_factor"]
 
 Gates = dict[str, tuple[Tensor, Tensor]]
+_UNUSED_ROW = Constant(0.0).row()  # fills a gate's third rate-table row where it has none
 
 
 class Channel:
@@ -83,43 +87,126 @@ def q10_factor(q10: float, celsius: float, base: float) -> float:
 
 @dataclass(frozen=True)
 class Gate:
-    """One gating variable ``x`` with ``dx/dt = φ·(α(1 − x) − βx)``, entering ``G`` as ``x^power``.
+    """One gating variable ``x`` with ``dx/dt = φ·(α(1 − x) − βx)``, entering ``G`` as ``x^power``
+    (with an own ``inf``: ``dx/dt = φ·(α + β)·(inf − x)``).
 
     Args:
         name: state name (``"m"``).
         alpha, beta: opening and closing rates (1/ms), :class:`~bayesneuron.channels.rates.Rate`.
         power: integer exponent of the gate in the conductance (≥ 1).
+        inf: an own steady state (dimensionless rate form, e.g. ``Sigmoid(1.0, -65.0, -6.2)``):
+            ``x∞ = inf(V)`` instead of ``α/(α + β)``, with ``τ = 1/(φ·(α + β))`` still — the
+            inactivation gate of Mainen & Sejnowski's ``na.mod``. ``None`` (default): ``α/(α + β)``.
     """
 
     name: str
     alpha: Rate
     beta: Rate
     power: int = 1
+    inf: Rate | None = None
 
     def __post_init__(self):
         if not (isinstance(self.alpha, Rate) and isinstance(self.beta, Rate)):
             raise TypeError(f"gate {self.name!r}: alpha and beta must be rate forms (Rate)")
-        if isinstance(self.power, bool) or not (isinstance(self.power, int) and self.power >= 1):
-            raise ValueError(f"gate {self.name!r}: power = {self.power!r} must be an int ≥ 1")
+        _check_power(self.name, self.power)
+        if self.inf is not None:
+            _check_inf(self.name, self.inf)
+
+    def table(self) -> tuple[int, tuple[tuple[float, ...], ...]]:
+        """``(kind, rows)``: the fused kernel's gate kind (0: α/β, 2: own ``inf`` with α + β)
+        and its three rate-table rows (:meth:`Rate.row`; an unused row is a zero constant)."""
+        if self.inf is None:
+            return 0, (self.alpha.row(), self.beta.row(), _UNUSED_ROW)
+        return 2, (self.inf.row(), self.alpha.row(), self.beta.row())
+
+    def inf_tau(self, vs: Tensor, eps: float = 0.0, phi: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(x∞, τ)`` at the (shifted) voltage ``vs`` in mV; τ in ms."""
+        alpha = self.alpha(vs)
+        rs = (alpha + self.beta(vs)).add_(eps).reciprocal_()
+        inf = alpha * rs if self.inf is None else self.inf(vs)
+        return inf, (rs if phi == 1.0 else rs / phi)
+
+
+@dataclass(frozen=True)
+class InfTauGate:
+    """A gate given by its steady state and time constant: ``dx/dt = φ·(x∞(V) − x)/τ(V)``.
+
+    For kinetics published as ``x∞``/``τ`` (e.g. Kv3.1 of Rettig et al. 1992 as in Hay et al.
+    2011, ``mInf = 1/(1 + e^−(v−18.7)/9.7)``, ``mTau = 4/(1 + e^−(v+46.56)/44.14)``):
+    ``InfTauGate("m", Sigmoid(1.0, 18.7, 9.7), Sigmoid(4.0, -46.56, 44.14))``.
+
+    Args:
+        name: state name.
+        inf: steady state, a rate form bounded in [0, 1] (:class:`Sigmoid` with
+            ``0 < scale ≤ 1`` or a :class:`Constant` in [0, 1]).
+        tau: time constant in ms at ``φ = 1``, a rate form positive at every voltage
+            (``scale > 0``; for a :class:`Linoid` ``scale·k > 0``).
+        power: integer exponent of the gate in the conductance (≥ 1).
+    """
+
+    name: str
+    inf: Rate
+    tau: Rate
+    power: int = 1
+
+    def __post_init__(self):
+        if not (isinstance(self.inf, Rate) and isinstance(self.tau, Rate)):
+            raise TypeError(f"gate {self.name!r}: inf and tau must be rate forms (Rate)")
+        _check_power(self.name, self.power)
+        _check_inf(self.name, self.inf)
+        scale = getattr(self.tau, "scale", 0.0)
+        positive = scale > 0 and (not isinstance(self.tau, Linoid) or self.tau.k > 0)
+        if not positive:
+            raise ValueError(
+                f"gate {self.name!r}: tau = {self.tau!r} must be positive at every voltage "
+                "(scale > 0; a Linoid also needs k > 0)"
+            )
+
+    def table(self) -> tuple[int, tuple[tuple[float, ...], ...]]:
+        """``(1, rows)``: the fused kernel's gate kind 1 and its rows ``inf``, ``tau``, unused."""
+        return 1, (self.inf.row(), self.tau.row(), _UNUSED_ROW)
+
+    def inf_tau(self, vs: Tensor, eps: float = 0.0, phi: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(x∞, τ)`` at the (shifted) voltage ``vs`` in mV; τ in ms (``eps`` is unused)."""
+        tau = self.tau(vs)
+        return self.inf(vs), (tau if phi == 1.0 else tau / phi)
+
+
+def _check_power(name: str, power) -> None:
+    if isinstance(power, bool) or not (isinstance(power, int) and power >= 1):
+        raise ValueError(f"gate {name!r}: power = {power!r} must be an int ≥ 1")
+
+
+def _check_inf(name: str, inf: Rate) -> None:
+    bounded = (isinstance(inf, Sigmoid) and 0 < inf.scale <= 1) or (
+        isinstance(inf, Constant) and 0 <= inf.scale <= 1
+    )
+    if not bounded:
+        raise ValueError(
+            f"gate {name!r}: inf = {inf!r} must stay in [0, 1] at every voltage: a Sigmoid with "
+            "0 < scale ≤ 1 or a Constant in [0, 1]"
+        )
 
 
 @dataclass(frozen=True)
 class Kinetics:
     """The gates of a :class:`RateChannel` and how they see the voltage.
 
-    Per gate, with ``s = α(V + v_shift) + β(V + v_shift) + eps``:
-    ``x_inf = α/s`` and ``τ = 1/(φ·s)`` (ms).
+    Per :class:`Gate`, with ``s = α(V + v_shift) + β(V + v_shift) + eps``:
+    ``x_inf = α/s`` (or the gate's own ``inf(V + v_shift)``) and ``τ = 1/(φ·s)`` (ms); per
+    :class:`InfTauGate`, ``x_inf = inf(V + v_shift)`` and ``τ = tau(V + v_shift)/φ``.
 
     Args:
-        gates: the gates, in the order of the conductance's product ``G = g·Π x^power``.
+        gates: the gates (:class:`Gate` or :class:`InfTauGate`), in the order of the
+            conductance's product ``G = g·Π x^power``.
         phi: temperature factor multiplying ``1/τ`` (see :func:`q10_factor`).
         v_shift: mV added to ``V`` before the rates are evaluated.
-        eps: 1/ms added to ``α + β`` (the paper's ``1e-8``).
+        eps: 1/ms added to ``α + β`` of :class:`Gate` s (the paper's ``1e-8``).
         e_shift: mV subtracted from the reversal in the driving force, ``g (V − (e − e_shift))``.
         init_shift: mV added to ``V`` for the initial steady state (default: ``v_shift``).
     """
 
-    gates: tuple[Gate, ...]
+    gates: tuple[Gate | InfTauGate, ...]
     phi: float = 1.0
     v_shift: float = 0.0
     eps: float = 0.0
@@ -127,6 +214,9 @@ class Kinetics:
     init_shift: float | None = None
 
     def __post_init__(self):
+        for g in self.gates:
+            if not isinstance(g, (Gate, InfTauGate)):
+                raise TypeError(f"Kinetics.gates takes Gate or InfTauGate objects; got {g!r}")
         names = [g.name for g in self.gates]
         if len(set(names)) != len(names):
             raise ValueError(f"gate names must be distinct; got {names}")
@@ -168,12 +258,7 @@ class RateChannel(Channel):
         return tuple(g.name for g in self.declared().gates)
 
     def _inf_tau(self, kin: Kinetics, vs: Tensor) -> Gates:
-        out = {}
-        for gate in kin.gates:
-            alpha = gate.alpha(vs)
-            rs = (alpha + gate.beta(vs)).add_(kin.eps).reciprocal_()
-            out[gate.name] = (alpha * rs, rs if kin.phi == 1.0 else rs / kin.phi)
-        return out
+        return {gate.name: gate.inf_tau(vs, kin.eps, kin.phi) for gate in kin.gates}
 
     def gates(self, v, p):
         kin = self.declared()

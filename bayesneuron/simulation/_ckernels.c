@@ -1,8 +1,10 @@
 /* The fused Crank–Nicolson kernels in C (scheme and layouts: fused.py), compiled at first use
  * by the system C compiler (_ckernels.py). Rate forms (codes as in bayesneuron/channels/rates.py):
- * 0 softplus, 1 exponential, 2 sigmoid, 3 linoid, 4 constant. Arrays arrive as one table of
- * pointers in the order of the Python wrappers' arguments, sizes in a table of int64. Lane loops carry `omp simd` (compiled with
- * -fopenmp-simd: vectorisation only, no threads).
+ * 0 softplus, 1 exponential, 2 sigmoid, 3 linoid, 4 constant. Gate kinds (channels/base.py,
+ * Gate.table): 0 α/β, 1 x∞ and τ, 2 x∞ with 1/τ = α + β; three rate rows per gate.
+ * Arrays arrive as one table of pointers in the order of the Python wrappers' arguments, sizes
+ * in a table of int64. Lane loops carry `omp simd` (compiled with -fopenmp-simd: vectorisation
+ * only, no threads).
  */
 #include <math.h>
 #include <stdint.h>
@@ -142,6 +144,37 @@ static void advance(const double *r, i64 m, double eps, double phi, double h,
     }
 }
 
+/* A gate with its own steady state (kinds 1 and 2, fused.py): rows r = (x∞, r1, r2) and their
+ * slopes (d0, d1, d2). Kind 1: 1/τ = 1/r1 (r1 = τ); kind 2: 1/τ = r1 + r2 + eps (α + β). As
+ * advance(), with ∂y'/∂v = x∞'·(1 − A) + (y − x∞)·A·h·φ·s' */
+static void advance_inf(const double *r, i64 m, int tau_row, double eps, double phi, double h,
+                        const double *restrict y, double *restrict y_new, double *restrict ya,
+                        double *restrict yd) {
+    const double *inf = r, *r1 = r + m, *r2 = r + 2 * m;
+    const double *dinf = r + 3 * m, *d1 = r + 4 * m, *d2 = r + 5 * m;
+    double *s = ya, *ds = yd; /* 1/τ and its slope, overwritten below lane by lane */
+    if (tau_row) {
+        SIMD for (i64 l = 0; l < m; l++) {
+            double it = 1.0 / r1[l];
+            s[l] = it;
+            ds[l] = -d1[l] * (it * it);
+        }
+    } else {
+        SIMD for (i64 l = 0; l < m; l++) {
+            s[l] = r1[l] + r2[l] + eps;
+            ds[l] = d1[l] + d2[l];
+        }
+    }
+    SIMD for (i64 l = 0; l < m; l++) {
+        double x = inf[l], y_old = y[l], sl = ds[l];
+        double big_a = exp_(h * phi * s[l]);
+        double lo = x + big_a * (y_old - x), hi = y_old - (y_old - x) * (1.0 - big_a);
+        y_new[l] = big_a < 0.5 ? lo : hi;
+        ya[l] = big_a;
+        yd[l] = dinf[l] * (1.0 - big_a) + (y_old - x) * (big_a * h * phi * sl);
+    }
+}
+
 typedef struct {
     const i64 *ga, *pa, *gb, *pb;
     i64 n_ch;
@@ -252,12 +285,20 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
             for (i64 l = 0; l < nl; l++) i_inj[o + l] = cur[(sidx[l] * bins + col) * n_comp + c];
         }
         for (i64 j = 0; j < n_g; j++) {
-            double shift = gcf[j * 3];
-            SIMD for (i64 x = 0; x < m; x++) vs[x] = vc[x] + shift;
-            rate(spec + (j * 2) * 4, m, vs, rr, rr + 2 * m);
-            rate(spec + (j * 2 + 1) * 4, m, vs, rr + m, rr + 3 * m);
-            advance(rr, m, gcf[j * 3 + 1], gcf[j * 3 + 2], h, y_in + j * m, y + j * m,
-                    yas + j * m, yds + j * m);
+            const double *sp = spec + j * 12, *gc = gcf + j * 4; /* 3 rows; shift eps phi kind */
+            SIMD for (i64 x = 0; x < m; x++) vs[x] = vc[x] + gc[0];
+            if (gc[3] == 0.0) {
+                rate(sp, m, vs, rr, rr + 2 * m);
+                rate(sp + 4, m, vs, rr + m, rr + 3 * m);
+                advance(rr, m, gc[1], gc[2], h, y_in + j * m, y + j * m, yas + j * m,
+                        yds + j * m);
+            } else {
+                rate(sp, m, vs, rr, rr + 3 * m);
+                rate(sp + 4, m, vs, rr + m, rr + 4 * m);
+                if (gc[3] == 2.0) rate(sp + 8, m, vs, rr + 2 * m, rr + 5 * m);
+                advance_inf(rr, m, gc[3] == 1.0, gc[1], gc[2], h, y_in + j * m, y + j * m,
+                            yas + j * m, yds + j * m);
+            }
         }
         conductance(&gt, m, gm, ee, y, g_sum, ge_sum);
         for (i64 i = 0; i < n; i++) {

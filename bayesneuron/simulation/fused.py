@@ -7,7 +7,9 @@ gradient of the same discrete scheme with respect to each channel's ``g`` (mS/cm
 
 Per step ``s`` (``h = neg_h[s] < 0``, ``k = k_dt[s] = 2/dt``):
 
-1. gates ``y ← y∞(v) + (y − y∞(v))·A``, ``A = exp(h/τ(v))`` (exponential Euler at ``v``);
+1. gates ``y ← y∞(v) + (y − y∞(v))·A``, ``A = exp(h/τ(v))`` (exponential Euler at ``v``),
+   with ``y∞`` and ``1/τ`` from α/β, from an own ``inf`` with α + β, or from ``inf`` and ``tau``
+   (gate kinds 0, 2, 1: :meth:`~bayesneuron.channels.Gate.table`);
 2. ``G_c = g_c·y_a^p_a·y_b^p_b`` per channel (at most two gates, integer powers); solve
    ``M w = cur + Σ G_c e_c + k·cm·v``, ``M`` the tree matrix of
    :class:`~bayesneuron.simulation.hines.TreeSystem` with diagonal ``k·cm + Σ G_c + diag``;
@@ -175,20 +177,20 @@ class _Problem:
         specs, gcf, y0, gates = [], [], [], []
         for ch in cell.channels:
             kin = ch.declared()
-            rates = [(g.alpha.row(), g.beta.row()) for g in kin.gates]
+            tables = [g.table() for g in kin.gates]  # (kind, three rate rows) per gate
             powers = [g.power for g in kin.gates]
-            a = len(specs) if rates else 0  # no gate: gate 0 (or a dummy) at power 0
-            b = a + 1 if len(rates) > 1 else a
-            gates.append((a, powers[0] if rates else 0, b, powers[1] if len(rates) > 1 else 0))
-            specs += rates
-            gcf += [(kin.v_shift, kin.eps, kin.phi) for _ in rates]
+            a = len(specs) if tables else 0  # no gate: gate 0 (or a dummy) at power 0
+            b = a + 1 if len(tables) > 1 else a
+            gates.append((a, powers[0] if tables else 0, b, powers[1] if len(tables) > 1 else 0))
+            specs += [rows for _, rows in tables]
+            gcf += [(kin.v_shift, kin.eps, kin.phi, float(kind)) for kind, _ in tables]
             init = ch.init_gates(torch.tensor(float(cell.v0), dtype=torch.float64), {})
             y0 += [float(init[name]) for name in ch.state_names]
         self.n_gates = len(specs)
         self.y0 = np.array(y0, dtype=np.float64)
         self.rates = (
-            np.array(specs, dtype=np.float64).reshape(-1, 2, 4),
-            np.array(gcf, dtype=np.float64).reshape(-1, 3),
+            np.array(specs, dtype=np.float64).reshape(-1, 3, 4),
+            np.array(gcf, dtype=np.float64).reshape(-1, 4),
         )
         self.gates = tuple(np.array(x, dtype=np.int64) for x in zip(*gates))
         self.e_shift = np.array([ch.declared().e_shift for ch in cell.channels], dtype=np.float64)
@@ -257,9 +259,9 @@ class _Problem:
             m = nc * nl
             yy = np.empty((2, max(ng, 1), m))  # gates (ping-pong); initial values in yy[1]
             yy[:] = np.repeat(self.y0, nc * nl).reshape(ng, m) if ng else 1.0
-            node, gate, comp = np.empty((3, n, nl)), np.empty((2, ng, m)), np.empty((9, m))
-            work = (node[0], node[1], node[2], yy, gate[0], gate[1], comp[:4])
-            work += (comp[4], comp[5], comp[6], comp[7], comp[8])
+            node, gate, comp = np.empty((3, n, nl)), np.empty((2, ng, m)), np.empty((11, m))
+            work = (node[0], node[1], node[2], yy, gate[0], gate[1], comp[:6])
+            work += (comp[6], comp[7], comp[8], comp[9], comp[10])
             data = self._data(par, b0, b1)
             args = (self.tree, self.rates, self.gates, self.steps, data, self.v0, out[b0:b1])
             jobs.append(args + (hist.chunks[ch], work, self.store))
