@@ -43,17 +43,21 @@ from bayesneuron.errors import (
     StimulusError,
 )
 from bayesneuron.inference import (
+    ExpDistance,
     Identifiability,
     LocalPosterior,
     LogNormalPrior,
     MapFit,
     NeuronModel,
+    NormalPrior,
     NutsRun,
+    PerCompartment,
     PosteriorResult,
     Prior,
     Profile,
     SbcResult,
     ScaledUniformPrior,
+    Shared,
     SviFit,
     UnconstrainedLaplace,
     draw_truth,
@@ -72,6 +76,7 @@ from bayesneuron.inference import (
 )
 from bayesneuron.morphology import (
     Morphology,
+    Region,
     Section,
     chain,
     from_sections,
@@ -107,6 +112,11 @@ except _PackageNotFoundError:  # running from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "ExpDistance",
+    "NormalPrior",
+    "PerCompartment",
+    "Region",
+    "Shared",
     "Constant",
     "Exponential",
     "Gate",

@@ -87,6 +87,24 @@ class Cell:
         """All parameter names (``g_na``, ``e_na``, …)."""
         return tuple(self.params)
 
+    @property
+    def all_param_names(self) -> tuple[str, ...]:
+        """What a model may infer: :attr:`param_names`, then ``cm`` and, on cells built from
+        sections (with ``morphology.ra``), ``ra``."""
+        extra = ("cm", "ra") if self.morphology.ra is not None else ("cm",)
+        return self.param_names + extra
+
+    def value(self, name: str) -> np.ndarray:
+        """Per-compartment values ``[n_comp]`` of a parameter: a channel's (``g_na`` mS/cm²,
+        ``e_na`` mV, …) or the morphology's ``cm`` (µF/cm²) and ``ra`` (Ω·cm)."""
+        if name in self.params:
+            return self.params[name]
+        if name in self.all_param_names:
+            return getattr(self.morphology, name)
+        raise ParameterError(
+            f"unknown parameter {name!r}; this cell has {list(self.all_param_names)}"
+        )
+
     def with_params(self, **params: float | Sequence[float]) -> Cell:
         """A copy with some parameter values replaced."""
         return Cell(self.morphology, self.channels, {**self.params, **params}, self.v0)

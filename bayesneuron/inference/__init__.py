@@ -13,6 +13,7 @@ from bayesneuron.inference.criteria import (
 )
 from bayesneuron.inference.diagnostics import chain_diagnostics, khat_threshold, psis_khat
 from bayesneuron.inference.fit import MapFit, fit_map, fit_map_designs
+from bayesneuron.inference.forms import ExpDistance, Parametrisation, PerCompartment, Shared
 from bayesneuron.inference.laplace import (
     LocalPosterior,
     UnconstrainedLaplace,
@@ -25,7 +26,7 @@ from bayesneuron.inference.model import NeuronModel
 from bayesneuron.inference.nuts import NutsRun, run_nuts
 from bayesneuron.inference.oed import expected_information_gain
 from bayesneuron.inference.posterior import LADDER, CheckedPosterior, checked_posterior
-from bayesneuron.inference.priors import LogNormalPrior, Prior, ScaledUniformPrior
+from bayesneuron.inference.priors import LogNormalPrior, NormalPrior, Prior, ScaledUniformPrior
 from bayesneuron.inference.profile import Profile, profile_likelihood
 from bayesneuron.inference.results import PosteriorResult
 from bayesneuron.inference.space import ParameterSpace, prior_draws, start_points
@@ -43,9 +44,14 @@ __all__ = [
     "checked_posterior",
     "khat_threshold",
     "psis_khat",
+    "ExpDistance",
     "Identifiability",
     "LocalPosterior",
     "LogNormalPrior",
+    "NormalPrior",
+    "Parametrisation",
+    "PerCompartment",
+    "Shared",
     "MapFit",
     "NeuronModel",
     "NutsRun",

@@ -59,7 +59,7 @@ def paper_fit(stack, n_starts, max_steps, settings, state, ck, every, fp, progre
     m0, D = stack.m0, len(stack.models)
     Q = n_starts * D
     didx = torch.arange(D, device=m0.device).repeat(n_starts)  # q = start · D + design
-    start = init or {k: m0.base[k].expand(n_starts, m0.n_comp) for k in m0.free}
+    start = init or {k: m0.base[k].expand(n_starts, -1) for k in m0.free}
     g = {k: start[k].repeat_interleave(D, dim=0).clone().requires_grad_() for k in m0.free}
     opt = Adam(list(g.values()), lr=settings["lr"])
     hist = {"objective": [], "mse": [], **{k: [g[k].detach().clone()] for k in m0.free}}

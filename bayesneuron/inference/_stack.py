@@ -42,7 +42,7 @@ class Stack:
         for m in models[1:]:
             same = (
                 _same_cell(m.cell, m0.cell)
-                and m.free == m0.free
+                and m.parametrisation.forms == m0.parametrisation.forms
                 and np.array_equal(m.t_eval, m0.t_eval)
                 and m.solver == m0.solver
                 and m.dtype == m0.dtype
@@ -81,7 +81,7 @@ class Stack:
     def simulate(
         self, params: Mapping[str, Tensor], didx: Tensor, horizon=None, n_times=None
     ) -> Tensor:
-        """``params[name]`` ``[..., Q, comp]`` for designs ``didx`` ``[Q]`` →
+        """``params[name]`` ``[..., Q, size]`` for designs ``didx`` ``[Q]`` →
         masked errors ``v̂ − v`` ``[..., Q, trace, comp, time]`` (0 where unrecorded).
         ``horizon``: restart recorded voltages from the data every ``horizon`` outputs;
         ``n_times``: simulate and compare the first ``n_times`` output times only (a time
@@ -90,7 +90,7 @@ class Stack:
         stim, obs, reset = self._inputs(didx, horizon, n_times)
         v = simulate(
             m.cell,
-            dict(params),
+            m.expand(params),
             stim,
             m.t_eval[:n_times],
             m.solver,
@@ -102,13 +102,17 @@ class Stack:
 
     def jacobian(self, params: Mapping[str, Tensor], didx: Tensor, horizon=None, n_times=None):
         """Masked errors ``[Q, trace, comp, time]`` and their exact sensitivities to the free
-        conductances ``[Q, trace, P, comp, time]`` (fused kernel; ``params`` ``[Q, comp]``;
-        ``horizon``, ``n_times`` as in :meth:`simulate`)."""
+        conductances ``[Q, trace, P, comp, time]`` (fused kernel; ``params`` ``[Q, size]``;
+        parameters shared by region by the chain rule through the expansion; ``horizon``,
+        ``n_times`` as in :meth:`simulate`)."""
         m = self.m0
         stim, obs, reset = self._inputs(didx, horizon, n_times)
+        wrt = m.parametrisation.targets
         v, jac = sensitivities(
-            m.cell, dict(params), stim, m.t_eval[:n_times], m.solver, wrt=m.free, reset=reset
+            m.cell, m.expand(params), stim, m.t_eval[:n_times], m.solver, wrt=wrt, reset=reset
         )
+        if not m.parametrisation.per_compartment:
+            jac = torch.einsum("qakct,qkp->qapct", jac, m.expansion_jacobian(params))
         mask = self.mask[didx][:, None, :, None]
         return (v - obs) * mask, jac * mask[:, :, None]
 
@@ -137,7 +141,9 @@ def fingerprint(stack: Stack, protocol: str, settings: dict) -> str:
         {
             "protocol": protocol,
             "designs": [x.design.label for x in stack.models],
-            "free": m.free,
+            "free": m.free
+            if m.parametrisation.per_compartment
+            else [repr(f) for f in m.parametrisation.forms],
             "shape": list(stack.obs.shape),
             "settings": {k: v for k, v in settings.items() if k != "max_steps"},
             "checkpoint_format": CHECKPOINT_FORMAT,

@@ -343,7 +343,7 @@ def sbc(
     )
     noise = model.sigma if noise_sigma is None else noise_sigma
     gen = torch.Generator().manual_seed(seed)
-    labels = [f"{k}[{i}]" for k in model.free for i in range(model.n_comp)]
+    labels = model.labels
     rows, failures = [], []
     t0 = time.perf_counter()
     bar = progress_bar(n_runs, progress, f"SBC ({method})")

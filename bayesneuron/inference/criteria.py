@@ -149,7 +149,7 @@ def compartment_fisher(model, params: Mapping[str, Tensor]) -> Tensor:
     if model.sigma is None:
         raise FitError("compartment_fisher needs a fixed sigma in the model")
     n = next(iter(params.values())).shape[0]
-    if model.exact_sensitivities:
+    if model.exact_sensitivities and model.parametrisation.per_compartment:
         from bayesneuron.simulation.api import sensitivities
 
         p = {k: torch.as_tensor(params[k], dtype=model.dtype) for k in model.free}

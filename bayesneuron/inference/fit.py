@@ -380,12 +380,13 @@ def _truth(m0: NeuronModel, truth: Mapping) -> dict[str, np.ndarray]:
             v = np.asarray(truth[k], dtype=np.float64)
         except (TypeError, ValueError):
             raise FitError(f"truth[{k!r}] = {truth[k]!r} is not numeric") from None
-        if v.size != m0.n_comp or not np.all(np.isfinite(v)):
+        n = m0.sizes[k]
+        if v.size != n or not np.all(np.isfinite(v)):
+            per = m0.parametrisation.site(k).dim.replace("_region", " region")
             raise FitError(
-                f"truth[{k!r}] must be finite with one value per compartment [{m0.n_comp}], "
-                f"got shape {v.shape}"
+                f"truth[{k!r}] must be finite with one value per {per} [{n}], got shape {v.shape}"
             )
-        out[k] = v.reshape(m0.n_comp)
+        out[k] = v.reshape(n)
     return out
 
 
@@ -412,13 +413,14 @@ def _init(m0: NeuronModel, init: Mapping, n_starts: int) -> dict[str, Tensor]:
             v = torch.as_tensor(np.asarray(init[k], dtype=np.float64), dtype=m0.dtype)
         except (TypeError, ValueError):
             raise FitError(f"init[{k!r}] = {init[k]!r} is not numeric") from None
-        if v.shape == (m0.n_comp,):
-            v = v.expand(n_starts, m0.n_comp)
+        n = m0.sizes[k]
+        if v.shape == (n,):
+            v = v.expand(n_starts, n)
         v = v.to(m0.device)
-        if tuple(v.shape) != (n_starts, m0.n_comp) or not bool(torch.isfinite(v).all()):
+        if tuple(v.shape) != (n_starts, n) or not bool(torch.isfinite(v).all()):
             raise FitError(
-                f"init[{k!r}] must be finite with shape [{m0.n_comp}] or [{n_starts}, "
-                f"{m0.n_comp}] (n_starts × comp), got {tuple(v.shape)}"
+                f"init[{k!r}] must be finite with shape [{n}] or [{n_starts}, "
+                f"{n}] (n_starts × values), got {tuple(v.shape)}"
             )
         out[k] = v.clone()
     return out

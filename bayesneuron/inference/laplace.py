@@ -47,22 +47,22 @@ __all__ = [
 
 
 def _vector(model: NeuronModel, params: Mapping) -> Tensor:
+    sizes = model.sizes
     for k in model.free:
         if k not in params:
             raise FitError(
                 f"params lack {k!r}; give every free parameter {list(model.free)}, each "
-                f"[{model.n_comp}]"
+                f"[{sizes[k]}]"
             )
         x = params[k]
         count = x.numel() if isinstance(x, Tensor) else np.size(x)
-        if count != model.n_comp:
-            raise FitError(
-                f"params[{k!r}] has {count} values; expected one per compartment ({model.n_comp})"
-            )
+        if count != sizes[k]:
+            per = model.parametrisation.site(k).dim.replace("_region", " region")
+            raise FitError(f"params[{k!r}] has {count} values; expected one per {per} ({sizes[k]})")
     return torch.cat(
         [
             torch.as_tensor(np.asarray(params[k], dtype=np.float64), dtype=model.dtype).reshape(
-                model.n_comp
+                sizes[k]
             )
             for k in model.free
         ]
@@ -82,21 +82,22 @@ def jacobian(
     g = _vector(model, params)
     if method not in ("auto", "central"):
         raise FitError(f"jacobian: method {method!r} unknown; use 'auto' or 'central'")
-    n, P = model.n_comp, g.numel()
+    P, sizes = g.numel(), list(model.sizes.values())
     if method == "auto" and model.exact_sensitivities:
         from bayesneuron.simulation.api import sensitivities
 
-        split = {k: g[i * n : (i + 1) * n] for i, k in enumerate(model.free)}
-        args = (model.cell, split, model.stimulus, model.t_eval, model.solver)
-        _, jac = sensitivities(*args, wrt=model.free)  # [trace, P, comp, time]
+        split = dict(zip(model.free, g.split(sizes)))
+        args = (model.cell, model.expand(split), model.stimulus, model.t_eval, model.solver)
+        _, jac = sensitivities(*args, wrt=model.parametrisation.targets)  # [trace, K, comp, time]
         jac = jac.index_select(-2, torch.as_tensor(model.rec_index))
-        return jac.movedim(-3, 0).reshape(P, -1).T
-    if not bool((g > 0).all()):
-        raise FitError("jacobian: parameters must be > 0 (relative differences)")
+        J = jac.movedim(-3, 0).reshape(jac.shape[-3], -1).T  # [M, K]
+        return J if model.parametrisation.per_compartment else J @ model.expansion_jacobian(split)
+    if not bool((g != 0).all()):
+        raise FitError("jacobian: parameters must be ≠ 0 (relative differences)")
     eye = torch.eye(P, dtype=g.dtype, device=g.device)
     pts = torch.cat([g * (1 + step * eye), g * (1 - step * eye)])  # [2P, P]
     with torch.no_grad():
-        v = model.simulate({k: pts[:, i * n : (i + 1) * n] for i, k in enumerate(model.free)})
+        v = model.simulate(dict(zip(model.free, pts.split(sizes, -1))))
     v = v.reshape(2, P, -1)
     return ((v[0] - v[1]) / (2 * step * g[:, None])).T
 
@@ -125,8 +126,9 @@ def fisher_information(model: NeuronModel, params: Mapping, **kw) -> Tensor:
 
 @dataclass
 class LocalPosterior:
-    """The Laplace approximation at one point. Arrays are over ``P = n_free · n_comp``
-    parameters, free-name-major; :meth:`per_param` splits them by name."""
+    """The Laplace approximation at one point. Arrays are over the ``P`` coordinates
+    (``n_free · n_comp`` per compartment; one per region for parameters shared by region),
+    free-name-major; :meth:`per_param` splits them by name (``sizes`` values each)."""
 
     free: tuple[str, ...]
     mean: np.ndarray
@@ -134,6 +136,7 @@ class LocalPosterior:
     prior_var: np.ndarray
     logdet_fisher: float
     fisher_eigvals: np.ndarray
+    sizes: tuple[int, ...] | None = None
 
     @property
     def sd(self) -> np.ndarray:
@@ -150,7 +153,8 @@ class LocalPosterior:
         return self.cov / np.outer(s, s)
 
     def per_param(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.free, np.split(np.asarray(values), len(self.free))))
+        cuts = len(self.free) if self.sizes is None else np.cumsum(self.sizes)[:-1]
+        return dict(zip(self.free, np.split(np.asarray(values), cuts)))
 
 
 def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
@@ -183,6 +187,7 @@ def laplace(model: NeuronModel, params: Mapping, **kw) -> LocalPosterior:
         prior_var=prior_var.detach().cpu().numpy(),
         logdet_fisher=float(logdet) if sign > 0 else -np.inf,
         fisher_eigvals=ev,
+        sizes=tuple(model.sizes.values()),
     )
 
 

@@ -21,7 +21,8 @@ __all__ = ["Identifiability", "identifiability"]
 
 @dataclass
 class Identifiability:
-    """Metrics over ``P`` parameters (free-name-major, ``labels`` such as ``"g_na[3]"``)."""
+    """Metrics over ``P`` parameters (free-name-major, ``labels`` such as ``"g_na[3]"`` or,
+    shared by region, ``"g_k[soma]"``)."""
 
     labels: list[str]
     mean: np.ndarray
@@ -75,36 +76,41 @@ class Identifiability:
         ]
 
 
-def _flat(samples: Mapping, free, n_comp: int) -> np.ndarray:
+def _flat(samples: Mapping, free, sizes: Mapping[str, int]) -> np.ndarray:
     cols = []
     for k in free:
         if k not in samples:
             raise DataError(f"samples lack {k!r}; expected one array per free parameter {free}")
         x = np.asarray(samples[k], dtype=np.float64)
-        if x.shape[-1] != n_comp:
-            raise DataError(f"samples[{k!r}] has shape {x.shape}; expected [..., {n_comp}]")
-        cols.append(x.reshape(-1, n_comp))
+        if x.shape[-1] != sizes[k]:
+            raise DataError(f"samples[{k!r}] has shape {x.shape}; expected [..., {sizes[k]}]")
+        cols.append(x.reshape(-1, sizes[k]))
     return np.concatenate(cols, axis=1)  # [draw, P]
 
 
 def identifiability(samples: Mapping, model, truth: Mapping | None = None) -> Identifiability:
-    """Metrics of posterior draws name → ``[..., comp]`` (any leading chain/draw dims) of the
-    free parameters of ``model`` (its priors give the prior sds); ``truth`` name → ``[comp]``."""
-    free, n = model.free, model.n_comp
-    x = _flat(samples, free, n)
+    """Metrics of posterior draws name → ``[..., size]`` (any leading chain/draw dims) of the
+    free parameters of ``model`` (its priors give the prior sds); ``truth`` name → ``[size]``
+    (``size``: the compartments, or the regions of a parameter shared by region; labels
+    ``g_na[3]``, ``g_k[soma]``). Eigen-directions are of ``log g``, or of ``g`` for a
+    parameter that takes values ≤ 0 (a reversal potential)."""
+    free, sizes = model.free, model.sizes
+    x = _flat(samples, free, sizes)
     if x.shape[0] < 2 or not np.isfinite(x).all():
         raise DataError("identifiability needs ≥ 2 finite draws")
     prior_sd = np.concatenate(
-        [np.broadcast_to(model.priors[k].variance.cpu().numpy() ** 0.5, (n,)) for k in free]
+        [np.broadcast_to(model.priors[k].variance.cpu().numpy() ** 0.5, (sizes[k],)) for k in free]
     )
     mean, sd = x.mean(0), x.std(0, ddof=1)
     tru = cov90 = None
     if truth is not None:
-        tru = np.concatenate([np.asarray(truth[k], dtype=np.float64).reshape(n) for k in free])
+        tru = np.concatenate(
+            [np.asarray(truth[k], dtype=np.float64).reshape(sizes[k]) for k in free]
+        )
         lo, hi = np.quantile(x, [0.05, 0.95], axis=0)
         cov90 = (tru >= lo) & (tru <= hi)
     corr = np.corrcoef(x, rowvar=False)
-    logx = np.log(np.clip(x, 1e-300, None))
+    positive = (x > 0).all(0)
+    logx = np.where(positive, np.log(np.clip(x, 1e-300, None)), x)
     ev, evec = np.linalg.eigh(np.cov(logx, rowvar=False))
-    labels = [f"{k}[{i}]" for k in free for i in range(n)]
-    return Identifiability(labels, mean, sd, prior_sd, tru, cov90, corr, ev, evec)
+    return Identifiability(list(model.labels), mean, sd, prior_sd, tru, cov90, corr, ev, evec)

@@ -1,18 +1,23 @@
-"""The Pyro model: priors over per-compartment parameters, the simulator as the likelihood.
+"""The Pyro model: priors over the free parameters, the simulator as the likelihood.
 
 ::
 
     with plate("compartment", n_comp):            # dim −1
         g_na ~ prior_na ;  g_k ~ prior_k           # [comp] each (any free parameter)
+    with plate("g_l_region", n_regions):          # parameters shared by region, if any
+        g_l ~ prior_l                              # [region]
     sigma = fixed, or sigma ~ prior_sigma          # mV
-    V = simulate(cell, g, stimulus)[..., rec, :]   # [trace, n_rec, time]
+    V = simulate(cell, expand(g), stimulus)[..., rec, :]   # [trace, n_rec, time]
     with plate("trace", n_trace):                  # dim −1
         v_obs ~ Normal(V, sigma).to_event(2)       # [trace, n_rec, time]
 
 Site names and shapes are stable: one site per free parameter, named as the cell's parameter
-(``g_na``, ``g_k``, …), shape ``[comp]``; ``sigma`` (scalar, only when inferred); ``v_obs``
-``[trace, n_rec, time]``. Outer plates (Pyro's vectorised particles, ``Predictive(parallel=True)``)
-add leading dimensions that go through the simulator as a batch, not a Python loop.
+(``g_na``, ``g_k``, …), shape ``[comp]`` by default; a parameter shared by region
+(:mod:`.forms`) is a site ``[region]`` over its own plate ``<name>_region``, a distance law
+has sites ``<name>_g0`` and ``<name>_lam``; ``expand`` turns them into per-compartment values
+differentiably. ``sigma`` (scalar, only when inferred); ``v_obs`` ``[trace, n_rec, time]``.
+Outer plates (Pyro's vectorised particles, ``Predictive(parallel=True)``) add leading
+dimensions that go through the simulator as a batch, not a Python loop.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from torch import Tensor
 
 from bayesneuron.cell import Cell
 from bayesneuron.errors import DataError, DesignError, ParameterError
-from bayesneuron.inference.priors import LogNormalPrior, resolve_priors
+from bayesneuron.inference.forms import Form, Parametrisation
+from bayesneuron.inference.priors import LogNormalPrior, NormalPrior, resolve_priors
 from bayesneuron.protocol.design import Design
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.simulation.api import check_device, runs_fused, simulate
@@ -49,10 +55,14 @@ class NeuronModel:
             zeroed (the design decides where current goes).
         t_eval: observation times ``[time]`` in ms (the simulation starts at ``t_eval[0]``).
         design: stimulated and recorded compartments (default: all and all).
-        free: the per-compartment parameters to infer (default ``("g_na", "g_k")``).
-        priors: one spec for all free parameters or a mapping name → spec (see
-            :mod:`bayesneuron.inference.priors`; default ``LogNormalPrior(sd=0.5)``). ``None`` (no prior)
-            is allowed for maximum-likelihood fits only.
+        free: the parameters to infer (default ``("g_na", "g_k")``, per compartment): names
+            of the cell's parameters (``g_l``, ``e_l``, ``e_na``, ``cm``, ``ra``, …; one value per
+            compartment) or forms shared by region (:class:`~.forms.Shared`,
+            :class:`~.forms.ExpDistance`).
+        priors: one spec for all free parameters or a mapping site name → spec (see
+            :mod:`bayesneuron.inference.priors`; default ``LogNormalPrior(sd=0.5)``, and
+            ``NormalPrior(sd=10)`` mV for reversal potentials). ``None`` (no prior) is allowed
+            for maximum-likelihood fits only.
         sigma: observation noise sd in mV: a number (fixed), a Pyro distribution over a
             positive scalar (inferred, site ``sigma``), or ``"infer"`` (inferred under the
             default prior ``LogNormal(log 1 mV, 1)``).
@@ -68,7 +78,7 @@ class NeuronModel:
         t_eval: Sequence[float] | np.ndarray,
         design: Design | None = None,
         *,
-        free: Sequence[str] = ("g_na", "g_k"),
+        free: Sequence[str | Form] = ("g_na", "g_k"),
         priors=DEFAULT_PRIOR,
         sigma: float | dist.Distribution = 1.0,
         solver: CrankNicolson | BackwardEuler | Torchdiffeq | None = None,
@@ -103,25 +113,18 @@ class NeuronModel:
                 "t_eval must be finite and strictly increasing (ms); got "
                 f"{np.array2string(self.t_eval, threshold=8)}"
             )
-        self.free = (free,) if isinstance(free, str) else tuple(free)
-        if not self.free:
-            raise ParameterError("free is empty: name at least one parameter to infer")
-        unknown = [k for k in self.free if k not in cell.params]
-        if unknown:
-            raise ParameterError(
-                f"free parameters {unknown} are not parameters of this cell; it has "
-                f"{list(cell.param_names)}"
-            )
-        if len(set(self.free)) != len(self.free):
-            raise ParameterError(f"free lists a parameter twice: {list(self.free)}")
         self.dtype = dtype
         self.device = check_device("cpu" if device is None else device)
         self.solver = CrankNicolson(dt=0.004) if solver is None else solver
-        self.base = {
-            k: torch.tensor(np.array(cell.params[k]), dtype=dtype, device=self.device)
-            for k in self.free
-        }
-        self.priors = resolve_priors(self.free, priors, self.base)
+        free = (free,) if isinstance(free, (str, Form)) else tuple(free)
+        self.parametrisation = Parametrisation(cell, free, dtype, self.device)
+        self.free = self.parametrisation.names
+        sites = self.parametrisation.sites
+        self.base = {s.name: torch.tensor(s.base, dtype=dtype, device=self.device) for s in sites}
+        defaults = {s.name: NormalPrior() if s.signed else LogNormalPrior() for s in sites}
+        self.priors = resolve_priors(
+            self.free, {} if priors is DEFAULT_PRIOR else priors, self.base, defaults
+        )
         self.sigma, self.sigma_prior = _noise_sd(sigma, dtype, self.device)
         self._rec = torch.as_tensor(self.rec_index, device=self.device)
 
@@ -139,13 +142,41 @@ class NeuronModel:
         """Shape of ``v_obs``: ``(trace, n_rec, time)``."""
         return (self.n_trace, len(self.rec_index), self.t_eval.size)
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Values per free parameter (site): ``n_comp``, or its number of regions."""
+        return {s.name: s.size for s in self.parametrisation.sites}
+
+    @property
+    def labels(self) -> list[str]:
+        """``"g_na[0]"`` (per compartment), ``"g_k[soma]"`` (per region), … in the order
+        of the free vector."""
+        return [f"{s.name}[{lab}]" for s in self.parametrisation.sites for lab in s.labels]
+
+    def plates(self) -> list[tuple[str, int, tuple[str, ...]]]:
+        """``(plate name, size, sites)`` per dim of the free parameters, in order:
+        ``"compartment"`` and/or ``"<name>_region"``."""
+        out: dict[str, tuple[int, list[str]]] = {}
+        for s in self.parametrisation.sites:
+            out.setdefault(s.dim, (s.size, []))[1].append(s.name)
+        return [(dim, size, tuple(names)) for dim, (size, names) in out.items()]
+
     # ------------------------------------------------------------------ pieces
+    def expand(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Free-parameter values (site → ``[sample…, size]``) → the cell's parameters
+        ``[sample…, comp]`` that :func:`~bayesneuron.simulate` takes (per-compartment models:
+        unchanged)."""
+        if self.parametrisation.per_compartment:
+            return dict(params)
+        return self.parametrisation.expand(params)
+
     def simulate(self, params: Mapping[str, Tensor], recorded: bool = True) -> Tensor:
         """Voltages ``[sample…, trace, n_rec, time]`` (all compartments if ``recorded=False``)
-        for free-parameter values ``params[name]`` of shape ``[sample…, comp]``."""
+        for free-parameter values ``params[name]`` of shape ``[sample…, size]`` (``size``
+        the compartments, or the regions of a parameter shared by region)."""
         v = simulate(
             self.cell,
-            dict(params),
+            self.expand(params),
             self.stimulus,
             self.t_eval,
             self.solver,
@@ -157,11 +188,31 @@ class NeuronModel:
     @property
     def exact_sensitivities(self) -> bool:
         """Whether :func:`~bayesneuron.simulation.sensitivities` applies: the fused CPU kernel in
-        float64, and every free parameter a channel's maximal conductance ``g_<channel>``."""
+        float64, and every free parameter sets a channel's maximal conductance
+        ``g_<channel>`` (per region through :meth:`expansion_jacobian`)."""
         chans = {f"g_{c.name}" for c in self.cell.channels}
-        return all(k in chans for k in self.free) and runs_fused(
+        return all(k in chans for k in self.parametrisation.targets) and runs_fused(
             self.cell, self.solver, self.dtype, self.device
         )
+
+    def expansion_jacobian(self, params: Mapping[str, Tensor]) -> Tensor:
+        """``∂ expand(params) / ∂ params`` ``[sample…, T·comp, P]``: rows the cell parameters
+        :attr:`Parametrisation.targets` per compartment, columns the free vector (site-major)
+        at ``params`` (site → ``[sample…, size]``)."""
+        sizes = list(self.sizes.values())
+        x = torch.cat([torch.as_tensor(params[k]).to(self.dtype) for k in self.free], -1)
+        x = x.detach().requires_grad_()
+        with torch.enable_grad():
+            out = self.parametrisation.expand(dict(zip(self.free, x.split(sizes, -1))))
+            out = torch.cat([out[k] for k in self.parametrisation.targets], -1)
+            # J·e_j by two reverse passes: uᵀJ is linear in u, and its u-gradient is J's column
+            u = torch.zeros_like(out, requires_grad=True)
+            (ujac,) = torch.autograd.grad(out, x, u, create_graph=True)
+            cols = [
+                torch.autograd.grad(ujac[..., j].sum(), u, retain_graph=True, allow_unused=True)[0]
+                for j in range(x.shape[-1])
+            ]
+        return torch.stack([torch.zeros_like(out) if c is None else c for c in cols], -1).detach()
 
     def check_data(self, v_obs) -> Tensor:
         """``v_obs`` as a tensor of :attr:`obs_shape`, or a :class:`DataError` saying why not."""
@@ -197,8 +248,10 @@ class NeuronModel:
                 f"{missing} have no prior: sampling needs a proper prior (priors=None is for "
                 "fit_map only)"
             )
-        with pyro.plate("compartment", self.n_comp, dim=-1):
-            params = {k: pyro.sample(k, self.priors[k]) for k in self.free}
+        params = {}
+        for dim, size, names in self.plates():
+            with pyro.plate(dim, size, dim=-1):
+                params.update({k: pyro.sample(k, self.priors[k]) for k in names})
         if self.sigma_prior is not None:
             sigma = pyro.sample("sigma", self.sigma_prior)
             sigma = sigma.reshape(sigma.shape + (1, 1))

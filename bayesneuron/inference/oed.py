@@ -42,7 +42,7 @@ def _oed_model(model, space: ParameterSpace):
         batch = design.shape[:-1]
         parts = []
         for k in model.free:
-            d = model.priors[k].expand(batch + (model.n_comp,)).to_event(1)
+            d = model.priors[k].expand(batch + (model.base[k].shape[-1],)).to_event(1)
             parts.append(pyro.sample(k, d))
         v = model.simulate(dict(zip(model.free, parts)))  # [*batch, trace, n_rec, time]
         return pyro.sample("v_obs", dist.Normal(v, model.sigma).to_event(3))

@@ -64,18 +64,20 @@ def profile_likelihood(
     the grid (``False``: silent)."""
     if name not in model.free:
         raise FitError(f"{name!r} is not a free parameter of the model; it has {list(model.free)}")
-    if not 0 <= comp < model.n_comp:
-        raise FitError(f"comp = {comp} is not a compartment (0 … {model.n_comp - 1})")
+    n = model.sizes[name]
+    if not 0 <= comp < n:
+        what = model.parametrisation.site(name).dim.replace("_region", " region")
+        raise FitError(f"comp = {comp} is not a {what} (0 … {n - 1})")
     v_obs = model.check_data(v_obs)
     space = ParameterSpace(model)
-    j = model.free.index(name) * model.n_comp + comp
+    j = sum(model.sizes[k] for k in model.free[: model.free.index(name)]) + comp
     u = space.unconstrain(init).detach().clone()
     vals = np.asarray(values, dtype=np.float64)
     if vals.ndim != 1 or vals.size < 2:
         raise FitError("values must be a 1-D grid of at least 2 values")
     order = np.argsort(np.abs(vals - float(np.asarray(init[name])[comp])))  # nearest first
     obj = np.full(vals.size, np.nan)
-    others = {k: np.full((vals.size, model.n_comp), np.nan) for k in model.free}
+    others = {k: np.full((vals.size, model.sizes[k]), np.nan) for k in model.free}
     bar = progress_bar(vals.size, progress, f"profile {name}[{comp}]")
     for i in order:
         point = {

@@ -56,7 +56,7 @@ def fisher_spectrum(model: NeuronModel, truth: Mapping, tol: float = FISHER_TOL)
     g = np.concatenate([np.asarray(truth[k], dtype=np.float64) for k in model.free])
     J = jacobian(model, truth).cpu().numpy() * g[None, :] / model.sigma
     ev, vec = np.linalg.eigh(J.T @ J)
-    labels = [f"{k}[{i}]" for k in model.free for i in range(model.n_comp)]
+    labels = model.labels
     flat = []
     for j in np.nonzero(ev < tol)[0]:
         w = vec[:, j] ** 2

@@ -2,7 +2,9 @@
 their priors: the one parameter space of every inference method.
 
 MAP (Levenberg–Marquardt), Laplace, the SVI guides and NUTS all work in ``u ∈ ℝᴾ``,
-``P = n_free · n_comp``, ordered free-name-major (``g_na[0…n−1], g_k[0…n−1], …``):
+``P = Σ sizes`` (``n_free · n_comp`` for per-compartment parameters; a parameter shared by
+region has one coordinate per region), ordered free-name-major (``g_na[0…n−1], g_k[0…n−1],
+…``):
 ``g = T(u)`` with ``T = biject_to(prior.support)`` per parameter (``exp`` for positive
 supports, a scaled logistic for the paper's bounded ``base · U(0.7, 1.3)``, the identity on
 ℝ), the transform Pyro's autoguides use; a parameter without a prior (maximum-likelihood MAP
@@ -65,6 +67,14 @@ class ParameterSpace:
             )
         self.free = model.free
         self.n_comp = model.n_comp
+        self.sizes = [int(model.base[k].numel()) for k in self.free]
+        # NeuronModel's labels and dims; a duck-typed model (a linear-Gaussian reference
+        # problem) has per-compartment parameters only
+        n = self.n_comp
+        per_comp = [f"{k}[{i}]" for k in self.free for i in range(n)]
+        self._labels = list(getattr(model, "labels", per_comp))
+        sites = getattr(getattr(model, "parametrisation", None), "sites", ())
+        self._dims = {k: "compartment" for k in self.free} | {s.name: s.dim for s in sites}
         self.priors = {k: model.priors[k] for k in self.free}
         self.transforms = {k: biject_to(self.support(k)) for k in self.free}
         self.dtype, self.device = model.dtype, model.device
@@ -80,8 +90,9 @@ class ParameterSpace:
 
     @property
     def n_params(self) -> int:
-        """``P = n_free · n_comp``: the per-compartment coordinates (all but ``σ``'s)."""
-        return len(self.free) * self.n_comp
+        """``P``: the free parameters' coordinates (all but ``σ``'s; ``n_free · n_comp`` when
+        every parameter is per compartment)."""
+        return sum(self.sizes)
 
     @property
     def size(self) -> int:
@@ -90,15 +101,16 @@ class ParameterSpace:
 
     @property
     def labels(self) -> list[str]:
-        """``"g_na[0]"``, … in vector order (then ``"sigma"`` when inferred)."""
-        out = [f"{k}[{i}]" for k in self.free for i in range(self.n_comp)]
+        """``"g_na[0]"``, ``"g_k[soma]"``, … in vector order (then ``"sigma"`` when
+        inferred)."""
+        out = list(self._labels)
         return out + ["sigma"] if self.infer_sigma else out
 
     def split(self, x: Tensor) -> dict[str, Tensor]:
-        """``[..., P]`` (or ``[..., P + 1]``) → name → ``[..., comp]`` (no transform; ``σ``'s
+        """``[..., P]`` (or ``[..., P + 1]``) → name → ``[..., size]`` (no transform; ``σ``'s
         coordinate, if any, is left out)."""
-        n = self.n_comp
-        return {k: x[..., i * n : (i + 1) * n] for i, k in enumerate(self.free)}
+        parts = x[..., : self.n_params].split(self.sizes, -1)
+        return dict(zip(self.free, parts))
 
     def join(self, params: Mapping) -> Tensor:
         """name → ``[..., comp]`` → ``[..., P]`` (no transform; the per-compartment ones)."""
@@ -152,9 +164,11 @@ class ParameterSpace:
                 g = torch.as_tensor(x, dtype=self.dtype)
             except (TypeError, ValueError):
                 raise FitError(f"{k} = {params[k]!r} is not numeric") from None
-            if g.shape[-1:] != (self.n_comp,) or not bool(torch.isfinite(g).all()):
+            size = self.sizes[self.free.index(k)]
+            if g.shape[-1:] != (size,) or not bool(torch.isfinite(g).all()):
+                what = self._dims[k].replace("_region", " region")
                 raise FitError(
-                    f"{k} must be finite with one value per compartment [..., {self.n_comp}], "
+                    f"{k} must be finite with one value per {what} [..., {size}], "
                     f"got shape {tuple(g.shape)}"
                 )
             g = g.to(self.device)
@@ -193,7 +207,8 @@ class ParameterSpace:
         """``[size]`` bool: the coordinates of priors on an interval (where ``T`` is
         logistic)."""
         flags = [isinstance(self.support(k), constraints.interval) for k in self.free]
-        out = torch.tensor(flags, device=self.device).repeat_interleave(self.n_comp)
+        reps = torch.tensor(self.sizes, device=self.device)
+        out = torch.tensor(flags, device=self.device).repeat_interleave(reps)
         if self.infer_sigma:
             tail = isinstance(self.sigma_prior.support, constraints.interval)
             out = torch.cat([out, torch.tensor([tail], device=self.device)])
@@ -228,8 +243,8 @@ class ParameterSpace:
 
     def prior_variance(self) -> Tensor:
         """Prior variance of ``g`` ``[P]`` (the denominator of the contraction; the
-        per-compartment parameters only)."""
-        return torch.cat([self.priors[k].variance.expand(self.n_comp) for k in self.free])
+        free parameters but ``σ``)."""
+        return torch.cat([self.priors[k].variance.expand(n) for k, n in zip(self.free, self.sizes)])
 
 
 def _default_prior(base: Tensor) -> dist.Distribution:
@@ -277,7 +292,7 @@ def _draw(d, shape: tuple, gen: torch.Generator, dtype, device) -> Tensor:
 
 
 def start_points(model, n_starts: int, seed: int) -> dict[str, Tensor]:
-    """MAP starts name → ``[n_starts, comp]``: start 0 at the cell's values (the priors'
+    """MAP starts name → ``[n_starts, size]``: start 0 at the cell's values (the priors'
     base), the others :func:`prior_draws` with ``seed``."""
     draws = prior_draws(model, n_starts - 1, seed)
     return {k: torch.cat([model.base[k][None], draws[k]]) for k in model.free}

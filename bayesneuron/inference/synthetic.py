@@ -71,8 +71,8 @@ def synthetic_data(
     missing = [k for k in model.free if k not in truth]
     if missing:
         raise ParameterError(
-            f"truth lacks {missing}; give a value per compartment for every free parameter "
-            f"{list(model.free)}"
+            f"truth lacks {missing}; give a value per compartment (per region where shared by "
+            f"region) for every free parameter {list(model.free)}"
         )
     params = {}
     for k in model.free:
@@ -83,7 +83,7 @@ def synthetic_data(
     with torch.no_grad():
         v = simulate(
             model.cell,
-            params,
+            model.expand(params),
             model.stimulus,
             model.t_eval,
             solver or model.solver,

@@ -96,11 +96,13 @@ class WhitenedModel:
 
 def _record_sites(model: NeuronModel, g: dict[str, Tensor], record) -> None:
     """``record(name, value)`` per model site: the per-compartment parameters ``[..., comp]``
-    under plate ``"compartment"``, an inferred ``sigma`` ``[...]`` outside it (as a
-    ``[..., 1]`` batch, so that it lines up with an outer particle plate at dim −2)."""
-    with pyro.plate("compartment", model.n_comp, dim=-1):
-        for k in model.free:
-            record(k, g[k])
+    under plate ``"compartment"`` (those shared by region under their ``<name>_region``
+    plates), an inferred ``sigma`` ``[...]`` outside it (as a ``[..., 1]`` batch, so that it
+    lines up with an outer particle plate at dim −2)."""
+    for dim, size, names in model.plates():
+        with pyro.plate(dim, size, dim=-1):
+            for k in names:
+                record(k, g[k])
     if "sigma" in g:
         s = g["sigma"]
         record("sigma", s if s.dim() == 0 else s[..., None])

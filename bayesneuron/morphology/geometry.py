@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bayesneuron.errors import MorphologyError
+from bayesneuron.morphology._cable import cable_facts
 from bayesneuron.morphology.tree import Morphology, find_cycle
 
 __all__ = ["Section", "from_sections", "section_nseg", "segment_geometry"]
@@ -396,6 +397,7 @@ def from_sections(
         cm=cm_comp,
         geometric=True,
         _junction_names=junction_names,
+        **cable_facts(sections, nsegs, geoms, ras, first, junction, root),
     )
 
 

@@ -47,6 +47,13 @@ class Morphology:
         area: membrane area per compartment ``[n_comp]`` in cm² (ones for abstract cells).
         cm: specific membrane capacitance per compartment ``[n_comp]`` in µF/cm².
         geometric: True when areas are real (currents are then injected in nA).
+        distance: path distance of every compartment's centre from the root compartment's
+            centre ``[n_comp]`` in µm (geometric cells; ``None`` for abstract ones).
+        ra: axial resistivity of every compartment ``[n_comp]`` in Ω·cm (geometric cells).
+        ra_pieces: the resistance of every node's edge to its parent at unit resistivity, split
+            into the node's own half-segment and the parent's ``[n_nodes, 2]`` (MΩ per Ω·cm;
+            0 at a junction), so that ``axial = 1e-3 / (pieces[:, 0]·ra[node] +
+            pieces[:, 1]·ra[parent])`` mS; what lets ``ra`` be a free parameter.
 
     Raises:
         MorphologyError: on several roots, cycles, disconnected parts, parents that do not
@@ -60,6 +67,9 @@ class Morphology:
     cm: np.ndarray
     geometric: bool = False
     _junction_names: tuple[str, ...] = field(default=(), repr=False)
+    distance: np.ndarray | None = field(default=None, repr=False)
+    ra: np.ndarray | None = field(default=None, repr=False)
+    ra_pieces: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -88,6 +98,7 @@ class Morphology:
                     f"{what} must be finite and > 0"
                 )
         _check_tree(self.parents, self._node_name)
+        self._check_cable()
         nonroot = self.parents >= 0
         bad = np.flatnonzero(nonroot & ~(np.isfinite(self.axial) & (self.axial > 0)))
         if bad.size:
@@ -96,6 +107,26 @@ class Morphology:
                 f"the axial conductance between node {i} ({self._node_name(i)!r}) and its parent "
                 f"is {self.axial[i]}; it must be finite and > 0 (check diameters, lengths and Ra)"
             )
+
+    def _check_cable(self) -> None:
+        """``distance``, ``ra`` and ``ra_pieces``: absent, or of their shapes and finite."""
+        shapes = {
+            "distance": (self.n_comp,),
+            "ra": (self.n_comp,),
+            "ra_pieces": (self.n_nodes, 2),
+        }
+        for what, shape in shapes.items():
+            x = getattr(self, what)
+            if x is None:
+                continue
+            object.__setattr__(self, what, _readonly(x, np.float64))
+            x = getattr(self, what)
+            if x.shape != shape or not np.all(np.isfinite(x)) or np.any(x < 0):
+                raise MorphologyError(
+                    f"{what} has shape {x.shape}; expected {shape}, finite and ≥ 0"
+                )
+        if self.ra is not None and np.any(self.ra <= 0):
+            raise MorphologyError("ra must be > 0 (Ω·cm) in every compartment")
 
     # ------------------------------------------------------------------ views
     @property

@@ -3,13 +3,16 @@
 This is the only module of bayesneuron that imports ArviZ, but for ``arviz.psislw`` in
 :func:`bayesneuron.inference.diagnostics.psis_khat`. The contract is the Pyro model's
 site names (:mod:`bayesneuron.inference.model`): one variable per free parameter (``g_na``, ``g_k``, …)
-over ``compartment``, the scalar ``sigma`` (mV) when it is inferred, and ``v_obs`` over
-``(trace, rec_compartment, time)``.
+over ``compartment`` — or, for a parameter shared by region (:mod:`bayesneuron.inference.forms`),
+over ``<name>_region`` with the region names as coordinates (``g_k`` over ``g_k_region`` =
+``["soma", "dend"]``; a distance law's ``g_ih_g0``, ``g_ih_lam`` over ``g_ih_region``) — the
+scalar ``sigma`` (mV) when it is inferred, and ``v_obs`` over ``(trace, rec_compartment, time)``.
 
 ======================  =======================================  ==============================
 group                   variables                                dims (after chain, draw)
 ======================  =======================================  ==============================
-posterior, prior        ``g_na``, ``g_k``, … ; ``sigma``         ``compartment`` ; ()
+posterior, prior        ``g_na``, ``g_k``, … ; ``sigma``         ``compartment`` or
+                                                                 ``<name>_region`` ; ()
 posterior_predictive,   ``v_obs`` (mV)                           ``trace, rec_compartment, time``
 prior_predictive
 log_likelihood          ``v_obs`` (one value per trace)          ``trace``
@@ -82,7 +85,8 @@ def to_inference_data(
 
     Args:
         model: the ``NeuronModel`` that was fitted (gives dims, coords, design, priors).
-        posterior: name → ``[chain, draw, comp]`` for every name in ``model.free`` (mS/cm² for
+        posterior: name → ``[chain, draw, size]`` for every name in ``model.free`` (``size``
+            the compartments, or the regions of a parameter shared by region; mS/cm² for
             conductances); optionally ``"sigma"`` → ``[chain, draw]`` in mV. numpy or torch.
         prior: the same layout for prior draws (chain/draw counts may differ).
         posterior_predictive, prior_predictive: ``{"v_obs": [chain, draw, trace, n_rec, time]}``
@@ -91,7 +95,7 @@ def to_inference_data(
             (so ``az.loo`` leaves out one trace at a time).
         observed: the data ``[trace, n_rec, time]`` in mV.
         sample_stats: name → ``[chain, draw]`` (``diverging``, ``lp``, ``log_weight``, …).
-        truth: name → ``[comp]`` ground truth (simulated data), stored as ``<name>_true``.
+        truth: name → ``[size]`` ground truth (simulated data), stored as ``<name>_true``.
         attrs: provenance; ``"inference"`` names the method (``"nuts"``,
             ``"svi:AutoMultivariateNormal"``, ``"laplace"``). Values must be JSON-serialisable;
             dicts, lists and booleans are stored as JSON strings.
@@ -152,10 +156,11 @@ def _check_params(model, draws: Mapping, group: str) -> tuple[int, int]:
     if not isinstance(draws, Mapping):
         raise DataError(f"{group} must be a mapping name → array, got {type(draws).__name__}")
     missing = [k for k in model.free if k not in draws]
+    sizes = model.sizes
     if missing:
         raise DataError(
             f"{group} lacks free parameter(s) {missing}: give each of {list(model.free)} as "
-            f"[chain, draw, {model.n_comp}]"
+            f"[chain, draw, {sizes[missing[0]]}]"
         )
     inferred_sigma = model.sigma_prior is not None
     extra = sorted(set(draws) - set(model.free) - ({"sigma"} if inferred_sigma else set()))
@@ -165,10 +170,10 @@ def _check_params(model, draws: Mapping, group: str) -> tuple[int, int]:
             f"{group} has variables {extra} that are not sites of this model{why}; expected the "
             f"free parameters {list(model.free)}" + (" and 'sigma'" if inferred_sigma else "")
         )
-    k0, n = model.free[0], model.n_comp
-    n_chain, n_draw, _ = _array(draws[k0], f"{group} {k0!r}", (None, None, n), _PARAM).shape
+    k0 = model.free[0]
+    n_chain, n_draw, _ = _array(draws[k0], f"{group} {k0!r}", (None, None, sizes[k0]), _PARAM).shape
     for k in draws:
-        shape = (n_chain, n_draw) if k == "sigma" else (n_chain, n_draw, n)
+        shape = (n_chain, n_draw) if k == "sigma" else (n_chain, n_draw, sizes[k])
         _array(draws[k], f"{group} {k!r}", shape, "[chain, draw]" if k == "sigma" else _PARAM)
     return n_chain, n_draw
 
@@ -178,10 +183,20 @@ def _names(model) -> np.ndarray:
 
 
 def _comp_coords(model) -> dict:
-    return {
+    """The ``compartment`` coordinates, and the region names of every ``<name>_region`` dim."""
+    out = {
         "compartment": np.arange(model.n_comp),
         "compartment_name": ("compartment", _names(model)),
     }
+    for s in model.parametrisation.sites:
+        if s.dim != "compartment":
+            out[s.dim] = np.array(s.labels, dtype=str)
+    return out
+
+
+def _dims(model) -> dict[str, str]:
+    """The dim of every free parameter: ``compartment`` or ``<name>_region``."""
+    return {s.name: s.dim for s in model.parametrisation.sites}
 
 
 def _volt_coords(model) -> dict:
@@ -200,13 +215,13 @@ def _chain_draw(n_chain: int, n_draw: int) -> dict:
 
 def _param_dataset(model, draws: Mapping) -> xr.Dataset:
     """Parameter draws ``[chain, draw, comp]`` (and ``sigma [chain, draw]``) as a Dataset."""
-    data = {}
+    data, dims = {}, _dims(model)
     for k in draws:
         a = np.asarray(_to_numpy(draws[k]), dtype=np.float64)
         if k == "sigma":
             data[k] = (("chain", "draw"), a, {"units": "mV"})
         else:
-            data[k] = (("chain", "draw", "compartment"), a)
+            data[k] = (("chain", "draw", dims[k]), a)
     n_chain, n_draw = np.shape(_to_numpy(draws[model.free[0]]))[:2]
     return xr.Dataset(data, coords={**_chain_draw(n_chain, n_draw), **_comp_coords(model)})
 
@@ -263,7 +278,7 @@ def _prior_moments(d) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _constant_dataset(model, truth: Mapping | None) -> xr.Dataset:
     """Design sites, time grid, ground truth and prior moments."""
-    n = model.n_comp
+    dims, sizes = _dims(model), model.sizes
     data = {
         "stim_sites": (("stim_site",), np.asarray(model.stim_index, dtype=np.int64)),
         "rec_sites": (("rec_site",), np.asarray(model.rec_index, dtype=np.int64)),
@@ -278,13 +293,14 @@ def _constant_dataset(model, truth: Mapping | None) -> xr.Dataset:
                 f"truth has {k!r}, which is not a site of this model; expected names from "
                 f"{list(model.free)} or 'sigma'"
             )
-        a = _array(truth[k], f"truth {k!r}", (n,), f"[comp={n}]")
-        data[f"{k}_true"] = (("compartment",), a.astype(np.float64))
+        n = sizes[k]
+        a = _array(truth[k], f"truth {k!r}", (n,), f"[{dims[k]}={n}]")
+        data[f"{k}_true"] = ((dims[k],), a.astype(np.float64))
     for k, d in model.priors.items():
-        m = _prior_moments(d)
+        m, n = _prior_moments(d), sizes[k]
         if m is not None:
-            data[f"{k}_prior_mean"] = (("compartment",), np.broadcast_to(m[0], (n,)).copy())
-            data[f"{k}_prior_sd"] = (("compartment",), np.broadcast_to(m[1], (n,)).copy())
+            data[f"{k}_prior_mean"] = ((dims[k],), np.broadcast_to(m[0], (n,)).copy())
+            data[f"{k}_prior_sd"] = ((dims[k],), np.broadcast_to(m[1], (n,)).copy())
     m = _prior_moments(model.sigma_prior)
     if m is not None:
         data["sigma_prior_mean"], data["sigma_prior_sd"] = ((), float(m[0])), ((), float(m[1]))
@@ -319,6 +335,8 @@ def _attrs(model, attrs: Mapping | None) -> dict:
     }
     if model.sigma is not None:
         out["sigma_fixed_mV"] = float(model.sigma)
+    if not model.parametrisation.per_compartment:
+        out["parametrisation"] = [repr(f) for f in model.parametrisation.forms]
     out.update(attrs or {})
     return {str(k): _attr_value(str(k), v) for k, v in out.items()}
 
@@ -406,14 +424,16 @@ def summary(idata: az.InferenceData, var_names=None) -> pd.DataFrame:
 
 
 def _per_row(post: xr.Dataset, names, const: xr.Dataset, suffix: str) -> dict:
-    """Row label (``g_na[3]``, ``sigma``) → value of ``<name><suffix>`` in constant_data."""
+    """Row label (``g_na[3]``, ``g_k[soma]``, ``sigma``) → value of ``<name><suffix>`` in
+    constant_data."""
     out = {}
     for k in names:
         if f"{k}{suffix}" not in const:
             continue
         v = const[f"{k}{suffix}"]
-        if "compartment" in post[k].dims:
-            for c, x in zip(v["compartment"].values, v.values):
+        if post[k].ndim > 2:  # over compartment or <name>_region
+            dim = post[k].dims[2]
+            for c, x in zip(v[dim].values, v.values):
                 out[f"{k}[{c}]"] = float(x)
         else:
             out[k] = float(v)

@@ -74,14 +74,23 @@ def _compartments(post, compartments, limit: int | None = _MAX_PANELS) -> list[i
     return list(compartments)
 
 
+def _entries(post, var: str, comps) -> list[int | None]:
+    """Panels of one variable: the chosen compartments, every region of a parameter shared by
+    region (``<name>_region``), or None for a scalar."""
+    if "compartment" in post[var].dims:
+        return list(comps)
+    return list(range(post[var].shape[2])) if post[var].ndim > 2 else [None]
+
+
 def _cells(post, names, comps) -> list[tuple[str, int | None]]:
-    """(variable, compartment or None for scalars) for every panel/parameter."""
-    return [(k, c) for k in names for c in (comps if "compartment" in post[k].dims else [None])]
+    """(variable, compartment or region index, or None for scalars) for every panel."""
+    return [(k, c) for k in names for c in _entries(post, k, comps)]
 
 
 def _draws(ds, var: str, comp: int | None) -> np.ndarray:
-    """All draws of ``var`` (at ``comp``), flattened over chain and draw."""
-    x = ds[var] if comp is None else ds[var].isel(compartment=comp)
+    """All draws of ``var`` (at entry ``comp`` of its compartment or region dim), flattened
+    over chain and draw."""
+    x = ds[var] if comp is None else ds[var].isel({ds[var].dims[2]: comp})
     return np.asarray(x.values, dtype=float).ravel()
 
 
@@ -89,12 +98,14 @@ def _const_at(idata, name: str, comp: int | None) -> float | None:
     v = _const(idata, name)
     if v is None:
         return None
-    return float(v if comp is None or "compartment" not in v.dims else v.isel(compartment=comp))
+    return float(v if comp is None or v.ndim == 0 else v.isel({v.dims[0]: comp}))
 
 
 def _label(var: str, comp: int | None, post=None) -> str:
     if comp is None:
         return var
+    if post is not None and var in post and post[var].dims[2] != "compartment":
+        return f"{var}[{post[post[var].dims[2]].values[comp]}]"  # a region's name
     name = ""
     if post is not None and "compartment_name" in post.coords:
         n = str(post["compartment_name"].values[comp])
@@ -134,7 +145,7 @@ def plot_posterior_vs_prior(
     ncol = max(len(comps), 1)
     fig, axes = subplots(len(names), ncol, figsize=(2.4 * ncol, 2.0 * len(names)), squeeze=False)
     for i, k in enumerate(names):
-        row = comps if "compartment" in post[k].dims else [None]
+        row = _entries(post, k, comps)
         for j in range(ncol):
             ax = axes[i][j]
             if j >= len(row):
@@ -200,8 +211,10 @@ def plot_pairs(idata, var_names=None, compartments: Sequence[int] | None = None,
     for i in range(n):
         for j in range(n):
             _pair_panel(axes[i][j], data, truth, i, j)
-        axes[n - 1][i].set_xlabel(_label(*cells[i]), fontsize=7)
-        axes[i][0].set_ylabel(_label(*cells[i]) if i else "", fontsize=7)
+        k, c = cells[i]  # region parameters by region name, compartments by index
+        lab = _label(k, c, post if c is not None and "compartment" not in post[k].dims else None)
+        axes[n - 1][i].set_xlabel(lab, fontsize=7)
+        axes[i][0].set_ylabel(lab if i else "", fontsize=7)
     fig.suptitle("posterior pairs (red: truth)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

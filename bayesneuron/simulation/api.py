@@ -17,6 +17,7 @@ from bayesneuron.errors import ParameterError, SolverError
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.simulation import _ckernels, fused
 from bayesneuron.simulation.checks import (
+    PASSIVE,
     check_batch,
     check_device,
     check_params,
@@ -62,7 +63,10 @@ def simulate(
     Args:
         cell: the cell (morphology, channels, default parameters, ``v0``).
         params: parameters to override, ``{"g_na": tensor[sample…, comp]}`` (a scalar or
-            ``[comp]`` also works); the rest come from ``cell``. Gradients flow to them.
+            ``[comp]`` also works); the rest come from ``cell``. Gradients flow to them. Also
+            ``"cm"`` (µF/cm²) and, for cells built from sections, ``"ra"`` (Ω·cm), which
+            override the morphology's (these run on the torch backend; ``ra`` not with
+            :class:`Torchdiffeq`).
         stimulus: injected currents ``[…, trace, comp, bins]`` in ``cell.morphology.current_unit``.
         t_eval: increasing output times in ms ``[time]``; the simulation starts at ``t_eval[0]``
             with ``V = cell.v0``. Default: every stimulus bin edge from ``stimulus.t0``.
@@ -91,7 +95,7 @@ def simulate(
     if isinstance(solver, Torchdiffeq):
         v = run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver)
         n_steps = None
-    elif runs_fused(cell, solver, dtype, device, stimulus, reset, p.values()):
+    elif runs_fused(cell, solver, dtype, device, stimulus, reset, p.values(), tuple(p)):
         v, n_steps = fused.run(cell, p, vals, stimulus, t_eval, solver, reset)
     else:
         v, n_steps = run_fixed(cell, p, vals, stimulus, t_eval, solver, reset)
@@ -100,16 +104,33 @@ def simulate(
 
 
 def runs_fused(
-    cell, solver, dtype=torch.float64, device="cpu", stimulus=None, reset=None, params=()
+    cell,
+    solver,
+    dtype=torch.float64,
+    device="cpu",
+    stimulus=None,
+    reset=None,
+    params=(),
+    names=(),
 ) -> bool:
     """Whether :func:`simulate` runs this on the fused C kernel.
 
     ``backend="fused"`` insists (a :class:`SolverError` says why it cannot run); ``"auto"``
     takes it where it applies and says in a one-line warning when only a missing C compiler
-    stands in the way; ``"torch"`` never does.
+    stands in the way; ``"torch"`` never does. ``names``: the parameters given (a varying
+    ``cm`` or ``ra`` runs on the torch backend: the fused adjoint is for channel parameters).
     """
     backend = getattr(solver, "backend", "torch")
     if backend == "torch" or solver.compile:
+        return False
+    passive = [k for k in PASSIVE if k in names]
+    if passive:
+        if backend == "fused":
+            raise SolverError(
+                f"backend='fused' cannot run this: {passive} given as parameters need the "
+                "torch backend (the fused kernel differentiates channel g and e only); use "
+                "backend='auto'"
+            )
         return False
     reason = fused.supported(cell, solver, dtype, device, stimulus, reset, tuple(params))
     if reason is not None and backend == "fused":

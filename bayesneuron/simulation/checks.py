@@ -124,45 +124,64 @@ def check_reset(reset, cell: Cell, t_eval: np.ndarray, solver) -> Reset:
     return reset
 
 
+PASSIVE = ("cm", "ra")
+"""Membrane and cable parameters ``simulate`` also takes: ``cm`` (µF/cm²) and ``ra`` (Ω·cm,
+cells built from sections); the cell's own values come from its morphology."""
+
+
 def check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
-    """All cell parameters as tensors ``[sample…, comp]`` on device (user values override)."""
+    """All cell parameters as tensors ``[sample…, comp]`` on device (user values override),
+    plus ``cm`` and ``ra`` where the user gives them."""
     params = {} if params is None else dict(params)
-    n = cell.n_comp
     # maximal conductances (a channel's "g") must be ≥ 0; user values are checked, not clipped
     conductances = {f"g_{ch.name}" for ch in cell.channels if "g" in ch.param_defaults()}
-    unknown = sorted(set(params) - set(cell.params))
+    unknown = sorted(set(params) - set(cell.params) - set(PASSIVE))
     if unknown:
         raise ParameterError(f"unknown parameter(s) {unknown}; this cell has {list(cell.params)}")
+    if "ra" in params and cell.morphology.ra_pieces is None:
+        raise ParameterError(
+            "ra (Ω·cm) can vary only on cells built from sections (from_sections, load_swc); "
+            "this cell's axial coupling is given as conductances"
+        )
     out = {}
     for name, default in cell.params.items():
         if name not in params:
             out[name] = torch.tensor(default, dtype=dtype, device=device)
             continue
-        x = params[name]
-        if isinstance(x, Tensor):
-            x = x.to(device=device, dtype=dtype)
-        else:
-            try:
-                x = torch.as_tensor(np.array(x, dtype=np.float64), dtype=dtype, device=device)
-            except (TypeError, ValueError):
-                raise ParameterError(
-                    f"{name} = {x!r} is not numeric; give a number, [comp] values or a tensor "
-                    f"[sample…, {n}]"
-                ) from None
-        if x.ndim == 0:
-            x = x.expand(n)
-        if x.shape[-1] != n:
+        out[name] = _param(name, params[name], cell.n_comp, dtype, device)
+        if name in conductances and bool((out[name] < 0).any()):
             raise ParameterError(
-                f"{name} has shape {tuple(x.shape)}; expected [sample…, {n}] "
-                f"(one value per compartment on the last axis)"
+                f"{name} has negative values (min {float(out[name].min()):.4g}); maximal "
+                "conductances are ≥ 0 (mS/cm²). Fit in unconstrained coordinates (the priors' "
+                "support does this) or clamp at 0"
             )
-        if not bool(torch.isfinite(x).all()):
-            raise ParameterError(f"{name} contains NaN or inf; parameters must be finite")
-        if name in conductances and bool((x < 0).any()):
-            raise ParameterError(
-                f"{name} has negative values (min {float(x.min()):.4g}); maximal conductances "
-                "are ≥ 0 (mS/cm²). Fit in unconstrained coordinates (the priors' support does "
-                "this) or clamp at 0"
-            )
-        out[name] = x
+    for name in PASSIVE:
+        if name in params:
+            out[name] = _param(name, params[name], cell.n_comp, dtype, device)
+            if not bool((out[name] > 0).all()):
+                raise ParameterError(f"{name} must be > 0 in every compartment")
     return out
+
+
+def _param(name: str, x, n: int, dtype, device) -> Tensor:
+    """One parameter as a finite tensor ``[sample…, n]``."""
+    if isinstance(x, Tensor):
+        x = x.to(device=device, dtype=dtype)
+    else:
+        try:
+            x = torch.as_tensor(np.array(x, dtype=np.float64), dtype=dtype, device=device)
+        except (TypeError, ValueError):
+            raise ParameterError(
+                f"{name} = {x!r} is not numeric; give a number, [comp] values or a tensor "
+                f"[sample…, {n}]"
+            ) from None
+    if x.ndim == 0:
+        x = x.expand(n)
+    if x.shape[-1] != n:
+        raise ParameterError(
+            f"{name} has shape {tuple(x.shape)}; expected [sample…, {n}] "
+            f"(one value per compartment on the last axis)"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ParameterError(f"{name} contains NaN or inf; parameters must be finite")
+    return x

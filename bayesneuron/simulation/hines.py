@@ -47,7 +47,7 @@ class TreeSystem:
         order = np.asarray(order)
         pos = np.empty(n, dtype=np.int64)
         pos[order] = np.arange(n)
-        self.n, self.n_comp = n, n_comp
+        self.n, self.n_comp, self.order = n, n_comp, order
         self.parent = np.where(parents[order] >= 0, pos[np.maximum(parents[order], 0)], -1)
         self.comp_pos = pos[:n_comp]
         self.pub_of = np.where(order < n_comp, order, n_comp)
@@ -61,6 +61,8 @@ class TreeSystem:
         # to balance currents, so normalise it by its total conductance (NEURON scales it too).
         w = 1.0 / np.where(is_comp, self.area, np.where(incident > 0, incident, 1.0))
         self.diag = w * incident
+        self.row_weight = w
+        self.ra_pieces = None if morph.ra_pieces is None else morph.ra_pieces[order]
         self.a = -g * w
         self.b = -g * w[np.maximum(self.parent, 0)]
         self.a[0] = self.b[0] = 0.0
@@ -219,13 +221,105 @@ class _LevelSolve(torch.autograd.Function):
 def tree_solve(d: Tensor, r: Tensor, coef: dict) -> Tensor:
     """Solve the tree system with diagonal ``d`` and right-hand side ``r``, both ``[n, …]``.
 
-    Differentiable in ``d`` and ``r`` (to any order).
+    Differentiable in ``d`` and ``r`` (to any order); with per-batch off-diagonals
+    ``coef["ab"]`` (:func:`coupled_coefficients`, a free ``ra``) also in those (first order).
     """
+    if "ab" in coef:
+        a, b = coef["ab"]
+        d, r, a, b = torch.broadcast_tensors(d, r, a, b)
+        n = d.shape[0]
+        flat = (x.reshape(n, -1) for x in (d, r, a, b))
+        return _CoupledSolve.apply(*flat, coef["levels_t"]).reshape(d.shape)
     d, r = torch.broadcast_tensors(d, r)
     shape = d.shape
     n = shape[0]
     x = _LevelSolve.apply(d.reshape(n, -1), r.reshape(n, -1), coef["passes"], coef["passes_T"])
     return x.reshape(shape)
+
+
+def coupled_coefficients(sys: TreeSystem, ra: Tensor, coef: dict) -> tuple[Tensor, dict]:
+    """The axial diagonal and ``coef`` with per-batch off-diagonals for a free ``ra``.
+
+    Args:
+        sys: the tree (its morphology must have ``ra_pieces``).
+        ra: axial resistivity per node ``[n, …]`` (Ω·cm; any value at junctions).
+        coef: :meth:`TreeSystem.tensors`.
+
+    Returns:
+        ``(diag [n, …], coef)`` where ``coef["ab"]`` holds ``(a, b)`` ``[n, …]``. Junction rows
+        keep their fixed weights: their right-hand side is 0, so any weight gives the same
+        solution.
+    """
+    key = ("pieces", ra.dtype, str(ra.device))
+    if key not in sys._tensors:
+        sys._tensors[key] = _pieces(sys, ra.dtype, ra.device)
+    own, par, w, levels = sys._tensors[key]
+    parent = levels[2]
+    shape = (sys.n,) + (1,) * (ra.ndim - 1)
+    own, par, w = own.view(shape), par.view(shape), w.view(shape)
+    r = own * ra + par * ra.index_select(0, parent)  # MΩ
+    g = torch.cat([torch.zeros_like(r[:1]), 1e-3 / r[1:]])  # mS; the root has no edge
+    incident = g.index_add(0, parent[1:], g[1:])
+    a, b = -g * w, -g * w.index_select(0, parent)
+    return w * incident, {**coef, "ab": (a, b), "levels_t": levels}
+
+
+def _pieces(sys: TreeSystem, dtype, device) -> tuple:
+    """Edge resistances at unit ``ra`` (own, parent's half), row weights, and the levels of
+    the tree as index tensors with the parents ``(elim, back, parent)``."""
+    if sys.ra_pieces is None:
+        raise ValueError("this morphology has no ra_pieces (not built from sections)")
+    levels = tuple(
+        [(torch.as_tensor(i, device=device), torch.as_tensor(p, device=device)) for i, p in lv]
+        for lv in sys.levels
+    )
+    parent = torch.as_tensor(np.maximum(sys.parent, 0), device=device)
+    return (
+        torch.tensor(sys.ra_pieces[:, 0], dtype=dtype, device=device),
+        torch.tensor(sys.ra_pieces[:, 1], dtype=dtype, device=device),
+        torch.tensor(sys.row_weight, dtype=dtype, device=device),
+        (*levels, parent),
+    )
+
+
+def _coupled(d: Tensor, r: Tensor, a: Tensor, b: Tensor, levels) -> Tensor:
+    """``M⁻¹ r`` ``[n, B]`` for the tree matrix with diagonal ``d``, off-diagonals ``a`` (row
+    ``i``, column parent) and ``b`` (row parent, column ``i``), all ``[n, B]``."""
+    elim, back, _ = levels
+    d, r = d.clone(), r.clone()
+    for idx, par in elim:
+        f = b.index_select(0, idx) / d.index_select(0, idx)
+        d.index_add_(0, par, -f * a.index_select(0, idx))
+        r.index_add_(0, par, -f * r.index_select(0, idx))
+    x = torch.empty_like(r)
+    x[0] = r[0] / d[0]
+    for idx, par in back:
+        xi = r.index_select(0, idx) - a.index_select(0, idx) * x.index_select(0, par)
+        x.index_copy_(0, idx, xi / d.index_select(0, idx))
+    return x
+
+
+class _CoupledSolve(torch.autograd.Function):
+    """``x = M⁻¹ r`` with per-batch off-diagonals; backward: ``λ = M⁻ᵀ ∂L/∂x`` (``a`` and
+    ``b`` swapped), ``∂L/∂d = −λx``, ``∂L/∂a_i = −λ_i x_parent``, ``∂L/∂b_i = −λ_parent x_i``."""
+
+    @staticmethod
+    def forward(ctx, d, r, a, b, levels):
+        with torch.no_grad():
+            x = _coupled(d, r, a, b, levels)
+        ctx.save_for_backward(d, a, b, x)
+        ctx.levels = levels
+        return x
+
+    @staticmethod
+    def backward(ctx, gx):
+        d, a, b, x = ctx.saved_tensors
+        lam = _coupled(d, gx, b, a, ctx.levels)
+        parent = ctx.levels[2]
+        ga = -lam * x.index_select(0, parent)
+        gb = -lam.index_select(0, parent) * x
+        ga[0] = gb[0] = 0.0  # the root has no parent
+        return -lam * x, lam, ga, gb, None
 
 
 def reduced_edges(morph: Morphology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bayesneuron.errors import SolverError
 from bayesneuron.simulation.grid import broadcast_shapes, step_grid
 from bayesneuron.simulation.hines import reduced_edges
-from bayesneuron.simulation.kinetics import kinetics
+from bayesneuron.simulation.kinetics import kinetics, lay_out
 from bayesneuron.simulation.solvers import Torchdiffeq
 
 __all__ = ["run_torchdiffeq"]
@@ -18,11 +19,14 @@ def run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
 
     morph = cell.morphology
     dtype, device = vals.dtype, vals.device
+    if "ra" in p:
+        raise SolverError("a varying ra needs a fixed-step solver (CrankNicolson, BackwardEuler)")
     kin = kinetics(cell.channels)
     local = kin.lay_out(p, None)
     src, dst, cf = (torch.as_tensor(a, device=device) for a in reduced_edges(morph))
     cf = cf.to(dtype)
-    cm = torch.tensor(morph.cm, dtype=dtype, device=device)
+    cm = lay_out(p["cm"], None, None) if "cm" in p else torch.tensor(morph.cm, dtype=dtype)
+    cm = cm.to(device)
     edges = torch.as_tensor(stimulus.edges(), dtype=dtype, device=device)
 
     def rhs(t, y):
@@ -35,7 +39,8 @@ def run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
         dx = [(inf - xi) / tau for (inf, tau), xi in zip(kin.gates(v, local), x)]
         return (dv, *dx)
 
-    batch = broadcast_shapes(*(x.shape[:-1] for q in local for x in q.values()), vals.shape[1:-1])
+    leaves = [x for q in local for x in q.values()] + [cm]
+    batch = broadcast_shapes(*(x.shape[:-1] for x in leaves), vals.shape[1:-1])
     v0 = torch.full(batch + (morph.n_comp,), float(cell.v0), dtype=dtype, device=device)
     y0 = (v0, *kin.init(v0, local))
     t = torch.as_tensor(t_eval, dtype=dtype, device=device)
@@ -53,7 +58,7 @@ def run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
         options.setdefault("perturb", True)
     kw = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
     if solver.adjoint:
-        leaves = tuple(x for q in local for x in q.values() if x.requires_grad)
+        leaves = tuple(x for x in leaves if x.requires_grad)
         ys = torchdiffeq.odeint_adjoint(_Func(rhs), y0, t, adjoint_params=leaves, **kw)
     else:
         ys = torchdiffeq.odeint(rhs, y0, t, **kw)

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayesneuron.simulation.checks import PASSIVE
 from bayesneuron.simulation.grid import broadcast_shapes, step_grid
-from bayesneuron.simulation.hines import tree_solve, tree_system
-from bayesneuron.simulation.kinetics import exp_euler, kinetics
+from bayesneuron.simulation.hines import coupled_coefficients, tree_solve, tree_system
+from bayesneuron.simulation.kinetics import exp_euler, kinetics, lay_out
 from bayesneuron.simulation.solvers import CrankNicolson
 
 __all__ = ["run_fixed"]
@@ -76,28 +77,24 @@ def run_fixed(cell, p, vals, stimulus, t_eval, solver, reset=None):
     cols = torch.as_tensor(stimulus.bin_index(t_mid), device=device)
     k_dt = torch.as_tensor((2.0 if second else 1.0) / dts, dtype=dtype, device=device)
     neg_h = torch.as_tensor(-h, dtype=dtype, device=device)
-    cm = coef["cm"].view((-1,) + (1,) * nb)
-    diag = coef["diag"].view((-1,) + (1,) * nb)
+    membrane = (coef, coef["cm"].view((-1,) + (1,) * nb), coef["diag"].view((-1,) + (1,) * nb))
 
     # Parameters travel as explicit arguments: a checkpointed chunk differentiates only with
     # respect to its inputs, and records no graph inside (see _Chunk).
     names = [list(q) for q in local]
-    flat = [t for q in local for t in q.values()]
+    passive = [k for k in PASSIVE if k in p]  # a free cm or ra (µF/cm², Ω·cm) [sample…, comp]
+    flat = [t for q in local for t in q.values()] + [p[k] for k in passive]
     n_x = len(x)
     out_j = np.cumsum(is_output)  # output index reached at the end of each step
     if reset is not None:
-        # [..., trace, comp, time] → [time, nodes, 1…, …, trace] like the currents; NaN = keep.
-        rv = reset.values.to(device=device, dtype=dtype).movedim(-1, 0)
-        rv = torch.cat([rv, rv.new_full(rv.shape[:-1] + (1,), float("nan"))], -1)
-        rv = rv.index_select(-1, index).movedim(-1, 1)
-        rv = rv.reshape(rv.shape[:2] + (1,) * (nb + 2 - rv.ndim) + rv.shape[2:])
-        keep = torch.isnan(rv)
+        rv, keep = _reset_layout(reset, index, nb, dtype, device)
 
     def run(lo, hi, v, *args):
         x, it, outs = list(args[:n_x]), iter(args[n_x:]), []
         loc = [{k: next(it) for k in ks} for ks in names]
+        cf, cm, diag = _membrane(sys, membrane, {k: next(it) for k in passive}, index, nb)
         for s in range(lo, hi):
-            v, x = step(kin, coef, v, x, vals, cols[s : s + 1], k_dt[s], neg_h[s], cm, diag, loc)
+            v, x = step(kin, cf, v, x, vals, cols[s : s + 1], k_dt[s], neg_h[s], cm, diag, loc)
             if is_output[s]:
                 outs.append(v)
                 j = int(out_j[s])
@@ -125,6 +122,27 @@ def run_fixed(cell, p, vals, stimulus, t_eval, solver, reset=None):
                 outs.append(res[-1])
     v_all = torch.cat(outs).index_select(1, coef["comp_pos"])  # [time, comp, batch…]
     return v_all.movedim(0, -1).movedim(0, -2), n_steps
+
+
+def _reset_layout(reset, index, nb: int, dtype, device) -> tuple[Tensor, Tensor]:
+    """Reset values ``[..., trace, comp, time]`` → ``[time, nodes, 1…, …, trace]`` like the
+    currents, and where to keep the simulated voltage (NaN)."""
+    rv = reset.values.to(device=device, dtype=dtype).movedim(-1, 0)
+    rv = torch.cat([rv, rv.new_full(rv.shape[:-1] + (1,), float("nan"))], -1)
+    rv = rv.index_select(-1, index).movedim(-1, 1)
+    rv = rv.reshape(rv.shape[:2] + (1,) * (nb + 2 - rv.ndim) + rv.shape[2:])
+    return rv, torch.isnan(rv)
+
+
+def _membrane(sys, membrane: tuple, passive: dict, index, nb: int) -> tuple:
+    """``(coef, cm, diag)`` node-first: the morphology's, or from a free ``cm`` (µF/cm²) and
+    ``ra`` (Ω·cm) ``[sample…, comp]`` (per-batch tree coefficients)."""
+    coef, cm, diag = membrane
+    if "cm" in passive:
+        cm = lay_out(passive["cm"], index, nb)  # junctions: 0
+    if "ra" in passive:
+        diag, coef = coupled_coefficients(sys, lay_out(passive["ra"], index, nb), coef)
+    return coef, cm, diag
 
 
 _SAVED_PER_STATE = 12  # state-sized tensors autograd keeps per state and step (≈ 9 measured for HH)
