@@ -20,6 +20,7 @@ def test_notebooks_exist():
         "01_quickstart.ipynb",
         "02_identifiability.ipynb",
         "03_design_comparison.ipynb",
+        "04_real_recording.ipynb",
     ]
 
 

@@ -135,6 +135,7 @@ def cmd_study_run(args) -> int:
         raise
     done = [f"{len(res['fits'])} MAP fits"] if res["fits"] else []
     done += [f"{len(res['designs'])} posteriors"] if res["designs"] else []
+    done += [f"predictions of {len(res['predictive'])} sweeps"] if res.get("predictive") else []
     print(f"{' and '.join(done)} in {time.perf_counter() - start:.1f} s; results in {out}/")
     return 0
 

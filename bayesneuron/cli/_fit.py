@@ -29,6 +29,10 @@ __all__ = ["cmd_fit"]
 def cmd_fit(args) -> int:
     from bayesneuron.studies.config import build_experiment
 
+    if args.config:
+        from bayesneuron.cli._config import run_config
+
+        return run_config(args, "map")
     check_args(args)
     out = Path(args.out)
     check_out(out)

@@ -6,6 +6,7 @@ import argparse
 
 from bayesneuron.cli._commands import PRESETS, SOLVERS, cmd_report, cmd_simulate, cmd_study_run
 from bayesneuron.cli._common import DEFAULT_SEED
+from bayesneuron.cli._config import add_config
 from bayesneuron.cli._fit import cmd_fit
 from bayesneuron.cli._options import (
     SYNTHETIC,
@@ -109,8 +110,10 @@ def _add_fit(sub) -> None:
         "Example:\n"
         "  bayesneuron fit --design '[0,-1]|all' --out results/fit\n"
         "  bayesneuron fit --design 'all|[0]' --protocol paper --out results/fit_paper\n"
-        "  bayesneuron fit --free g_na,g_k,g_l --out results/fit_leak",
+        "  bayesneuron fit --free g_na,g_k,g_l --out results/fit_leak\n"
+        "  bayesneuron fit --config studies/real_recording/config.toml --out results/mine",
     )
+    add_config(f)
     f.add_argument("--design", default="all|all", help="design label 'STIM|REC'")
     f.add_argument(
         "--protocol",
@@ -156,8 +159,10 @@ def _add_infer(sub) -> None:
         "laplace is the quickest, nuts the slowest.\n\n"
         "Example:\n"
         "  bayesneuron infer --design '[0]|all' --method svi --out results/infer\n"
-        "  bayesneuron infer --design 'all|all' --method laplace --traces 50 --out results/lap",
+        "  bayesneuron infer --design 'all|all' --method laplace --traces 50 --out results/lap\n"
+        "  bayesneuron infer --config studies/real_recording/config.toml --out results/mine",
     )
+    add_config(i)
     i.add_argument("--design", default="all|all", help="design label 'STIM|REC'")
     add_posterior(i, ("svi", "laplace", "nuts"), "svi")
     add_data(i, priors=("paper", "lognormal"))

@@ -87,6 +87,10 @@ def _posterior_config(args, study, wall: float) -> dict:
 def cmd_infer(args) -> int:
     from bayesneuron.studies.posteriors import infer_design
 
+    if args.config:
+        from bayesneuron.cli._config import run_config
+
+        return run_config(args, "posterior")
     check_args(args)
     out = Path(args.out)
     check_out(out)

@@ -184,6 +184,33 @@ class Recording:
             offset_mv=self.offset_mv + off,
         )
 
+    def window(self, t_start: float, t_stop: float) -> Recording:
+        """The samples with ``t_start ≤ time < t_stop`` (ms): voltages and their currents,
+        times still from each sweep's start.
+
+        Raises:
+            RecordingError: the window is empty, reversed or outside the sweeps.
+
+        Example:
+            >>> rec.window(100.0, 700.0).time[0]   # doctest: +SKIP
+        """
+        a, b = _finite(t_start, "t_start"), _finite(t_stop, "t_stop")
+        keep = np.flatnonzero((self.time >= a) & (self.time < b))
+        if b <= a or keep.size < 2:
+            end = self.t0 + self.n_samples * self.dt
+            raise RecordingError(
+                f"time window [{a:g}, {b:g}) ms holds fewer than 2 samples; the sweeps run from "
+                f"{self.t0:g} to {end:g} ms: give t_start < t_stop inside that range"
+            )
+        i, j = int(keep[0]), int(keep[-1]) + 1
+        return self._with(
+            f"kept {a:g} ≤ t < {b:g} ms",
+            voltage=self.voltage[:, i:j],
+            current=self.current[:, i:j],
+            t0=self.t0 + i * self.dt,
+            current_t0=self.current_t0 + i * self.dt,
+        )
+
     def to_grid(self, dt: float) -> Recording:
         """Decimate to sampling interval ``dt`` (ms) by averaging blocks of ``dt / self.dt``
         samples.

@@ -16,6 +16,7 @@ from .posterior_plots import (
     plot_posterior_vs_prior,
     plot_ppc_traces,
 )
+from .recording_plots import plot_recording_predictive
 from .traces import plot_traces
 
 _ARVIZ = (
@@ -38,6 +39,7 @@ __all__ = [
     "plot_loss_and_gte",
     "plot_pairs",
     "plot_posterior_vs_prior",
+    "plot_recording_predictive",
     "plot_ppc_traces",
     "plot_traces",
     "plot_trajectories",

@@ -40,7 +40,19 @@ def run_study(
     ``executor`` (:mod:`bayesneuron.studies.executors`) runs the ``[[infer]]`` designs
     (default: here, in order). ``table.csv`` is written after every run and ``designs.csv``
     after every design, so an interrupted study keeps what it finished (``resume=True``
-    continues it); ``config.json`` and ``environment.json`` at the end."""
+    continues it); ``config.json`` and ``environment.json`` at the end.
+
+    A config with ``[cell]`` and ``[data]`` (your own cell and recording,
+    :mod:`bayesneuron.studies.recording_config`) runs :func:`.recording_run.run_recording_study`
+    instead; its rows are under ``"predictive"``."""
+    from bayesneuron.studies.recording_config import is_recording_config, read_config
+
+    if Path(folder).is_dir() and (Path(folder) / "config.toml").is_file():
+        if is_recording_config(read_config(folder)):
+            from bayesneuron.studies.recording_run import run_recording_study
+
+            res = run_recording_study(folder, out, smoke=smoke, progress=progress)
+            return {"fits": [], "designs": [], "predictive": res["predictive"]}
     study = load_study(folder, smoke=smoke)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
