@@ -177,8 +177,11 @@ def test_electrode_stimulus_is_sparse_and_densifies_exactly(abf):
     sparse = abf.electrode_stimulus(site=2)
     assert sparse.site == 2 and tuple(sparse.waveform.shape) == (16, 60000)
     assert sparse.unit == "nA" and sparse.dt == DT and sparse.t0 == 0.0
-    dense = abf.select([0, 9]).stimulus(site=2, n_comp=4)
-    assert isinstance(dense, Stimulus) and tuple(dense.values.shape) == (2, 4, 60000)
+    stim = abf.select([0, 9]).stimulus(site=2, n_comp=4)  # sparse: one row, at site 2
+    assert isinstance(stim, Stimulus) and tuple(stim.values.shape) == (2, 1, 60000)
+    assert stim.sites == (2,) and stim.n_comp is None
+    dense = stim.dense(4)
+    assert tuple(dense.values.shape) == (2, 4, 60000)
     np.testing.assert_array_equal(dense.values[:, 2].numpy(), abf.current[[0, 9]])
     assert not dense.values[:, [0, 1, 3]].any()
     # the simulator's lookup I(t) = values[floor((t - t0)/dt)] gives sample k on [t_k, t_k+1)

@@ -48,12 +48,13 @@ class Stack:
                 and m.dtype == m0.dtype
                 and m.device == m0.device
                 and m.stimulus.values.shape == m0.stimulus.values.shape
+                and m.stimulus.sites == m0.stimulus.sites
                 and (m.stimulus.dt, m.stimulus.t0) == (m0.stimulus.dt, m0.stimulus.t0)
             )
             if not same:
                 raise FitError(
                     "models fitted together must share the cell, free parameters, times, "
-                    "solver, dtype, device and stimulus shape; fit them separately"
+                    "solver, dtype, device and stimulus shape and sites; fit them separately"
                 )
         self.models, self.m0 = list(models), m0
         dt, dev = m0.dtype, m0.device
@@ -71,7 +72,8 @@ class Stack:
         """The stimulus of designs ``didx``, their data on the first ``n_times`` output times
         (all for None) and, with a ``horizon``, the reset to those data."""
         m = self.m0
-        stim = Stimulus(self.values[didx], m.stimulus.dt, m.stimulus.t0, m.stimulus.unit)
+        s = m.stimulus
+        stim = Stimulus(self.values[didx], s.dt, s.t0, s.unit, s.sites)
         obs = self.obs[didx][..., :n_times]
         if horizon is None:
             return stim, obs, None

@@ -31,10 +31,11 @@ import torch
 from torch import Tensor
 
 from bayesneuron.cell import Cell
-from bayesneuron.errors import DataError, DesignError, ParameterError
+from bayesneuron.errors import DataError, DesignError, ParameterError, StimulusError
 from bayesneuron.inference.forms import Form, Parametrisation
 from bayesneuron.inference.priors import LogNormalPrior, NormalPrior, resolve_priors
 from bayesneuron.protocol.design import Design
+from bayesneuron.protocol.electrode import ElectrodeStimulus
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.simulation.api import check_device, runs_fused, simulate
 from bayesneuron.simulation.solvers import BackwardEuler, CrankNicolson, Torchdiffeq
@@ -51,8 +52,9 @@ class NeuronModel:
 
     Args:
         cell: the cell; its parameter values are the priors' base values and the fits' start.
-        stimulus: currents ``[trace, comp, bins]``; compartments outside ``design.stim`` are
-            zeroed (the design decides where current goes).
+        stimulus: currents ``[trace, comp, bins]``, or a sparse stimulus ``[trace, site, bins]``
+            (``sites=…``, or an :class:`ElectrodeStimulus`; kept sparse); compartments outside ``design.stim`` are zeroed (the
+            design decides where current goes).
         t_eval: observation times ``[time]`` in ms (the simulation starts at ``t_eval[0]``).
         design: stimulated and recorded compartments (default: all and all).
         free: the parameters to infer (default ``("g_na", "g_k")``, per compartment): names
@@ -74,7 +76,7 @@ class NeuronModel:
     def __init__(
         self,
         cell: Cell,
-        stimulus: Stimulus,
+        stimulus: Stimulus | ElectrodeStimulus,
         t_eval: Sequence[float] | np.ndarray,
         design: Design | None = None,
         *,
@@ -92,15 +94,23 @@ class NeuronModel:
         morph = cell.morphology
         self.stim_index = self.design.stim_index(morph)
         self.rec_index = self.design.rec_index(morph)
+        if isinstance(stimulus, ElectrodeStimulus):
+            stimulus = stimulus.as_stimulus()  # sparse: a view of the waveform
         if not isinstance(stimulus, Stimulus):
             raise DataError(
-                f"stimulus must be a bayesneuron.Stimulus, got {type(stimulus).__name__}"
+                f"stimulus must be a bayesneuron.Stimulus or ElectrodeStimulus, got "
+                f"{type(stimulus).__name__}"
             )
-        if stimulus.values.ndim != 3 or stimulus.n_comp != cell.n_comp:
+        if stimulus.values.ndim != 3 or stimulus.n_comp not in (None, cell.n_comp):
             raise DataError(
                 f"stimulus has shape {tuple(stimulus.values.shape)}; expected [trace, "
-                f"{cell.n_comp}, bins] for this {cell.n_comp}-compartment cell"
+                f"{cell.n_comp}, bins] (or [trace, site, bins] with sites=) for this "
+                f"{cell.n_comp}-compartment cell"
             )
+        try:
+            stimulus.site_index(cell.n_comp)
+        except StimulusError as e:
+            raise DataError(str(e)) from None
         self.stimulus = stimulus.masked(self.stim_index)
         try:
             self.t_eval = np.asarray(t_eval, dtype=np.float64)

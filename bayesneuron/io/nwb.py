@@ -52,7 +52,7 @@ def read_nwb(
 
     Example:
         >>> rec = read_nwb("cell.nwb", sweeps=[3, 4])
-        >>> rec.stimulus(site=0, n_comp=1).values.shape   # [sweep, comp, time]
+        >>> rec.stimulus(site=0, n_comp=1).values.shape   # [sweep, site, time], sparse
     """
     path = check_file(path, "nwb")
     from pynwb import NWBHDF5IO  # imported here: `import bayesneuron` stays light

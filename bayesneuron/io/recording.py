@@ -1,9 +1,10 @@
 """A current-clamp recording: sweeps of measured voltage (mV) and command current (nA).
 
 Readers (:func:`~bayesneuron.io.read_abf`, :func:`~bayesneuron.io.read_nwb`) return a
-:class:`Recording`; it converts to the model's inputs: the stimulus (sparse
-:class:`~bayesneuron.protocol.ElectrodeStimulus` or dense
-:class:`~bayesneuron.protocol.Stimulus`), the output times and the observed voltages.
+:class:`Recording`; it converts to the model's inputs: the stimulus (an
+:class:`~bayesneuron.protocol.ElectrodeStimulus`, or the sparse
+:class:`~bayesneuron.protocol.Stimulus` at the electrode's site: both stay sparse in the
+simulator), the output times and the observed voltages.
 """
 
 from __future__ import annotations
@@ -267,11 +268,16 @@ class Recording:
         except StimulusError as e:
             raise RecordingError(f"cannot stimulate compartment {site!r}: {e}") from None
 
-    def stimulus(self, site: int, n_comp: int) -> Stimulus:
-        """The command current as a dense :class:`Stimulus` ``[sweep, n_comp, time]`` in nA
-        (prefer :meth:`electrode_stimulus` on large cells)."""
+    def stimulus(self, site: int, n_comp: int | None = None) -> Stimulus:
+        """The command current as a sparse :class:`Stimulus` ``[sweep, 1, time]`` in nA with
+        ``sites=(site,)`` (what :func:`~bayesneuron.simulate` and the models take; memory does
+        not grow with the cell). ``n_comp``: the cell's compartments, to check ``site``
+        against; ``.dense(n_comp)`` gives the dense form."""
         try:
-            return self.electrode_stimulus(site).dense(n_comp)
+            stim = self.electrode_stimulus(site).as_stimulus()
+            if n_comp is not None:
+                stim.site_index(n_comp)
+            return stim
         except StimulusError as e:
             raise RecordingError(f"cannot stimulate compartment {site!r}: {e}") from None
 

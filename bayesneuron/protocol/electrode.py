@@ -2,8 +2,8 @@
 
 A whole-cell recording injects current at one compartment; storing it as a dense
 ``[trace, comp, bins]`` :class:`Stimulus` would multiply memory by the number of compartments
-(1000× on a detailed cell). :meth:`ElectrodeStimulus.dense` builds the dense form where a
-simulator needs it.
+(1000× on a detailed cell). The simulators take it as is, as the sparse :class:`Stimulus`
+of :meth:`ElectrodeStimulus.as_stimulus` (``sites=(site,)``, a view of the waveform).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class ElectrodeStimulus:
 
     Example:
         >>> stim = ElectrodeStimulus(0, torch.ones(2, 100), dt=0.05)
-        >>> stim.dense(n_comp=3).values.shape
-        torch.Size([2, 3, 100])
+        >>> stim.as_stimulus().values.shape      # what simulate() gets: [trace, site, bins]
+        torch.Size([2, 1, 100])
     """
 
     site: int
@@ -97,6 +97,11 @@ class ElectrodeStimulus:
         """End of the last bin in ms."""
         return self.t0 + self.n_bins * self.dt
 
+    def as_stimulus(self) -> Stimulus:
+        """The sparse :class:`Stimulus` ``[…, trace, 1, bins]`` with ``sites=(site,)`` (a view
+        of the waveform, no copy): what :func:`~bayesneuron.simulate` runs."""
+        return Stimulus(self.waveform.unsqueeze(-2), self.dt, self.t0, self.unit, (self.site,))
+
     def dense(self, n_comp: int) -> Stimulus:
         """The equivalent dense :class:`Stimulus` ``[…, trace, n_comp, bins]`` (zero elsewhere).
 
@@ -110,17 +115,14 @@ class ElectrodeStimulus:
                 f"site {self.site} does not exist: the cell has {n_comp} compartments "
                 f"(0–{n_comp - 1})"
             )
-        w = self.waveform
-        values = w.new_zeros(*w.shape[:-1], n_comp, w.shape[-1])
-        values[..., self.site, :] = w
-        return Stimulus(values, self.dt, self.t0, self.unit)
+        return self.as_stimulus().dense(n_comp)
 
     @classmethod
     def from_stimulus(cls, stimulus: Stimulus, site: int | None = None) -> ElectrodeStimulus:
         """The sparse form of a dense :class:`Stimulus` that injects at one compartment.
 
         Args:
-            stimulus: currents ``[…, trace, comp, bins]``.
+            stimulus: currents ``[…, trace, comp, bins]`` (dense or sparse).
             site: the stimulated compartment; default: the only one with non-zero current
                 (compartment 0 when every current is zero).
 
@@ -131,22 +133,30 @@ class ElectrodeStimulus:
         if not isinstance(stimulus, Stimulus):
             raise StimulusError(f"expected a bayesneuron.Stimulus, got {type(stimulus).__name__}")
         v = stimulus.values
-        active = torch.nonzero(v.ne(0).flatten(end_dim=-3).any(0).any(-1)).flatten().tolist()
+        comps = list(range(stimulus.n_sites)) if stimulus.sites is None else list(stimulus.sites)
+        rows = torch.nonzero(v.ne(0).flatten(end_dim=-3).any(0).any(-1)).flatten().tolist()
+        active = sorted(comps[r] for r in rows)
         if site is None:
             if len(active) > 1:
                 raise StimulusError(
                     f"current flows at compartments {active}; one electrode stimulates one "
-                    "compartment (keep the dense Stimulus for several)"
+                    "compartment (keep the Stimulus for several)"
                 )
-            site = active[0] if active else 0
-        elif not (isinstance(site, (int, np.integer)) and 0 <= site < stimulus.n_comp):
-            raise StimulusError(
-                f"site {site!r} does not exist: the stimulus has {stimulus.n_comp} compartments "
-                f"(0–{stimulus.n_comp - 1})"
+            site = active[0] if active else comps[0]
+        elif not (
+            isinstance(site, (int, np.integer))
+            and (site in comps if stimulus.sites is not None else 0 <= site < len(comps))
+        ):
+            where = (
+                f"the stimulus has {len(comps)} compartments (0–{len(comps) - 1})"
+                if stimulus.sites is None
+                else f"the stimulus injects at {comps} only"
             )
+            raise StimulusError(f"site {site!r} does not exist: {where}")
         elif set(active) - {site}:
             raise StimulusError(
                 f"current flows at compartments {active}, not only at site {site}; one electrode "
                 "cannot carry it"
             )
-        return cls(int(site), v[..., site, :].clone(), stimulus.dt, stimulus.t0, stimulus.unit)
+        row = comps.index(site)
+        return cls(int(site), v[..., row, :].clone(), stimulus.dt, stimulus.t0, stimulus.unit)

@@ -1,4 +1,6 @@
-"""Current-clamp stimuli: piecewise-constant currents ``[…, trace, comp, bins]``.
+"""Current-clamp stimuli: piecewise-constant currents ``[…, trace, comp, bins]``, or only at
+some compartments ``sites`` ``[…, trace, site, bins]`` (sparse: one electrode on a
+1000-compartment cell stores one row, not 1000).
 
 ``I(t) = values[…, k]`` with ``k = floor((t − t0) / dt)`` clipped to the valid bins — the
 paper's lookup. Solvers put a step boundary on every bin edge, so a
@@ -35,12 +37,21 @@ class Stimulus:
         dt: bin width in ms.
         t0: time of the start of bin 0 in ms.
         unit: ``"uA/cm2"`` or ``"nA"``; must match the cell's ``morphology.current_unit``.
+        sites: the compartments the rows of axis -2 stimulate, distinct; ``None`` (dense): row
+            ``k`` is compartment ``k`` and there is a row for every compartment. Compartments
+            not in ``sites`` get no current. The simulators take either form as is.
+
+    Example:
+        >>> stim = Stimulus(torch.ones(2, 1, 100), dt=0.05, unit="nA", sites=(7,))
+        >>> stim.dense(n_comp=1000).values.shape   # the same currents, 1000× the memory
+        torch.Size([2, 1000, 100])
     """
 
     values: Tensor
     dt: float
     t0: float = 0.0
     unit: str = "uA/cm2"
+    sites: tuple[int, ...] | None = None
 
     def __post_init__(self):
         v = self.values
@@ -72,6 +83,8 @@ class Stimulus:
             raise StimulusError(f"stimulus t0 = {self.t0!r} ms must be a finite number")
         if self.unit not in _UNITS:
             raise StimulusError(f"stimulus unit {self.unit!r} unknown; use one of {_UNITS}")
+        if self.sites is not None:
+            object.__setattr__(self, "sites", _sites(self.sites, self.values.shape[-2]))
 
     @property
     def n_trace(self) -> int:
@@ -79,9 +92,52 @@ class Stimulus:
         return self.values.shape[-3]
 
     @property
-    def n_comp(self) -> int:
-        """Number of compartments."""
+    def n_comp(self) -> int | None:
+        """Number of compartments of a dense stimulus; ``None`` for a sparse one (it stores
+        only its ``sites``)."""
+        return self.values.shape[-2] if self.sites is None else None
+
+    @property
+    def n_sites(self) -> int:
+        """Rows of axis -2: the stimulated compartments of a sparse stimulus, every
+        compartment of a dense one."""
         return self.values.shape[-2]
+
+    def site_index(self, n_comp: int) -> tuple[int, ...]:
+        """The compartment of each row of axis -2 on an ``n_comp``-compartment cell.
+
+        Raises:
+            StimulusError: the stimulus does not fit such a cell (a dense one with another
+                number of compartments, or a site ≥ ``n_comp``).
+        """
+        if self.sites is None:
+            if self.n_sites != n_comp:
+                raise StimulusError(
+                    f"stimulus has {self.n_sites} compartments on axis -2 (shape "
+                    f"{tuple(self.values.shape)}) but the cell has {n_comp}; expected "
+                    f"[trace, {n_comp}, bins], or give sites= for a sparse stimulus"
+                )
+            return tuple(range(n_comp))
+        bad = [k for k in self.sites if k >= n_comp]
+        if bad:
+            raise StimulusError(
+                f"stimulus site(s) {bad} do not exist: the cell has {n_comp} compartments "
+                f"(0–{n_comp - 1})"
+            )
+        return self.sites
+
+    def dense(self, n_comp: int) -> Stimulus:
+        """The same currents as a dense stimulus ``[…, trace, n_comp, bins]`` (zero where
+        nothing is injected); ``self`` if already dense. For tests and plots: simulators
+        take the sparse form as is."""
+        if self.sites is None:
+            self.site_index(n_comp)
+            return self
+        rows = torch.as_tensor(self.site_index(n_comp), device=self.values.device)
+        v = self.values
+        values = v.new_zeros(v.shape[:-2] + (n_comp, v.shape[-1]))
+        values.index_copy_(-2, rows, v)
+        return Stimulus(values, self.dt, self.t0, self.unit)
 
     @property
     def n_bins(self) -> int:
@@ -103,11 +159,34 @@ class Stimulus:
         return np.clip(k, 0, self.n_bins - 1).astype(np.int64)
 
     def masked(self, sites: Sequence[int]) -> Stimulus:
-        """A copy with every compartment not in ``sites`` set to zero current."""
-        mask = torch.zeros(self.n_comp, dtype=torch.bool)
-        mask[list(sites)] = True
+        """A copy with every compartment not in ``sites`` set to zero current (same shape)."""
+        keep = {int(k) for k in sites}
+        rows = range(self.n_sites) if self.sites is None else self.sites
+        mask = torch.tensor([k in keep for k in rows], device=self.values.device)
         vals = torch.where(mask[:, None], self.values, torch.zeros_like(self.values))
-        return Stimulus(vals, self.dt, self.t0, self.unit)
+        return Stimulus(vals, self.dt, self.t0, self.unit, self.sites)
+
+
+def _sites(sites, n_rows: int) -> tuple[int, ...]:
+    """``sites`` as a tuple of distinct compartment indices, one per row of axis -2."""
+    try:
+        out = tuple(sites)
+    except TypeError:
+        raise StimulusError(
+            f"sites {sites!r} must be a sequence of compartment indices, one per row of "
+            "axis -2 (or None for a dense stimulus)"
+        ) from None
+    if not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in out):
+        raise StimulusError(f"sites {sites!r} must be compartment indices (ints ≥ 0)")
+    out = tuple(int(k) for k in out)
+    if len(out) != n_rows:
+        raise StimulusError(
+            f"{len(out)} sites {list(out)} but {n_rows} rows on axis -2 of the values: give "
+            "one site per row ([…, trace, site, bins])"
+        )
+    if any(k < 0 for k in out) or len(set(out)) != len(out):
+        raise StimulusError(f"sites {list(out)} must be distinct compartment indices ≥ 0")
+    return out
 
 
 def step_current(

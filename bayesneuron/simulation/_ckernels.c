@@ -237,11 +237,14 @@ static void solve(const i64 *parent, const double *lo, const double *up, double 
 }
 
 /* ------------------------------------------------------------------ one chunk of lanes */
-/* dims: n, n_comp, nl, n_g, n_ch, n_steps, bins, n_time, rv_time, gx (rows of X), store */
+/* dims: n, n_comp, nl, n_g, n_ch, n_steps, bins, n_time, rv_time, gx (rows of X), store,
+ * n_sites; currents cur [S, bins, n_sites] at compartments sites[n_sites] (a sparse stimulus
+ * stays sparse: each step scatters its bin into i_inj, zero elsewhere) */
 void forward_chunk(void **p, const i64 *dims, double v0) {
     i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
     i64 n_steps = dims[5], bins = dims[6], n_time = dims[7], rv_time = dims[8], gx = dims[9];
     int store = (int)dims[10];
+    i64 n_sites = dims[11];
     i64 m = n_comp * nl;
     int k = 0;
     const i64 *parent = p[k++];
@@ -254,6 +257,7 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
     const i64 *cols = p[k++], *out_at = p[k++];
     const uint8_t *reset_at = p[k++];
     const double *cur = p[k++];
+    const i64 *sites = p[k++];
     const i64 *sidx = p[k++];
     const double *rv = p[k++];
     const i64 *ridx = p[k++];
@@ -282,7 +286,11 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
             const double *vk = v + pos[c] * nl;
             i64 o = c * nl;
             for (i64 l = 0; l < nl; l++) vc[o + l] = vk[l];
-            for (i64 l = 0; l < nl; l++) i_inj[o + l] = cur[(sidx[l] * bins + col) * n_comp + c];
+            for (i64 l = 0; l < nl; l++) i_inj[o + l] = 0.0;
+        }
+        for (i64 j = 0; j < n_sites; j++) {
+            i64 o = sites[j] * nl;
+            for (i64 l = 0; l < nl; l++) i_inj[o + l] = cur[(sidx[l] * bins + col) * n_sites + j];
         }
         for (i64 j = 0; j < n_g; j++) {
             const double *sp = spec + j * 12, *gc = gcf + j * 4; /* 3 rows; shift eps phi kind */
@@ -327,8 +335,9 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
                 for (i64 l = 0; l < nl; l++) {
                     double *vp = v + pos[c] * nl + l;
                     out[(l * n_comp + c) * n_time + jo] = *vp;
+                    if (!reset_at[s]) continue; /* without a Reset, rv is a dummy */
                     double x = rv[(ridx[l] * rv_time + jo) * n_comp + c];
-                    if (reset_at[s] && x == x) *vp = x;
+                    if (x == x) *vp = x;
                 }
         }
     }
@@ -364,9 +373,11 @@ void adjoint_chunk(void **p, const i64 *dims) {
         if (jo >= 0) {
             for (i64 c = 0; c < n_comp; c++)
                 for (i64 l = 0; l < nl; l++) {
-                    double x = rv[(ridx[l] * rv_time + jo) * n_comp + c];
                     double *lp = lv + pos[c] * nl + l;
-                    if (reset_at[s] && x == x) *lp = 0.0;
+                    if (reset_at[s]) { /* without a Reset, rv is a dummy: read it at resets only */
+                        double x = rv[(ridx[l] * rv_time + jo) * n_comp + c];
+                        if (x == x) *lp = 0.0;
+                    }
                     *lp += gout[(l * n_comp + c) * n_time + jo];
                 }
         }
@@ -565,8 +576,9 @@ void tangent_chunk(void **p, const i64 *dims) {
                     for (i64 l = 0; l < nl; l++) {
                         double *vp = dvp + pos[c] * nl + l;
                         dout[((l * n_p + q) * n_comp + c) * n_time + jo] = *vp;
+                        if (!reset_at[s]) continue; /* without a Reset, rv is a dummy */
                         double x = rv[(ridx[l] * rv_time + jo) * n_comp + c];
-                        if (reset_at[s] && x == x) *vp = 0.0;
+                        if (x == x) *vp = 0.0;
                     }
             }
         }

@@ -123,11 +123,11 @@ def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
     """One chunk of lanes forward (layouts in :mod:`bayesneuron.simulation.fused`)."""
     n, nl = work[0].shape  # v [node, lane]
     n_comp = tree[6].shape[0]
-    cur, rv = data[0], data[2]
+    cur, rv = data[0], data[3]
     arrays = [*tree, *rates, *gates, *steps, *data, out, *hist, *work]
     dims = _dims(
         n, n_comp, nl, rates[0].shape[0], gates[0].shape[0], steps[0].shape[0],
-        cur.shape[1], out.shape[2], rv.shape[1], work[3].shape[1], int(store),
+        cur.shape[1], out.shape[2], rv.shape[1], work[3].shape[1], int(store), cur.shape[2],
     )  # fmt: skip
     _library().forward_chunk(_pointers(arrays), dims.ctypes.data, float(v0))
 
@@ -138,7 +138,7 @@ def adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad):
     n, nl = lv.shape
     n_comp = tree[6].shape[0]
     k_dt, _, _, out_at, reset_at = steps
-    _, _, rv, ridx, gm, ee = data
+    _, _, _, rv, ridx, gm, ee = data
     arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, gout, *hist, *work, grad]
     dims = _dims(
         n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], gout.shape[2],
@@ -152,7 +152,7 @@ def tangent_chunk(tree, gates, steps, data, hist, wrt, dout, work):
     n, nl = work[2].shape
     n_comp = tree[6].shape[0]
     k_dt, _, _, out_at, reset_at = steps
-    _, _, rv, ridx, gm, ee = data
+    _, _, _, rv, ridx, gm, ee = data
     arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, *hist, wrt, dout, *work]
     dims = _dims(
         n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], dout.shape[3],

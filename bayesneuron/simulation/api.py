@@ -1,6 +1,7 @@
 """``simulate``: a pure function from cell, parameters and currents to membrane voltages.
 
-Shapes: parameters ``[sample…, comp]``, currents ``[…, trace, comp, bins]``, voltages
+Shapes: parameters ``[sample…, comp]``, currents ``[…, trace, comp, bins]`` (or
+``[…, trace, site, bins]`` for a sparse stimulus), voltages
 ``[sample…, trace, comp, time]`` (time last; leading sample dims broadcast against the
 stimulus' leading dims).
 """
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from bayesneuron.cell import Cell
 from bayesneuron.errors import ParameterError, SolverError
+from bayesneuron.protocol.electrode import ElectrodeStimulus
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.simulation import _ckernels, fused
 from bayesneuron.simulation.checks import (
@@ -25,6 +27,7 @@ from bayesneuron.simulation.checks import (
     check_stimulus,
     check_times,
 )
+from bayesneuron.simulation.grid import currents
 from bayesneuron.simulation.odeint import run_torchdiffeq
 from bayesneuron.simulation.solvers import BackwardEuler, CrankNicolson, Solver, Torchdiffeq
 from bayesneuron.simulation.stepping import run_fixed
@@ -50,7 +53,7 @@ def kernel_build() -> dict:
 def simulate(
     cell: Cell,
     params: Mapping[str, Tensor | float] | None,
-    stimulus: Stimulus,
+    stimulus: Stimulus | ElectrodeStimulus,
     t_eval=None,
     solver: Solver | None = None,
     *,
@@ -67,7 +70,10 @@ def simulate(
             ``"cm"`` (µF/cm²) and, for cells built from sections, ``"ra"`` (Ω·cm), which
             override the morphology's (these run on the torch backend; ``ra`` not with
             :class:`Torchdiffeq`).
-        stimulus: injected currents ``[…, trace, comp, bins]`` in ``cell.morphology.current_unit``.
+        stimulus: injected currents in ``cell.morphology.current_unit``: a :class:`Stimulus`
+            ``[…, trace, comp, bins]``, a sparse one ``[…, trace, site, bins]`` (``sites=…``)
+            or an :class:`~bayesneuron.protocol.ElectrodeStimulus`; sparse ones stay sparse
+            in every backend (memory per stimulated compartment, not per compartment).
         t_eval: increasing output times in ms ``[time]``; the simulation starts at ``t_eval[0]``
             with ``V = cell.v0``. Default: every stimulus bin edge from ``stimulus.t0``.
         solver: :class:`CrankNicolson` (default, ``dt=0.025``), :class:`BackwardEuler` or
@@ -89,16 +95,16 @@ def simulate(
         >>> simulate(cell, None, stim).v.shape
         torch.Size([2, 6, 51])
     """
-    solver, p, vals, t_eval, reset, device = _prepare(
+    solver, p, cur, stimulus, t_eval, reset, device = _prepare(
         cell, params, stimulus, t_eval, solver, dtype, device, reset
     )
     if isinstance(solver, Torchdiffeq):
-        v = run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver)
+        v = run_torchdiffeq(cell, p, cur, stimulus, t_eval, solver)
         n_steps = None
     elif runs_fused(cell, solver, dtype, device, stimulus, reset, p.values(), tuple(p)):
-        v, n_steps = fused.run(cell, p, vals, stimulus, t_eval, solver, reset)
+        v, n_steps = fused.run(cell, p, cur, stimulus, t_eval, solver, reset)
     else:
-        v, n_steps = run_fixed(cell, p, vals, stimulus, t_eval, solver, reset)
+        v, n_steps = run_fixed(cell, p, cur, stimulus, t_eval, solver, reset)
     t = torch.as_tensor(t_eval, dtype=dtype, device=device)
     return Trace(t=t, v=v, names=cell.morphology.names, solver=solver, n_steps=n_steps)
 
@@ -139,8 +145,9 @@ def runs_fused(
 
 
 def _prepare(cell, params, stimulus, t_eval, solver, dtype, device, reset):
-    """:func:`simulate`'s checks and conversions: ``(solver, p, vals, t_eval, reset, device)``
-    with ``vals`` the current densities ``[bins, …, trace, comp]`` (µA/cm²)."""
+    """:func:`simulate`'s checks and conversions: ``(solver, p, cur, stimulus, t_eval, reset,
+    device)`` with ``cur`` the :class:`~bayesneuron.simulation.grid.Currents` (densities,
+    µA/cm², at the stimulated sites only) and ``stimulus`` a :class:`Stimulus`."""
     solver = CrankNicolson() if solver is None else solver
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a bayesneuron.Cell, got {type(cell).__name__}")
@@ -162,21 +169,16 @@ def _prepare(cell, params, stimulus, t_eval, solver, dtype, device, reset):
     t_eval = check_times(stimulus, t_eval)
     p = check_params(cell, params, dtype, device)
     check_batch(p, stimulus)
-    morph = cell.morphology
-    # Currents as densities (µA/cm²), time first: [bins, …, trace, comp].
-    vals = stimulus.values.to(device=device, dtype=dtype)
-    if stimulus.unit == "nA":
-        vals = vals * (1e-3 / torch.tensor(morph.area, dtype=dtype, device=device))[:, None]
-    vals = vals.movedim(-1, 0)
+    cur = currents(stimulus, cell.morphology, dtype, device)
     if reset is not None:
         reset = check_reset(reset, cell, t_eval, solver)
-    return solver, p, vals, t_eval, reset, device
+    return solver, p, cur, stimulus, t_eval, reset, device
 
 
 def sensitivities(
     cell: Cell,
     params: Mapping[str, Tensor | float] | None,
-    stimulus: Stimulus,
+    stimulus: Stimulus | ElectrodeStimulus,
     t_eval=None,
     solver: Solver | None = None,
     *,
@@ -207,10 +209,10 @@ def sensitivities(
                 f"{name!r} is not one of {[f'g_{c.name}' for c in cell.channels]}"
             )
         chans.append(ch)
-    solver, p, vals, t_eval, reset, _ = _prepare(
+    solver, p, cur, stimulus, t_eval, reset, _ = _prepare(
         cell, params, stimulus, t_eval, solver, torch.float64, "cpu", reset
     )
     reason = fused.supported(cell, solver, torch.float64, "cpu", None, reset)
     if reason is not None:
         raise SolverError(f"sensitivities need the fused kernel: {reason}")
-    return fused.jacobian(cell, p, vals, stimulus, t_eval, solver, reset, tuple(chans))
+    return fused.jacobian(cell, p, cur, stimulus, t_eval, solver, reset, tuple(chans))

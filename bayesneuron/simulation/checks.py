@@ -9,6 +9,7 @@ from torch import Tensor
 
 from bayesneuron.cell import Cell
 from bayesneuron.errors import ParameterError, SolverError, StimulusError
+from bayesneuron.protocol.electrode import ElectrodeStimulus
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.simulation.grid import broadcast_shapes
 from bayesneuron.simulation.solvers import Torchdiffeq
@@ -69,17 +70,17 @@ def check_batch(p: dict[str, Tensor], stimulus: Stimulus) -> None:
 
 
 def check_stimulus(cell: Cell, stimulus) -> Stimulus:
+    """``stimulus`` as a :class:`Stimulus` for ``cell`` (an :class:`ElectrodeStimulus` becomes
+    its sparse form, a view), or a :class:`StimulusError` saying what does not fit."""
+    if isinstance(stimulus, ElectrodeStimulus):
+        stimulus = stimulus.as_stimulus()
     if not isinstance(stimulus, Stimulus):
         raise StimulusError(
-            f"stimulus must be a bayesneuron.Stimulus, got {type(stimulus).__name__}; wrap an "
-            "array of currents [trace, comp, bins] with Stimulus(values, dt=bin width in ms)"
+            f"stimulus must be a bayesneuron.Stimulus or ElectrodeStimulus, got "
+            f"{type(stimulus).__name__}; wrap an array of currents [trace, comp, bins] with "
+            "Stimulus(values, dt=bin width in ms)"
         )
-    n = cell.n_comp
-    if stimulus.n_comp != n:
-        raise StimulusError(
-            f"stimulus has {stimulus.n_comp} compartments on axis -2 (shape "
-            f"{tuple(stimulus.values.shape)}) but the cell has {n}; expected [trace, {n}, bins]"
-        )
+    stimulus.site_index(cell.n_comp)
     want = cell.morphology.current_unit
     if stimulus.unit != want:
         raise StimulusError(

@@ -32,9 +32,10 @@ gate's rates arrive as rows of a table packed from the channel's rate forms
 (:class:`~bayesneuron.channels.RateChannel`), so any channel declared from them runs here.
 
 Numpy layouts (C-contiguous, float64): nodes in Hines order ``[n]``; parameters
-``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, comp]`` (µA/cm²); reset values
-``[R, time, comp]`` (mV, NaN = keep); element ``b`` reads rows ``pidx[b]``, ``sidx[b]``,
-``ridx[b]``. Per chunk, node arrays are ``[node, lane]`` and compartment arrays
+``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, site]`` (µA/cm²) at compartments
+``sites`` (a sparse stimulus stays sparse: each step scatters its bin into a per-step buffer);
+reset values ``[R, time, comp]`` (mV, NaN = keep); element ``b`` reads rows ``pidx[b]``,
+``sidx[b]``, ``ridx[b]``. Per chunk, node arrays are ``[node, lane]`` and compartment arrays
 ``[…, comp·lane]`` (the gate and channel loops run over all compartments at once): lane
 parameters ``[channel, comp·lane]``, history ``[step, node, lane]`` (``w``) and
 ``[step, gate, comp·lane]`` (``y'``, ``A``, ``D``).
@@ -104,23 +105,23 @@ def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=())
 
 
 # --------------------------------------------------------------------------- torch interface
-def run(cell, p, vals, stimulus, t_eval, solver, reset=None):
+def run(cell, p, cur, stimulus, t_eval, solver, reset=None):
     """The fused counterpart of ``simulate._run_fixed`` for staggered Crank–Nicolson.
 
     Args:
         p: every cell parameter ``{name: [sample…, comp]}`` (float64, CPU).
-        vals: current densities ``[bins, …, trace, comp]`` (µA/cm²).
+        cur: the :class:`~bayesneuron.simulation.grid.Currents` (µA/cm² at the sites).
 
     Returns:
         ``(v, n_steps)`` with ``v`` ``[batch…, comp, time]`` in mV; differentiable in ``p``.
     """
     flat = [p[f"{k}_{ch.name}"] for ch in cell.channels for k in ("g", "e")]
     store = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
-    prob = _Problem(cell, flat, vals, stimulus, t_eval, solver.dt, reset, store)
+    prob = _Problem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store)
     return _Fused.apply(prob, *flat), len(prob.steps[0])
 
 
-def jacobian(cell, p, vals, stimulus, t_eval, solver, reset=None, wrt=("na", "k")):
+def jacobian(cell, p, cur, stimulus, t_eval, solver, reset=None, wrt=("na", "k")):
     """Voltages and their forward sensitivities to the maximal conductances of the channels
     named ``wrt``: ``(v [batch…, comp, time], J [batch…, len(wrt)·comp, comp, time])`` with
     ``J[..., a·n_comp + k, :, :] = ∂V/∂g`` of channel ``wrt[a]`` at compartment ``k``
@@ -130,7 +131,7 @@ def jacobian(cell, p, vals, stimulus, t_eval, solver, reset=None, wrt=("na", "k"
     checked by :func:`~bayesneuron.simulate.sensitivities`."""
     names = [ch.name for ch in cell.channels]
     flat = [p[f"{k}_{ch.name}"].detach() for ch in cell.channels for k in ("g", "e")]
-    prob = _Problem(cell, flat, vals, stimulus, t_eval, solver.dt, reset, store=True)
+    prob = _Problem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store=True)
     par = prob.pack(flat)
     idx = np.array([names.index(c) for c in wrt], dtype=np.int64)
     out, hist = prob.forward(par)
@@ -169,7 +170,7 @@ def _map(fn, jobs: list, threads: int) -> None:
 class _Problem:
     """Everything the kernels take except the parameters (see the module docstring)."""
 
-    def __init__(self, cell, flat, vals, stimulus, t_eval, dt, reset, store):
+    def __init__(self, cell, flat, currents, stimulus, t_eval, dt, reset, store):
         self.store = store  # keep the history the adjoint needs
         sys = tree_system(cell.morphology)
         self.n_comp, self.n_time, self.n = cell.n_comp, len(t_eval), sys.n
@@ -208,13 +209,15 @@ class _Problem:
             is_output & resets,
         )
 
+        vals = currents.values  # [bins, …, trace, site]
         self.pshape = broadcast_shapes(*(x.shape[:-1] for x in flat))
         self.batch = broadcast_shapes(self.pshape + (1,), vals.shape[1:-1])
         self.n_batch = math.prod(self.batch)
         self.threads = torch.get_num_threads()
         self.lanes, self.n_chunks = _chunking(self.n_batch, sys.n, self.threads)
-        cur = vals.detach().movedim(0, -2)
+        cur = vals.detach().movedim(0, -2)  # [S…, bins, site]
         self.cur = cur.reshape((-1,) + cur.shape[-2:]).contiguous().numpy()
+        self.sites = np.ascontiguousarray(currents.sites.cpu().numpy(), dtype=np.int64)
         self.sidx = self._rows(vals.shape[1:-1])
         self.pidx = self._rows(self.pshape + (1,))
         if reset is None:
@@ -245,7 +248,7 @@ class _Problem:
         lp = par[self.pidx[b0:b1]].transpose(1, 2, 3, 0)  # [channel, 2, comp, lane]
         gm = np.ascontiguousarray(lp[:, 0]).reshape(par.shape[1], -1)
         ee = np.ascontiguousarray(lp[:, 1] - self.e_shift[:, None, None]).reshape(gm.shape)
-        return self.cur, self.sidx[b0:b1], self.rv, self.ridx[b0:b1], gm, ee
+        return self.cur, self.sites, self.sidx[b0:b1], self.rv, self.ridx[b0:b1], gm, ee
 
     def forward(self, par):
         """Voltages ``[B, comp, time]`` and, if ``self.store``, the history (a :class:`_History`)."""

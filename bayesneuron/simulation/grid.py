@@ -1,14 +1,44 @@
-"""Time grids of the fixed-step schemes and numpy-rule shape broadcasting."""
+"""Time grids of the fixed-step schemes, the injected currents as the backends take them, and
+numpy-rule shape broadcasting."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from torch import Tensor
 
 from bayesneuron.errors import SolverError
 from bayesneuron.protocol.stimulus import Stimulus
 
-__all__ = ["broadcast_shapes", "step_grid"]
+__all__ = ["Currents", "broadcast_shapes", "currents", "step_grid"]
+
+
+class Currents(NamedTuple):
+    """Injected currents as every backend takes them: only the stimulated compartments.
+
+    Each backend scatters ``values[bin]`` into its per-step current buffer at ``sites``
+    (zero elsewhere); no ``[bins, comp]`` array is ever built, so one electrode on a
+    1000-compartment cell costs one row.
+
+    Attributes:
+        values: current densities ``[bins, …, trace, site]`` (µA/cm²), time first.
+        sites: the compartment of each site column ``[site]`` (int64, distinct).
+    """
+
+    values: Tensor
+    sites: Tensor
+
+
+def currents(stimulus: Stimulus, morph, dtype, device) -> Currents:
+    """The :class:`Currents` of a checked ``stimulus`` on ``morph`` (nA → µA/cm² by area)."""
+    sites = stimulus.site_index(morph.n_comp)
+    vals = stimulus.values.to(device=device, dtype=dtype)
+    if stimulus.unit == "nA":
+        area = torch.tensor(morph.area[list(sites)], dtype=dtype, device=device)
+        vals = vals * (1e-3 / area)[:, None]
+    return Currents(vals.movedim(-1, 0), torch.tensor(sites, dtype=torch.int64, device=device))
 
 
 def broadcast_shapes(*shapes) -> torch.Size:

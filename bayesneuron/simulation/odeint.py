@@ -14,10 +14,13 @@ from bayesneuron.simulation.solvers import Torchdiffeq
 __all__ = ["run_torchdiffeq"]
 
 
-def run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
+def run_torchdiffeq(cell, p, cur, stimulus, t_eval, solver: Torchdiffeq):
+    """Integrate with torchdiffeq; ``cur``: the :class:`~bayesneuron.simulation.grid.Currents`.
+    Returns ``v [batch…, comp, time]``."""
     import torchdiffeq
 
     morph = cell.morphology
+    vals, sites = cur.values, cur.sites
     dtype, device = vals.dtype, vals.device
     if "ra" in p:
         raise SolverError("a varying ra needs a fixed-step solver (CrankNicolson, BackwardEuler)")
@@ -32,10 +35,11 @@ def run_torchdiffeq(cell, p, vals, stimulus, t_eval, solver: Torchdiffeq):
     def rhs(t, y):
         v, x = y[0], list(y[1:])
         col = torch.searchsorted(edges, t.reshape(1).to(dtype), right=True)
-        cur = vals.index_select(0, col.clamp(max=vals.shape[0] - 1))[0]
+        at = vals.index_select(0, col.clamp(max=vals.shape[0] - 1))[0]  # [batch…, site]
+        i_inj = at.new_zeros(at.shape[:-1] + (morph.n_comp,)).index_copy(-1, sites, at)
         g, ge = kin.conductance(x, local)
         i_ax = torch.zeros_like(v).index_add_(-1, src, cf * (v[..., dst] - v[..., src]))
-        dv = (cur - g * v + ge + i_ax) / cm
+        dv = (i_inj - g * v + ge + i_ax) / cm
         dx = [(inf - xi) / tau for (inf, tau), xi in zip(kin.gates(v, local), x)]
         return (dv, *dx)
 

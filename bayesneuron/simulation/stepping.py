@@ -18,25 +18,32 @@ from bayesneuron.simulation.solvers import CrankNicolson
 __all__ = ["run_fixed"]
 
 
-def _cn_step(kin, coef, v, x, vals, col, k_dt, neg_h, cm, diag, local):
+def _injected(vals, nodes, col, v):
+    """The current density at every node ``[nodes, batch…]``: ``vals[col]`` ``[site, …]``
+    scattered to the sites' nodes ``nodes``, zero elsewhere (a per-step buffer)."""
+    cur = vals.index_select(0, col).squeeze(0)
+    return cur.new_zeros(v.shape[:1] + cur.shape[1:]).index_copy(0, nodes, cur)
+
+
+def _cn_step(kin, coef, v, x, vals, nodes, col, k_dt, neg_h, cm, diag, local):
     """Staggered Crank–Nicolson: gates over ``h`` at ``v``, then a centred voltage step.
 
-    ``vals[col]`` is the current, ``k_dt = 2/dt``; step lengths come as tensors so that one
-    compiled graph serves steps of every length.
+    ``vals[col]`` is the current at nodes ``nodes``, ``k_dt = 2/dt``; step lengths come as
+    tensors so that one compiled graph serves steps of every length.
     """
     x = exp_euler(kin.gates(v, local), x, neg_h)
     g, ge = kin.conductance(x, local)
     c = k_dt * cm
-    cur = vals.index_select(0, col).squeeze(0)
+    cur = _injected(vals, nodes, col, v)
     w = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
     return 2.0 * w - v, x
 
 
-def _be_step(kin, coef, v, x, vals, col, k_dt, neg_h, cm, diag, local):
+def _be_step(kin, coef, v, x, vals, nodes, col, k_dt, neg_h, cm, diag, local):
     """NEURON's step: implicit voltage with frozen gates, then gates at the new voltage."""
     g, ge = kin.conductance(x, local)
     c = k_dt * cm
-    cur = vals.index_select(0, col).squeeze(0)
+    cur = _injected(vals, nodes, col, v)
     v = tree_solve(c + g + diag, torch.addcmul(cur + ge, c, v), coef)
     return v, exp_euler(kin.gates(v, local), x, neg_h)
 
@@ -50,19 +57,24 @@ def _compiled(step):
     return _COMPILED[step]
 
 
-def run_fixed(cell, p, vals, stimulus, t_eval, solver, reset=None):
+def run_fixed(cell, p, cur, stimulus, t_eval, solver, reset=None):
+    """Step the fixed-step scheme of ``solver``; ``cur``: the
+    :class:`~bayesneuron.simulation.grid.Currents`. Returns ``(v [batch…, comp, time],
+    n_steps)``."""
     # Internal layout is node-first, [nodes, batch…], so the tree solve works on views.
     morph = cell.morphology
     sys = tree_system(morph)
+    vals = cur.values
     dtype, device = vals.dtype, vals.device
     coef = sys.tensors(dtype, device)
     index = coef["pub_of"]
     batch = broadcast_shapes(*(x.shape[:-1] + (1,) for x in p.values()), vals.shape[1:-1])
     nb = len(batch)
-    # Currents [bins, …, trace, comp] → [bins, nodes, 1…, …, trace] (junction rows are 0).
-    vals = torch.cat([vals, vals.new_zeros(vals.shape[:-1] + (1,))], -1).index_select(-1, index)
+    # Currents [bins, …, trace, site] → [bins, site, 1…, …, trace]; each step scatters its
+    # bin to the sites' nodes (no [bins, nodes] array: a sparse stimulus stays sparse).
     vals = vals.movedim(-1, 1)
     vals = vals.reshape(vals.shape[:2] + (1,) * (nb + 2 - vals.ndim) + vals.shape[2:])
+    nodes = coef["comp_pos"].index_select(0, cur.sites)
     kin = kinetics(cell.channels)
     local = kin.lay_out(p, index, node_first=nb)
     v = torch.full((sys.n,) + batch, float(cell.v0), dtype=dtype, device=device)
@@ -94,7 +106,9 @@ def run_fixed(cell, p, vals, stimulus, t_eval, solver, reset=None):
         loc = [{k: next(it) for k in ks} for ks in names]
         cf, cm, diag = _membrane(sys, membrane, {k: next(it) for k in passive}, index, nb)
         for s in range(lo, hi):
-            v, x = step(kin, cf, v, x, vals, cols[s : s + 1], k_dt[s], neg_h[s], cm, diag, loc)
+            v, x = step(
+                kin, cf, v, x, vals, nodes, cols[s : s + 1], k_dt[s], neg_h[s], cm, diag, loc
+            )
             if is_output[s]:
                 outs.append(v)
                 j = int(out_j[s])

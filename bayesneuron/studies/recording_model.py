@@ -168,7 +168,7 @@ def build_model(study: RecordingStudy, rec, cell=None):
     try:
         return NeuronModel(
             cell,
-            rec.stimulus(site, cell.n_comp),
+            rec.stimulus(site, cell.n_comp),  # sparse: [sweep, 1, time] at the electrode
             rec.time,
             Design(stim=[site], rec=[site]),
             free=free,
