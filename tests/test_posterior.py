@@ -253,6 +253,7 @@ def test_identifiability_study_smoke(tmp_path):
     assert {(r["stim"], r["rec"]) for r in rows} == {("all", "all"), ("[0]", "all")}
     for r in rows:
         assert float(r["min_contraction"]) <= float(r["mean_contraction"]) <= 1.0
+        assert 0 <= int(r["map_converged"]) <= 1  # smoke: one start
     for name in ("ranking.csv", "parameters.csv", "report.html", "config.json"):
         assert (out / name).is_file(), name
     ncs = sorted((out / "idata").rglob("*.nc"))

@@ -190,6 +190,7 @@ def _design_row(inf, model, mp, met, extras: dict) -> dict:
         },
         **{f"map_gte_{column_key(k)}": gte.get(k, math.nan) for k in model.free},
         "map_steps": mp.steps,
+        "map_converged": int(np.sum(mp.converged)),  # starts its stopping rule ended
         "n_traces": model.n_trace,
         "sigma_mv": model.sigma,
         **extras,
