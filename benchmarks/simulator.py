@@ -163,12 +163,49 @@ def _l23_problem(sz: dict, fine: bool):
         label = f"d_lambda={d:g}"
     else:
         cell, label = l23_cell(nseg=1), "nseg=1"
-    amps = np.linspace(0.1, 1.0, sz["n_traces"])
+    amps = _l23_amps(sz)
     stim = step_current(amps, 0, cell.n_comp, sz["delay"], sz["duration"], sz["t_stop"], dt=1.0)
     n_t = int(round(sz["t_stop"] / sz["dt"]))
     t_eval = np.arange(n_t + 1) * sz["dt"]
     g = {"g_na": np.asarray(cell.params["g_na"], dtype=np.float64)}
     return cell, stim, t_eval, g, g, label
+
+
+def _l23_amps(sz: dict) -> np.ndarray:
+    """The l23_cell case's soma step amplitudes (nA)."""
+    return np.linspace(0.1, 1.0, sz["n_traces"])
+
+
+def _l23_sections(cell):
+    """The bundled SWC's sections (as ``l23_cell`` reads them) and ``cell``'s segments per
+    section, counted from its compartment names: NEURON and Jaxley get bayesneuron's exact
+    discretisation (the d_lambda rule is not re-applied)."""
+    from importlib import resources
+
+    from bayesneuron.morphology.swc import read_swc_sections
+    from bayesneuron.reference.cells import L23_SWC
+
+    sections = read_swc_sections(resources.files("bayesneuron").joinpath("data", L23_SWC))
+    counts: dict[str, int] = {}
+    for name in cell.morphology.names:
+        sec = name[: name.rindex("(")]
+        counts[sec] = counts.get(sec, 0) + 1
+    nsegs = [counts[s.name] for s in sections]
+    if sum(nsegs) != cell.n_comp:
+        raise RuntimeError(f"{sum(nsegs)} segments from the sections, the cell has {cell.n_comp}")
+    return sections, nsegs
+
+
+def _cable_constants(cell) -> tuple[float, float, float]:
+    """``(ra Ω·cm, cm µF/cm², celsius °C)`` of a uniform geometric hh cell."""
+    m = cell.morphology
+    ra, cm = float(m.ra[0]), float(m.cm[0])
+    if not (np.all(m.ra == ra) and np.all(m.cm == cm)):
+        raise RuntimeError("the peers' builds here assume uniform Ra and cm")
+    celsius = {float(getattr(ch, "celsius", 6.3)) for ch in cell.channels}
+    if len(celsius) != 1:
+        raise RuntimeError(f"channels at different temperatures: {celsius}")
+    return ra, cm, celsius.pop()
 
 
 def _make_solver(spec: dict):
@@ -246,12 +283,19 @@ def _task_bayesneuron(job: dict):
     return fwd, fwd_bwd, sync, info
 
 
-def _neuron_build(h, sections):
-    """NEURON sections from bayesneuron ``Section`` cylinders (nseg = 1)."""
+def _neuron_build(h, sections, nsegs=None):
+    """NEURON sections from bayesneuron ``Section`` objects: cylinders (``L``, ``diam``) or 3-D
+    points (``pt3dadd``, stored in single precision as bayesneuron assumes), ``nseg`` from
+    ``nsegs`` (default 1), connected at ``parent_x``."""
     secs = []
-    for s in sections:
+    for i, s in enumerate(sections):
         sec = h.Section(name=s.name)
-        sec.L, sec.diam, sec.nseg = s.length, s.diam, 1
+        if s.points is None:
+            sec.L, sec.diam = s.length, s.diam
+        else:
+            for x, y, z, d in s.points:
+                sec.pt3dadd(float(x), float(y), float(z), float(d))
+        sec.nseg = 1 if nsegs is None else int(nsegs[i])
         secs.append(sec)
     for s, sec in zip(sections, secs):
         if s.parent is not None:
@@ -260,28 +304,39 @@ def _neuron_build(h, sections):
 
 
 def _task_neuron(job: dict):
-    """NEURON on hh_tree: fixed-step backward Euler, exact hh rates, one run per amplitude."""
+    """NEURON forward: fixed-step backward Euler, exact hh rates, one run per amplitude."""
     from neuron import h
 
-    from bayesneuron.reference.cells import hh_tree_cell, hh_tree_sections
+    case, sz = job["case"], job["sizes"]
+    if case == "hh_tree":
+        from bayesneuron.reference.cells import hh_tree_cell, hh_tree_sections
 
-    sz = job["sizes"]
-    _, _, t_eval, _, _, amps = _hh_tree_problem(sz)
-    cell = hh_tree_cell()
+        _, _, t_eval, _, _, amps = _hh_tree_problem(sz)
+        cell = hh_tree_cell()
+        sections, nsegs = hh_tree_sections(), None
+    elif case == "l23_cell":
+        cell, _, t_eval, _, _, label = _l23_problem(sz, fine=True)
+        amps = _l23_amps(sz)
+        sections, nsegs = _l23_sections(cell)
+    else:
+        raise ValueError(f"no NEURON build for case {case}")
+    ra, cm, celsius = _cable_constants(cell)
     h.load_file("stdrun.hoc")
-    secs = _neuron_build(h, hh_tree_sections())
+    secs = _neuron_build(h, sections, nsegs)
     for sec in secs:
-        sec.Ra, sec.cm = 100.0, 1.0
+        sec.Ra, sec.cm = ra, cm
         sec.insert("hh")
     h.usetable_hh = 0
-    h.celsius = 6.3
+    h.celsius = celsius
     h.secondorder = 0
     h.CVode().active(0)
+    names = [f"{sec.name()}({seg.x:.4g})" for sec in secs for seg in sec]
+    order = [names.index(n) for n in cell.morphology.names]
+    area = np.array([seg.area() for sec in secs for seg in sec])[order] * 1e-8  # µm² -> cm²
+    area_rel_diff = float(np.max(np.abs(area / cell.morphology.area - 1.0)))
     stim = h.IClamp(secs[0](0.5))
     stim.delay, stim.dur = sz["delay"], sz["duration"]
     recs = [h.Vector().record(seg._ref_v) for sec in secs for seg in sec]
-    names = [f"{sec.name()}({seg.x:.4g})" for sec in secs for seg in sec]
-    order = [names.index(n) for n in cell.morphology.names]
     n_t = len(t_eval)
 
     def fwd(secs=secs):  # holds the sections: NEURON deletes Python-created ones when freed
@@ -301,7 +356,10 @@ def _task_neuron(job: dict):
         "n_times": n_t,
         "device": "cpu",
         "version": importlib.metadata.version("neuron"),
+        "area_rel_diff_vs_bayesneuron": area_rel_diff,
     }
+    if case == "l23_cell":
+        info["cell"] = label
     return fwd, None, lambda: None, info
 
 
@@ -347,8 +405,86 @@ def _jaxley_tree(sections):
     return order, parents
 
 
+#: Jaxley joins children to a branch's end through a zero-area branch point, never to a
+#: compartment's centre; the l23 soma's mid-soma trunks (NEURON's ``soma(0.5)``) therefore meet
+#: at the soma's 1-end branch point, tied to the soma's centre by its right half scaled by
+#: this factor instead of 0. Scanned on the 1008-compartment cell (50 ms, max |ΔV| vs NEURON):
+#: 1 -> 8.8e-3 mV, 1e-3 -> 8.8e-6, 1e-4 -> 8.7e-7, 2e-5 -> 2.6e-7, 1e-6 -> 4.8e-6 (round-off
+#: of the near-singular branch point takes over below ~1e-5).
+JAXLEY_SOMA_EPS = 2e-5
+
+
+def _jaxley_l23(jx, sections, nsegs, ra):
+    """A Jaxley ``Cell`` with bayesneuron's exact discretisation of an SWC cell.
+
+    One ``jx.Branch`` per section with that section's ``nseg`` compartments (branch and
+    compartment order = bayesneuron's compartment order). Per compartment, the membrane area
+    and the axial resistive loads of its two halves (Jaxley's ``area``, ``resistive_load_in``
+    / ``_out``, µm² and µm⁻¹) are bayesneuron's frustum integrals
+    (:func:`bayesneuron.morphology.geometry.segment_geometry`, NEURON's ``seg.area()`` /
+    ``seg.ri()``); ``length`` is L / nseg and ``radius`` the area-equivalent cylinder's
+    (unused by the simulation). Jaxley's branch points are NEURON's zero-area end nodes. The
+    one difference: see ``JAXLEY_SOMA_EPS`` (children at the soma's centre); a single child at
+    the soma's 1-end gets the soma's right half added to its own left half, which is exact.
+    """
+    import math
+
+    from bayesneuron.morphology.geometry import segment_geometry
+
+    parents = [-1 if s.parent is None else int(s.parent) for s in sections]
+    if parents[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parents) if i):
+        raise RuntimeError("expects the root first and every parent before its children")
+    area, rin, rout, length = [], [], [], []
+    for s, n in zip(sections, nsegs):
+        a, r = segment_geometry(s, n, ra)  # µm², MΩ per half segment
+        area.append(a)
+        rin.append(r[:, 0] / (0.01 * ra))  # MΩ = 0.01·Ra[Ω·cm]·load[µm⁻¹]
+        rout.append(r[:, 1] / (0.01 * ra))
+        length.append(np.full(n, s.L / n))
+    area, rin, rout, length = map(np.concatenate, (area, rin, rout, length))
+    first = np.concatenate([[0], np.cumsum(nsegs)])
+    mid = [i for i, s in enumerate(sections) if s.parent == 0 and s.parent_x not in (0.0, 1.0)]
+    end = [i for i, s in enumerate(sections) if s.parent == 0 and s.parent_x == 1.0]
+    bad = [
+        s.name
+        for s in sections
+        if s.parent is not None and s.parent_x != 1.0 and not (s.parent == 0 and s.parent_x == 0.5)
+    ]
+    if bad or (mid and (nsegs[0] != 1 or len(end) > 1)):
+        raise RuntimeError(
+            f"no exact Jaxley build: sections {bad[:5]} attach elsewhere than a parent's 1-end "
+            "or the one-compartment root's centre, or several attach at the root's 1-end"
+        )
+    if mid:
+        for i in end:  # soma(1) junction with one child: the two halves in series
+            rin[first[i]] += rout[0]
+        rout[0] *= JAXLEY_SOMA_EPS
+    cell = jx.Cell([jx.Branch(jx.Compartment(), ncomp=int(n)) for n in nsegs], parents=parents)
+    nodes = cell.base.nodes
+    if not np.array_equal(nodes["global_comp_index"].to_numpy(), np.arange(len(area))):
+        raise RuntimeError("unexpected Jaxley compartment order")
+    # Columns written directly: cell.set("radius" / "length") would recompute area and loads
+    # as cylinders.
+    nodes["length"] = length
+    nodes["radius"] = area / (2.0 * math.pi * length)
+    nodes["area"] = area
+    nodes["resistive_load_in"] = rin
+    nodes["resistive_load_out"] = rout
+    return cell
+
+
+def _jaxley_checkpoints(n_steps: int) -> list[int]:
+    """Two-level ``checkpoint_lengths`` whose product is exactly ``n_steps`` (a divisor near
+    its square root), so Jaxley runs no padded steps."""
+    d = min(
+        (k for k in range(1, n_steps + 1) if n_steps % k == 0),
+        key=lambda k: abs(k - n_steps**0.5),
+    )
+    return [n_steps // d, d]
+
+
 def _task_jaxley(job: dict):
-    """Jaxley on hh_tree: bwd_euler, float64, jit + vmap over the amplitudes."""
+    """Jaxley: bwd_euler, float64, jit + vmap over the amplitudes (hh_tree, l23_cell)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -356,43 +492,73 @@ def _task_jaxley(job: dict):
     import jaxley as jx
     from jaxley.channels import HH
 
-    from bayesneuron.reference.cells import hh_tree_cell, hh_tree_sections
+    case, sz = job["case"], job["sizes"]
+    t_build = time.perf_counter()
+    if case == "hh_tree":
+        from bayesneuron.reference.cells import hh_tree_cell, hh_tree_sections
 
-    sz = job["sizes"]
-    _, _, t_eval, gt, init, amps = _hh_tree_problem(sz)
-    cell_bn = hh_tree_cell()
-    sections = hh_tree_sections()
-    order, parents = _jaxley_tree(sections)
-    cell = jx.Cell([jx.Branch(jx.Compartment(), ncomp=1) for _ in order], parents=parents)
-    for b, i in enumerate(order):
-        cell.branch(b).set("length", float(sections[i].length))
-        cell.branch(b).set("radius", float(sections[i].diam) / 2)
-    cell.set("axial_resistivity", 100.0)
-    cell.set("capacitance", 1.0)
+        _, _, t_eval, gt, init, amps = _hh_tree_problem(sz)
+        cell_bn = hh_tree_cell()
+        sections = hh_tree_sections()
+        order, parents = _jaxley_tree(sections)
+        cell = jx.Cell([jx.Branch(jx.Compartment(), ncomp=1) for _ in order], parents=parents)
+        for b, i in enumerate(order):
+            cell.branch(b).set("length", float(sections[i].length))
+            cell.branch(b).set("radius", float(sections[i].diam) / 2)
+        cell.set("axial_resistivity", 100.0)
+        cell.set("capacitance", 1.0)
+        soma_branch = order.index(0)
+        to_bn = [order.index(i) for i in range(len(sections))]  # bn comp -> jaxley comp
+        free = {"g_na": "HH_gNa", "g_k": "HH_gK"}
+    elif case == "l23_cell":
+        cell_bn, _, t_eval, gt, init, label = _l23_problem(sz, fine=True)
+        amps = _l23_amps(sz)
+        sections, nsegs = _l23_sections(cell_bn)
+        ra, cm, celsius = _cable_constants(cell_bn)
+        if celsius != 6.3:
+            raise RuntimeError("jaxley.channels.HH has no temperature factor: 6.3 °C only")
+        cell = _jaxley_l23(jx, sections, nsegs, ra)
+        cell.set("axial_resistivity", ra)
+        cell.set("capacitance", cm)
+        soma_branch = 0  # the root
+        to_bn = list(range(cell_bn.n_comp))  # same compartment order
+        free = {"g_na": "HH_gNa"}
+    else:
+        raise ValueError(f"no Jaxley build for case {case}")
     cell.insert(HH())  # NEURON's hh at 6.3 °C; conductances in S/cm² (bayesneuron: mS/cm²)
     cell.set("v", float(cell_bn.v0))
     cell.init_states()
     cell.record("v", verbose=False)
-    cell.branch("all").make_trainable("HH_gNa", verbose=False)
-    cell.branch("all").make_trainable("HH_gK", verbose=False)
-    soma_b = order.index(0)
-    to_bn = [order.index(i) for i in range(len(sections))]  # bayesneuron comp -> jaxley branch
+    per = cell.branch("all") if case == "hh_tree" else cell.comp("all")
+    for name in free.values():
+        per.make_trainable(name, verbose=False)
+    order_j = np.argsort(to_bn)  # jaxley comp -> bn comp
 
     def jparams(g):
-        return [
-            {"HH_gNa": jnp.asarray(g["g_na"][order] * 1e-3)},
-            {"HH_gK": jnp.asarray(g["g_k"][order] * 1e-3)},
-        ]
+        return [{jn: jnp.asarray(np.asarray(g[k])[order_j] * 1e-3)} for k, jn in free.items()]
 
     dt, n_t = sz["dt"], len(t_eval) - 1
     t = np.arange(n_t) * dt
     on = (t >= sz["delay"] - 1e-9) & (t < sz["delay"] + sz["duration"] - 1e-9)
     cur = jnp.asarray(amps[:, None] * on[None, :])  # step k (t_k → t_k+1) sees bin k's current
-    target = jnp.asarray(np.load(job["target"])) if job.get("target") else None
+    if job.get("target"):
+        target = jnp.asarray(np.load(job["target"]))
+    else:  # l23_cell: an MSE against a constant −65 mV, as the bayesneuron rows
+        target = jnp.asarray(-65.0)
+    ckpt = _jaxley_checkpoints(n_t) if job.get("jaxley_checkpoint") else None
+    # (cell.comp(0) alone would select local compartment 0 of every branch)
+    stim_view = cell.branch(soma_branch).comp(0)
 
     def sim(p, c):
-        ds = cell.branch(soma_b).comp(0).data_stimulate(c)
-        return jx.integrate(cell, params=p, data_stimuli=ds, delta_t=dt, solver="bwd_euler")
+        ds = stim_view.data_stimulate(c)
+        return jx.integrate(
+            cell,
+            params=p,
+            data_stimuli=ds,
+            delta_t=dt,
+            solver="bwd_euler",
+            checkpoint_lengths=ckpt,
+        )
 
     vsim = jax.vmap(sim, in_axes=(None, 0))
 
@@ -401,6 +567,7 @@ def _task_jaxley(job: dict):
 
     p_fwd, p_grad = jparams(gt), jparams(init)
     compiled = {}
+    setup_s = time.perf_counter() - t_build
 
     def compile_fwd():
         compiled["fwd"] = jax.jit(vsim).lower(p_fwd, cur).compile()
@@ -414,20 +581,24 @@ def _task_jaxley(job: dict):
     def fwd_bwd():
         val, g = compiled["bwd"](p_grad, cur, target)
         jax.block_until_ready(g)
-        grads = {
-            "g_na": np.asarray(g[0]["HH_gNa"])[to_bn] * 1e-3,  # per mS/cm²
-            "g_k": np.asarray(g[1]["HH_gK"])[to_bn] * 1e-3,
+        grads = {  # per mS/cm²
+            k: np.asarray(g[i][jn])[to_bn] * 1e-3 for i, (k, jn) in enumerate(free.items())
         }
         return float(val), grads
 
     info = {
         "n_traces": len(amps),
-        "n_comp": len(sections),
+        "n_comp": cell_bn.n_comp,
         "n_times": len(t_eval),
         "device": str(jax.devices()[0]).lower(),
         "version": importlib.metadata.version("jaxley"),
+        "setup_s": setup_s,
         "compile": {"fwd": compile_fwd, "fwd_bwd": compile_bwd},
     }
+    if ckpt:
+        info["checkpoint_lengths"] = ckpt
+    if case == "l23_cell":
+        info["cell"] = label
     return fwd, fwd_bwd, lambda: None, info
 
 
@@ -488,15 +659,16 @@ class _Memory:
 
 
 def _timed(fn, sync, repeat: int, budget: float):
-    """One warm-up call (its result is returned), then best of up to ``repeat`` timed calls;
+    """One warm-up call (its result is returned), then up to ``repeat`` timed calls;
     repeating stops early once warm-up plus repeats have taken ``budget`` seconds. With
-    ``repeat = 0`` the single (cold) call is the measurement."""
+    ``repeat = 0`` the single (cold) call is the measurement. Returns ``(out, best, first,
+    n, times)``."""
     t0 = time.perf_counter()
     out = fn()
     sync()
     first = time.perf_counter() - t0
     if repeat == 0:  # a single call (references): report it as it is
-        return out, first, first, 0
+        return out, first, first, 0, [first]
     spent, times = first, []
     while len(times) < repeat and (not times or spent < budget):
         t0 = time.perf_counter()
@@ -504,7 +676,7 @@ def _timed(fn, sync, repeat: int, budget: float):
         sync()
         times.append(time.perf_counter() - t0)
         spent += times[-1]
-    return out, min(times), first, len(times)
+    return out, min(times), first, len(times), times
 
 
 def worker(job: dict) -> dict:
@@ -525,8 +697,8 @@ def worker(job: dict) -> dict:
             info["compile"][kind]()
             res["compile_s"] = time.perf_counter() - t0
         mem.reset()
-        out, best, first, n = _timed(fn, sync, job["repeat"], job["budget"])
-        res.update(seconds=best, first_s=first, repeats=n, peak_mem_mb=mem.peak_mb())
+        out, best, first, n, times = _timed(fn, sync, job["repeat"], job["budget"])
+        res.update(seconds=best, first_s=first, repeats=n, times=times, peak_mem_mb=mem.peak_mb())
         if kind == "fwd":
             v = out.detach().double().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
             res["finite"] = bool(np.isfinite(v).all())
@@ -604,6 +776,9 @@ def _row(case, impl, dtype, fwd: dict | None, bwd: dict | None, **extra) -> dict
         row[key] = part.get("seconds")
         row[key.replace("_s", "_first_call_s")] = part.get("first_s")
         row[key.replace("_s", "_repeats")] = part.get("repeats")
+        if part.get("times"):
+            row[key.replace("_s", "_times_s")] = part["times"]
+            row[key.replace("_s", "_median_s")] = float(np.median(part["times"]))
         if "compile_s" in part:
             row["compile_s" if key == "fwd_bwd_s" else "compile_fwd_s"] = part["compile_s"]
         if key == "fwd_s":
@@ -615,7 +790,18 @@ def _row(case, impl, dtype, fwd: dict | None, bwd: dict | None, **extra) -> dict
             row["loss"] = part.get("loss")
     if row["peak_mem_mb"] is None and row.get("peak_mem_fwd_mb") is not None:
         row["peak_mem_mb"] = row["peak_mem_fwd_mb"]  # forward-only implementations
-    for k in ("n_traces", "n_comp", "n_times", "device", "version", "cell", "checkpoint_every"):
+    for k in (
+        "n_traces",
+        "n_comp",
+        "n_times",
+        "device",
+        "version",
+        "cell",
+        "checkpoint_every",
+        "checkpoint_lengths",
+        "setup_s",
+        "area_rel_diff_vs_bayesneuron",
+    ):
         if k in info:
             row[k] = info[k]
     row.update(extra)
@@ -946,27 +1132,146 @@ def case_hh_tree(runner: Runner, quick: bool, log) -> list[dict]:
     return rows
 
 
+def _time_ratio(row: dict, ref: dict | None, key: str) -> dict | None:
+    """``row``'s time over ``ref``'s for ``key`` (fwd or fwd_bwd): ratio of the medians of
+    their timed calls and the widest range (fastest / slowest … slowest / fastest)."""
+    a, b = row.get(f"{key}_times_s"), (ref or {}).get(f"{key}_times_s")
+    if not a or not b:
+        return None
+    return {
+        "median": float(np.median(a) / np.median(b)),
+        "range": [float(min(a) / max(b)), float(max(a) / min(b))],
+    }
+
+
 def case_l23_cell(runner: Runner, quick: bool, log) -> list[dict]:
     case, rows = "l23_cell", []
     sz = _sizes(case, quick)
+    dt, ck = sz["dt"], sz["checkpoint_every"]
+    cpu = args_device(runner) == "cpu"
+    grad_wrt = {"grad_wrt": "g_na per compartment"}  # the row's "cell" comes from the worker
     for fine in (False, True):
         label = f"d_lambda ≤ {sz['d_lambda']:g}, ≥ {sz['min_comp']} comps" if fine else "nseg=1"
-        plain = None
-        for ck in (None, sz["checkpoint_every"]):
-            spec = {"kind": "cn", "dt": sz["dt"], "checkpoint_every": ck}
+        specs = [{"kind": "cn", "dt": dt, "checkpoint_every": c} for c in (None, ck)]
+        if cpu:  # the fused kernel (CrankNicolson only; it has no checkpointing: see README)
+            fused = [None, ck] if fine else [None]
+            specs += [
+                {"kind": "cn", "dt": dt, "checkpoint_every": c, "backend": "fused"} for c in fused
+            ]
+        neuron_v = be = None
+        if fine and importlib.util.find_spec("neuron") is not None:
+            log(f"l23_cell ({label}): NEURON …")
+            neuron_v = runner.path("l23-neuron-v")
+            f = runner.run("neuron", "fwd", case, save_v=neuron_v)
+            rows.append(
+                _row(
+                    case,
+                    "neuron",
+                    "float64",
+                    f,
+                    None,
+                    max_abs_err_mv=0.0 if "error" not in f else None,
+                    err_reference="(reference for the backward-Euler rows)",
+                    note="fixed dt 0.025, secondorder = 0, usetable_hh = 0, sections from the "
+                    "bundled SWC via pt3dadd with bayesneuron's nseg per section; forward only",
+                )
+            )
+            if "error" in f:
+                neuron_v = None
+        elif fine:
+            rows.append(_row(case, "neuron", "float64", None, None, note="NEURON not installed"))
+        if fine:  # bayesneuron's backward Euler: NEURON's and Jaxley's scheme (torch backend)
+            spec = {"kind": "be", "dt": dt}
             impl = _solver_name(spec)
             log(f"l23_cell ({label}): {impl} …")
-            f, b, paths = _bn(runner, case, f"l23-{int(fine)}-{ck}", spec, "float64", fine=fine)
-            extra = {"grad_wrt": "g_na per compartment"}  # the row's "cell" comes from the worker
-            if ck is None:
-                plain = paths["v"]
+            f, b, be = _bn(runner, case, "l23-1-be", spec, "float64", fine=True)
+            rows.append(
+                _row(
+                    case,
+                    impl,
+                    "float64",
+                    f,
+                    b,
+                    max_abs_err_mv=_max_err(be["v"], neuron_v),
+                    err_reference="NEURON (same scheme, same cell)" if neuron_v else None,
+                    note="BackwardEuler has no fused kernel: torch backend, checkpoint_every "
+                    "'auto'",
+                    **grad_wrt,
+                )
+            )
+        plain = {}
+        for spec in specs:
+            impl = _solver_name(spec)
+            log(f"l23_cell ({label}): {impl} …")
+            backend = spec.get("backend", "torch")
+            stem = f"l23-{int(fine)}-{backend}-{spec['checkpoint_every']}"
+            f, b, paths = _bn(runner, case, stem, spec, "float64", fine=fine)
+            extra = dict(grad_wrt)
+            if spec["checkpoint_every"] is None:
+                plain[backend] = paths["v"]
                 extra.update(err_reference="none (timing and memory only)")
             else:
                 extra.update(
-                    max_abs_err_mv=_max_err(paths["v"], plain),
+                    max_abs_err_mv=_max_err(paths["v"], plain.get(backend)),
                     err_reference="same solver and cell without checkpointing; must be 0",
                 )
+            if fine:  # CN vs the backward-Euler results: the schemes' difference
+                extra.update(
+                    max_abs_diff_vs_neuron_mv=_max_err(paths["v"], neuron_v),
+                    max_abs_diff_vs_bayesneuron_be_mv=_max_err(paths["v"], be["v"]),
+                    grad_rel_diff_vs_bayesneuron_be=_grad_rel_err(paths["grad"], be["grad"]),
+                )
+            if backend == "fused" and spec["checkpoint_every"] is not None:
+                extra["note"] = "the fused kernel ignores checkpoint_every (torch backend only)"
             rows.append(_row(case, impl, "float64", f, b, **extra))
+    if importlib.util.find_spec("jaxley") is None:
+        rows.append(
+            _row(
+                case,
+                "jaxley",
+                "float64",
+                None,
+                None,
+                note="jaxley not installed (pip install jaxley)",
+            )
+        )
+        return rows
+    jaxley_rows = {}
+    for ckpt in (False,) if quick else (False, True):
+        impl = "jaxley-ckpt" if ckpt else "jaxley"
+        log(f"l23_cell ({label}): {impl} …")
+        paths = {"v": runner.path(f"l23-{impl}-v"), "grad": runner.path(f"l23-{impl}-g", ".npz")}
+        f = runner.run("jaxley", "fwd", case, save_v=paths["v"], jaxley_checkpoint=ckpt)
+        b = runner.run("jaxley", "fwd_bwd", case, save_grad=paths["grad"], jaxley_checkpoint=ckpt)
+        row = _row(
+            case,
+            impl,
+            "float64",
+            f,
+            b,
+            max_abs_err_mv=_max_err(paths["v"], neuron_v),
+            err_reference="NEURON (same scheme, same cell)" if neuron_v else None,
+            max_abs_diff_vs_bayesneuron_be_mv=_max_err(paths["v"], be["v"]),
+            grad_rel_diff_vs_bayesneuron_be=_grad_rel_err(paths["grad"], be["grad"]),
+            soma_eps=JAXLEY_SOMA_EPS,
+            note="bwd_euler dt 0.025, jit + vmap over amplitudes; one jx.Branch per section "
+            "with bayesneuron's nseg, areas and half-segment resistive loads; mid-soma trunks "
+            "at a branch point tied to the soma by JAXLEY_SOMA_EPS × its right half (NEURON: 0); "
+            "setup_s (cell build) and compile_s / compile_fwd_s not in fwd_s / fwd_bwd_s"
+            + ("; checkpoint_lengths as given" if ckpt else ""),
+            **grad_wrt,
+        )
+        rows.append(row)
+        jaxley_rows[impl] = row
+    ref = jaxley_rows.get("jaxley")
+    neuron_row = next((r for r in rows if r["impl"] == "neuron" and r["fwd_s"]), None)
+    for r in rows:
+        if r.get("n_comp") != (ref or {}).get("n_comp") or r is ref:
+            continue
+        r["fwd_vs_jaxley"] = _time_ratio(r, ref, "fwd")
+        r["fwd_bwd_vs_jaxley"] = _time_ratio(r, ref, "fwd_bwd")
+        if r is not neuron_row:
+            r["fwd_vs_neuron"] = _time_ratio(r, neuron_row, "fwd")
     return rows
 
 

@@ -312,7 +312,7 @@ API_CASES = [
      r"'grid25'\]"),
     ("study-unknown-preset", lambda w: load_study(_study(
         w.tmp, GOOD_STUDY + "[experiment]\npreset = 'hh_forest'\n")), StudyError,
-     r"preset 'hh_forest' unknown; available: \['hh_tree', 'paper_toy'\]"),
+     r"preset 'hh_forest' unknown; available: \['hh_tree', 'l23', 'paper_l23', 'paper_toy'\]"),
     ("study-hh-tree-site-missing", lambda w: load_study(_study(
         w.tmp, GOOD_STUDY.replace('designs = ', 'designs = ["[0,7]|all"] #')
         + "[experiment]\npreset = 'hh_tree'\n")), StudyError,

@@ -1,9 +1,13 @@
-"""Smoke test of ``benchmarks/simulator.py``: the quick paper_toy run writes well-formed JSON."""
+"""Smoke tests of ``benchmarks/simulator.py``: the quick paper_toy run writes well-formed JSON;
+the quick l23_cell run's peers agree (slow)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "simulator.py"
@@ -51,3 +55,35 @@ def test_quick_paper_toy_writes_json(tmp_path):
         assert row["peak_mem_mb"] is not None
         assert 0 <= row["max_abs_err_mv"] < 5.0
     assert "paper_toy" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("neuron") is None or importlib.util.find_spec("jaxley") is None,
+    reason="needs NEURON and Jaxley (the bench extra)",
+)
+def test_quick_l23_cell_peers_agree(tmp_path):
+    """The quick l23_cell run: NEURON, bayesneuron's BackwardEuler and Jaxley run one scheme on
+    one 490-compartment cell and agree; the fused rows time forward and gradient."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--cases", "l23_cell", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["impl"], r.get("cell")): r for r in json.loads(out.read_text())["rows"]}
+    for row in rows.values():
+        assert ROW_KEYS <= set(row), sorted(ROW_KEYS - set(row))
+        assert "failed" not in (row.get("note") or ""), row["note"]
+    fine = "d_lambda=0.1"
+    assert rows[("neuron", fine)]["area_rel_diff_vs_bayesneuron"] < 1e-12
+    assert rows[("bayesneuron-be-dt0.025", fine)]["max_abs_err_mv"] < 1e-9
+    jaxley = rows[("jaxley", fine)]
+    assert jaxley["n_comp"] == 490
+    assert jaxley["max_abs_err_mv"] < 1e-5  # the soma branch point's JAXLEY_SOMA_EPS
+    assert jaxley["grad_rel_diff_vs_bayesneuron_be"] < 1e-6
+    fused = rows[("bayesneuron-cn-dt0.025-fused", fine)]
+    assert fused["fwd_bwd_s"] > 0 and fused["fwd_bwd_vs_jaxley"]["median"] > 0

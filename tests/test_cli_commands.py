@@ -44,13 +44,17 @@ def test_fit_writes_fit_table_figures_and_provenance(tmp_path, capsys):
     fit = json.loads((out / "fit.json").read_text())
     assert fit["design"] == "[0,-1]|all" and set(fit["gte"]) == {"g_na", "g_k"}
     (row,) = rows(out / "table.csv")
-    assert list(row)[:9] == [
+    assert list(row)[:13] == [
+        "seed",
+        "variant",
         "stim",
         "rec",
         "protocol",
         "L0",
         "L_final",
+        "gte_na_initial",
         "gte_na_final",
+        "gte_k_initial",
         "gte_k_final",
         "steps",
         "wall_s",

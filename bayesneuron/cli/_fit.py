@@ -119,6 +119,7 @@ def _write(args, out: Path, study, model, fit, n_starts: int, wall: float) -> No
         priors=args.priors,
         noise_sigma=args.noise,
         dt=study.dt,
+        seed=study.seed,
     )
     sigma = float(fit.params["sigma"]) if "sigma" in fit.params else args.sigma
     row |= {"init": args.init, "n_traces": args.traces, "sigma_mv": sigma}

@@ -77,7 +77,7 @@ def synthetic_data(
     params = {}
     for k in model.free:
         try:
-            params[k] = torch.as_tensor(np.asarray(truth[k], dtype=np.float64), dtype=model.dtype)
+            params[k] = torch.as_tensor(np.array(truth[k], dtype=np.float64), dtype=model.dtype)
         except (TypeError, ValueError):
             raise ParameterError(f"truth[{k!r}] = {truth[k]!r} is not numeric") from None
     with torch.no_grad():

@@ -6,6 +6,10 @@ user sees (stimulates, records, gives parameters to). Geometric cells may also c
 They have no membrane and are never exposed; keeping them makes the voltage update the exact
 tree solve NEURON performs.
 
+Graphs that are not trees (the paper's 184-node graph) are a spanning tree plus *loops*, extra
+compartment-to-compartment conductances that every backend adds exactly, and detached parts
+hung off the root by a tree edge of conductance 0 (:attr:`Morphology.n_components`).
+
 Units. Abstract cells (the paper's model) are per unit membrane area: coupling conductances in
 mS/cm², injected currents in µA/cm². Geometric cells use absolute conductances in mS (built from
 µm and Ω·cm, see :mod:`bayesneuron.geometry`), areas in cm², injected currents in nA.
@@ -14,7 +18,7 @@ mS/cm², injected currents in µA/cm². Geometric cells use absolute conductance
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -54,10 +58,20 @@ class Morphology:
             into the node's own half-segment and the parent's ``[n_nodes, 2]`` (MΩ per Ω·cm;
             0 at a junction), so that ``axial = 1e-3 / (pieces[:, 0]·ra[node] +
             pieces[:, 1]·ra[parent])`` mS; what lets ``ra`` be a free parameter.
+        loops: extra edges that close cycles, pairs of distinct compartments ``[k, 2]``
+            (default none; a pair already coupled is coupled once more, in parallel); the
+            tree stays the spanning tree the solvers eliminate.
+        loop_axial: conductance of every loop ``[k]``, in the units of ``axial``.
+
+    A tree edge of an abstract cell may have ``axial`` 0 where it joins a compartment to the
+    root: it carries no current, so the compartment's subtree is a separate part of the graph
+    (:meth:`from_adjacency` with ``tree_only=False`` builds such cells; see
+    :attr:`n_components`). Every other tree edge needs a conductance > 0.
 
     Raises:
-        MorphologyError: on several roots, cycles, disconnected parts, parents that do not
-            exist, or non-positive areas, capacitances or conductances.
+        MorphologyError: on several roots, cycles in ``parents``, parents that do not exist,
+            non-positive areas, capacitances or conductances, or loops that are not pairs of
+            distinct compartments.
     """
 
     names: tuple[str, ...]
@@ -70,6 +84,8 @@ class Morphology:
     distance: np.ndarray | None = field(default=None, repr=False)
     ra: np.ndarray | None = field(default=None, repr=False)
     ra_pieces: np.ndarray | None = field(default=None, repr=False)
+    loops: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    loop_axial: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self):
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -100,13 +116,55 @@ class Morphology:
         _check_tree(self.parents, self._node_name)
         self._check_cable()
         nonroot = self.parents >= 0
-        bad = np.flatnonzero(nonroot & ~(np.isfinite(self.axial) & (self.axial > 0)))
+        good = np.isfinite(self.axial) & (self.axial > 0)
+        if not self.geometric:  # a detached part (class docstring)
+            root = int(np.flatnonzero(self.parents == -1)[0])
+            good |= (self.axial == 0) & (self.parents == root)
+        bad = np.flatnonzero(nonroot & ~good)
         if bad.size:
             i = int(bad[0])
+            hint = (
+                "; 0 is allowed only on an edge to the root, where it detaches a part of the "
+                "graph (Morphology.from_adjacency(..., tree_only=False) builds such cells)"
+                if not self.geometric and self.axial[i] == 0
+                else " (check diameters, lengths and Ra)"
+            )
             raise MorphologyError(
                 f"the axial conductance between node {i} ({self._node_name(i)!r}) and its parent "
-                f"is {self.axial[i]}; it must be finite and > 0 (check diameters, lengths and Ra)"
+                f"is {self.axial[i]}; it must be finite and > 0{hint}"
             )
+        self._check_loops()
+
+    def _check_loops(self) -> None:
+        """``loops`` ``[k, 2]``: pairs of distinct compartments; ``loop_axial`` ``[k]``: finite
+        and > 0."""
+        loops = np.array(self.loops, dtype=np.int64)
+        if loops.size == 0:
+            loops = loops.reshape(0, 2)
+        g = _readonly(self.loop_axial, np.float64)
+        object.__setattr__(self, "loops", _readonly(loops, np.int64))
+        object.__setattr__(self, "loop_axial", g)
+        if loops.ndim != 2 or loops.shape[1] != 2:
+            raise MorphologyError(
+                f"loops has shape {loops.shape}; expected [k, 2] pairs of compartments"
+            )
+        if g.shape != (len(loops),):
+            raise MorphologyError(
+                f"loop_axial has shape {g.shape}; expected one conductance per loop ({len(loops)},)"
+            )
+        n = self.n_comp
+        for x, (i, j) in enumerate(loops.tolist()):
+            out = next((k for k in (i, j) if not 0 <= k < n), None)
+            if out is not None:
+                what = "a junction" if out < self.n_nodes else "no node"
+                why = f"joins node {out}, which is {what}; loops join compartments (0–{n - 1})"
+            elif i == j:
+                why = "joins a compartment to itself"
+            elif not (np.isfinite(g[x]) and g[x] > 0):
+                why = f"has conductance {g[x]}; it must be finite and > 0"
+            else:
+                continue
+            raise MorphologyError(f"loop {x} ({i}–{j}) {why}")
 
     def _check_cable(self) -> None:
         """``distance``, ``ra`` and ``ra_pieces``: absent, or of their shapes and finite."""
@@ -150,12 +208,46 @@ class Morphology:
         k = i - len(self.names)
         return self._junction_names[k] if k < len(self._junction_names) else f"junction {k}"
 
+    @property
+    def n_loops(self) -> int:
+        """Number of loops: edges beyond the spanning tree (0 for a tree)."""
+        return len(self.loops)
+
+    @cached_property
+    def components(self) -> np.ndarray:
+        """The connected part (by tree edges of conductance > 0 and loops) of every compartment
+        ``[n_comp]``: 0 for the root's, then 1, 2, … in order of their lowest compartment."""
+        label = np.arange(self.n_nodes)
+
+        def find(i):
+            while label[i] != i:
+                label[i] = label[label[i]]
+                i = label[i]
+            return i
+
+        edges = [(i, int(p)) for i, p in enumerate(self.parents) if p >= 0 and self.axial[i] > 0]
+        for i, j in edges + [tuple(e) for e in self.loops.tolist()]:
+            label[find(i)] = find(j)
+        root = int(np.flatnonzero(self.parents == -1)[0])
+        reps = [find(root)] + [find(i) for i in range(self.n_comp)]
+        number = {r: k for k, r in enumerate(dict.fromkeys(reps))}
+        return np.array([number[r] for r in reps[1:]], dtype=np.int64)
+
+    @property
+    def n_components(self) -> int:
+        """Number of connected parts of the graph (1 for a connected cell): more than one
+        means currents injected in one part never reach the others."""
+        return int(self.components.max()) + 1
+
     @cached_property
     def compartment_parents(self) -> np.ndarray:
-        """Nearest compartment ancestor of every compartment ``[n_comp]`` (-1 for the root side)."""
+        """Nearest compartment ancestor of every compartment ``[n_comp]`` (-1 for the root and
+        for the root of a detached part)."""
         out = np.empty(self.n_comp, dtype=np.int64)
         for i in range(self.n_comp):
             p = self.parents[i]
+            if p >= 0 and self.axial[i] == 0:
+                p = -1
             while p >= self.n_comp:
                 p = self.parents[p]
             out[i] = p
@@ -240,33 +332,86 @@ class Morphology:
         cm: float = 1.0,
         root: int = 0,
         names: Sequence[str] | None = None,
+        tree_only: bool = True,
     ) -> Morphology:
-        """Abstract tree from a symmetric 0/1 adjacency matrix, as in the paper's code.
+        """Abstract cell from a symmetric 0/1 adjacency matrix, as in the paper's code.
 
-        The paper couples compartments by ``I_ax,i = ax · Σ_k A_ik (V_k − V_i)``. Only trees are
-        accepted: a graph with a cycle or a disconnected part (such as the paper's own
-        184-node graph) is rejected with the offending nodes named.
+        The paper couples compartments by ``I_ax,i = ax · Σ_k A_ik (V_k − V_i)``. By default
+        only trees are accepted: a graph with a cycle or a disconnected part (such as the
+        paper's own 184-node graph) is rejected with the offending nodes named.
+
+        Args:
+            adjacency: symmetric 0/1 matrix ``[n, n]`` with a zero diagonal.
+            ax: coupling conductance of every edge in mS/cm².
+            cm: membrane capacitance in µF/cm², scalar or ``[n]``.
+            root: the root compartment (the soma).
+            names: optional compartment names.
+            tree_only: ``False`` accepts any graph, coupled exactly as the paper's rule says:
+                a breadth-first spanning tree from ``root`` (then from the lowest node of
+                every part not reached) carries the tree edges, the remaining edges become
+                :attr:`loops`, and each part not reached hangs off ``root`` by an edge of
+                conductance 0 (:attr:`n_components` reports them).
+
+        Raises:
+            MorphologyError: on a malformed matrix, or (``tree_only``) a cycle or a part
+                that cannot be reached from the root.
+
+        Example:
+            >>> a = np.array([[0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+            >>> m = Morphology.from_adjacency(a, tree_only=False)  # a triangle and a node
+            >>> m.loops.tolist(), m.n_components
+            ([[1, 2]], 2)
         """
-        a = np.asarray(adjacency)
-        if a.ndim != 2 or a.shape[0] != a.shape[1]:
-            raise MorphologyError(f"adjacency must be a square matrix; got shape {a.shape}")
-        n = a.shape[0]
-        if not np.array_equal(a, a.T):
-            i, j = map(int, np.argwhere(a != a.T)[0])
-            raise MorphologyError(
-                f"adjacency is not symmetric (A[{i},{j}] = {a[i, j]} but A[{j},{i}] = {a[j, i]}); "
-                "with the paper's coupling an asymmetric edge carries no current — symmetrise it"
-            )
-        if np.any(np.diag(a) != 0):
-            i = int(np.flatnonzero(np.diag(a))[0])
-            raise MorphologyError(f"adjacency has a self-loop at node {i}; the diagonal must be 0")
-        if not np.all((a == 0) | (a == 1)):
-            raise MorphologyError("adjacency entries must be 0 or 1 (use ax for the conductance)")
-        if not 0 <= root < n:
-            raise MorphologyError(f"root {root} does not exist (graph has {n} nodes)")
-        parents = np.full(n, -2, dtype=np.int64)
-        parents[root] = -1
-        order, head = [root], 0
+        a = _checked_adjacency(adjacency, root)
+        parents, detached, loops = _spanning_forest(a, root, tree_only)
+        axial = np.where(detached, 0.0, float(ax))
+        tree = cls.from_parents(parents, ax=axial, cm=cm, names=names)
+        return replace(tree, loops=loops, loop_axial=np.full(len(loops), float(ax)))
+
+
+def _checked_adjacency(adjacency, root: int) -> np.ndarray:
+    """The adjacency as an array, or an error naming what makes it no graph."""
+    a = np.asarray(adjacency)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise MorphologyError(f"adjacency must be a square matrix; got shape {a.shape}")
+    if not np.array_equal(a, a.T):
+        i, j = map(int, np.argwhere(a != a.T)[0])
+        raise MorphologyError(
+            f"adjacency is not symmetric (A[{i},{j}] = {a[i, j]} but A[{j},{i}] = {a[j, i]}); "
+            "with the paper's coupling an asymmetric edge carries no current — symmetrise it"
+        )
+    if np.any(np.diag(a) != 0):
+        i = int(np.flatnonzero(np.diag(a))[0])
+        raise MorphologyError(f"adjacency has a self-loop at node {i}; the diagonal must be 0")
+    if not np.all((a == 0) | (a == 1)):
+        raise MorphologyError("adjacency entries must be 0 or 1 (use ax for the conductance)")
+    if not 0 <= root < a.shape[0]:
+        raise MorphologyError(f"root {root} does not exist (graph has {a.shape[0]} nodes)")
+    return a
+
+
+def _spanning_forest(a: np.ndarray, root: int, tree_only: bool) -> tuple:
+    """Breadth-first spanning tree from ``root``, then from the lowest node of every part not
+    reached, hung off ``root``: ``(parents [n], detached [n] bool, loops [k, 2])`` with the
+    edges left over as sorted pairs. ``tree_only``: a cycle or a part not reached is an error."""
+    n = a.shape[0]
+    parents = np.full(n, -2, dtype=np.int64)
+    detached = np.zeros(n, dtype=bool)
+    loops: set[tuple[int, int]] = set()
+    for start in [root, *(i for i in range(n) if i != root)]:
+        if start != root and parents[start] != -2:
+            continue
+        if start != root:
+            if tree_only:
+                missing = np.flatnonzero(parents == -2)
+                raise MorphologyError(
+                    f"the graph is disconnected: {missing.size} node(s) cannot be reached from "
+                    f"the root {root}, e.g. {missing[:8].tolist()}; connect them or remove them "
+                    "(or pass tree_only=False to simulate the parts apart)"
+                )
+            detached[start] = True
+        parents[start] = -1 if start == root else root
+        order, head = [start], 0
         while head < len(order):
             i = order[head]
             head += 1
@@ -274,19 +419,17 @@ class Morphology:
                 if j == parents[i]:
                     continue
                 if parents[j] != -2:
-                    raise MorphologyError(
-                        f"the graph has a cycle through nodes {i} and {j}: a neuron must be a tree; "
-                        "remove one edge of the cycle"
-                    )
+                    if tree_only:
+                        raise MorphologyError(
+                            f"the graph has a cycle through nodes {i} and {j}: a neuron must "
+                            "be a tree; remove one edge of the cycle (or pass tree_only=False "
+                            "to couple it as a loop)"
+                        )
+                    loops.add((min(i, j), max(i, j)))
+                    continue
                 parents[j] = i
                 order.append(j)
-        missing = np.flatnonzero(parents == -2)
-        if missing.size:
-            raise MorphologyError(
-                f"the graph is disconnected: {missing.size} node(s) cannot be reached from the root "
-                f"{root}, e.g. {missing[:8].tolist()}; connect them or remove them"
-            )
-        return cls.from_parents(parents, ax=ax, cm=cm, names=names)
+    return parents, detached, np.array(sorted(loops), dtype=np.int64).reshape(-1, 2)
 
 
 def _check_tree(parents: np.ndarray, name) -> None:

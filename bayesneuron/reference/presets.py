@@ -4,7 +4,12 @@ A study's ``[experiment] preset`` names one of :data:`PRESETS`:
 
 * ``"paper_toy"`` — Jones & Kording's 6-compartment chain, bit for bit (:mod:`.paper`);
 * ``"hh_tree"`` — :func:`~bayesneuron.cells.hh_tree_cell`, a branched cell with NEURON's ``hh``
-  in every compartment, driven by random piecewise-constant currents (:func:`hh_tree_currents`).
+  in every compartment, driven by random piecewise-constant currents (:func:`hh_tree_currents`);
+* ``"paper_l23"`` — the paper's 184-compartment experiment (:mod:`.paper_l23`), with its
+  ``variant``: ``"faithful"``, ``"graph"`` or ``"right"``;
+* ``"l23"`` — electrode placement on the real L2/3 geometry (:mod:`.l23_design`): NaT, Kdr
+  and a leak at 34 °C, g_Na and g_Kdr shared by five regions; its ``"placements"`` are the 9
+  designs of ``studies/l23_design``.
 
 Each preset gives ``experiment(design, n_traces=…, seed=…, noise_sigma=…, sigma=…, priors=…,
 solver=…, device=…) → (model, v_obs, truth)`` and its named design lists (``"grid"``: every
@@ -163,6 +168,10 @@ class Preset:
         site_sets: the stim/rec site sets of the ``"grid"`` designs (``None`` = all).
         dt: default Crank–Nicolson step in ms.
         named: other design lists by name (e.g. the paper's ``"paper9"``).
+        variants: the values of ``experiment``'s ``variant`` argument, the default first
+            (empty: it has none).
+        sections: the reconstructed cell's sections with 3-D points, for morphology figures
+            (compartment ``"<section>(x)"`` belongs to section ``<section>``); None: none.
     """
 
     name: str
@@ -172,6 +181,8 @@ class Preset:
     site_sets: Sequence
     dt: float
     named: Mapping[str, Callable[[], list[Design]]] = field(default_factory=dict)
+    variants: tuple[str, ...] = ()
+    sections: Callable[[], list] | None = None
 
     def designs(self, spec: str) -> list[Design]:
         """The design list named ``spec`` (``"grid"`` or one of :attr:`named`)."""
@@ -224,7 +235,71 @@ def _hh_tree() -> Preset:
     )
 
 
-PRESETS: dict[str, Callable[[], Preset]] = {"paper_toy": _paper_toy, "hh_tree": _hh_tree}
+def _paper_l23() -> Preset:
+    from bayesneuron.reference.paper_l23 import (
+        PAPER_L23_STIM,
+        PAPER_L23_VARIANTS,
+        paper_l23_cell,
+        paper_l23_experiment,
+    )
+
+    stim18 = list(PAPER_L23_STIM)
+    return Preset(
+        name="paper_l23",
+        description="Jones & Kording's 184-compartment experiment on the human L2/3 cell "
+        "171122005 (paper channels, ax = 0.01, currents 0–9 µA/cm² every 18th compartment, 48 "
+        "outputs over 5 ms); variants: the paper's chain-data/graph-learner mismatch "
+        "(faithful), data and learner on the paper's graph, or on the real geometry (right)",
+        cell=paper_l23_cell,
+        experiment=paper_l23_experiment,
+        site_sets=([0], stim18, None),
+        dt=0.005,
+        named={"paper": lambda: [Design(stim18, None)]},
+        variants=PAPER_L23_VARIANTS,
+        sections=_l23_sections,
+    )
+
+
+def _l23() -> Preset:
+    from bayesneuron.reference.l23_design import (
+        L23_ELECTRODE_SETS,
+        l23_design_cell,
+        l23_designs,
+        l23_experiment,
+        l23_sites,
+    )
+
+    sites = l23_sites(l23_design_cell().morphology)
+    return Preset(
+        name="l23",
+        description="the human L2/3 cell 171122005 on its real geometry (one compartment per "
+        "section), NaT + Kdr + leak at 34 °C, g_Na and g_Kdr shared by soma, axon, basal, "
+        "apical < 300 µm and apical ≥ 300 µm; random step currents of 0–2 nA at the "
+        "stimulated sites, 150 outputs over 30 ms",
+        cell=l23_design_cell,
+        experiment=l23_experiment,
+        site_sets=tuple([sites[s] for s in e] for e in L23_ELECTRODE_SETS),
+        dt=0.025,
+        named={"placements": l23_designs},
+        sections=_l23_sections,
+    )
+
+
+def _l23_sections() -> list:
+    from importlib import resources
+
+    from bayesneuron.morphology.swc import read_swc_sections
+    from bayesneuron.reference.cells import L23_SWC
+
+    return read_swc_sections(resources.files("bayesneuron").joinpath("data").joinpath(L23_SWC))
+
+
+PRESETS: dict[str, Callable[[], Preset]] = {
+    "paper_toy": _paper_toy,
+    "hh_tree": _hh_tree,
+    "paper_l23": _paper_l23,
+    "l23": _l23,
+}
 """Preset name → constructor."""
 
 

@@ -9,6 +9,7 @@ imported on first use, as importing ArviZ is slow.
 from .figures import subplots
 from .fits import plot_design_heatmap, plot_loss_and_gte, plot_trajectories
 from .html import Figure, Table, Text, write_html_report
+from .morphology_plots import plot_morphology
 from .posterior_plots import (
     plot_contraction_heatmap,
     plot_forest_designs,
@@ -37,6 +38,7 @@ __all__ = [
     "plot_design_heatmap",
     "plot_forest_designs",
     "plot_loss_and_gte",
+    "plot_morphology",
     "plot_pairs",
     "plot_posterior_vs_prior",
     "plot_recording_predictive",

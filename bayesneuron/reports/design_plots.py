@@ -23,15 +23,23 @@ def plot_expected_ranking(rows: Sequence[dict], title: str = ""):
     """
     crits = list(dict.fromkeys(r["criterion"] for r in rows))
     n_des = max(sum(r["criterion"] == c for r in rows) for c in crits)
-    fig, axes = subplots(
-        1, len(crits), figsize=(4.2 * len(crits), 1.2 + 0.24 * n_des), squeeze=False
-    )
+    long = max(len(f"{r['stim']}|{r['rec']}") for r in rows) > 32  # compartment names
+    if long:  # panels stacked, labels wrapped at the bar
+        fig, axes = subplots(
+            len(crits), 1, figsize=(10.0, len(crits) * (0.8 + 0.42 * n_des)), squeeze=False
+        )
+        axes = axes.T
+    else:
+        fig, axes = subplots(
+            1, len(crits), figsize=(4.2 * len(crits), 1.2 + 0.24 * n_des), squeeze=False
+        )
     for ax, crit in zip(axes[0], crits):
         sub = sorted((r for r in rows if r["criterion"] == crit), key=lambda r: -r["rank_mean"])
         y = range(len(sub))
         means = [float(r["mean"]) for r in sub]
         ax.errorbar(means, y, xerr=[float(r["sd"]) for r in sub], fmt="o", ms=3, capsize=2)
-        ax.set_yticks(list(y), [f"{r['stim']}|{r['rec']}" for r in sub], fontsize=7)
+        sep = "|\n" if long else "|"
+        ax.set_yticks(list(y), [f"{r['stim']}{sep}{r['rec']}" for r in sub], fontsize=7)
         for i, r in enumerate(sub):
             note = f"rank {float(r['rank_mean']):.1f}"
             if float(r["p_best"]) > 0:

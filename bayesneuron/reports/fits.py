@@ -33,19 +33,30 @@ def plot_loss_and_gte(fits: Sequence[MapFit], title: str = ""):
     return fig
 
 
-def plot_trajectories(fit: MapFit, title: str = ""):
-    """Per-compartment parameter trajectories (best start) against dashed ground truth."""
+def plot_trajectories(fit: MapFit, title: str = "", max_lines: int = 12):
+    """Per-compartment parameter trajectories (best start) against dashed ground truth; with
+    more than ``max_lines`` compartments, each compartment's error ``g − g_true`` (faint)
+    and the ground-truth error (mean |g − g_true|, bold) instead."""
     names = list(fit.free)
     fig, axes = subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    colors = colormap("tab10")
     for ax, k in zip(axes[0], names):
         traj = fit.history[k][:, fit.best]  # [iteration, comp]
-        colors = colormap("tab10")
+        if traj.shape[1] > max_lines and fit.truth is not None:
+            err = traj - np.asarray(fit.truth[k])[None, :]
+            ax.plot(err, color="0.6", lw=0.4, alpha=0.5)
+            ax.plot(np.abs(err).mean(1), color="k", lw=2.0, label="mean |error| (GTE)")
+            ax.axhline(0.0, color="k", ls="--", lw=0.8)
+            ax.set(xlabel="iteration", ylabel=f"{k} − truth (mS/cm²)", title=k)
+            ax.legend(fontsize=7)
+            continue
         for c in range(traj.shape[1]):
             ax.plot(traj[:, c], color=colors(c % 10), lw=1.3, label=f"comp {c}")
             if fit.truth is not None:
                 ax.axhline(fit.truth[k][c], color=colors(c % 10), ls="--", lw=0.9)
         ax.set(xlabel="iteration", ylabel=f"{k} (mS/cm²)", title=k)
-    axes[0][-1].legend(fontsize=7, ncol=2)
+        if traj.shape[1] <= max_lines:
+            ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title or f"{fit.design} ({fit.protocol}); dashed: ground truth")
     fig.tight_layout()
     return fig

@@ -236,13 +236,14 @@ def _pair_panel(ax, data, truth, i, j):
 
 
 def plot_forest_designs(idatas: Mapping[str, object], var_name: str, prob: float = 0.9, path=None):
-    """Per-compartment posterior intervals of one parameter across designs.
+    """Posterior intervals of one parameter across designs, per compartment (or region).
 
     Thin line: central ``prob`` interval; thick: 50 %; dot: median. Grey boxes: the prior's
     central ``prob`` interval (from prior draws) or mean ± sd; black ``|``: ground truth.
 
     Args:
-        idatas: design label → InferenceData (each with ``var_name`` over ``compartment``).
+        idatas: design label → InferenceData (each with ``var_name`` over ``compartment`` or
+            a ``<name>_region`` dim).
         var_name: the parameter, e.g. ``"g_na"``.
         prob: width of the outer interval.
         path: optional PNG path.
@@ -252,14 +253,15 @@ def plot_forest_designs(idatas: Mapping[str, object], var_name: str, prob: float
     sizes = {}
     for label, idata in idatas.items():
         post = _group(idata, "posterior")
-        if var_name not in post or "compartment" not in post[var_name].dims:
+        dims = post[var_name].dims if var_name in post else ()
+        if len(dims) != 3 or not (dims[2] == "compartment" or dims[2].endswith("_region")):
             raise DataError(
-                f"design {label!r}: posterior has no per-compartment {var_name!r} "
+                f"design {label!r}: posterior has no {var_name!r} per compartment or region "
                 f"([chain, draw, compartment]); it has {list(post.data_vars)}"
             )
-        sizes[label] = post.sizes["compartment"]
+        sizes[label] = post.sizes[dims[2]]
     if len(set(sizes.values())) != 1:
-        raise DataError(f"the designs have different numbers of compartments: {sizes}")
+        raise DataError(f"the designs have different numbers of compartments/regions: {sizes}")
     n, labels = next(iter(sizes.values())), list(idatas)
     first = idatas[labels[0]]
     D = len(labels)

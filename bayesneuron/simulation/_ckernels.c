@@ -236,9 +236,125 @@ static void solve(const i64 *parent, const double *lo, const double *up, double 
     }
 }
 
+/* ------------------------------------------------------------------ loops (Woodbury) */
+/* Loops: edges beyond the spanning tree (hines.py): M = T + P Qᵀ with, per loop j between nodes
+ * a_j, b_j, P_j = ga_j e_a − gb_j e_b (conductance times row weights) and Q_j = e_a − e_b. A
+ * solve with M (tr = 0) or Mᵀ (tr = 1): Z = T⁻¹P (T⁻ᵀQ), the capacitance S = I + QᵀZ (PᵀZ),
+ * factored per lane without pivoting (S = (G⁻¹ + QᵀT_u⁻¹Q)·G, T_u symmetric positive definite),
+ * then x ← x − Z S⁻¹ Qᵀx (Pᵀx) after the tree solve of the right-hand side. */
+typedef struct {
+    i64 k;
+    const i64 *a, *b;
+    const double *ga, *gb;
+    double *z, *s, *y; /* work: Z [k, n, nl], S [k, k, nl], [k, nl] */
+} Loops;
+
+/* solve() for r (NULL: none) and the nz right-hand sides z [nz, n, nl] at once */
+static void solve_n(const i64 *parent, const double *lo, const double *up, double *d, double *r,
+                    double *z, i64 nz, i64 n, i64 nl) {
+    i64 nn = n * nl;
+    for (i64 i = n - 1; i > 0; i--) {
+        double li = lo[i], ui = up[i];
+        i64 oi = i * nl, op = parent[i] * nl;
+        double *restrict di = d + oi, *restrict dp = d + op;
+        if (r) {
+            SIMD for (i64 l = 0; l < nl; l++) r[op + l] = r[op + l] - (ui / di[l]) * r[oi + l];
+        }
+        for (i64 q = 0; q < nz; q++) {
+            double *restrict zq = z + q * nn;
+            SIMD for (i64 l = 0; l < nl; l++) zq[op + l] = zq[op + l] - (ui / di[l]) * zq[oi + l];
+        }
+        SIMD for (i64 l = 0; l < nl; l++) dp[l] = dp[l] - li * (ui / di[l]);
+    }
+    for (i64 q = -1; q < nz; q++) {
+        double *x = q < 0 ? r : z + q * nn;
+        if (!x) continue;
+        SIMD for (i64 l = 0; l < nl; l++) x[l] = x[l] / d[l];
+        for (i64 i = 1; i < n; i++) {
+            double li = lo[i];
+            const double *restrict di = d + i * nl, *restrict xp = x + parent[i] * nl;
+            double *restrict xi = x + i * nl;
+            SIMD for (i64 l = 0; l < nl; l++) xi[l] = (xi[l] - li * xp[l]) / di[l];
+        }
+    }
+}
+
+/* Z's columns before the solve: P (tr = 0) or Q (tr = 1) */
+static void loop_columns(const Loops *lp, int tr, i64 n, i64 nl) {
+    i64 nn = n * nl;
+    for (i64 x = 0; x < lp->k * nn; x++) lp->z[x] = 0.0;
+    for (i64 j = 0; j < lp->k; j++) {
+        double ca = tr ? 1.0 : lp->ga[j], cb = tr ? 1.0 : lp->gb[j];
+        double *za = lp->z + j * nn + lp->a[j] * nl, *zb = lp->z + j * nn + lp->b[j] * nl;
+        for (i64 l = 0; l < nl; l++) {
+            za[l] = ca;
+            zb[l] = -cb;
+        }
+    }
+}
+
+/* S = I + QᵀZ (tr = 0) or PᵀZ (tr = 1), LU-factored in place per lane */
+static void loop_factor(const Loops *lp, int tr, i64 n, i64 nl) {
+    i64 k = lp->k, nn = n * nl;
+    double *s = lp->s;
+    for (i64 i = 0; i < k; i++) {
+        double ca = tr ? lp->ga[i] : 1.0, cb = tr ? lp->gb[i] : 1.0;
+        for (i64 j = 0; j < k; j++) {
+            const double *za = lp->z + j * nn + lp->a[i] * nl, *zb = lp->z + j * nn + lp->b[i] * nl;
+            double *restrict sij = s + (i * k + j) * nl, one = i == j ? 1.0 : 0.0;
+            SIMD for (i64 l = 0; l < nl; l++) sij[l] = one + (ca * za[l] - cb * zb[l]);
+        }
+    }
+    for (i64 q = 0; q < k; q++)
+        for (i64 i = q + 1; i < k; i++) {
+            double *restrict siq = s + (i * k + q) * nl;
+            const double *restrict sqq = s + (q * k + q) * nl;
+            SIMD for (i64 l = 0; l < nl; l++) siq[l] = siq[l] / sqq[l];
+            for (i64 j = q + 1; j < k; j++) {
+                double *restrict sij = s + (i * k + j) * nl;
+                const double *restrict sqj = s + (q * k + j) * nl;
+                SIMD for (i64 l = 0; l < nl; l++) sij[l] = sij[l] - siq[l] * sqj[l];
+            }
+        }
+}
+
+/* x ← x − Z S⁻¹ Qᵀx (tr = 0) or Z S⁻¹ Pᵀx (tr = 1), x [n, nl] the tree solve's result */
+static void loop_correct(const Loops *lp, int tr, double *x, i64 n, i64 nl) {
+    i64 k = lp->k, nn = n * nl;
+    const double *s = lp->s;
+    double *y = lp->y;
+    for (i64 i = 0; i < k; i++) {
+        double ca = tr ? lp->ga[i] : 1.0, cb = tr ? lp->gb[i] : 1.0;
+        const double *xa = x + lp->a[i] * nl, *xb = x + lp->b[i] * nl;
+        double *restrict yi = y + i * nl;
+        SIMD for (i64 l = 0; l < nl; l++) yi[l] = ca * xa[l] - cb * xb[l];
+        for (i64 q = 0; q < i; q++) {
+            const double *restrict siq = s + (i * k + q) * nl, *restrict yq = y + q * nl;
+            SIMD for (i64 l = 0; l < nl; l++) yi[l] = yi[l] - siq[l] * yq[l];
+        }
+    }
+    for (i64 i = k - 1; i >= 0; i--) {
+        double *restrict yi = y + i * nl;
+        for (i64 j = i + 1; j < k; j++) {
+            const double *restrict sij = s + (i * k + j) * nl, *restrict yj = y + j * nl;
+            SIMD for (i64 l = 0; l < nl; l++) yi[l] = yi[l] - sij[l] * yj[l];
+        }
+        const double *restrict sii = s + (i * k + i) * nl;
+        SIMD for (i64 l = 0; l < nl; l++) yi[l] = yi[l] / sii[l];
+    }
+    for (i64 j = 0; j < k; j++) {
+        const double *restrict zj = lp->z + j * nn, *restrict yj = y + j * nl;
+        for (i64 i = 0; i < n; i++) {
+            double *restrict xi = x + i * nl;
+            const double *restrict zi = zj + i * nl;
+            SIMD for (i64 l = 0; l < nl; l++) xi[l] = xi[l] - zi[l] * yj[l];
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ one chunk of lanes */
 /* dims: n, n_comp, nl, n_g, n_ch, n_steps, bins, n_time, rv_time, gx (rows of X), store,
- * n_sites; currents cur [S, bins, n_sites] at compartments sites[n_sites] (a sparse stimulus
+ * n_sites, k (loops); currents cur [S, bins, n_sites] at compartments sites[n_sites] (a sparse stimulus
  * stays sparse: each step scatters its bin into i_inj, zero elsewhere) */
 void forward_chunk(void **p, const i64 *dims, double v0) {
     i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
@@ -250,6 +366,8 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
     const i64 *parent = p[k++];
     const double *ta = p[k++], *tb = p[k++], *diag = p[k++], *cm = p[k++];
     const i64 *pub = p[k++], *pos = p[k++];
+    Loops lp;
+    lp.a = p[k++], lp.b = p[k++], lp.ga = p[k++], lp.gb = p[k++];
     const double *spec = p[k++], *gcf = p[k++];
     Gates gt;
     gt.ga = p[k++], gt.pa = p[k++], gt.gb = p[k++], gt.pb = p[k++], gt.n_ch = n_ch;
@@ -267,6 +385,7 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
     double *v = p[k++], *d = p[k++], *w = p[k++], *yy = p[k++], *ya = p[k++], *yd = p[k++];
     double *rr = p[k++], *vc = p[k++], *vs = p[k++], *g_sum = p[k++], *ge_sum = p[k++];
     double *i_inj = p[k++];
+    lp.z = p[k++], lp.s = p[k++], lp.y = p[k++], lp.k = dims[12];
 
     for (i64 x = 0; x < n * nl; x++) v[x] = v0;
     for (i64 l = 0; l < nl; l++)
@@ -327,7 +446,14 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
                 }
             }
         }
-        solve(parent, ta, tb, d, ws, n, nl);
+        if (lp.k) {
+            loop_columns(&lp, 0, n, nl);
+            solve_n(parent, ta, tb, d, ws, lp.z, lp.k, n, nl);
+            loop_factor(&lp, 0, n, nl);
+            loop_correct(&lp, 0, ws, n, nl);
+        } else {
+            solve(parent, ta, tb, d, ws, n, nl);
+        }
         SIMD for (i64 x = 0; x < n * nl; x++) v[x] = 2.0 * ws[x] - v[x];
         i64 jo = out_at[s];
         if (jo >= 0) {
@@ -343,7 +469,7 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
     }
 }
 
-/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx */
+/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx, k (loops) */
 void adjoint_chunk(void **p, const i64 *dims) {
     i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
     i64 n_steps = dims[5], n_time = dims[6], rv_time = dims[7], gx = dims[8];
@@ -352,6 +478,8 @@ void adjoint_chunk(void **p, const i64 *dims) {
     const i64 *parent = p[k++];
     const double *ta = p[k++], *tb = p[k++], *diag = p[k++], *cm = p[k++];
     const i64 *pub = p[k++], *pos = p[k++];
+    Loops lp;
+    lp.a = p[k++], lp.b = p[k++], lp.ga = p[k++], lp.gb = p[k++];
     Gates gt;
     gt.ga = p[k++], gt.pa = p[k++], gt.gb = p[k++], gt.pb = p[k++], gt.n_ch = n_ch;
     const double *k_dt = p[k++];
@@ -365,6 +493,7 @@ void adjoint_chunk(void **p, const i64 *dims) {
     double *lv = p[k++], *d = p[k++], *mu = p[k++], *ly = p[k++], *gg = p[k++];
     double *muc = p[k++], *wc = p[k++], *lvc = p[k++], *g_sum = p[k++], *ge_sum = p[k++];
     double *dy = p[k++];
+    lp.z = p[k++], lp.s = p[k++], lp.y = p[k++], lp.k = dims[9];
     double *grad = p[k++];
     double *dgv = dy, *o = dy + m;
 
@@ -401,7 +530,14 @@ void adjoint_chunk(void **p, const i64 *dims) {
                 }
             }
         }
-        solve(parent, tb, ta, d, mu, n, nl);
+        if (lp.k) { /* the transposed system: Tᵀ swaps the off-diagonals */
+            loop_columns(&lp, 1, n, nl);
+            solve_n(parent, tb, ta, d, mu, lp.z, lp.k, n, nl);
+            loop_factor(&lp, 1, n, nl);
+            loop_correct(&lp, 1, mu, n, nl);
+        } else {
+            solve(parent, tb, ta, d, mu, n, nl);
+        }
         for (i64 i = 0; i < n; i++) {
             double c_i = k_dt[s] * cm[i];
             const double *restrict mi = mu + i * nl;
@@ -463,7 +599,7 @@ void adjoint_chunk(void **p, const i64 *dims) {
             }
 }
 
-/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx, n_p */
+/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx, n_p, k (loops) */
 void tangent_chunk(void **p, const i64 *dims) {
     i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
     i64 n_steps = dims[5], n_time = dims[6], rv_time = dims[7], gx = dims[8], n_p = dims[9];
@@ -472,6 +608,8 @@ void tangent_chunk(void **p, const i64 *dims) {
     const i64 *parent = p[k++];
     const double *ta = p[k++], *tb = p[k++], *diag = p[k++], *cm = p[k++];
     const i64 *pub = p[k++], *pos = p[k++];
+    Loops lp;
+    lp.a = p[k++], lp.b = p[k++], lp.ga = p[k++], lp.gb = p[k++];
     Gates gt;
     gt.ga = p[k++], gt.pa = p[k++], gt.gb = p[k++], gt.pb = p[k++], gt.n_ch = n_ch;
     const double *k_dt = p[k++];
@@ -485,6 +623,7 @@ void tangent_chunk(void **p, const i64 *dims) {
     double *dout = p[k++];
     double *dv = p[k++], *dy = p[k++], *d = p[k++], *r = p[k++], *o = p[k++];
     double *dgs = p[k++], *dge = p[k++], *dvc = p[k++], *g_sum = p[k++], *ge_sum = p[k++];
+    lp.z = p[k++], lp.s = p[k++], lp.y = p[k++], lp.k = dims[10];
     i64 och = n_ch > 1 ? n_ch : 1; /* rows of each of o[0], o[1], o[2] */
 
     for (i64 l = 0; l < nl; l++)
@@ -513,6 +652,22 @@ void tangent_chunk(void **p, const i64 *dims) {
             if (q > 0) {
                 SIMD for (i64 x = 0; x < m; x++) ob[x] = gmc[x] * pw(ya[x], a0) * (fq * pw(yb[x], b1));
             }
+        }
+        if (lp.k) { /* Z and S are the same for every tangent: once per step */
+            for (i64 i = 0; i < n; i++) {
+                double c_i = k_dt[s] * cm[i], dg_i = diag[i];
+                i64 kk = pub[i];
+                double *restrict di = d + i * nl;
+                if (kk < n_comp) {
+                    i64 off = kk * nl;
+                    SIMD for (i64 l = 0; l < nl; l++) di[l] = c_i + g_sum[off + l] + dg_i;
+                } else {
+                    SIMD for (i64 l = 0; l < nl; l++) di[l] = c_i + 0.0 + dg_i;
+                }
+            }
+            loop_columns(&lp, 0, n, nl);
+            solve_n(parent, ta, tb, d, NULL, lp.z, lp.k, n, nl);
+            loop_factor(&lp, 0, n, nl);
         }
         i64 jo = out_at[s];
         for (i64 q = 0; q < n_p; q++) {
@@ -570,6 +725,7 @@ void tangent_chunk(void **p, const i64 *dims) {
                 }
             }
             solve(parent, ta, tb, d, r, n, nl);
+            if (lp.k) loop_correct(&lp, 0, r, n, nl);
             SIMD for (i64 x = 0; x < n * nl; x++) dvp[x] = 2.0 * r[x] - dvp[x];
             if (jo >= 0) {
                 for (i64 c = 0; c < n_comp; c++)

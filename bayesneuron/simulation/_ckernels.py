@@ -128,6 +128,7 @@ def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
     dims = _dims(
         n, n_comp, nl, rates[0].shape[0], gates[0].shape[0], steps[0].shape[0],
         cur.shape[1], out.shape[2], rv.shape[1], work[3].shape[1], int(store), cur.shape[2],
+        tree[7].shape[0],
     )  # fmt: skip
     _library().forward_chunk(_pointers(arrays), dims.ctypes.data, float(v0))
 
@@ -142,7 +143,7 @@ def adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad):
     arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, gout, *hist, *work, grad]
     dims = _dims(
         n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], gout.shape[2],
-        rv.shape[1], hist[1].shape[1],
+        rv.shape[1], hist[1].shape[1], tree[7].shape[0],
     )  # fmt: skip
     _library().adjoint_chunk(_pointers(arrays), dims.ctypes.data)
 
@@ -156,6 +157,6 @@ def tangent_chunk(tree, gates, steps, data, hist, wrt, dout, work):
     arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, *hist, wrt, dout, *work]
     dims = _dims(
         n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], dout.shape[3],
-        rv.shape[1], hist[1].shape[1], dout.shape[1],
+        rv.shape[1], hist[1].shape[1], dout.shape[1], tree[7].shape[0],
     )  # fmt: skip
     _library().tangent_chunk(_pointers(arrays), dims.ctypes.data)

@@ -144,6 +144,11 @@ def check_params(cell: Cell, params, dtype, device) -> dict[str, Tensor]:
             "ra (Ω·cm) can vary only on cells built from sections (from_sections, load_swc); "
             "this cell's axial coupling is given as conductances"
         )
+    if "ra" in params and cell.morphology.n_loops:
+        raise ParameterError(
+            f"ra (Ω·cm) can vary only on a tree; this morphology has {cell.morphology.n_loops} "
+            "loop(s), whose conductances are fixed: give ra as part of the morphology instead"
+        )
     out = {}
     for name, default in cell.params.items():
         if name not in params:

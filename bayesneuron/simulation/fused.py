@@ -12,7 +12,10 @@ Per step ``s`` (``h = neg_h[s] < 0``, ``k = k_dt[s] = 2/dt``):
    (gate kinds 0, 2, 1: :meth:`~bayesneuron.channels.Gate.table`);
 2. ``G_c = g_c·y_a^p_a·y_b^p_b`` per channel (at most two gates, integer powers); solve
    ``M w = cur + Σ G_c e_c + k·cm·v``, ``M`` the tree matrix of
-   :class:`~bayesneuron.simulation.hines.TreeSystem` with diagonal ``k·cm + Σ G_c + diag``;
+   :class:`~bayesneuron.simulation.hines.TreeSystem` with diagonal ``k·cm + Σ G_c + diag``
+   (plus, for a morphology with loops, their low-rank term, solved by the Woodbury identity:
+   ``k`` more tree solves per step and a ``k × k`` system per lane; the adjoint and tangent
+   do the same with ``Mᵀ`` and ``M``; the module docstring of ``hines``);
 3. ``v ← 2w − v``; record ``v`` at output times, then apply a :class:`Reset`.
 
 The adjoint runs the steps backwards: ``Mᵀμ = 2λ_v'``, ``λ_v = −λ_v' + k·cm·μ``,
@@ -175,6 +178,9 @@ class _Problem:
         sys = tree_system(cell.morphology)
         self.n_comp, self.n_time, self.n = cell.n_comp, len(t_eval), sys.n
         self.tree = (sys.parent, sys.a, sys.b, sys.diag, sys.cm, sys.pub_of, sys.comp_pos)
+        self.tree += (sys.loop_a, sys.loop_b, sys.loop_ga, sys.loop_gb)
+        self.tree = tuple(np.ascontiguousarray(x) for x in self.tree)
+        self.n_loops = sys.n_loops
         specs, gcf, y0, gates = [], [], [], []
         for ch in cell.channels:
             kin = ch.declared()
@@ -264,7 +270,7 @@ class _Problem:
             yy[:] = np.repeat(self.y0, nc * nl).reshape(ng, m) if ng else 1.0
             node, gate, comp = np.empty((3, n, nl)), np.empty((2, ng, m)), np.empty((11, m))
             work = (node[0], node[1], node[2], yy, gate[0], gate[1], comp[:6])
-            work += (comp[6], comp[7], comp[8], comp[9], comp[10])
+            work += (comp[6], comp[7], comp[8], comp[9], comp[10]) + self._loop_work(nl)
             data = self._data(par, b0, b1)
             args = (self.tree, self.rates, self.gates, self.steps, data, self.v0, out[b0:b1])
             jobs.append(args + (hist.chunks[ch], work, self.store))
@@ -288,7 +294,7 @@ class _Problem:
         node[0] = 0.0
         ly, gg = np.zeros((max(ng, 1), m)), np.zeros((par.shape[1], 2, m))
         work = (node[0], node[1], node[2], ly, gg, comp[0], comp[1], comp[2], comp[3])
-        work += (comp[4], comp[5:])
+        work += (comp[4], comp[5:]) + self._loop_work(nl)
         data = self._data(par, b0, b1)
         return (self.tree, self.gates, self.steps, data, gout, hist, work, grad)
 
@@ -308,9 +314,15 @@ class _Problem:
         dv, dy = np.zeros((n_p, n, nl)), np.zeros((n_p, max(ng, 1), m))
         node, comp = np.empty((2, n, nl)), np.empty((5, m))
         work = (dv, dy, node[0], node[1], np.empty((3, max(n_ch, 1), m)), comp[0], comp[1])
-        work += (comp[2], comp[3], comp[4])
+        work += (comp[2], comp[3], comp[4]) + self._loop_work(nl)
         data = self._data(par, b0, b1)
         return (self.tree, self.gates, self.steps, data, hist, wrt, jac, work)
+
+    def _loop_work(self, nl: int) -> tuple:
+        """The Woodbury correction's work arrays for the loops: ``Z`` ``[k, node, lane]``,
+        the factored ``k × k`` system ``[k·k, lane]`` and its solution ``[k, lane]``."""
+        k = self.n_loops
+        return np.empty((k, self.n, nl)), np.empty((k * k, nl)), np.empty((k, nl))
 
 
 class _History:

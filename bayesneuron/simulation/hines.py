@@ -6,6 +6,14 @@ so that every parent precedes its children; Gaussian elimination from the leaves
 substitution from the root down then cost O(n) (Hines 1984). Nodes at the same height (or
 depth) are processed together, so a bushy tree takes as many vectorised passes as it is deep.
 Tensors are laid out node-first (``[n, batch…]``) so a single node is a contiguous view.
+
+A graph with loops (:attr:`Morphology.loops`, edges beyond the spanning tree) has the matrix
+``M = T + P Qᵀ``: ``T`` the tree's, and per loop ``j`` of conductance ``g`` between nodes ``a``
+and ``b`` a column ``P_j = g·(w_a e_a − w_b e_b)`` (``w`` the row weights) and ``Q_j = e_a −
+e_b``. The Woodbury identity solves it with ``k + 1`` tree solves and a ``k × k`` system:
+``x = x₀ − Z (I + QᵀZ)⁻¹ Qᵀx₀`` with ``x₀ = T⁻¹r``, ``Z = T⁻¹P``. Since ``T = W·T_u`` with
+``T_u`` symmetric positive definite, ``I + QᵀZ = (G⁻¹ + QᵀT_u⁻¹Q)·G`` eliminates stably
+without pivoting. The transposed system swaps ``P`` and ``Q``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ class TreeSystem:
         cm: capacitance per internal node (µF/cm²; 0 at junctions).
         a, b: off-diagonal coefficients (see module docstring); ``diag`` the axial diagonal.
         area: membrane area per internal node (cm²; 0 at junctions).
+        loop_a, loop_b: internal positions of every loop's two ends ``[k]``.
+        loop_ga, loop_gb: every loop's conductance times the row weight of its end ``a``,
+            ``b`` ``[k]`` (the loop's column of ``P``, see the module docstring).
     """
 
     def __init__(self, morph: Morphology):
@@ -67,7 +78,16 @@ class TreeSystem:
         self.b = -g * w[np.maximum(self.parent, 0)]
         self.a[0] = self.b[0] = 0.0
         self.levels = _levels(self.parent)
+        ends = morph.loops.reshape(-1, 2)
+        self.loop_a, self.loop_b = pos[ends[:, 0]], pos[ends[:, 1]]
+        self.loop_ga = morph.loop_axial * w[self.loop_a]
+        self.loop_gb = morph.loop_axial * w[self.loop_b]
         self._tensors: dict = {}
+
+    @property
+    def n_loops(self) -> int:
+        """Edges beyond the spanning tree."""
+        return len(self.loop_a)
 
     def tensors(self, dtype, device) -> dict:
         """Coefficients on ``device`` (cached per dtype/device), node axis first."""
@@ -84,6 +104,15 @@ class TreeSystem:
             levels = self.levels if self.n > _ROWWISE_MAX else _node_by_node(self.parent)
             t["passes"] = _passes(levels, self.a, self.b, dtype, device)
             t["passes_T"] = _passes(levels, self.b, self.a, dtype, device)
+            if self.n_loops:
+                cols = np.zeros((self.n, self.n_loops))
+                k = np.arange(self.n_loops)
+                cols[self.loop_a, k], cols[self.loop_b, k] = self.loop_ga, -self.loop_gb
+                t["loops"] = (
+                    torch.as_tensor(self.loop_a, device=device),
+                    torch.as_tensor(self.loop_b, device=device),
+                    torch.tensor(cols, dtype=dtype, device=device),
+                )
             self._tensors[key] = t
         return self._tensors[key]
 
@@ -223,7 +252,14 @@ def tree_solve(d: Tensor, r: Tensor, coef: dict) -> Tensor:
 
     Differentiable in ``d`` and ``r`` (to any order); with per-batch off-diagonals
     ``coef["ab"]`` (:func:`coupled_coefficients`, a free ``ra``) also in those (first order).
+    With loops (``coef["loops"]``) the system is the tree's plus the loops' (module
+    docstring), solved by the Woodbury identity from differentiable pieces.
     """
+    if "loops" in coef:
+        d, r = torch.broadcast_tensors(d, r)
+        n = d.shape[0]
+        x = _loop_solve(d.reshape(n, -1), r.reshape(n, -1), coef)
+        return x.reshape(d.shape)
     if "ab" in coef:
         a, b = coef["ab"]
         d, r, a, b = torch.broadcast_tensors(d, r, a, b)
@@ -235,6 +271,23 @@ def tree_solve(d: Tensor, r: Tensor, coef: dict) -> Tensor:
     n = shape[0]
     x = _LevelSolve.apply(d.reshape(n, -1), r.reshape(n, -1), coef["passes"], coef["passes_T"])
     return x.reshape(shape)
+
+
+def _loop_solve(d: Tensor, r: Tensor, coef: dict) -> Tensor:
+    """``M⁻¹ r`` ``[n, B]`` for the tree plus its loops: one tree solve for ``r`` and the
+    ``k`` columns of ``P`` together, then the ``k × k`` system per batch element."""
+    ia, ib, cols = coef["loops"]
+    n, nb = r.shape
+    k = cols.shape[1]
+    rhs = torch.cat([r[:, None, :], cols[:, :, None].expand(n, k, nb)], 1).reshape(n, -1)
+    dd = d[:, None, :].expand(n, k + 1, nb).reshape(n, -1)
+    sol = _LevelSolve.apply(dd, rhs, coef["passes"], coef["passes_T"]).reshape(n, k + 1, nb)
+    x0, z = sol[:, 0], sol[:, 1:]  # [n, B], [n, k, B]
+    cap = (z.index_select(0, ia) - z.index_select(0, ib)).permute(2, 0, 1)  # [B, k (row), k]
+    cap = cap + torch.eye(k, dtype=cap.dtype, device=cap.device)
+    c = (x0.index_select(0, ia) - x0.index_select(0, ib)).T  # Qᵀx₀ [B, k]
+    y = torch.linalg.solve(cap, c.unsqueeze(-1)).squeeze(-1)
+    return x0 - torch.einsum("nkb,bk->nb", z, y)
 
 
 def coupled_coefficients(sys: TreeSystem, ra: Tensor, coef: dict) -> tuple[Tensor, dict]:
@@ -250,6 +303,8 @@ def coupled_coefficients(sys: TreeSystem, ra: Tensor, coef: dict) -> tuple[Tenso
         keep their fixed weights: their right-hand side is 0, so any weight gives the same
         solution.
     """
+    if sys.n_loops:
+        raise ValueError("a free ra is not supported on a morphology with loops")
     key = ("pieces", ra.dtype, str(ra.device))
     if key not in sys._tensors:
         sys._tensors[key] = _pieces(sys, ra.dtype, ra.device)
@@ -325,6 +380,9 @@ class _CoupledSolve(torch.autograd.Function):
 def reduced_edges(morph: Morphology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Compartment-to-compartment coupling with junctions eliminated (Kron reduction).
 
+    Loops (:attr:`Morphology.loops`) are edges like any other; tree edges of conductance 0
+    (a detached part) are left out.
+
     Returns:
         ``(src, dst, coef)`` over directed edges: the axial current density into ``src`` is
         ``Σ coef · (V[dst] − V[src])`` with ``coef`` in mS/cm².
@@ -332,8 +390,10 @@ def reduced_edges(morph: Morphology) -> tuple[np.ndarray, np.ndarray, np.ndarray
     n_comp = morph.n_comp
     graph: dict[int, dict[int, float]] = {i: {} for i in range(morph.n_nodes)}
     for i, p in enumerate(morph.parents):
-        if p >= 0:
+        if p >= 0 and morph.axial[i] > 0:
             graph[i][int(p)] = graph[int(p)][i] = float(morph.axial[i])
+    for (i, j), g in zip(morph.loops.tolist(), morph.loop_axial.tolist()):
+        graph[i][j] = graph[j][i] = graph[i].get(j, 0.0) + g  # compartments, never junctions
     for j in range(n_comp, morph.n_nodes):  # eliminate each junction: star → clique
         nbrs = graph.pop(j)
         total = sum(nbrs.values())

@@ -6,7 +6,8 @@
 The config (every key checked; unknown keys are errors)::
 
     [study]       name, question
-    [experiment]  preset ("paper_toy" | "hh_tree", see :mod:`bayesneuron.reference.presets`),
+    [experiment]  preset ("paper_toy" | "hh_tree" | "paper_l23", see
+                  :mod:`bayesneuron.reference.presets`),
                   seed, n_traces, noise_sigma (mV, added to the data)
     [model]       free (the per-compartment parameters to infer, e.g. ["g_na", "g_k", "g_l"];
                   default the preset's, ["g_na", "g_k"]), sigma (mV, or "infer": inferred
@@ -17,7 +18,9 @@ The config (every key checked; unknown keys are errors)::
     [[run]]       name, protocol ("paper" | "bayesneuron"), designs ("grid": every stim × rec
                   pair of the preset's site sets | "paper9" | "grid25" (paper_toy) |
                   ["all|all", "[0]|all", …]), n_starts, max_steps, priors and noise_sigma
-                  (override [model] / [experiment]), horizons / windows (continuation), dt
+                  (override [model] / [experiment]), horizons / windows (continuation), dt,
+                  variant (the preset's experiment variant, e.g. paper_l23's "faithful" |
+                  "graph" | "right"), seeds (one fit per seed instead of [experiment] seed)
     [[infer]]     name, method ("svi" | "laplace" | "nuts"), guide ("mvn" | "normal" |
                   "lowrank" | "iaf"), designs, num_particles, max_steps (SVI), num_samples,
                   map_starts, map_steps, map_init ("starts": base values and prior draws;
@@ -26,7 +29,8 @@ The config (every key checked; unknown keys are errors)::
                   (methods tried until one passes its checks, default [guide, "svi:iaf",
                   "importance"] for SVI; see bayesneuron.inference.posterior), map_windows
                   (the MAP's continuation over time windows, as [[run]] windows)
-    [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report
+    [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report;
+                  variants: the preset's variants to analyse (default its first)
     [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)
     [smoke]       n_traces, n_times, max_steps, n_starts, svi_steps, num_samples, designs: a
                   tiny version of the study, for tests and a first look
@@ -35,11 +39,12 @@ Columns named after a free parameter follow :mod:`bayesneuron.studies.tables`: `
 gives ``gte_<x>_final``, ``contraction_<x>_<compartment>`` …, so the paper's ``g_na`` and
 ``g_k`` give ``gte_na_final`` and ``gte_k_final``.
 
-Outputs in ``--out``: ``table.csv`` (one row per run × design: ``stim, rec, protocol, L0,
-L_final``, ``gte_<x>_final`` per free parameter, ``steps, wall_s``, then extras),
-``fit_parameters.csv`` (long: per run × design × parameter and compartment),
-``laplace.csv``, ``fits.json`` (every fit with its optimum, starts and settings),
-``histories.npz``, figures (``<run>_loss_gte.png``, ``<run>_trajectories_<design>.png``,
+Outputs in ``--out``: ``table.csv`` (one row per run × seed × design: ``seed, variant, stim,
+rec, protocol, L0, L_final``, ``gte_<x>_initial`` and ``gte_<x>_final`` per free parameter,
+``steps, wall_s``, then extras), ``fit_parameters.csv`` (long: per run × design × parameter
+and compartment), ``laplace.csv`` and ``laplace_parameters.csv`` (long: prior and posterior
+sd and contraction per parameter), ``fits.json`` (every fit with its optimum, starts and settings),
+``histories.npz``, figures (``<run>_loss_gte.png`` — ``<run>_seed<seed>_…`` with ``seeds``, ``<run>_trajectories_<design>.png``,
 ``<run>_gte_grid_<param>.png``), ``config.json`` (resolved) and ``environment.json``. Each run
 checkpoints to ``<out>/checkpoints/``; ``--resume`` continues an interrupted study.
 
@@ -64,7 +69,7 @@ from bayesneuron.errors import BayesneuronError
 from bayesneuron.protocol.design import Design
 from bayesneuron.simulation.solvers import BACKENDS
 from bayesneuron.studies import expected as expected_table
-from bayesneuron.studies.experiment import build_experiment, prior_spec
+from bayesneuron.studies.experiment import build_experiment, prior_spec, variant_seeds_problem
 from bayesneuron.studies.infer_config import DESIGN_COLUMNS, INFER_KEYS, METHODS, Infer
 from bayesneuron.studies.tables import table_columns
 
@@ -105,7 +110,7 @@ _SCHEMA = {
         "dt": float,
         "backend": str,
     },
-    "laplace": {"designs": (str, list)},
+    "laplace": {"designs": (str, list), "variants": list},
     "expected": expected_table.EXPECTED_KEYS,
     "smoke": dict.fromkeys(_SMOKE_SIZES, int)
     | {"designs": (str, list), **expected_table.EXPECTED_SMOKE_KEYS},
@@ -121,6 +126,8 @@ _RUN_KEYS = {
     "horizons": list,
     "windows": list,
     "dt": float,
+    "variant": str,
+    "seeds": list,
 }
 
 
@@ -136,6 +143,8 @@ class Run:
     horizons: tuple[int, ...] | None = None
     windows: tuple[int, ...] = ()
     dt: float | None = None
+    variant: str | None = None  # the preset's experiment variant (None: its default)
+    seeds: tuple[int, ...] | None = None  # one fit per seed (None: the study's seed)
 
 
 @dataclass
@@ -156,6 +165,7 @@ class Study:
     runs: list[Run] = field(default_factory=list)
     infers: list[Infer] = field(default_factory=list)
     laplace: list[Design] = field(default_factory=list)
+    laplace_variants: tuple[str, ...] | None = None  # [laplace] variants (None: the default)
     expected: expected_table.Expected | None = None  # [expected]
     raw: dict = field(default_factory=dict)
 
@@ -220,6 +230,15 @@ def study_from_config(
     _load_runs(study, runs, path)
     if "laplace" in raw:
         study.laplace = _designs(raw["laplace"].get("designs", "grid"), "[laplace]", study.preset)
+        if "variants" in raw["laplace"]:
+            variants = raw["laplace"]["variants"]
+            for v in variants:
+                _check_variant_seeds({"variant": v}, study.preset, f"{path.name} [laplace]")
+            if not variants:
+                raise StudyError(
+                    f"{path.name} [laplace]: variants is empty; remove it or list some"
+                )
+            study.laplace_variants = tuple(variants)
     study.expected = expected_table.from_config(raw, study.preset, smoke, StudyError, path.name)
     _check_study(study, path)
     if smoke:
@@ -329,6 +348,7 @@ def _load_runs(study: Study, runs: list, path: Path) -> None:
             ok = all(isinstance(v, int) and v >= 1 for v in x) and (key < "w" or x == sorted(x))
             if x and (r["protocol"] != "bayesneuron" or not ok):
                 raise StudyError(f"{where}: {key} must be ints ≥ 1, for protocol 'bayesneuron'")
+        _check_variant_seeds(r, study.preset, where)
         study.runs.append(
             Run(
                 name=r.get("name", f"run{i + 1}"),
@@ -341,8 +361,15 @@ def _load_runs(study: Study, runs: list, path: Path) -> None:
                 horizons=tuple(r["horizons"]) if "horizons" in r else None,
                 windows=tuple(r.get("windows", ())),
                 dt=float(r["dt"]) if "dt" in r else None,
+                variant=r.get("variant"),
+                seeds=tuple(r["seeds"]) if "seeds" in r else None,
             )
         )
+
+
+def _check_variant_seeds(r: dict, preset: str, where: str) -> None:
+    if (problem := variant_seeds_problem(r, preset)) is not None:
+        raise StudyError(f"{where}: {problem}")
 
 
 def _check_study(study: Study, path: Path) -> None:

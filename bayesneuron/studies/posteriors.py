@@ -328,6 +328,9 @@ def _finish(study, out: Path, results: dict) -> list[dict]:
         for r, j in keys
         if results[(r, j)]["elbo"] is not None
     }
+    from bayesneuron.studies.morphology import infer_morphology
+
+    infer_morphology(study, out, rows)  # before the report, which shows them
     write_report(study, out, rows, ranking, idatas, elbos)
     return rows
 

@@ -23,12 +23,18 @@ __all__ = ["free_parameters", "rebuild_report", "write_report"]
 
 
 def free_parameters(idatas) -> list[str]:
-    """The free parameters of InferenceData objects: their posterior's per-compartment
-    variables, in first-seen order."""
+    """The free parameters of InferenceData objects: their posterior's variables per
+    compartment or per region, in first-seen order."""
     names: dict[str, None] = {}
     for idata in idatas:
         post = idata.posterior
-        names.update({k: None for k in post.data_vars if "compartment" in post[k].dims})
+        names.update(
+            {
+                k: None
+                for k in post.data_vars
+                if any(d == "compartment" or d.endswith("_region") for d in post[k].dims)
+            }
+        )
     return list(names)
 
 
@@ -46,7 +52,7 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
         Text("Question", study.question or study.name),
         Text(
             "Setting",
-            f"{_describe(study)}; free parameters {', '.join(free)} per compartment; "
+            f"{_describe(study)}; free parameters {', '.join(free)} (per compartment or region); "
             f"{rows[0]['n_traces']} input traces, observation noise σ = {rows[0]['sigma_mv']} "
             f"mV, prior {study.priors}. Per design: MAP (multi-start Levenberg–Marquardt), "
             "Laplace at the MAP, then the posterior method named in the table. Contraction = "
@@ -61,6 +67,8 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
         sections += _forests(run, {lab: idatas[(run, lab)] for lab in labels}, out)
         for lab in _highlights(labels):
             sections += _design_figures(run, lab, idatas[(run, lab)], elbos.get((run, lab)), out)
+        sections += _morphologies(out, f"{run}_morphology_*.png", f"{run}: posterior contraction")
+    sections += _morphologies(out, "laplace_morphology_*.png", "Laplace contraction at the truth")
     reports.write_html_report(out / "report.html", f"{study.name}: identifiability", sections)
 
 
@@ -92,6 +100,16 @@ def _tables(run: str, sub, ranking, out: Path) -> list:
             )
             sections.append(Figure(f"{run}: {value.replace('_', ' ')}", fig))
     return sections
+
+
+def _morphologies(out: Path, pattern: str, what: str) -> list:
+    """The morphology figures (PNG) matching ``pattern`` in ``out``, one section each."""
+    from bayesneuron.reports import Figure
+
+    return [
+        Figure(f"{what}: {p.stem.split('morphology_', 1)[1]}", p)
+        for p in sorted(Path(out).glob(pattern))
+    ]
 
 
 def _forests(run: str, idatas: dict, out: Path) -> list:

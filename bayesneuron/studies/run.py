@@ -20,7 +20,12 @@ from bayesneuron.studies.output import (
     write_csv,
     write_json,
 )
-from bayesneuron.studies.tables import fit_parameter_rows, fit_row, laplace_row
+from bayesneuron.studies.tables import (
+    fit_parameter_rows,
+    fit_row,
+    laplace_parameter_rows,
+    laplace_row,
+)
 
 __all__ = ["run_study"]
 
@@ -78,48 +83,56 @@ def run_study(
 
 
 def _run_fits(study, out: Path, device: str, resume: bool, progress: bool) -> list[dict]:
-    """Every ``[[run]]``: one batched MAP fit of its designs, its rows and figures; the tables
-    are written after each run, so partial results are usable."""
+    """Every ``[[run]]``: one batched MAP fit of its designs per seed, its rows and figures;
+    the tables are written after each fit, so partial results are usable."""
     rows, params, fits_json, hist = [], [], [], {}
     for run in study.runs:
-        models, fits = _fit_run(study, run, out, device, resume, progress)
-        for m, f in zip(models, fits):
-            rows.append(
-                fit_row(
-                    f,
-                    m,
-                    run.protocol,
-                    run=run.name,
-                    priors=run.priors or study.priors,
-                    noise_sigma=study.noise_sigma if run.noise_sigma is None else run.noise_sigma,
-                    dt=run.dt or study.dt,
+        seeds = run.seeds or (study.seed,)
+        for seed in seeds:
+            tag = run.name if run.seeds is None else f"{run.name}_seed{seed}"
+            models, fits = _fit_run(study, run, out, device, resume, progress, seed, tag)
+            for m, f in zip(models, fits):
+                rows.append(
+                    fit_row(
+                        f,
+                        m,
+                        run.protocol,
+                        run=run.name,
+                        priors=run.priors or study.priors,
+                        noise_sigma=study.noise_sigma
+                        if run.noise_sigma is None
+                        else run.noise_sigma,
+                        dt=run.dt or study.dt,
+                        seed=seed,
+                        variant=run.variant or "",
+                    )
+                    | {"designs_in_batch": len(models)}
                 )
-                | {"designs_in_batch": len(models)}
-            )
-            params += fit_parameter_rows(f, run.name)
-            fits_json.append({"run": run.name, **f.to_dict()})
-            hist.update({f"{run.name}/{f.design}/{k}": v for k, v in f.history.items()})
-        _fit_figures(study, run, fits, out)
-        write_csv(out / "table.csv", rows)
-        write_csv(out / "fit_parameters.csv", params)
+                params += fit_parameter_rows(f, tag)
+                fits_json.append({"run": run.name, "seed": seed, **f.to_dict()})
+                hist.update({f"{tag}/{f.design}/{k}": v for k, v in f.history.items()})
+            _fit_figures(study, run, fits, out, tag)
+            write_csv(out / "table.csv", rows)
+            write_csv(out / "fit_parameters.csv", params)
     if study.runs:
         np.savez_compressed(out / "histories.npz", **hist)
         (out / "fits.json").write_text(json.dumps(fits_json, indent=1, default=json_default))
     return rows
 
 
-def _fit_run(study, run, out: Path, device: str, resume: bool, progress: bool):
+def _fit_run(study, run, out: Path, device: str, resume: bool, progress: bool, seed, tag):
     """The models of a run's designs and their MAP fits, all designs in one batch."""
     from bayesneuron.inference.fit import fit_map_designs
 
     priors = run.priors or study.priors
     exps = [
-        build_experiment(study, d, priors, device, run.noise_sigma, run.dt) for d in run.designs
+        build_experiment(study, d, priors, device, run.noise_sigma, run.dt, seed, run.variant)
+        for d in run.designs
     ]
     models, data, truth = [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
     if progress:
         print(
-            f"[{study.name}] {run.name}: {run.protocol} protocol, {len(models)} design(s) "
+            f"[{study.name}] {tag}: {run.protocol} protocol, {len(models)} design(s) "
             f"in one batch, free {', '.join(models[0].free)} …",
             file=sys.stderr,
             flush=True,
@@ -131,49 +144,63 @@ def _fit_run(study, run, out: Path, device: str, resume: bool, progress: bool):
         truth=truth,
         n_starts=run.n_starts,
         max_steps=run.max_steps,
-        seed=study.seed,
+        seed=seed,
         horizons=run.horizons if run.protocol == "bayesneuron" else None,
         windows=run.windows,
-        checkpoint=out / "checkpoints" / f"{run.name}.pt",
+        checkpoint=out / "checkpoints" / f"{tag}.pt",
         resume=resume,
         progress=progress,
     )
     return models, fits
 
 
-def _fit_figures(study, run, fits, out: Path) -> None:
+def _fit_figures(study, run, fits, out: Path, tag: str) -> None:
     """Loss and ground-truth errors, per-design trajectories (≤ 9 designs) and, for the
     preset's full grid, a stim × rec heatmap of each free parameter's final error."""
 
     from bayesneuron import reports
     from bayesneuron.reference.presets import get_preset
 
-    fig = reports.plot_loss_and_gte(fits, title=f"{run.name}: {run.protocol} protocol")
-    fig.savefig(out / f"{run.name}_loss_gte.png", dpi=110)
+    fig = reports.plot_loss_and_gte(fits, title=f"{tag}: {run.protocol} protocol")
+    fig.savefig(out / f"{tag}_loss_gte.png", dpi=110)
     if len(fits) <= 9:
         for f in fits:
             fig = reports.plot_trajectories(f)
-            fig.savefig(out / f"{run.name}_trajectories_{safe_label(f.design)}.png", dpi=100)
+            fig.savefig(out / f"{tag}_trajectories_{safe_label(f.design)}.png", dpi=100)
     preset = get_preset(study.preset)
     if [d.label for d in run.designs] == [d.label for d in preset.designs("grid")]:
         for k in fits[0].free:
             vals = {f.design: f.history[f"gte_{k}"][-1, f.best] for f in fits}
             fig = reports.plot_design_heatmap(
-                vals, preset.site_sets, f"GTE {k}", f"{run.name}: final GTE of {k}"
+                vals, preset.site_sets, f"GTE {k}", f"{tag}: final GTE of {k}"
             )
-            fig.savefig(out / f"{run.name}_gte_grid_{k}.png", dpi=110)
+            fig.savefig(out / f"{tag}_gte_grid_{k}.png", dpi=110)
 
 
 def _run_laplace(study, out: Path, device: str) -> None:
-    """``[laplace]``: the Laplace/Fisher analysis at the ground truth of each design."""
+    """``[laplace]``: the Laplace/Fisher analysis at the ground truth of each design (and
+    variant): ``laplace.csv`` (a row per design) and ``laplace_parameters.csv`` (a row per
+    parameter: prior and posterior sd, contraction)."""
     from bayesneuron.inference.laplace import laplace
 
-    rows = []
-    for d in study.laplace:
-        model, _, truth = build_experiment(study, d, "paper", device)
-        rows.append(laplace_row(laplace(model, truth), d.label, study.sigma))
-    if rows:
-        write_csv(out / "laplace.csv", rows)
+    rows, long = [], []
+    for variant in study.laplace_variants or (None,):
+        for d in study.laplace:
+            model, _, truth = build_experiment(study, d, "paper", device, variant=variant)
+            lp = laplace(model, truth)
+            tag = {} if variant is None else {"variant": variant}
+            rows.append(tag | laplace_row(lp, d.label, study.sigma))
+            long += [tag | r for r in laplace_parameter_rows(lp, model, truth, d.label)]
+            _laplace_morphology(study, model, lp, d, variant, out)
+            if rows:
+                write_csv(out / "laplace.csv", rows)
+                write_csv(out / "laplace_parameters.csv", long)
+
+
+def _laplace_morphology(study, model, lp, design, variant, out: Path) -> None:
+    from bayesneuron.studies.morphology import laplace_morphology
+
+    laplace_morphology(study, model, lp, design, variant, out)
 
 
 def _resolved(study, smoke: bool, device: str) -> dict:
@@ -200,6 +227,8 @@ def _resolved(study, smoke: bool, device: str) -> dict:
                     "noise_sigma": r.noise_sigma,
                     "horizons": r.horizons,
                     "windows": list(r.windows),
+                    "variant": r.variant,
+                    "seeds": list(r.seeds) if r.seeds else None,
                 }
                 for r in study.runs
             ],

@@ -23,6 +23,7 @@ __all__ = [
     "fit_parameter_rows",
     "fit_row",
     "gte_columns",
+    "laplace_parameter_rows",
     "laplace_row",
     "plain",
     "table_columns",
@@ -41,8 +42,11 @@ def gte_columns(free: Sequence[str]) -> tuple[str, ...]:
 
 
 def table_columns(free: Sequence[str]) -> tuple[str, ...]:
-    """The leading columns of ``table.csv`` (one row per MAP fit) for these free parameters."""
-    return ("stim", "rec", "protocol", "L0", "L_final", *gte_columns(free), "steps", "wall_s")
+    """The leading columns of ``table.csv`` (one row per MAP fit) for these free parameters:
+    ``seed, variant, stim, rec, protocol, L0, L_final``, ``gte_<key>_initial`` and
+    ``gte_<key>_final`` per parameter, ``steps, wall_s``."""
+    gte = [f"gte_{column_key(k)}_{when}" for k in free for when in ("initial", "final")]
+    return ("seed", "variant", "stim", "rec", "protocol", "L0", "L_final", *gte, "steps", "wall_s")
 
 
 def plain(row: dict) -> dict:
@@ -52,24 +56,31 @@ def plain(row: dict) -> dict:
     }
 
 
-def fit_row(fit, model, protocol: str, *, run: str, priors: str, noise_sigma, dt) -> dict:
+def fit_row(
+    fit, model, protocol: str, *, run: str, priors: str, noise_sigma, dt, seed: int, variant=""
+) -> dict:
     """One ``table.csv`` row of a MAP fit: :func:`table_columns`, then the run's settings,
     ``n_starts``, ``converged`` and ``spread_<key>_max`` per free parameter (the largest
-    per-compartment sd of the equally good optima)."""
+    per-compartment sd of the equally good optima). ``gte_<key>_initial`` is the error at
+    the first start before any step (the paper's tables quote it after one step)."""
     frac = len(model.rec_index) / model.n_comp  # the paper's loss: MSE over recorded · |rec|/n
     stim, rec = fit.design.split("|")
     h = fit.history
     spread = fit.spread()
+    gte = {}
+    for k in fit.free:
+        g = h.get(f"gte_{k}")
+        gte[f"gte_{column_key(k)}_initial"] = math.nan if g is None else g[0, 0]
+        gte[f"gte_{column_key(k)}_final"] = math.nan if g is None else g[-1, fit.best]
     row = {
+        "seed": seed,
+        "variant": variant,
         "stim": stim,
         "rec": rec,
         "protocol": protocol,
         "L0": h["mse"][0, 0] * frac,  # start 0 is at the base values (or the truth)
         "L_final": h["mse"][-1, fit.best] * frac,
-        **{
-            col: (h[f"gte_{k}"][-1, fit.best] if f"gte_{k}" in h else math.nan)
-            for k, col in zip(fit.free, gte_columns(fit.free))
-        },
+        **gte,
         "steps": fit.steps,
         "wall_s": round(fit.wall_s, 2),
         "run": run,
@@ -126,3 +137,25 @@ def laplace_row(lp, label: str, sigma: float) -> dict:
         "fisher_condition": float(lp.fisher_eigvals.max() / max(lp.fisher_eigvals.min(), 1e-300)),
         "sigma_mv": sigma,
     }
+
+
+def laplace_parameter_rows(lp, model, truth, label: str) -> list[dict]:
+    """Long format of a Laplace analysis: one row per free coordinate (a compartment's or a
+    region's value) with its label, the truth, prior and posterior sd and contraction."""
+    stim, rec = label.split("|")
+    truth_vec = np.concatenate([np.ravel(np.asarray(truth[k], dtype=float)) for k in lp.free])
+    prior_sd = np.sqrt(lp.prior_var)
+    return [
+        plain(
+            {
+                "stim": stim,
+                "rec": rec,
+                "parameter": lab,
+                "truth": truth_vec[i] if truth_vec.size == lp.mean.size else math.nan,
+                "prior_sd": prior_sd[i],
+                "posterior_sd": lp.sd[i],
+                "contraction": lp.contraction[i],
+            }
+        )
+        for i, lab in enumerate(model.labels)
+    ]

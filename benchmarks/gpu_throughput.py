@@ -1,0 +1,155 @@
+"""GPU throughput against the fused CPU kernel, in one run on one machine.
+
+Two problems (issue "184-compartment experiment … scale", GPU part):
+
+* ``paper_particles`` — the paper's 6-compartment cell, 1000 parameter particles × 20 of the
+  paper's traces (its currents and 48-point grid), Crank–Nicolson dt 0.004 ms, forward and the
+  gradient of a summed MSE w.r.t. every particle's g_Na, g_K (what SVI, SMC or importance
+  sampling needs per step);
+* ``l23_gradient`` — the human L2/3 cell at d_lambda 0.04 (≥ 1000 compartments), 10 soma steps,
+  50 ms, dt 0.025 ms, forward and the gradient w.r.t. every compartment's g_Na.
+
+Rows: ``fused-cpu`` (the C kernel, float64, ``--threads`` threads) and ``torch-cuda`` (the
+torch backend on the GPU, float64 and float32). Times are best of ``--repeat`` after a warm-up;
+the ratio column is fused-cpu time / row time (> 1: faster than the CPU kernel).
+
+    python benchmarks/gpu_throughput.py [--cases paper_particles,l23_gradient] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+def _paper(device, dtype, n_particles: int, n_traces: int):
+    from bayesneuron.reference.paper import paper_currents, paper_time_grid, paper_toy_cell
+
+    cell = paper_toy_cell()
+    stim = paper_currents(n_traces=n_traces)
+    stim = type(stim)(stim.values.to(device=device, dtype=dtype), dt=stim.dt, t0=stim.t0)
+    rng = np.random.default_rng(0)
+    base = {"g_na": 100.0, "g_k": 45.0}
+    params = {
+        k: torch.tensor(b * rng.uniform(0.7, 1.3, (n_particles, 1, 6)), dtype=dtype, device=device)
+        for k, b in base.items()
+    }  # [particle, 1 (broadcast over traces), comp]
+    return cell, stim, paper_time_grid(), params, 0.004
+
+
+def _l23(device, dtype):
+    from bayesneuron import step_current
+    from bayesneuron.reference.cells import l23_cell
+
+    cell = l23_cell(d_lambda=0.04)
+    amps = np.linspace(0.1, 1.0, 10)
+    stim = step_current(amps, 0, cell.n_comp, 1.0, 40.0, 50.0, dt=1.0)
+    stim = type(stim)(stim.values.to(device=device, dtype=dtype), dt=stim.dt, t0=stim.t0, unit="nA")
+    g = torch.tensor(np.asarray(cell.params["g_na"]), dtype=dtype, device=device)
+    return cell, stim, np.arange(2001) * 0.025, {"g_na": g}, 0.025
+
+
+def _measure(case: str, device: str, dtype, backend: str, repeat: int, args) -> dict:
+    from bayesneuron import CrankNicolson, simulate
+
+    dev = torch.device(device)
+    if case == "paper_particles":
+        cell, stim, t, params, dt = _paper(dev, dtype, args.particles, args.traces)
+    else:
+        cell, stim, t, params, dt = _l23(dev, dtype)
+    solver = CrankNicolson(dt=dt, backend=backend)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def fwd():
+        with torch.no_grad():
+            return simulate(cell, params, stim, t, solver=solver, dtype=dtype, device=dev).v
+
+    def fwd_bwd():
+        p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        v = simulate(cell, p, stim, t, solver=solver, dtype=dtype, device=dev).v
+        ((v + 65.0) ** 2).mean().backward()
+        return p
+
+    out = {}
+    for name, fn in (("fwd_s", fwd), ("fwd_bwd_s", fwd_bwd)):
+        fn()
+        sync()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = min(times)
+        out[name + "_range"] = [min(times), max(times)]
+    if dev.type == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="paper_particles,l23_gradient")
+    ap.add_argument("--particles", type=int, default=1000)
+    ap.add_argument("--traces", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    impls = [("fused-cpu", "cpu", torch.float64, "fused")]
+    if torch.cuda.is_available():
+        impls += [
+            ("torch-cuda-f64", "cuda", torch.float64, "torch"),
+            ("torch-cuda-f32", "cuda", torch.float32, "torch"),
+        ]
+    for case in args.cases.split(","):
+        ref = None
+        for impl, device, dtype, backend in impls:
+            r = {"case": case, "impl": impl}
+            try:
+                r |= _measure(case, device, dtype, backend, args.repeat, args)
+            except Exception as e:  # noqa: BLE001 — a failed row is reported, not fatal
+                r["error"] = f"{type(e).__name__}: {e}"[:300]
+            if impl == "fused-cpu" and "error" not in r:
+                ref = r
+            if ref is not None and "error" not in r:
+                r["speedup_fwd"] = ref["fwd_s"] / r["fwd_s"]
+                r["speedup_fwd_bwd"] = ref["fwd_bwd_s"] / r["fwd_bwd_s"]
+            rows.append(r)
+            _write(args.json, rows, args)
+            print(
+                f"{case:16s} {impl:15s} "
+                + (
+                    f"fwd {r['fwd_s']:8.3f} s  fwd+bwd {r['fwd_bwd_s']:8.3f} s  "
+                    f"speedup {r.get('speedup_fwd', float('nan')):6.2f} / "
+                    f"{r.get('speedup_fwd_bwd', float('nan')):6.2f}"
+                    if "error" not in r
+                    else r["error"]
+                ),
+                flush=True,
+            )
+
+
+def _write(path, rows: list, args) -> None:
+    """The JSON file, rewritten after every row (a run cut short keeps what it measured)."""
+    if not path:
+        return
+    machine = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with open(path, "w") as fh:
+        json.dump({"machine": machine, "args": vars(args), "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
