@@ -65,7 +65,7 @@ def test_hh_tree_experiment_spikes_everywhere_and_only_stimulated_sites_get_curr
 
 
 def test_registry_and_grids():
-    assert set(PRESETS) == {"paper_toy", "hh_tree"}
+    assert set(PRESETS) == {"paper_toy", "hh_tree", "paper_l23", "l23"}
     assert [d.label for d in get_preset("paper_toy").designs("grid")] == [
         d.label for d in get_preset("paper_toy").designs("grid25")
     ]
