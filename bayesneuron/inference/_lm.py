@@ -71,7 +71,7 @@ class _Problem:
         self.m0 = stack.m0
         self.sigma = self.m0.sigma
         self.h = settings["fd_step"]
-        self.exact = self.m0.exact_sensitivities and settings.get("jacobian", "exact") == "exact"
+        self.exact = self.m0.tangents_pay and settings.get("jacobian", "exact") == "exact"
         self.bounded = space.bounded
 
     def held(self, u: Tensor, grad: Tensor) -> Tensor:

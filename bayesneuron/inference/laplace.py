@@ -74,8 +74,9 @@ def jacobian(
 ) -> Tensor:
     """``∂ v_rec / ∂ g`` ``[M, P]`` at ``params`` (name → ``[comp]``).
 
-    ``method="auto"``: exact forward sensitivities where the model allows them
-    (:attr:`NeuronModel.exact_sensitivities`: the fused CPU kernel), else central differences;
+    ``method="auto"``: exact forward sensitivities where the model allows them and they are
+    the cheaper way (:attr:`NeuronModel.tangents_pay`: the fused CPU kernel, and not a few
+    region parameters on a large cell), else central differences;
     ``"central"``: central differences with relative step ``step`` (error ≈ step², fixed-step
     solvers only: an adaptive solver's step control would make the difference quotient noisy).
     """
@@ -83,7 +84,7 @@ def jacobian(
     if method not in ("auto", "central"):
         raise FitError(f"jacobian: method {method!r} unknown; use 'auto' or 'central'")
     P, sizes = g.numel(), list(model.sizes.values())
-    if method == "auto" and model.exact_sensitivities:
+    if method == "auto" and model.tangents_pay:
         from bayesneuron.simulation.api import sensitivities
 
         split = dict(zip(model.free, g.split(sizes)))

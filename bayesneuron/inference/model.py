@@ -205,6 +205,17 @@ class NeuronModel:
             self.cell, self.solver, self.dtype, self.device
         )
 
+    @property
+    def tangents_pay(self) -> bool:
+        """Whether exact forward sensitivities are the cheaper Jacobian here. They cost one
+        tangent per cell parameter *per compartment* (a simulation each on a large cell),
+        differences one or two simulations per free value: with a few parameters shared by
+        region on a large cell (the 184-compartment L2/3 cell, 10 regional conductances:
+        368 tangents against 20 simulations) differences win; per-compartment parameters
+        always take the tangents."""
+        n_tangents = len(self.parametrisation.targets) * self.n_comp
+        return self.exact_sensitivities and n_tangents <= 8 * sum(self.sizes.values())
+
     def expansion_jacobian(self, params: Mapping[str, Tensor]) -> Tensor:
         """``∂ expand(params) / ∂ params`` ``[sample…, T·comp, P]``: rows the cell parameters
         :attr:`Parametrisation.targets` per compartment, columns the free vector (site-major)

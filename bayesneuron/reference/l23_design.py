@@ -63,12 +63,12 @@ L23_BASE = {
 }
 """Base values per region (mS/cm²): the cell's values, the priors' centres (base × U(0.7, 1.3))
 and the first MAP start; the ground truth is base × U(0.7, 1.3), seeded."""
-L23_T_STOP = 30.0
+L23_T_STOP = 25.0
 """ms of simulated time per trace."""
 L23_BIN = 0.5
 """ms per current bin."""
 L23_OUT_DT = 0.2
-"""ms between outputs (0.2 … 30 ms: 150 outputs)."""
+"""ms between outputs (0.2 … 25 ms: 125 outputs)."""
 L23_I_MAX = 2.0
 """nA: exclusive upper current level at every stimulated site."""
 L23_ELECTRODE_SETS = (
@@ -168,7 +168,7 @@ def l23_designs() -> list[Design]:
 
 
 def l23_currents(
-    n_comp: int, seed: int = 0, n_traces: int = 12, i_max: float = L23_I_MAX
+    n_comp: int, seed: int = 0, n_traces: int = 10, i_max: float = L23_I_MAX
 ) -> Stimulus:
     """Random piecewise-constant currents in nA, the paper's recipe: per trace and
     compartment 3 levels from U(0, ``i_max``) nA and 2 distinct change points among the
@@ -177,7 +177,7 @@ def l23_currents(
     model keeps the stimulated sites').
 
     Returns:
-        A :class:`Stimulus` ``[n_traces, n_comp, 60]`` in nA (float64).
+        A :class:`Stimulus` ``[n_traces, n_comp, 50]`` in nA (float64).
     """
     if isinstance(n_traces, bool) or not isinstance(n_traces, (int, np.integer)) or n_traces < 1:
         raise StimulusError(f"n_traces = {n_traces!r} must be an int ≥ 1")
@@ -208,7 +208,7 @@ def l23_truth(seed: int) -> dict[str, np.ndarray]:
 def l23_experiment(
     design=None,
     *,
-    n_traces: int = 12,
+    n_traces: int = 10,
     seed: int = 0,
     noise_sigma: float = 0.0,
     sigma: float = 1.0,
@@ -221,7 +221,7 @@ def l23_experiment(
     """The l23 experiment under ``design``: ``(model, v_obs, truth)``.
 
     :func:`l23_design_cell`; :func:`l23_currents` (seed ``seed``) at the stimulated sites;
-    outputs every 0.2 ms from 0.2 to 30 ms (150 times); free g_Na, g_Kdr shared by the five
+    outputs every 0.2 ms from 0.2 to 25 ms (125 times); free g_Na, g_Kdr shared by the five
     regions (:func:`l23_free`); ground truth :func:`l23_truth` (seed ``seed``); data simulated by
     ``data_solver`` (default: the model's) plus noise of sd ``noise_sigma`` mV (seed
     ``seed + 1``). ``priors="paper"``: base × U(0.7, 1.3) per region. Default design: the soma

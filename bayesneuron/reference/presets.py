@@ -275,7 +275,7 @@ def _l23() -> Preset:
         description="the human L2/3 cell 171122005 on its real geometry (one compartment per "
         "section), NaT + Kdr + leak at 34 °C, g_Na and g_Kdr shared by soma, axon, basal, "
         "apical < 300 µm and apical ≥ 300 µm; random step currents of 0–2 nA at the "
-        "stimulated sites, 150 outputs over 30 ms",
+        "stimulated sites, 125 outputs over 25 ms",
         cell=l23_design_cell,
         experiment=l23_experiment,
         site_sets=tuple([sites[s] for s in e] for e in L23_ELECTRODE_SETS),

@@ -28,7 +28,8 @@ The config (every key checked; unknown keys are errors)::
                   starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma, ladder
                   (methods tried until one passes its checks, default [guide, "svi:iaf",
                   "importance"] for SVI; see bayesneuron.inference.posterior), map_windows
-                  (the MAP's continuation over time windows, as [[run]] windows)
+                  (the MAP's continuation over time windows, as [[run]] windows),
+                  psis_samples (draws for each method's k̂ check, default 2000)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report;
                   variants: the preset's variants to analyse (default its first)
     [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)
@@ -456,6 +457,7 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
             "map_starts",
             "map_steps",
             "num_chains",
+            "psis_samples",
         ):
             if key in r and r[key] < 1:
                 raise StudyError(f"{where}: {key} must be ≥ 1")

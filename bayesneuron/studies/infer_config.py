@@ -25,6 +25,7 @@ INFER_KEYS = {
     "noise_sigma": float,
     "ladder": list,
     "map_windows": list,
+    "psis_samples": int,
 }
 METHODS = ("svi", "laplace", "nuts")
 DESIGN_COLUMNS = (
@@ -61,6 +62,7 @@ class Infer:
     noise_sigma: float | None = None
     ladder: tuple[str, ...] | None = None
     map_windows: tuple[int, ...] = ()
+    psis_samples: int = 2000  # fresh draws for each method's k̂ check (importance: twice)
 
     def methods(self) -> tuple[str, ...]:
         """The posterior methods tried in turn (:mod:`bayesneuron.inference.posterior`):

@@ -74,6 +74,7 @@ def _posterior(inf, model, v, mp, seed: int, progress: bool):
         mp.modes(max_modes=4, within=5.0),  # distinct optima within 5 nats of the best
         ladder=inf.methods(),
         num_samples=max(1000, inf.num_samples) if inf.method != "nuts" else inf.num_samples,
+        psis_samples=inf.psis_samples,
         svi=dict(
             num_particles=inf.num_particles,
             max_steps=inf.max_steps,
