@@ -658,6 +658,13 @@ class _Memory:
         return self._maxrss() - self.base
 
 
+def _no_jaxley(case: str) -> dict:
+    """The row saying Jaxley is absent."""
+    return _row(
+        case, "jaxley", "float64", None, None, note="jaxley not installed (pip install jaxley)"
+    )
+
+
 def _timed(fn, sync, repeat: int, budget: float):
     """One warm-up call (its result is returned), then up to ``repeat`` timed calls;
     repeating stops early once warm-up plus repeats have taken ``budget`` seconds. With
@@ -1119,16 +1126,7 @@ def case_hh_tree(runner: Runner, quick: bool, log) -> list[dict]:
             )
         )
     else:
-        rows.append(
-            _row(
-                case,
-                "jaxley",
-                "float64",
-                None,
-                None,
-                note="jaxley not installed (pip install jaxley)",
-            )
-        )
+        rows.append(_no_jaxley(case))
     return rows
 
 
@@ -1225,16 +1223,7 @@ def case_l23_cell(runner: Runner, quick: bool, log) -> list[dict]:
                 extra["note"] = "the fused kernel ignores checkpoint_every (torch backend only)"
             rows.append(_row(case, impl, "float64", f, b, **extra))
     if importlib.util.find_spec("jaxley") is None:
-        rows.append(
-            _row(
-                case,
-                "jaxley",
-                "float64",
-                None,
-                None,
-                note="jaxley not installed (pip install jaxley)",
-            )
-        )
+        rows.append(_no_jaxley(case))
         return rows
     jaxley_rows = {}
     for ckpt in (False,) if quick else (False, True):

@@ -228,8 +228,8 @@ def l23_experiment(
     stimulated, every compartment recorded.
     """
     from bayesneuron.inference.model import NeuronModel
-    from bayesneuron.inference.priors import ScaledUniformPrior
     from bayesneuron.inference.synthetic import synthetic_data
+    from bayesneuron.reference.paper import preset_priors
     from bayesneuron.simulation.solvers import CrankNicolson
 
     cell = l23_design_cell()
@@ -241,9 +241,7 @@ def l23_experiment(
         np.arange(1, n_out + 1) * L23_OUT_DT,
         design,
         free=l23_free(cell),
-        priors=ScaledUniformPrior(0.7, 1.3)
-        if isinstance(priors, str) and priors == "paper"
-        else priors,
+        priors=preset_priors(priors),
         sigma=sigma,
         solver=solver or CrankNicolson(dt=0.025),
         dtype=dtype,

@@ -277,6 +277,14 @@ def paper_design_grid() -> list[tuple[list[int] | None, list[int] | None]]:
     return [(fresh(s), fresh(r)) for s in PAPER_SITES for r in PAPER_SITES]
 
 
+def preset_priors(priors):
+    """A preset's ``priors`` argument as :class:`NeuronModel` takes it: ``"paper"`` is the
+    paper's target distribution ``base · U(0.7, 1.3)``; anything else passes through."""
+    from bayesneuron.inference.priors import ScaledUniformPrior
+
+    return ScaledUniformPrior(0.7, 1.3) if isinstance(priors, str) and priors == "paper" else priors
+
+
 def paper_experiment(
     design=None,
     *,
@@ -299,7 +307,6 @@ def paper_experiment(
     ``noise_sigma`` mV; ``sigma`` is the model's assumed noise sd.
     """
     from bayesneuron.inference.model import NeuronModel
-    from bayesneuron.inference.priors import ScaledUniformPrior
     from bayesneuron.inference.synthetic import synthetic_data
     from bayesneuron.protocol.design import Design
 
@@ -311,9 +318,7 @@ def paper_experiment(
         stim,
         paper_time_grid(),
         design,
-        priors=ScaledUniformPrior(0.7, 1.3)
-        if isinstance(priors, str) and priors == "paper"
-        else priors,
+        priors=preset_priors(priors),
         sigma=sigma,
         solver=solver,
         dtype=dtype,

@@ -173,10 +173,14 @@ def paper_l23_experiment(
         Other arguments as :func:`~bayesneuron.reference.paper_experiment`.
     """
     from bayesneuron.inference.model import NeuronModel
-    from bayesneuron.inference.priors import ScaledUniformPrior
     from bayesneuron.inference.synthetic import synthetic_data
     from bayesneuron.protocol.design import Design
-    from bayesneuron.reference.paper import paper_currents, paper_ground_truth, paper_time_grid
+    from bayesneuron.reference.paper import (
+        paper_currents,
+        paper_ground_truth,
+        paper_time_grid,
+        preset_priors,
+    )
 
     design = Design(list(PAPER_L23_STIM), None) if design is None else design
     cell = paper_l23_cell(variant)
@@ -187,9 +191,7 @@ def paper_l23_experiment(
     if cell.morphology.geometric:  # the same densities, as nA through each area
         area = torch.tensor(cell.morphology.area, dtype=stim.values.dtype)
         stim = type(stim)(stim.values * (area[:, None] * 1e3), dt=stim.dt, t0=stim.t0, unit="nA")
-    prior = (
-        ScaledUniformPrior(0.7, 1.3) if isinstance(priors, str) and priors == "paper" else priors
-    )
+    prior = preset_priors(priors)
 
     def model_of(c):
         return NeuronModel(

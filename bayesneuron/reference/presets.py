@@ -131,9 +131,9 @@ def hh_tree_experiment(
     ``seed + 1``). ``priors="paper"`` is the target distribution base × U(0.7, 1.3).
     """
     from bayesneuron.inference.model import NeuronModel
-    from bayesneuron.inference.priors import ScaledUniformPrior
     from bayesneuron.inference.synthetic import draw_truth, synthetic_data
     from bayesneuron.reference.cells import hh_tree_cell
+    from bayesneuron.reference.paper import preset_priors
     from bayesneuron.simulation.solvers import CrankNicolson
 
     design = Design() if design is None else design
@@ -143,9 +143,7 @@ def hh_tree_experiment(
         hh_tree_currents(cell, seed, n_traces=n_traces),
         np.arange(1, int(round(HH_TREE_T_STOP / 0.25)) + 1) * 0.25,
         design,
-        priors=ScaledUniformPrior(0.7, 1.3)
-        if isinstance(priors, str) and priors == "paper"
-        else priors,
+        priors=preset_priors(priors),
         sigma=sigma,
         solver=solver or CrankNicolson(dt=0.025),
         dtype=dtype,
