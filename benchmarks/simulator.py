@@ -1151,8 +1151,8 @@ def case_l23_cell(runner: Runner, quick: bool, log) -> list[dict]:
     for fine in (False, True):
         label = f"d_lambda ≤ {sz['d_lambda']:g}, ≥ {sz['min_comp']} comps" if fine else "nseg=1"
         specs = [{"kind": "cn", "dt": dt, "checkpoint_every": c} for c in (None, ck)]
-        if cpu:  # the fused kernel (CrankNicolson only; it has no checkpointing: see README)
-            fused = [None, ck] if fine else [None]
+        if cpu:  # the fused kernel (CrankNicolson only); "auto" is the solver's default
+            fused = [None, ck, "auto"] if fine else [None, "auto"]
             specs += [
                 {"kind": "cn", "dt": dt, "checkpoint_every": c, "backend": "fused"} for c in fused
             ]
@@ -1220,7 +1220,10 @@ def case_l23_cell(runner: Runner, quick: bool, log) -> list[dict]:
                     grad_rel_diff_vs_bayesneuron_be=_grad_rel_err(paths["grad"], be["grad"]),
                 )
             if backend == "fused" and spec["checkpoint_every"] is not None:
-                extra["note"] = "the fused kernel ignores checkpoint_every (torch backend only)"
+                extra["note"] = (
+                    "the adjoint recomputes segments of checkpoint_every steps (⌈√steps⌉ for "
+                    "'auto' where the history would exceed 1 GB) from stored states"
+                )
             rows.append(_row(case, impl, "float64", f, b, **extra))
     if importlib.util.find_spec("jaxley") is None:
         rows.append(_no_jaxley(case))

@@ -47,6 +47,7 @@ from bayesneuron.channels import (
     Sigmoid,
 )
 from bayesneuron.simulation import fused, runs_fused
+from bayesneuron.simulation.grid import currents
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler for the fused kernel"
@@ -260,6 +261,65 @@ def test_hh_tree_batched_parameters_temperature_and_reset_match_torch():
     held[:, 2:] = math.nan
     res = _both(cell, params, HH_STIM, HH_T, dt=0.025, seed=3, reset=Reset(held, 5))
     _assert_close(res, v_tol=1e-9, g_tol=1e-9)
+
+
+def _fused_grads(cell, params, stim, t, every, reset=None, paper_loops=False):
+    """Voltages and d(Σ w·V)/d(every g and e) from the fused kernel with ``checkpoint_every``."""
+    p = {k: x.detach().clone().requires_grad_(True) for k, x in params.items()}
+    solver = CrankNicolson(dt=0.025, backend="fused", checkpoint_every=every)
+    v = simulate(cell, p, stim, t, solver, reset=reset).v
+    w = torch.randn(v.shape, generator=torch.Generator().manual_seed(5), dtype=v.dtype)
+    return v.detach(), torch.autograd.grad((w * v).sum(), list(p.values()))
+
+
+@pytest.mark.parametrize("every", [1, 7, 100, "auto"])
+def test_checkpointed_adjoint_is_bit_identical_to_the_stored_one(every, monkeypatch):
+    """Segments of ``every`` steps recomputed in the adjoint (``"auto"`` forced by a tiny
+    memory limit): the same voltages and gradients, bit for bit — with a sample dim, a reset
+    from data and a graph with a loop."""
+    gen = torch.Generator().manual_seed(4)
+    params = {k: torch.tensor(x, dtype=torch.float64) for k, x in HH_CELL.params.items()}
+    params["g_na"] = params["g_na"] * (1 + 0.2 * torch.rand(2, 1, 6, generator=gen).double())
+    held = simulate(HH_CELL, params, HH_STIM, HH_T).v[0].clone()
+    held[:, 2:] = math.nan
+    loopy = Morphology.from_adjacency(
+        np.array([[0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 1], [0, 0, 1, 0]]), ax=0.7,
+        tree_only=False,
+    )  # fmt: skip
+    assert loopy.n_loops == 1
+    cases = [
+        (HH_CELL, params, None),
+        (HH_CELL, params, Reset(held, 5)),
+        (Cell(loopy, hh_channels()), {"g_na": torch.full((4,), 120.0).double()}, None),
+    ]
+    if every == "auto":
+        monkeypatch.setattr(fused, "_AUTO_BYTES", 1.0)
+    for cell, par, reset in cases:
+        stim = HH_STIM
+        if cell is not HH_CELL:  # an abstract cell: µA/cm²
+            stim = step_current([5.0, 15.0], 0, 4, 1.0, 8.0, 12.0, unit="uA/cm2")
+        v0, g0 = _fused_grads(cell, par, stim, HH_T, None, reset)
+        v1, g1 = _fused_grads(cell, par, stim, HH_T, every, reset)
+        assert torch.equal(v0, v1)
+        assert all(a.abs().max() > 0 and torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
+
+
+def test_checkpoint_auto_bounds_the_stored_history(monkeypatch):
+    """Above the memory limit ``"auto"`` keeps segments of ⌈√steps⌉ steps (the checkpoints and
+    one segment's history) instead of every step's history."""
+    flat = [torch.zeros(6, dtype=torch.float64)] * (2 * len(HH_CELL.channels))
+    cur = currents(HH_STIM, HH_CELL.morphology, torch.float64, "cpu")
+    prob = fused._Problem(HH_CELL, flat, cur, HH_STIM, HH_T, 0.025, None, store=True)
+    n_steps = len(prob.steps[0])
+    prob.checkpoint("auto")
+    assert prob.segment is None  # a small run stores its history
+    monkeypatch.setattr(fused, "_AUTO_BYTES", 1.0)
+    prob.checkpoint("auto")
+    assert prob.segment == math.ceil(math.sqrt(n_steps)) < n_steps
+    prob.checkpoint(n_steps)  # a segment as long as the run: the whole history
+    assert prob.segment is None
+    prob.checkpoint(None)
+    assert prob.segment is None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 
 from bayesneuron import CrankNicolson, Design, fit_map, paper_experiment
 from bayesneuron.inference.recovery import (
+    _in_prior_widths,
     distinct_modes,
     fisher_spectrum,
     recovery_reason,
@@ -76,6 +77,11 @@ def test_reasons_flat_direction_local_minimum_and_recovered():
     row = recovery_row(fit, model, truth, spectrum=spec)
     assert row["recovered"] and row["reason"] == "recovered" and row["max_rel_err"] < 1e-9
     assert row["fisher_rank"] == spec["rank"] and row["n_modes"] == 1
+    # the error in prior widths: the paper's prior base·U(0.7, 1.3) is 0.6·base wide
+    base = np.concatenate([model.base[k].numpy() for k in model.free])
+    assert abs(_in_prior_widths(model, 0.03 * base) - 0.05) < 1e-12
+    err = np.random.default_rng(0).uniform(0, 0.1, base.size) * base
+    assert abs(_in_prior_widths(model, err) - np.max(err / (0.6 * base))) < 1e-12
 
 
 def test_distinct_modes_counts_equally_good_but_different_optima():
@@ -108,4 +114,5 @@ def test_benchmark_script_writes_a_row_per_design(tmp_path):
     assert [(r["stim"], r["rec"]) for r in rows] == [("all", "all"), ("[0]", "[0]")]
     assert rows[0]["fisher_rank"] == 12 and rows[1]["fisher_rank"] < 12
     assert rows[1]["reason"].startswith("flat direction") or rows[1]["recovered"]
+    assert all(0 <= r["max_err_prior_width"] < 10 for r in rows)  # base·U(0.7, 1.3): 0.6·base
     assert "recovered" in proc.stdout

@@ -21,6 +21,10 @@ Three questions per design, each a number in :func:`recovery_row`:
   more than ``x_tol`` (relative, default 1 %): several mean equally good but different
   answers.
 
+Each row also gives ``max_err_prior_width``: the largest ``|g − g_true|`` over the free
+parameters in units of the prior's width, taken as ``√12 ·`` the prior sd (the width of a
+uniform prior; for the presets' base · U(0.7, 1.3), 0.6 · base); ``None`` without priors.
+
 The reason is then ``"recovered"``, ``"flat direction: …"`` (Fisher rank below ``P``) or
 ``"local minimum: …"`` (full rank, but the best start's data term stays above zero).
 """
@@ -33,6 +37,7 @@ import numpy as np
 
 from bayesneuron.inference.laplace import jacobian
 from bayesneuron.inference.model import NeuronModel
+from bayesneuron.inference.space import ParameterSpace
 
 __all__ = [
     "FISHER_TOL",
@@ -116,6 +121,15 @@ def recovery_reason(
     return f"local minimum: {fit} (objective > 0)"
 
 
+def _in_prior_widths(model: NeuronModel, err: np.ndarray) -> float | None:
+    """``max(err / (√12 · prior sd))`` over the free parameters ``err`` ``[P]``; ``None``
+    where a free parameter has no prior."""
+    if any(model.priors.get(k) is None for k in model.free):
+        return None
+    width = np.sqrt(12.0 * ParameterSpace(model).prior_variance().cpu().numpy())
+    return float(np.max(err / width))
+
+
 def recovery_row(
     fit, model: NeuronModel, truth: Mapping, *, rel_tol: float = REL_TOL, spectrum=None
 ) -> dict:
@@ -123,6 +137,7 @@ def recovery_row(
     truth, the number of distinct optima and the reason (see the module's docstring)."""
     spectrum = spectrum or fisher_spectrum(model, truth)
     rel = max(float(np.max(np.abs(fit.params[k] - truth[k]) / np.abs(truth[k]))) for k in fit.free)
+    err = np.concatenate([np.abs(fit.params[k] - truth[k]).reshape(-1) for k in fit.free])
     obj = data_term(fit, model)
     recovered = rel < rel_tol
     stim, rec = fit.design.split("|")
@@ -133,6 +148,7 @@ def recovery_row(
         "recovered": recovered,
         **{f"gte_{k.removeprefix('g_')}": gte[k] for k in fit.free},
         "max_rel_err": rel,
+        "max_err_prior_width": _in_prior_widths(model, err),
         "best_objective": float(obj[fit.best]),
         "fisher_rank": spectrum["rank"],
         "n_params": len(spectrum["eigvals"]),

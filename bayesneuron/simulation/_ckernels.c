@@ -354,8 +354,13 @@ static void loop_correct(const Loops *lp, int tr, double *x, i64 n, i64 nl) {
 
 /* ------------------------------------------------------------------ one chunk of lanes */
 /* dims: n, n_comp, nl, n_g, n_ch, n_steps, bins, n_time, rv_time, gx (rows of X), store,
- * n_sites, k (loops); currents cur [S, bins, n_sites] at compartments sites[n_sites] (a sparse stimulus
- * stays sparse: each step scatters its bin into i_inj, zero elsewhere) */
+ * n_sites, k (loops), flags; currents cur [S, bins, n_sites] at compartments sites[n_sites] (a sparse stimulus
+ * stays sparse: each step scatters its bin into i_inj, zero elsewhere).
+ * flags: RESUME — start from the state in v and yy[1] (a segment of a checkpointed run) instead
+ * of v0 and leave out's first column alone; NO_OUT — write nothing to out (a segment recomputed
+ * for the adjoint; resets are applied all the same). The gates after the last step are left in
+ * yy[1], so a next call with RESUME continues the trajectory. */
+enum { RESUME = 1, NO_OUT = 2 };
 void forward_chunk(void **p, const i64 *dims, double v0) {
     i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
     i64 n_steps = dims[5], bins = dims[6], n_time = dims[7], rv_time = dims[8], gx = dims[9];
@@ -386,10 +391,14 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
     double *rr = p[k++], *vc = p[k++], *vs = p[k++], *g_sum = p[k++], *ge_sum = p[k++];
     double *i_inj = p[k++];
     lp.z = p[k++], lp.s = p[k++], lp.y = p[k++], lp.k = dims[12];
+    i64 flags = dims[13];
 
-    for (i64 x = 0; x < n * nl; x++) v[x] = v0;
-    for (i64 l = 0; l < nl; l++)
-        for (i64 c = 0; c < n_comp; c++) out[(l * n_comp + c) * n_time] = v0;
+    if (!(flags & RESUME)) {
+        for (i64 x = 0; x < n * nl; x++) v[x] = v0;
+        if (!(flags & NO_OUT))
+            for (i64 l = 0; l < nl; l++)
+                for (i64 c = 0; c < n_comp; c++) out[(l * n_comp + c) * n_time] = v0;
+    }
     for (i64 s = 0; s < n_steps; s++) {
         double h = neg_h[s];
         const double *y_in = (store && s > 0) ? X + (s - 1) * gx * m : yy + ((s + 1) % 2) * gx * m;
@@ -460,12 +469,17 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
             for (i64 c = 0; c < n_comp; c++)
                 for (i64 l = 0; l < nl; l++) {
                     double *vp = v + pos[c] * nl + l;
-                    out[(l * n_comp + c) * n_time + jo] = *vp;
+                    if (!(flags & NO_OUT)) out[(l * n_comp + c) * n_time + jo] = *vp;
                     if (!reset_at[s]) continue; /* without a Reset, rv is a dummy */
                     double x = rv[(ridx[l] * rv_time + jo) * n_comp + c];
                     if (x == x) *vp = x;
                 }
         }
+    }
+    if (n_steps > 0) { /* the last gates → yy[1], where a resumed call reads them */
+        const double *y = store ? X + (n_steps - 1) * gx * m : yy + ((n_steps - 1) % 2) * gx * m;
+        if (y != yy + gx * m)
+            for (i64 x = 0; x < gx * m; x++) yy[gx * m + x] = y[x];
     }
 }
 

@@ -119,8 +119,12 @@ def _dims(*sizes) -> np.ndarray:
     return np.array(sizes, dtype=np.int64)
 
 
-def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
-    """One chunk of lanes forward (layouts in :mod:`bayesneuron.simulation.fused`)."""
+RESUME, NO_OUT = 1, 2  # forward_chunk flags (_ckernels.c)
+
+
+def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store, flags=0):
+    """One chunk of lanes forward (layouts in :mod:`bayesneuron.simulation.fused`); ``flags``
+    of :data:`RESUME` and :data:`NO_OUT` run one segment of a checkpointed trajectory."""
     n, nl = work[0].shape  # v [node, lane]
     n_comp = tree[6].shape[0]
     cur, rv = data[0], data[3]
@@ -128,7 +132,7 @@ def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store):
     dims = _dims(
         n, n_comp, nl, rates[0].shape[0], gates[0].shape[0], steps[0].shape[0],
         cur.shape[1], out.shape[2], rv.shape[1], work[3].shape[1], int(store), cur.shape[2],
-        tree[7].shape[0],
+        tree[7].shape[0], int(flags),
     )  # fmt: skip
     _library().forward_chunk(_pointers(arrays), dims.ctypes.data, float(v0))
 

@@ -22,6 +22,11 @@ The adjoint runs the steps backwards: ``Mᵀμ = 2λ_v'``, ``λ_v = −λ_v' + k
 ``∂L/∂G_c = μ (e_c − w)``, ``∂L/∂e_c = μ G_c``, and through the gate update ``∂y'/∂y = A``,
 ``∂y'/∂v = D``; the forward pass stores ``w``, ``y'``, ``A`` and ``D``, so the adjoint evaluates
 no transcendental function. A reset node's adjoint is zeroed: its value came from data.
+Where that history would be large (``CrankNicolson.checkpoint_every``: above about 1 GB with
+``"auto"``), the forward pass keeps only the state at the start of every segment of
+``checkpoint_every`` steps (√steps with ``"auto"``), and the adjoint recomputes one segment's
+history at a time from it: one more forward pass, bit-identical gradients, and memory of a
+segment instead of the whole trajectory.
 
 Batch elements are independent trajectories, run in chunks of ``lanes`` side by side (lanes
 last, so the per-lane loops vectorise; ``exp`` and ``log1p`` are written out for that reason).
@@ -68,6 +73,7 @@ __all__ = ["jacobian", "supported", "run"]
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
 _MAX_GATES = 2  # gates per channel the kernels take
 _MAX_POWER = 4  # gate exponents the kernels take (_ckernels.c: pow_of)
+_AUTO_BYTES = 1e9  # checkpoint_every="auto" checkpoints a history larger than this (as stepping)
 
 
 def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=()) -> str | None:
@@ -121,6 +127,7 @@ def run(cell, p, cur, stimulus, t_eval, solver, reset=None):
     flat = [p[f"{k}_{ch.name}"] for ch in cell.channels for k in ("g", "e")]
     store = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
     prob = _Problem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store)
+    prob.checkpoint(solver.checkpoint_every)
     return _Fused.apply(prob, *flat), len(prob.steps[0])
 
 
@@ -175,6 +182,8 @@ class _Problem:
 
     def __init__(self, cell, flat, currents, stimulus, t_eval, dt, reset, store):
         self.store = store  # keep the history the adjoint needs
+        self.segment = None  # steps per checkpointed segment (None: the whole history)
+        self._no_history = tuple(np.empty(0) for _ in range(4))
         sys = tree_system(cell.morphology)
         self.n_comp, self.n_time, self.n = cell.n_comp, len(t_eval), sys.n
         self.tree = (sys.parent, sys.a, sys.b, sys.diag, sys.cm, sys.pub_of, sys.comp_pos)
@@ -256,47 +265,110 @@ class _Problem:
         ee = np.ascontiguousarray(lp[:, 1] - self.e_shift[:, None, None]).reshape(gm.shape)
         return self.cur, self.sites, self.sidx[b0:b1], self.rv, self.ridx[b0:b1], gm, ee
 
+    def checkpoint(self, every) -> None:
+        """Set :attr:`segment`, the steps per checkpointed segment (``None``: store the whole
+        history), from ``CrankNicolson.checkpoint_every`` (see the module docstring)."""
+        n_steps, self.segment = len(self.steps[0]), None
+        if not self.store or every is None:
+            return
+        if every == "auto":
+            per_step = self.n + (max(self.n_gates, 1) + 2 * self.n_gates) * self.n_comp
+            if 8.0 * n_steps * per_step * self.n_batch <= _AUTO_BYTES:
+                return
+            every = math.isqrt(n_steps - 1) + 1  # ⌈√steps⌉
+        self.segment = every if every < n_steps else None
+
+    def _segments(self):
+        """``(s0, s1)`` step ranges of the checkpointed segments, in time order."""
+        n_steps, k = len(self.steps[0]), self.segment
+        return [(s0, min(s0 + k, n_steps)) for s0 in range(0, n_steps, k)]
+
     def forward(self, par):
-        """Voltages ``[B, comp, time]`` and, if ``self.store``, the history (a :class:`_History`)."""
+        """Voltages ``[B, comp, time]`` and, if ``self.store``, the history (a :class:`_History`,
+        or with :attr:`segment` set, a :class:`_Checkpoints`)."""
         n, nc, ng = self.n, self.n_comp, self.n_gates
-        n_steps = len(self.steps[0]) if self.store else 0
         out = np.empty((self.n_batch, nc, self.n_time))
-        hist = _History([(n_steps, n, b1 - b0) for _, b0, b1 in self._chunks()], ng, nc)
+        shapes = [(b1 - b0) for _, b0, b1 in self._chunks()]
+        if self.segment is not None:
+            hist = _Checkpoints(len(self._segments()), n, max(ng, 1), nc, shapes)
+            jobs = [(par, out, hist.chunks[ch], b0, b1) for ch, b0, b1 in self._chunks()]
+            _map(self._forward_segments, jobs, self.threads)
+            return out, hist
+        n_steps = len(self.steps[0]) if self.store else 0
+        hist = _History([(n_steps, n, nl) for nl in shapes], ng, nc)
         jobs = []
         for ch, b0, b1 in self._chunks():
-            nl = b1 - b0
-            m = nc * nl
-            yy = np.empty((2, max(ng, 1), m))  # gates (ping-pong); initial values in yy[1]
-            yy[:] = np.repeat(self.y0, nc * nl).reshape(ng, m) if ng else 1.0
-            node, gate, comp = np.empty((3, n, nl)), np.empty((2, ng, m)), np.empty((11, m))
-            work = (node[0], node[1], node[2], yy, gate[0], gate[1], comp[:6])
-            work += (comp[6], comp[7], comp[8], comp[9], comp[10]) + self._loop_work(nl)
             data = self._data(par, b0, b1)
             args = (self.tree, self.rates, self.gates, self.steps, data, self.v0, out[b0:b1])
-            jobs.append(args + (hist.chunks[ch], work, self.store))
+            jobs.append(args + (hist.chunks[ch], self._forward_work(b1 - b0), self.store))
         _map(_ckernels.forward_chunk, jobs, self.threads)
         return out, hist
+
+    def _forward_work(self, nl: int) -> tuple:
+        """The forward kernel's work arrays for ``nl`` lanes; the initial gates in ``yy[1]``."""
+        n, nc, ng = self.n, self.n_comp, self.n_gates
+        m = nc * nl
+        yy = np.empty((2, max(ng, 1), m))  # gates (ping-pong); initial values in yy[1]
+        yy[:] = np.repeat(self.y0, nc * nl).reshape(ng, m) if ng else 1.0
+        node, gate, comp = np.empty((3, n, nl)), np.empty((2, ng, m)), np.empty((11, m))
+        work = (node[0], node[1], node[2], yy, gate[0], gate[1], comp[:6])
+        return work + (comp[6], comp[7], comp[8], comp[9], comp[10]) + self._loop_work(nl)
+
+    def _forward_segments(self, par, out, ck, b0, b1) -> None:
+        """One chunk forward, segment by segment, keeping the state at each segment's start
+        in ``ck`` (``v`` ``[segment, node, lane]``, gates ``[segment, gate, comp·lane]``)."""
+        work, data = self._forward_work(b1 - b0), self._data(par, b0, b1)
+        v, yy = work[0], work[3]
+        v[:] = self.v0
+        for j, (s0, s1) in enumerate(self._segments()):
+            ck[0][j], ck[1][j] = v, yy[1]
+            steps = tuple(x[s0:s1] for x in self.steps)
+            flags = _ckernels.RESUME if j else 0
+            args = (self.tree, self.rates, self.gates, steps, data, self.v0, out[b0:b1])
+            _ckernels.forward_chunk(*args, self._no_history, work, False, flags)
 
     def adjoint(self, par, hist, gout) -> np.ndarray:
         """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
         grad = np.empty((self.n_batch,) + par.shape[1:])
         jobs = [
-            self._adjoint_job(par, hist.chunks[ch], gout[b0:b1], grad[b0:b1], b0, b1)
+            (par, hist.chunks[ch], gout[b0:b1], grad[b0:b1], b0, b1)
             for ch, b0, b1 in self._chunks()
         ]
-        _map(_ckernels.adjoint_chunk, jobs, self.threads)
+        run = self._adjoint_segments if isinstance(hist, _Checkpoints) else self._adjoint_whole
+        _map(run, jobs, self.threads)
         return grad
 
-    def _adjoint_job(self, par, hist, gout, grad, b0, b1) -> tuple:
-        n, nc, ng, nl = self.n, self.n_comp, self.n_gates, b1 - b0
-        m = nc * nl
+    def _adjoint_whole(self, par, hist, gout, grad, b0, b1) -> None:
+        work, data = self._adjoint_work(b1 - b0, par.shape[1]), self._data(par, b0, b1)
+        _ckernels.adjoint_chunk(self.tree, self.gates, self.steps, data, gout, hist, work, grad)
+
+    def _adjoint_segments(self, par, ck, gout, grad, b0, b1) -> None:
+        """One chunk backward from checkpoints: each segment's history recomputed from the
+        state at its start (bit-identical to the stored one), then its adjoint; the adjoint
+        state carries over from segment to segment in the work arrays."""
+        nl = b1 - b0
+        work, data = self._adjoint_work(nl, par.shape[1]), self._data(par, b0, b1)
+        fwork = self._forward_work(nl)
+        held = _History([(self.segment, self.n, nl)], self.n_gates, self.n_comp)
+        seg = held.chunks[0]  # the buffer goes back to the pool when ``held`` is freed
+        out = np.empty((1, 1, self.n_time))  # not written (NO_OUT)
+        flags = _ckernels.RESUME | _ckernels.NO_OUT
+        for j, (s0, s1) in reversed(list(enumerate(self._segments()))):
+            fwork[0][:], fwork[3][1] = ck[0][j], ck[1][j]
+            steps, hist = tuple(x[s0:s1] for x in self.steps), tuple(x[: s1 - s0] for x in seg)
+            args = (self.tree, self.rates, self.gates, steps, data, self.v0, out, hist, fwork)
+            _ckernels.forward_chunk(*args, True, flags)
+            _ckernels.adjoint_chunk(self.tree, self.gates, steps, data, gout, hist, work, grad)
+
+    def _adjoint_work(self, nl: int, n_ch: int) -> tuple:
+        """The adjoint kernel's work arrays for ``nl`` lanes, its state (``λ_v``, ``λ_y``,
+        the gradient sums) zeroed."""
+        n, m = self.n, self.n_comp * nl
         node, comp = np.empty((3, n, nl)), np.empty((7, m))
         node[0] = 0.0
-        ly, gg = np.zeros((max(ng, 1), m)), np.zeros((par.shape[1], 2, m))
+        ly, gg = np.zeros((max(self.n_gates, 1), m)), np.zeros((n_ch, 2, m))
         work = (node[0], node[1], node[2], ly, gg, comp[0], comp[1], comp[2], comp[3])
-        work += (comp[4], comp[5:]) + self._loop_work(nl)
-        data = self._data(par, b0, b1)
-        return (self.tree, self.gates, self.steps, data, gout, hist, work, grad)
+        return work + (comp[4], comp[5:]) + self._loop_work(nl)
 
     def tangent(self, par, hist, wrt) -> np.ndarray:
         """``∂V/∂g`` ``[B, len(wrt)·comp, comp, time]`` from a stored forward pass."""
@@ -323,6 +395,16 @@ class _Problem:
         the factored ``k × k`` system ``[k·k, lane]`` and its solution ``[k, lane]``."""
         k = self.n_loops
         return np.empty((k, self.n, nl)), np.empty((k * k, nl)), np.empty((k, nl))
+
+
+class _Checkpoints:
+    """The state at the start of every checkpointed segment, per chunk ``(v, y)``:
+    ``v`` ``[segment, node, lane]``, gates ``[segment, gate, comp·lane]``."""
+
+    def __init__(self, n_seg: int, n: int, n_gx: int, n_comp: int, lanes: list[int]):
+        self.chunks = [
+            (np.empty((n_seg, n, nl)), np.empty((n_seg, n_gx, n_comp * nl))) for nl in lanes
+        ]
 
 
 class _History:

@@ -76,13 +76,16 @@ class CrankNicolson:
 
     Attributes:
         dt: largest step in ms.
-        checkpoint_every, compile: as in :class:`BackwardEuler` (torch backend only).
+        checkpoint_every: as in :class:`BackwardEuler`, on both backends (the fused kernel's
+            history is ``1 + 3·gates`` floats per node, step and batch element; checkpointed,
+            its adjoint recomputes one segment at a time from the stored states: bit-identical
+            gradients for one more forward pass).
+        compile: as in :class:`BackwardEuler` (torch backend only).
         backend: ``"auto"`` (default), ``"fused"`` or ``"torch"``. ``"fused"`` runs whole
             trajectories in a compiled C kernel with a hand-written discrete adjoint (exact
             gradients of every ``g`` and ``e``), much faster than ``"torch"`` on small cells,
             for channels declared from rate forms, on CPU in float64, on
-            ``torch.get_num_threads()`` threads; a differentiable run keeps ``1 + 3·gates``
-            floats per node, step and batch element. ``"torch"`` steps with autograd (any
+            ``torch.get_num_threads()`` threads. ``"torch"`` steps with autograd (any
             channel, dtype and device, gradients with respect to currents too). ``"auto"``
             takes the fused kernel wherever it applies and the torch backend elsewhere (a
             one-line warning where only a missing C compiler stands in the way).
