@@ -76,9 +76,13 @@ def test_infer_svi_writes_posterior_summary_figures_and_report(tmp_path, capsys)
     argv = ["infer", "--design", "all|[0]", "--method", "svi", "--guide", "normal"]
     argv += [*TINY_POST, "--steps", "5", "--particles", "2", "--out", str(out)]
     assert main(argv) == 0
-    assert capsys.readouterr().err == ""  # --quiet
+    printed = capsys.readouterr()
+    assert printed.err == ""  # --quiet
     (row,) = rows(out / "designs.csv")
     assert (row["stim"], row["rec"], row["guide"]) == ("all", "[0]", "normal")
+    # the summary line names the method that produced the posterior and flags a failed check
+    assert f"{row['posterior_method']} posterior of all|[0]" in printed.out
+    assert ("NOT OK" in printed.out) == (row["posterior_ok"] == "False")
     assert 0 <= float(row["mean_contraction"]) <= 1 and row["n_traces"] == "3"
     summary = rows(out / "summary.csv")
     assert len(summary) == 12 and {"parameter", "mean", "sd", "truth"} <= set(summary[0])

@@ -114,11 +114,15 @@ def cmd_infer(args) -> int:
         say(args, "[infer] writing the InferenceData, tables, figures and report …")
         _write_infer(args, tmp, study, res, wall)
     row = res["row"]
+    ok = bool(row.get("posterior_ok", True))
+    check = "" if ok else " — NOT OK, its checks failed (not a result)"
     print(
-        f"{what} posterior of {d.label}: contraction mean {row['mean_contraction']:.3f}, "
-        f"min {row['min_contraction']:.3f}, max |z| {row['max_abs_z']:.2f} in {wall:.1f} s; "
-        f"results in {out}/"
+        f"{row.get('posterior_method', what)} posterior of {d.label}{check}: contraction mean "
+        f"{row['mean_contraction']:.3f}, min {row['min_contraction']:.3f}, max |z| "
+        f"{row['max_abs_z']:.2f} in {wall:.1f} s; results in {out}/"
     )
+    if not ok:
+        print(f"  attempts: {row.get('attempts', '?')}")
     return 0
 
 
