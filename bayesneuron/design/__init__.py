@@ -1,0 +1,49 @@
+"""Optimal experimental design: stimulus waveforms that maximise a design criterion.
+
+A stimulus family (:mod:`.families`) maps unconstrained parameters to bounded currents; the
+criterion (:mod:`.objective`) is the Bayesian D-optimality (or contraction, or Laplace EIG)
+of the Fisher information at parameter points drawn from the prior, differentiable in the
+currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and greedy
+electrode-site selection around that.
+
+Example:
+    >>> from bayesneuron.design import PiecewiseConstant, problem_from_model, optimize_stimulus
+    >>> problem = problem_from_model(model, n_theta=2)
+    >>> fam = PiecewiseConstant(n_traces=5, sites=(0,), lo=0.0, hi=19.0)
+    >>> result = optimize_stimulus(problem, fam)
+"""
+
+from bayesneuron.design.families import FAMILIES, PiecewiseConstant, SineSum, StimulusFamily
+from bayesneuron.design.objective import (
+    CRITERIA,
+    DesignProblem,
+    criterion_values,
+    exact_fisher,
+    fisher,
+    objective,
+    problem_from_model,
+)
+from bayesneuron.design.optimize import (
+    DesignResult,
+    OptimizeConfig,
+    greedy_sites,
+    optimize_stimulus,
+)
+
+__all__ = [
+    "CRITERIA",
+    "FAMILIES",
+    "DesignProblem",
+    "DesignResult",
+    "OptimizeConfig",
+    "PiecewiseConstant",
+    "SineSum",
+    "StimulusFamily",
+    "criterion_values",
+    "exact_fisher",
+    "fisher",
+    "greedy_sites",
+    "objective",
+    "optimize_stimulus",
+    "problem_from_model",
+]

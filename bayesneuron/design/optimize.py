@@ -1,0 +1,340 @@
+"""Optimise a stimulus family's parameters for a design criterion: multi-start Adam or
+L-BFGS on the unconstrained parameters, a progress bar, checkpoint/resume, fixed seeds; and
+greedy electrode-site selection over that continuous optimisation.
+
+Constraints: amplitude bounds, trace count, sweep grid and electrode sites are the
+family's (:mod:`.families`); ``allowed_sites`` restricts which compartments may carry an
+electrode.
+
+Example:
+    >>> fam = PiecewiseConstant(n_traces=20, sites=(0, 1, 2, 3, 4, 5), lo=0.0, hi=19.0)
+    >>> res = optimize_stimulus(problem, fam, OptimizeConfig(steps=50, n_starts=2))
+    >>> res.value, res.nats_per_trace, res.stimulus.values.shape
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bayesneuron.design.families import StimulusFamily
+from bayesneuron.design.objective import DesignProblem, criterion_values, fisher, objective
+from bayesneuron.errors import FitError
+from bayesneuron.protocol.stimulus import Stimulus
+
+__all__ = ["DesignResult", "OptimizeConfig", "greedy_sites", "optimize_stimulus"]
+
+_OPTIMIZERS = ("adam", "lbfgs")
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """How to optimise.
+
+    Args:
+        steps: optimiser steps per start (L-BFGS: iterations, each with a line search).
+        lr: Adam's learning rate in ``z`` units (L-BFGS: its initial step).
+        n_starts: starts; start ``k`` is ``init[k]`` where given, else random with
+            ``seed + k``.
+        seed: base seed of the random starts.
+        optimizer: ``"adam"`` or ``"lbfgs"``.
+        init_scale: sd of random starts in ``z``.
+        theta_chunk: parameter points per simulation (memory); ``None``: all at once.
+            Only for ``robust="mean"``.
+        resample_theta: draw fresh parameter points from the prior at every step
+            (``problem.sampler``, seeded by start and step): stochastic gradient ascent on the
+            expected criterion, which does not over-fit the few points of one draw. The best
+            point is then chosen among the starts' final points on ``problem``'s own points.
+        checkpoint: a file to save the state to every ``checkpoint_every`` steps and to
+            resume from (only a run with the same problem, family and settings resumes).
+        checkpoint_every: steps between checkpoints.
+        progress: show a tqdm bar.
+    """
+
+    steps: int = 100
+    lr: float = 0.1
+    n_starts: int = 1
+    seed: int = 0
+    optimizer: str = "adam"
+    init_scale: float = 1.0
+    theta_chunk: int | None = None
+    resample_theta: bool = False
+    checkpoint: str | Path | None = None
+    checkpoint_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.optimizer not in _OPTIMIZERS:
+            raise FitError(f"optimizer = {self.optimizer!r}; choose one of {_OPTIMIZERS}")
+        for name in ("steps", "n_starts", "checkpoint_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= (0 if name == "steps" else 1)):
+                raise FitError(f"{name} = {v!r} must be a positive int")
+        if self.theta_chunk is not None and self.theta_chunk < 1:
+            raise FitError(f"theta_chunk = {self.theta_chunk} must be ≥ 1 or None")
+
+
+@dataclass(frozen=True, eq=False)
+class DesignResult:
+    """An optimised stimulus and how it was found.
+
+    Attributes:
+        stimulus: the best stimulus ``[trace, site, bins]`` (sparse at the family's sites).
+        z: its unconstrained parameters.
+        value: its robust criterion on the problem (nats for ``bayes_d_opt``).
+        per_theta: the criterion at each parameter point ``[n]``.
+        trace_values: each trace's criterion alone, mean over θ ``[trace]`` (which sweeps
+            carry information).
+        history: the robust criterion at every evaluated step ``[start, steps + 1]`` (NaN
+            where a start stopped early).
+        start_values: the best value of each start ``[start]``.
+        best_start: the start that gave ``stimulus``.
+        wall_s: wall time of the optimisation (s).
+    """
+
+    stimulus: Stimulus
+    z: Tensor
+    value: float
+    per_theta: Tensor
+    trace_values: Tensor
+    history: np.ndarray
+    start_values: np.ndarray
+    best_start: int
+    wall_s: float
+    family: StimulusFamily
+    config: OptimizeConfig
+
+    @property
+    def nats_per_trace(self) -> float:
+        """``value / n_traces``."""
+        return self.value / self.family.n_traces
+
+
+def _value_and_grad(problem: DesignProblem, family, z: Tensor, chunk: int | None) -> float:
+    """The robust criterion at ``z``; its gradient accumulated into ``z.grad`` (ascent
+    direction negated: ``z.grad`` is ``−∂value/∂z``)."""
+    n = problem.n_theta
+    if chunk is None or chunk >= n or problem.robust != "mean":
+        value, _ = objective(problem, family(z))
+        (-value).backward()
+        return float(value.detach())
+    total = 0.0
+    for lo in range(0, n, chunk):
+        idx = torch.arange(lo, min(lo + chunk, n))
+        _, per = objective(problem.at(idx), family(z))
+        (-per.sum() / n).backward()
+        total += float(per.detach().sum()) / n
+    return total
+
+
+def _fingerprint(problem: DesignProblem, family: StimulusFamily, cfg: OptimizeConfig) -> str:
+    skip = ("progress", "steps", "checkpoint", "checkpoint_every")
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    key = json.dumps(
+        {
+            "family": repr(family),
+            "settings": settings,
+            "problem": [problem.free, problem.rec, problem.sigma, problem.criterion],
+            "more": [problem.robust, problem.targets, repr(problem.solver), problem.tangents],
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(key.encode() + problem.flat_theta().numpy().tobytes()).hexdigest()
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint
+
+
+def _load(path: Path | None, key: str) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    return state if state.get("key") == key else None
+
+
+def _make_optimizer(cfg: OptimizeConfig, z: Tensor):
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam([z], lr=cfg.lr)
+    return torch.optim.LBFGS([z], lr=cfg.lr, max_iter=1, line_search_fn="strong_wolfe")
+
+
+def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
+    """One start from ``z0`` (or its checkpointed state), steps recorded in ``state``."""
+    k = state["start"]
+    z = (state["z"] if state["z"] is not None else z0).clone().requires_grad_()
+    opt = _make_optimizer(cfg, z)
+    if state["opt"] is not None:
+        opt.load_state_dict(state["opt"])
+    hist = state["history"][k]
+    at = problem
+
+    def closure():
+        opt.zero_grad()
+        v = _value_and_grad(at, family, z, cfg.theta_chunk)
+        if v > state["best_value"] and not cfg.resample_theta:
+            state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+        return torch.tensor(-v)
+
+    while state["step"] < cfg.steps:
+        if cfg.resample_theta:
+            at = _resampled(problem, cfg.seed, k, state["step"])
+        loss = opt.step(closure)
+        hist.append(-float(loss))
+        state["step"] += 1
+        state.update(z=z.detach().clone(), opt=opt.state_dict())
+        bar.update(1)
+        bar.set_postfix(value=f"{hist[-1]:.3f}", start=k)
+        if ckpt is not None and state["step"] % cfg.checkpoint_every == 0:
+            _save(ckpt, state)
+    with torch.no_grad():  # the point after the last step
+        v = float(objective(problem, family(z.detach()))[0])
+    hist.append(v)
+    if v > state["best_value"]:
+        state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+
+
+def _resampled(problem: DesignProblem, seed: int, start: int, step: int) -> DesignProblem:
+    if problem.sampler is None:
+        raise FitError("resample_theta needs problem.sampler (build it with problem_from_model)")
+    seq = np.random.SeedSequence([int(seed), int(start), int(step)])
+    return problem.sampler(int(seq.generate_state(1)[0]))
+
+
+def _initial_z(family, cfg, init, k) -> Tensor:
+    if init is not None and k < len(init):
+        z = torch.as_tensor(init[k], dtype=torch.float64)
+        if tuple(z.shape) != family.shape:
+            raise FitError(f"init[{k}] has shape {tuple(z.shape)}; the family takes {family.shape}")
+        return z
+    return family.init(seed=cfg.seed + k, scale=cfg.init_scale)
+
+
+def optimize_stimulus(
+    problem: DesignProblem,
+    family: StimulusFamily,
+    config: OptimizeConfig | None = None,
+    *,
+    init: Sequence[Tensor] | None = None,
+    allowed_sites: Sequence[int] | None = None,
+) -> DesignResult:
+    """Maximise ``problem``'s robust criterion over ``family``'s parameters.
+
+    Args:
+        problem: the criterion (:class:`~bayesneuron.design.objective.DesignProblem`).
+        family: the stimulus family (bounds, traces, grid, electrode sites).
+        config: optimiser settings (:class:`OptimizeConfig`).
+        init: starting parameters for the first starts (e.g. ``family.fit(paper currents)``).
+        allowed_sites: compartments that may carry an electrode; ``None``: any.
+
+    Returns:
+        The best point over all starts and steps as a :class:`DesignResult`.
+    """
+    cfg = OptimizeConfig() if config is None else config
+    bad = [s for s in family.sites if s >= problem.cell.n_comp]
+    if allowed_sites is not None:
+        bad += [s for s in family.sites if s not in {int(a) for a in allowed_sites}]
+    if bad:
+        raise FitError(f"electrode sites {bad} are not allowed (or not in the cell)")
+    t0 = time.perf_counter()
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
+    key = _fingerprint(problem, family, cfg)
+    state = _load(ckpt, key) or {
+        "key": key,
+        "start": 0,
+        "step": 0,
+        "z": None,
+        "opt": None,
+        "history": [[] for _ in range(cfg.n_starts)],
+        "best_value": -float("inf"),
+        "best_z": None,
+        "best_start": -1,
+    }
+    from tqdm.auto import tqdm
+
+    done = state["start"] * cfg.steps + state["step"]
+    total = cfg.n_starts * cfg.steps
+    bar = tqdm(total=total, initial=done, desc="design", leave=False, disable=not cfg.progress)
+    try:
+        while state["start"] < cfg.n_starts:
+            z0 = _initial_z(family, cfg, init, state["start"])
+            _run_start(problem, family, cfg, state, z0, bar, ckpt)
+            state.update(start=state["start"] + 1, step=0, z=None, opt=None)
+            if ckpt is not None:
+                _save(ckpt, state)
+    finally:
+        bar.close()
+    return _result(problem, family, cfg, state, time.perf_counter() - t0)
+
+
+def _result(problem, family, cfg, state, wall_s) -> DesignResult:
+    z = state["best_z"]
+    with torch.no_grad():
+        stim = family(z)
+        f_trace = fisher(problem, stim)  # [n, trace, P, P]
+        per = criterion_values(problem, f_trace.sum(1))
+        value = per.mean() if problem.robust == "mean" else per.min()
+        trace_values = torch.stack(
+            [criterion_values(problem, f_trace[:, t]).mean() for t in range(f_trace.shape[1])]
+        )
+    width = max(len(h) for h in state["history"])
+    history = np.full((cfg.n_starts, width), np.nan)
+    for k, h in enumerate(state["history"]):
+        history[k, : len(h)] = h
+    return DesignResult(
+        stimulus=stim,
+        z=z,
+        value=float(value),
+        per_theta=per,
+        trace_values=trace_values,
+        history=history,
+        start_values=np.nanmax(history, axis=1),
+        best_start=int(state["best_start"]),
+        wall_s=wall_s,
+        family=family,
+        config=cfg,
+    )
+
+
+def greedy_sites(
+    problem: DesignProblem,
+    make_family: Callable[[tuple[int, ...]], StimulusFamily],
+    candidates: Sequence[int],
+    n_sites: int,
+    config: OptimizeConfig | None = None,
+) -> list[tuple[tuple[int, ...], DesignResult]]:
+    """Greedy electrode placement: add, one at a time, the candidate compartment whose
+    optimised stimulus (``make_family(sites)``, :func:`optimize_stimulus` with ``config``)
+    scores best. Returns ``[(sites, result)]`` per added electrode (``n_sites`` entries)."""
+    cfg = OptimizeConfig(progress=False) if config is None else config
+    chosen: tuple[int, ...] = ()
+    path = []
+    for _ in range(n_sites):
+        best = None
+        for c in candidates:
+            if c in chosen:
+                continue
+            sites = tuple(sorted(chosen + (int(c),)))
+            res = optimize_stimulus(
+                problem, make_family(sites), dataclasses.replace(cfg, checkpoint=None)
+            )
+            if best is None or res.value > best[1].value:
+                best = (sites, res)
+        if best is None:
+            break
+        chosen = best[0]
+        path.append(best)
+    return path

@@ -1,0 +1,262 @@
+"""Optimal stimulus design: bounded stimulus families, the differentiable Fisher information
+against the fused kernel's exact sensitivities, the criterion's gradient against central
+differences, the criteria on a linear-Gaussian problem with an exact answer, and the
+optimiser (improvement, determinism, checkpoint/resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bayesneuron import Design
+from bayesneuron.design import (
+    FAMILIES,
+    DesignProblem,
+    OptimizeConfig,
+    PiecewiseConstant,
+    SineSum,
+    criterion_values,
+    exact_fisher,
+    fisher,
+    greedy_sites,
+    objective,
+    optimize_stimulus,
+    problem_from_model,
+)
+from bayesneuron.errors import FitError, StimulusError
+from bayesneuron.inference.criteria import compartment_fisher, linear_gaussian_eig
+from bayesneuron.inference.priors import ScaledUniformPrior
+from bayesneuron.protocol.stimulus import Stimulus
+from bayesneuron.reference.paper import paper_currents, paper_experiment, paper_toy_cell
+from bayesneuron.simulation.solvers import CrankNicolson
+
+F64 = torch.float64
+
+
+def _problem(design: Design, n_traces: int, n_theta: int = 1, dt: float = 0.05, **kw):
+    """A small problem on the paper's cell: θ drawn from the paper's prior (not the truth)."""
+    model, _, _ = paper_experiment(design, n_traces=n_traces, solver=CrankNicolson(dt=dt))
+    solver = CrankNicolson(dt=dt, backend="torch")
+    return model, problem_from_model(model, n_theta=n_theta, seed=3, solver=solver, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_families_keep_currents_inside_their_bounds(name):
+    fam = FAMILIES[name](n_traces=3, sites=(0, 5), lo=-2.0, hi=7.5)
+    for scale in (0.1, 3.0, 100.0):
+        z = fam.init(seed=1, scale=scale)
+        stim = fam(z)
+        assert isinstance(stim, Stimulus) and stim.sites == (0, 5)
+        assert stim.values.shape == (3, 2, 48) and stim.dt == 0.1
+        v = stim.values
+        assert float(v.min()) >= -2.0 and float(v.max()) <= 7.5
+        assert bool((v[..., 0] == 0).all() and (v[..., -1] == 0).all())  # the paper's ends
+    # the interior spans the range for large parameters
+    v = fam(fam.init(seed=2, scale=100.0)).values[..., 1:-1]
+    assert float(v.min()) < -1.9 and float(v.max()) > 7.4
+    fam2 = dataclasses.replace(fam, zero_ends=False, lo=1.0)
+    assert float(fam2(fam2.init(seed=1)).values.min()) >= 1.0
+
+
+def test_family_errors_and_fit_to_the_paper_currents():
+    with pytest.raises(StimulusError, match="zero_ends"):
+        PiecewiseConstant(n_traces=1, sites=(0,), lo=1.0, hi=5.0)
+    with pytest.raises(StimulusError, match="lo < hi"):
+        SineSum(n_traces=1, sites=(0,), lo=5.0, hi=5.0)
+    with pytest.raises(StimulusError, match="distinct"):
+        PiecewiseConstant(n_traces=1, sites=(0, 0))
+    fam = PiecewiseConstant(n_traces=4, sites=(0, 1, 5))
+    paper = paper_currents(n_traces=4)
+    got = fam(fam.fit(paper)).values
+    want = paper.values[:, [0, 1, 5]]
+    assert float((got - want).abs().max()) <= 19.0 * 1e-3 + 1e-12  # the clamp off the bounds
+    with pytest.raises(StimulusError, match="shape"):
+        fam(torch.zeros(2, 3, 48, dtype=F64))
+
+
+def test_fisher_equals_the_fused_exact_sensitivities():
+    """Central-difference tangents on the torch backend give the fused kernel's exact
+    Fisher information (same scheme, same steps), per trace and as compartment_fisher sums
+    it over the recorded compartments."""
+    design = Design([0, -1], [0, 2])
+    model, problem = _problem(design, n_traces=3, n_theta=2)
+    fam = PiecewiseConstant(n_traces=3, sites=(0, 5))
+    stim = fam(fam.fit(model.stimulus))
+    f = fisher(problem, stim)
+    exact = exact_fisher(problem, stim)
+    assert f.shape == exact.shape == (2, 3, 12, 12)
+    assert float((f - exact).abs().max() / exact.abs().max()) < 5e-8  # O(h²) at h = 1e-6·g
+    # compartment_fisher on a model holding the same currents
+    same, _, _ = paper_experiment(design, n_traces=3, solver=CrankNicolson(dt=0.05))
+    prior = ScaledUniformPrior(0.7, 1.3)  # the paper's
+    same = type(same)(same.cell, stim, same.t_eval, design, priors=prior, solver=same.solver)
+    fc = compartment_fisher(same, problem.theta).sum(1)  # [n, rec, P, P] → the set
+    assert float((f.sum(1) - fc).abs().max() / fc.abs().max()) < 5e-8
+
+
+def test_forward_mode_tangents_are_exact():
+    model, problem = _problem(Design([0], None), n_traces=1, dt=0.1, tangents="forward")
+    fam = PiecewiseConstant(n_traces=1, sites=(0,))
+    stim = fam(fam.fit(model.stimulus))
+    exact = exact_fisher(problem, stim)
+    assert torch.allclose(fisher(problem, stim), exact, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "criterion, robust, family, eps",
+    [
+        ("bayes_d_opt", "mean", "bins", 3e-4),
+        ("contraction", "worst", "bins", 3e-4),
+        ("eig_laplace", "mean", "sines", 3e-5),  # phases move fast: a smaller step
+    ],
+)
+def test_criterion_gradient_matches_central_differences(criterion, robust, family, eps):
+    kw = dict(criterion=criterion, robust=robust, rel_step=1e-4)
+    if criterion == "contraction":
+        kw["targets"] = (0, 6, 11)
+    _, problem = _problem(Design([0, -1], None), n_traces=2, n_theta=2, dt=0.1, **kw)
+    fam = FAMILIES[family](n_traces=2, sites=(0, 5))
+    z = fam.init(seed=4).requires_grad_()
+    value, _ = objective(problem, fam(z))
+    (grad,) = torch.autograd.grad(value, z)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        d = torch.randn(z.shape, generator=gen, dtype=F64)
+        d = d / d.norm()
+        with torch.no_grad():
+            up, dn = (objective(problem, fam(z + s * eps * d))[0] for s in (1, -1))
+            up2, dn2 = (objective(problem, fam(z + s * 2 * eps * d))[0] for s in (1, -1))
+        fd = (8 * (up - dn) - (up2 - dn2)) / (12 * eps)  # fourth-order stencil
+        ad = (grad * d).sum()
+        assert float(abs(fd - ad)) < 1e-5 * float(abs(ad)) + 1e-10, (float(fd), float(ad))
+
+
+def test_criteria_on_a_linear_gaussian_problem_are_exact():
+    """With a Gaussian prior (identity transform) and the Fisher information AᵀA/σ² of
+    ``y = Aθ + ε``, D-optimality and the Laplace EIG equal the exact EIG and the contraction
+    its closed form."""
+    gen = torch.Generator().manual_seed(0)
+    P = 12
+    a = 2.0 * torch.randn(30, P, generator=gen, dtype=F64)
+    var = torch.linspace(0.5, 3.0, P, dtype=F64)
+    sigma = 1.5
+    exact = linear_gaussian_eig(a, sigma, var)
+    entropy = 0.5 * float(torch.log(2 * math.pi * math.e * var).sum())
+    base = dict(
+        cell=paper_toy_cell(),
+        t_eval=[0.0, 1.0],
+        theta={"g_na": torch.ones(2, 6, dtype=F64), "g_k": torch.ones(2, 6, dtype=F64)},
+        prior_var=var,
+        rec=(0,),
+        solver=CrankNicolson(backend="torch"),
+        dg_du=torch.ones(2, P, dtype=F64),
+        prior_hessian_u=(1.0 / var).expand(2, P),
+        entropy=entropy,
+    )
+    f = (a.T @ a / sigma**2).expand(2, P, P)
+    got = {
+        c: criterion_values(DesignProblem(criterion=c, **base), f)
+        for c in ("bayes_d_opt", "eig_laplace", "contraction")
+    }
+    assert torch.allclose(got["bayes_d_opt"], torch.full((2,), exact, dtype=F64), rtol=1e-12)
+    assert torch.allclose(got["eig_laplace"], torch.full((2,), exact, dtype=F64), rtol=1e-12)
+    post = torch.linalg.inv(a.T @ a / sigma**2 + torch.diag(1 / var))
+    contraction = 1 - (post.diagonal() / var).mean()
+    assert torch.allclose(got["contraction"], contraction.expand(2), rtol=1e-10)
+    assert exact > math.log(1e4)  # an informative design: nested Monte Carlo would saturate
+
+
+def test_problem_checks_its_inputs():
+    _, problem = _problem(Design(None, None), n_traces=1)
+    with pytest.raises(FitError, match="backend='torch'"):
+        dataclasses.replace(problem, solver=CrankNicolson())
+    with pytest.raises(FitError, match="criterion"):
+        dataclasses.replace(problem, criterion="d_opt")
+    with pytest.raises(FitError, match="rec"):
+        dataclasses.replace(problem, rec=(6,))
+    fam = PiecewiseConstant(n_traces=1, sites=(0, 3))
+    with pytest.raises(FitError, match="not allowed"):
+        optimize_stimulus(problem, fam, OptimizeConfig(steps=1), allowed_sites=(0, 1))
+
+
+def test_optimiser_beats_its_start_and_the_paper_currents():
+    """all|all, 3 traces: a few Adam steps from a random start raise the criterion over the
+    start and over the paper's random currents (both judged at the same prior draws)."""
+    model, problem = _problem(Design(None, None), n_traces=3, dt=0.1)
+    fam = PiecewiseConstant(n_traces=3, sites=tuple(range(6)))
+    cfg = OptimizeConfig(steps=8, lr=0.1, progress=False)
+    res = optimize_stimulus(problem, fam, cfg)
+    paper = float(objective(problem, fam(fam.fit(model.stimulus)))[0])
+    start = res.history[0, 0]
+    assert res.value > start + 1.0 and res.value > paper + 1.0
+    assert res.value == pytest.approx(float(res.start_values.max()))
+    assert res.trace_values.shape == (3,) and res.nats_per_trace == res.value / 3
+    v = res.stimulus.values
+    assert float(v.min()) >= 0.0 and float(v.max()) <= 19.0
+    exact = criterion_values(problem, exact_fisher(problem, res.stimulus).sum(1)).mean()
+    assert float(exact) == pytest.approx(res.value, rel=1e-7)
+
+
+def test_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    import bayesneuron.design.optimize as opt_mod
+
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+    fam = PiecewiseConstant(n_traces=1, sites=(0,))
+    cfg = OptimizeConfig(steps=4, lr=0.2, n_starts=2, seed=7, progress=False)
+    whole = optimize_stimulus(problem, fam, cfg)
+
+    real, calls = opt_mod._value_and_grad, []
+
+    def dies_in_start_1(*args):
+        calls.append(1)
+        if len(calls) == 7:  # start 0's 4 steps, then step 3 of start 1
+            raise KeyboardInterrupt
+        return real(*args)
+
+    ck = tmp_path / "design.pt"
+    with_ck = dataclasses.replace(cfg, checkpoint=ck, checkpoint_every=1)
+    monkeypatch.setattr(opt_mod, "_value_and_grad", dies_in_start_1)
+    with pytest.raises(KeyboardInterrupt):
+        optimize_stimulus(problem, fam, with_ck)
+    monkeypatch.setattr(opt_mod, "_value_and_grad", real)
+    state = torch.load(ck, weights_only=False)
+    assert (state["start"], state["step"]) == (1, 2)
+    resumed = optimize_stimulus(problem, fam, with_ck)
+    assert torch.equal(resumed.z, whole.z)
+    assert resumed.history.shape == whole.history.shape == (2, 5)
+    assert torch.allclose(torch.as_tensor(resumed.history), torch.as_tensor(whole.history))
+    # another problem does not resume from this file
+    other = dataclasses.replace(problem, sigma=2.0)
+    fresh = optimize_stimulus(other, fam, with_ck)
+    assert fresh.value != resumed.value
+
+
+def test_greedy_sites_picks_one_electrode_at_a_time():
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+
+    def make(sites):
+        return PiecewiseConstant(n_traces=1, sites=sites)
+
+    path = greedy_sites(
+        problem, make, candidates=(0, 5), n_sites=2, config=OptimizeConfig(steps=1, progress=False)
+    )
+    assert [len(s) for s, _ in path] == [1, 2]
+    assert path[1][0] == (0, 5)
+
+
+def test_resampled_theta_is_deterministic_and_judged_on_the_problems_points():
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+    fam = PiecewiseConstant(n_traces=1, sites=(0,))
+    cfg = OptimizeConfig(steps=3, lr=0.1, n_starts=2, resample_theta=True, progress=False)
+    a, b = (optimize_stimulus(problem, fam, cfg) for _ in range(2))
+    assert torch.equal(a.z, b.z) and a.history.shape == (2, 4)
+    fixed = optimize_stimulus(problem, fam, dataclasses.replace(cfg, resample_theta=False))
+    assert not torch.equal(a.z, fixed.z)  # other points, other steps
+    # the result is the better start's final point, scored on the problem's own θ
+    finals = a.history[:, -1]
+    assert a.value == pytest.approx(float(finals.max())) and a.best_start == int(finals.argmax())
+    with pytest.raises(FitError, match="sampler"):
+        optimize_stimulus(dataclasses.replace(problem, sampler=None), fam, cfg)
