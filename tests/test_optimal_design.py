@@ -36,10 +36,11 @@ from bayesneuron.simulation.solvers import CrankNicolson
 F64 = torch.float64
 
 
-def _problem(design: Design, n_traces: int, n_theta: int = 1, dt: float = 0.05, **kw):
-    """A small problem on the paper's cell: θ drawn from the paper's prior (not the truth)."""
+def _problem(design: Design, n_traces: int, n_theta=1, dt=0.05, backend="auto", **kw):
+    """A small problem on the paper's cell: θ drawn from the paper's prior (not the truth);
+    ``backend="auto"`` runs the fused kernel (its adjoint gives ∂/∂currents)."""
     model, _, _ = paper_experiment(design, n_traces=n_traces, solver=CrankNicolson(dt=dt))
-    solver = CrankNicolson(dt=dt, backend="torch")
+    solver = CrankNicolson(dt=dt, backend=backend)
     return model, problem_from_model(model, n_theta=n_theta, seed=3, solver=solver, **kw)
 
 
@@ -78,7 +79,7 @@ def test_family_errors_and_fit_to_the_paper_currents():
 
 
 def test_fisher_equals_the_fused_exact_sensitivities():
-    """Central-difference tangents on the torch backend give the fused kernel's exact
+    """Central-difference tangents (fused kernel) give the fused kernel's exact
     Fisher information (same scheme, same steps), per trace and as compartment_fisher sums
     it over the recorded compartments."""
     design = Design([0, -1], [0, 2])
@@ -106,15 +107,18 @@ def test_forward_mode_tangents_are_exact():
 
 
 @pytest.mark.parametrize(
-    "criterion, robust, family, eps",
+    "criterion, robust, family, eps, backend",
     [
-        ("bayes_d_opt", "mean", "bins", 3e-4),
-        ("contraction", "worst", "bins", 3e-4),
-        ("eig_laplace", "mean", "sines", 3e-5),  # phases move fast: a smaller step
+        ("bayes_d_opt", "mean", "bins", 3e-4, "fused"),
+        ("bayes_d_opt", "mean", "bins", 3e-4, "torch"),
+        ("contraction", "worst", "bins", 3e-4, "fused"),
+        ("eig_laplace", "mean", "sines", 3e-5, "fused"),  # phases move fast: a smaller step
     ],
 )
-def test_criterion_gradient_matches_central_differences(criterion, robust, family, eps):
-    kw = dict(criterion=criterion, robust=robust, rel_step=1e-4)
+def test_criterion_gradient_matches_central_differences(criterion, robust, family, eps, backend):
+    """The gradient w.r.t. the stimulus parameters — through the fused kernel's adjoint in
+    the currents, or the torch backend's autograd — against finite differences."""
+    kw = dict(criterion=criterion, robust=robust, rel_step=1e-4, backend=backend)
     if criterion == "contraction":
         kw["targets"] = (0, 6, 11)
     _, problem = _problem(Design([0, -1], None), n_traces=2, n_theta=2, dt=0.1, **kw)
@@ -171,8 +175,8 @@ def test_criteria_on_a_linear_gaussian_problem_are_exact():
 
 def test_problem_checks_its_inputs():
     _, problem = _problem(Design(None, None), n_traces=1)
-    with pytest.raises(FitError, match="backend='torch'"):
-        dataclasses.replace(problem, solver=CrankNicolson())
+    with pytest.raises(FitError, match="forward-mode AD"):
+        dataclasses.replace(problem, solver=CrankNicolson(backend="fused"), tangents="forward")
     with pytest.raises(FitError, match="criterion"):
         dataclasses.replace(problem, criterion="d_opt")
     with pytest.raises(FitError, match="rec"):

@@ -483,10 +483,13 @@ void forward_chunk(void **p, const i64 *dims, double v0) {
     }
 }
 
-/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx, k (loops) */
+/* dims: n, n_comp, nl, n_g, n_ch, n_steps, n_time, rv_time, gx, k (loops), bins, n_sites,
+ * want_cur. With want_cur, gcur [nl, bins, n_sites] accumulates ∂L/∂(current) per lane: the
+ * current enters the right-hand side of step s at its site, so its adjoint is μ there. */
 void adjoint_chunk(void **p, const i64 *dims) {
     i64 n = dims[0], n_comp = dims[1], nl = dims[2], n_g = dims[3], n_ch = dims[4];
     i64 n_steps = dims[5], n_time = dims[6], rv_time = dims[7], gx = dims[8];
+    i64 bins = dims[10], n_sites = dims[11], want_cur = dims[12];
     i64 m = n_comp * nl;
     int k = 0;
     const i64 *parent = p[k++];
@@ -497,8 +500,9 @@ void adjoint_chunk(void **p, const i64 *dims) {
     Gates gt;
     gt.ga = p[k++], gt.pa = p[k++], gt.gb = p[k++], gt.pb = p[k++], gt.n_ch = n_ch;
     const double *k_dt = p[k++];
-    const i64 *out_at = p[k++];
+    const i64 *cols = p[k++], *out_at = p[k++];
     const uint8_t *reset_at = p[k++];
+    const i64 *sites = p[k++];
     const double *rv = p[k++];
     const i64 *ridx = p[k++];
     const double *gm = p[k++], *ee = p[k++];
@@ -508,7 +512,7 @@ void adjoint_chunk(void **p, const i64 *dims) {
     double *muc = p[k++], *wc = p[k++], *lvc = p[k++], *g_sum = p[k++], *ge_sum = p[k++];
     double *dy = p[k++];
     lp.z = p[k++], lp.s = p[k++], lp.y = p[k++], lp.k = dims[9];
-    double *grad = p[k++];
+    double *grad = p[k++], *gcur = p[k++];
     double *dgv = dy, *o = dy + m;
 
     for (i64 s = n_steps - 1; s >= 0; s--) {
@@ -551,6 +555,13 @@ void adjoint_chunk(void **p, const i64 *dims) {
             loop_correct(&lp, 1, mu, n, nl);
         } else {
             solve(parent, tb, ta, d, mu, n, nl);
+        }
+        if (want_cur) {
+            i64 col = cols[s];
+            for (i64 j = 0; j < n_sites; j++) {
+                const double *mk = mu + pos[sites[j]] * nl;
+                for (i64 l = 0; l < nl; l++) gcur[(l * bins + col) * n_sites + j] += mk[l];
+            }
         }
         for (i64 i = 0; i < n; i++) {
             double c_i = k_dt[s] * cm[i];

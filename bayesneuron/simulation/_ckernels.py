@@ -137,17 +137,21 @@ def forward_chunk(tree, rates, gates, steps, data, v0, out, hist, work, store, f
     _library().forward_chunk(_pointers(arrays), dims.ctypes.data, float(v0))
 
 
-def adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad):
-    """One chunk of lanes backward: the discrete adjoint."""
+def adjoint_chunk(tree, gates, steps, data, gout, hist, work, grad, gcur=None):
+    """One chunk of lanes backward: the discrete adjoint; with ``gcur`` ``[lane, bins, site]``
+    it also accumulates ∂L/∂(current) there."""
     lv = work[0]
     n, nl = lv.shape
     n_comp = tree[6].shape[0]
-    k_dt, _, _, out_at, reset_at = steps
-    _, _, _, rv, ridx, gm, ee = data
-    arrays = [*tree, *gates, k_dt, out_at, reset_at, rv, ridx, gm, ee, gout, *hist, *work, grad]
+    k_dt, _, cols, out_at, reset_at = steps
+    cur, sites, _, rv, ridx, gm, ee = data
+    want = gcur is not None
+    gcur = gcur if want else np.empty(0)
+    arrays = [*tree, *gates, k_dt, cols, out_at, reset_at, sites, rv, ridx, gm, ee, gout]
+    arrays += [*hist, *work, grad, gcur]
     dims = _dims(
         n, n_comp, nl, hist[2].shape[1], gates[0].shape[0], k_dt.shape[0], gout.shape[2],
-        rv.shape[1], hist[1].shape[1], tree[7].shape[0],
+        rv.shape[1], hist[1].shape[1], tree[7].shape[0], cur.shape[1], cur.shape[2], int(want),
     )  # fmt: skip
     _library().adjoint_chunk(_pointers(arrays), dims.ctypes.data)
 

@@ -19,7 +19,7 @@ Per step ``s`` (``h = neg_h[s] < 0``, ``k = k_dt[s] = 2/dt``):
 3. ``v ← 2w − v``; record ``v`` at output times, then apply a :class:`Reset`.
 
 The adjoint runs the steps backwards: ``Mᵀμ = 2λ_v'``, ``λ_v = −λ_v' + k·cm·μ``,
-``∂L/∂G_c = μ (e_c − w)``, ``∂L/∂e_c = μ G_c``, and through the gate update ``∂y'/∂y = A``,
+``∂L/∂G_c = μ (e_c − w)``, ``∂L/∂e_c = μ G_c``, ``∂L/∂cur = μ`` at the current's site and bin, and through the gate update ``∂y'/∂y = A``,
 ``∂y'/∂v = D``; the forward pass stores ``w``, ``y'``, ``A`` and ``D``, so the adjoint evaluates
 no transcendental function. A reset node's adjoint is zeroed: its value came from data.
 Where that history would be large (``CrankNicolson.checkpoint_every``: above about 1 GB with
@@ -81,8 +81,7 @@ def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=())
 
     It runs :class:`CrankNicolson` on CPU in float64 for channels declared from rate forms
     (:class:`~bayesneuron.channels.RateChannel`, at most two gates each, gate powers ≤ 4),
-    where the C kernel builds, and where no gradient is wanted with respect to the currents or
-    reset values.
+    where the C kernel builds, and where no gradient is wanted with respect to reset values.
     """
     if not isinstance(solver, CrankNicolson):
         return f"the fused kernel runs CrankNicolson; got {type(solver).__name__}"
@@ -102,8 +101,6 @@ def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=())
         if any(g.power > _MAX_POWER for g in gates):
             return f"the fused kernel takes gate powers ≤ {_MAX_POWER}; {ch.name} has a higher one"
     wants = torch.is_grad_enabled()
-    if wants and stimulus is not None and stimulus.values.requires_grad:
-        return "gradients with respect to the currents need the torch backend"
     if wants and reset is not None and reset.values.requires_grad:
         return "gradients with respect to reset values need the torch backend"
     if any(fwAD.unpack_dual(x).tangent is not None for x in params):
@@ -122,13 +119,14 @@ def run(cell, p, cur, stimulus, t_eval, solver, reset=None):
         cur: the :class:`~bayesneuron.simulation.grid.Currents` (µA/cm² at the sites).
 
     Returns:
-        ``(v, n_steps)`` with ``v`` ``[batch…, comp, time]`` in mV; differentiable in ``p``.
+        ``(v, n_steps)`` with ``v`` ``[batch…, comp, time]`` in mV; differentiable in ``p``
+        and in the currents.
     """
     flat = [p[f"{k}_{ch.name}"] for ch in cell.channels for k in ("g", "e")]
-    store = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
+    store = torch.is_grad_enabled() and any(x.requires_grad for x in [cur.values, *flat])
     prob = _Problem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store)
     prob.checkpoint(solver.checkpoint_every)
-    return _Fused.apply(prob, *flat), len(prob.steps[0])
+    return _Fused.apply(prob, cur.values, *flat), len(prob.steps[0])
 
 
 def jacobian(cell, p, cur, stimulus, t_eval, solver, reset=None, wrt=("na", "k")):
@@ -225,6 +223,7 @@ class _Problem:
         )
 
         vals = currents.values  # [bins, …, trace, site]
+        self.vals_shape = tuple(vals.shape)
         self.pshape = broadcast_shapes(*(x.shape[:-1] for x in flat))
         self.batch = broadcast_shapes(self.pshape + (1,), vals.shape[1:-1])
         self.n_batch = math.prod(self.batch)
@@ -327,22 +326,31 @@ class _Problem:
             args = (self.tree, self.rates, self.gates, steps, data, self.v0, out[b0:b1])
             _ckernels.forward_chunk(*args, self._no_history, work, False, flags)
 
-    def adjoint(self, par, hist, gout) -> np.ndarray:
-        """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
+    def adjoint(self, par, hist, gout, want_cur=False) -> tuple[np.ndarray, np.ndarray | None]:
+        """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]`` and,
+        with ``want_cur``, ``∂L/∂(currents)`` in the layout of ``currents.values``."""
         grad = np.empty((self.n_batch,) + par.shape[1:])
+        gcur = np.zeros((self.n_batch,) + self.cur.shape[1:]) if want_cur else None
         jobs = [
             (par, hist.chunks[ch], gout[b0:b1], grad[b0:b1], b0, b1)
+            + (None if gcur is None else gcur[b0:b1],)
             for ch, b0, b1 in self._chunks()
         ]
         run = self._adjoint_segments if isinstance(hist, _Checkpoints) else self._adjoint_whole
         _map(run, jobs, self.threads)
-        return grad
+        if gcur is None:
+            return grad, None
+        rows = np.zeros(self.cur.shape)  # [row, bins, site]: lanes that read one row add up
+        np.add.at(rows, self.sidx, gcur)
+        vals = self.vals_shape
+        return grad, np.moveaxis(rows.reshape(vals[1:-1] + rows.shape[1:]), -2, 0)
 
-    def _adjoint_whole(self, par, hist, gout, grad, b0, b1) -> None:
+    def _adjoint_whole(self, par, hist, gout, grad, b0, b1, gcur=None) -> None:
         work, data = self._adjoint_work(b1 - b0, par.shape[1]), self._data(par, b0, b1)
-        _ckernels.adjoint_chunk(self.tree, self.gates, self.steps, data, gout, hist, work, grad)
+        args = (self.tree, self.gates, self.steps, data, gout, hist, work, grad, gcur)
+        _ckernels.adjoint_chunk(*args)
 
-    def _adjoint_segments(self, par, ck, gout, grad, b0, b1) -> None:
+    def _adjoint_segments(self, par, ck, gout, grad, b0, b1, gcur=None) -> None:
         """One chunk backward from checkpoints: each segment's history recomputed from the
         state at its start (bit-identical to the stored one), then its adjoint; the adjoint
         state carries over from segment to segment in the work arrays."""
@@ -358,7 +366,8 @@ class _Problem:
             steps, hist = tuple(x[s0:s1] for x in self.steps), tuple(x[: s1 - s0] for x in seg)
             args = (self.tree, self.rates, self.gates, steps, data, self.v0, out, hist, fwork)
             _ckernels.forward_chunk(*args, True, flags)
-            _ckernels.adjoint_chunk(self.tree, self.gates, steps, data, gout, hist, work, grad)
+            args = (self.tree, self.gates, steps, data, gout, hist, work, grad, gcur)
+            _ckernels.adjoint_chunk(*args)
 
     def _adjoint_work(self, nl: int, n_ch: int) -> tuple:
         """The adjoint kernel's work arrays for ``nl`` lanes, its state (``λ_v``, ``λ_y``,
@@ -462,7 +471,7 @@ class _Fused(torch.autograd.Function):
     """``V = simulate(params)`` by the C forward kernel; backward by the discrete adjoint."""
 
     @staticmethod
-    def forward(ctx, prob, *flat):
+    def forward(ctx, prob, vals, *flat):
         par = prob.pack(flat)
         out, hist = prob.forward(par)
         if prob.store:
@@ -475,10 +484,11 @@ class _Fused(torch.autograd.Function):
     def backward(ctx, gv):
         prob = ctx.prob
         gout = gv.contiguous().reshape((-1,) + gv.shape[-2:]).numpy()
-        grad = torch.from_numpy(prob.adjoint(ctx.par, ctx.hist, gout))
-        grads = []
+        grad, gcur = prob.adjoint(ctx.par, ctx.hist, gout, want_cur=ctx.needs_input_grad[1])
+        grad = torch.from_numpy(grad)
+        grads = [None if gcur is None else torch.from_numpy(np.ascontiguousarray(gcur))]
         for idx, shape in enumerate(ctx.shapes):  # reduce over the dims the parameter broadcast
-            if not ctx.needs_input_grad[1 + idx]:
+            if not ctx.needs_input_grad[2 + idx]:
                 grads.append(None)
                 continue
             gx = grad[:, idx // 2, idx % 2].reshape(prob.batch + (prob.n_comp,))

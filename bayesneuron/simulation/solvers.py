@@ -86,7 +86,7 @@ class CrankNicolson:
             gradients of every ``g`` and ``e``), much faster than ``"torch"`` on small cells,
             for channels declared from rate forms, on CPU in float64, on
             ``torch.get_num_threads()`` threads. ``"torch"`` steps with autograd (any
-            channel, dtype and device, gradients with respect to currents too). ``"auto"``
+            channel, dtype and device, gradients with respect to reset values too). ``"auto"``
             takes the fused kernel wherever it applies and the torch backend elsewhere (a
             one-line warning where only a missing C compiler stands in the way).
             ``"numba"`` is a deprecated alias of ``"fused"``.

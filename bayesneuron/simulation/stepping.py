@@ -95,14 +95,14 @@ def run_fixed(cell, p, cur, stimulus, t_eval, solver, reset=None):
     # respect to its inputs, and records no graph inside (see _Chunk).
     names = [list(q) for q in local]
     passive = [k for k in PASSIVE if k in p]  # a free cm or ra (µF/cm², Ω·cm) [sample…, comp]
-    flat = [t for q in local for t in q.values()] + [p[k] for k in passive]
+    flat = [t for q in local for t in q.values()] + [p[k] for k in passive] + [vals]
     n_x = len(x)
     out_j = np.cumsum(is_output)  # output index reached at the end of each step
     if reset is not None:
         rv, keep = _reset_layout(reset, index, nb, dtype, device)
 
-    def run(lo, hi, v, *args):
-        x, it, outs = list(args[:n_x]), iter(args[n_x:]), []
+    def run(lo, hi, v, *args):  # args: gates, parameters, currents (last)
+        x, it, outs, vals = list(args[:n_x]), iter(args[n_x:-1]), [], args[-1]
         loc = [{k: next(it) for k in ks} for ks in names]
         cf, cm, diag = _membrane(sys, membrane, {k: next(it) for k in passive}, index, nb)
         for s in range(lo, hi):

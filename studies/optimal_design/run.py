@@ -8,7 +8,7 @@ For each design (stim|rec), 20 traces, the paper's amplitude range [0, 19] µA/c
 * ``crit_steps`` — fresh draws of the same random-step protocol (the authors' next seeds),
   the mean over ``--step-draws`` draws;
 * ``crit_optimised`` — the stimulus optimised by :func:`bayesneuron.design.optimize_stimulus`
-  (Adam on the torch backend at ``--dt-opt``, the criterion averaged over ``--theta-opt``
+  (Adam on the fused kernel at ``--dt-opt``, the criterion averaged over ``--theta-opt``
   prior draws);
 
 all three judged on the same ``--theta-eval`` *held-out* prior draws (not those the
@@ -155,7 +155,7 @@ def _one(design: Design, a, out: Path) -> dict:
     t0 = time.perf_counter()
     eval_solver = CrankNicolson(dt=a.dt_eval)
     model, _, _ = paper_experiment(design, n_traces=a.n_traces, solver=eval_solver)
-    opt_solver = CrankNicolson(dt=a.dt_opt, backend="torch")
+    opt_solver = CrankNicolson(dt=a.dt_opt)
     problem = problem_from_model(model, n_theta=a.theta_opt, seed=a.seed, solver=opt_solver)
     held_out = problem_from_model(model, n_theta=a.theta_eval, seed=a.seed + 1000)
     truth = dataclasses.replace(
