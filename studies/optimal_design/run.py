@@ -7,7 +7,7 @@ For each design (stim|rec), 20 traces, the paper's amplitude range [0, 19] µA/c
   stimulated sites only);
 * ``crit_steps`` — fresh draws of the same random-step protocol (the authors' next seeds),
   the mean over ``--step-draws`` draws;
-* ``crit_optimised`` — the stimulus optimised by :func:`bayesneuron.design.optimize_stimulus`
+* ``crit_optimised`` — the stimulus optimised by :func:`bayesneuron.optimal_design.optimize_stimulus`
   (Adam on the fused kernel at ``--dt-opt``, the criterion averaged over ``--theta-opt``
   prior draws);
 
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from bayesneuron import Design
-from bayesneuron.design import (
+from bayesneuron.inference.criteria import posterior_contraction
+from bayesneuron.optimal_design import (
     FAMILIES,
     OptimizeConfig,
     criterion_values,
@@ -42,7 +43,6 @@ from bayesneuron.design import (
     optimize_stimulus,
     problem_from_model,
 )
-from bayesneuron.inference.criteria import posterior_contraction
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import (
     PAPER_SEEDS,

@@ -7,14 +7,14 @@ currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, 
 electrode-site selection around that.
 
 Example:
-    >>> from bayesneuron.design import PiecewiseConstant, problem_from_model, optimize_stimulus
+    >>> from bayesneuron.optimal_design import PiecewiseConstant, problem_from_model, optimize_stimulus
     >>> problem = problem_from_model(model, n_theta=2)
     >>> fam = PiecewiseConstant(n_traces=5, sites=(0,), lo=0.0, hi=19.0)
     >>> result = optimize_stimulus(problem, fam)
 """
 
-from bayesneuron.design.families import FAMILIES, PiecewiseConstant, SineSum, StimulusFamily
-from bayesneuron.design.objective import (
+from bayesneuron.optimal_design.families import FAMILIES, PiecewiseConstant, SineSum, StimulusFamily
+from bayesneuron.optimal_design.objective import (
     CRITERIA,
     DesignProblem,
     criterion_values,
@@ -23,7 +23,7 @@ from bayesneuron.design.objective import (
     objective,
     problem_from_model,
 )
-from bayesneuron.design.optimize import (
+from bayesneuron.optimal_design.optimize import (
     DesignResult,
     OptimizeConfig,
     greedy_sites,

@@ -100,7 +100,7 @@ class DesignProblem:
         dg_du, prior_hessian_u, entropy: the prior's geometry in unconstrained coordinates
             at ``theta`` (``[n, P]``, ``[n, P]``, nats) for ``eig_laplace``.
         sampler: ``seed → `` the same problem at ``n`` fresh prior draws (what
-            :class:`~bayesneuron.design.optimize.OptimizeConfig` ``resample_theta`` calls);
+            :class:`~bayesneuron.optimal_design.optimize.OptimizeConfig` ``resample_theta`` calls);
             :func:`problem_from_model` sets it.
     """
 

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesneuron.design.families import StimulusFamily
-from bayesneuron.design.objective import DesignProblem, criterion_values, fisher, objective
 from bayesneuron.errors import FitError
+from bayesneuron.optimal_design.families import StimulusFamily
+from bayesneuron.optimal_design.objective import DesignProblem, criterion_values, fisher, objective
 from bayesneuron.protocol.stimulus import Stimulus
 
 __all__ = ["DesignResult", "OptimizeConfig", "greedy_sites", "optimize_stimulus"]
@@ -234,7 +234,7 @@ def optimize_stimulus(
     """Maximise ``problem``'s robust criterion over ``family``'s parameters.
 
     Args:
-        problem: the criterion (:class:`~bayesneuron.design.objective.DesignProblem`).
+        problem: the criterion (:class:`~bayesneuron.optimal_design.objective.DesignProblem`).
         family: the stimulus family (bounds, traces, grid, electrode sites).
         config: optimiser settings (:class:`OptimizeConfig`).
         init: starting parameters for the first starts (e.g. ``family.fit(paper currents)``).
