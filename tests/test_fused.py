@@ -294,7 +294,7 @@ def test_checkpointed_adjoint_is_bit_identical_to_the_stored_one(every, monkeypa
         (Cell(loopy, hh_channels()), {"g_na": torch.full((4,), 120.0).double()}, None),
     ]
     if every == "auto":
-        monkeypatch.setattr(fused, "_AUTO_BYTES", 1.0)
+        monkeypatch.setattr(fused, "AUTO_CHECKPOINT_BYTES", 1.0)
     for cell, par, reset in cases:
         stim = HH_STIM
         if cell is not HH_CELL:  # an abstract cell: µA/cm²
@@ -314,7 +314,7 @@ def test_checkpoint_auto_bounds_the_stored_history(monkeypatch):
     n_steps = len(prob.steps[0])
     prob.checkpoint("auto")
     assert prob.segment is None  # a small run stores its history
-    monkeypatch.setattr(fused, "_AUTO_BYTES", 1.0)
+    monkeypatch.setattr(fused, "AUTO_CHECKPOINT_BYTES", 1.0)
     prob.checkpoint("auto")
     assert prob.segment == math.ceil(math.sqrt(n_steps)) < n_steps
     prob.checkpoint(n_steps)  # a segment as long as the run: the whole history

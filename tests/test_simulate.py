@@ -381,7 +381,7 @@ def test_auto_checkpointing_kicks_in_only_for_large_differentiable_runs(monkeypa
     assert sim._auto_chunk(1000, v, x, grad) is None  # 1000 × 4.8 kB × 12 × 4 ≈ 0.2 GB
     assert sim._auto_chunk(10000, v, x, grad) == 100
     assert sim._auto_chunk(10000, v, x, [{"g": torch.ones(6, 1)}]) is None  # no gradient
-    monkeypatch.setattr(sim, "_AUTO_BYTES", 1e3)
+    monkeypatch.setattr(sim, "AUTO_CHECKPOINT_BYTES", 1e3)
     cell, stim = _paper_cell(), _paper_stim(2)
     g = torch.tensor(cell.params["g_k"]).requires_grad_()
     solver = CrankNicolson(dt=0.01, backend="torch")  # checkpointing is the torch backend's

@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -86,11 +86,15 @@ def bayesian_d_optimality(fisher: Tensor, prior_var: Tensor) -> Tensor:
     return 0.5 * _chol_logdet(_whitened(fisher, prior_var))
 
 
-def posterior_contraction(fisher: Tensor, prior_var: Tensor) -> Tensor:
+def posterior_contraction(
+    fisher: Tensor, prior_var: Tensor, targets: Sequence[int] | None = None
+) -> Tensor:
     """``mean_i (1 − [(F + Σ⁻¹)⁻¹]_ii / Σ_ii)`` ``[...]`` (arguments as
-    :func:`bayesian_d_optimality`): in whitened coordinates ``1 − diag((I + Σ^½FΣ^½)⁻¹)``."""
+    :func:`bayesian_d_optimality`): in whitened coordinates ``1 − diag((I + Σ^½FΣ^½)⁻¹)``;
+    the mean over the parameter indices ``targets`` only, if given (``None``: all)."""
     inv = torch.cholesky_inverse(torch.linalg.cholesky(_whitened(fisher, prior_var)))
-    return 1.0 - inv.diagonal(dim1=-2, dim2=-1).mean(-1)
+    diag = inv.diagonal(dim1=-2, dim2=-1)
+    return 1.0 - (diag if targets is None else diag[..., list(targets)]).mean(-1)
 
 
 def laplace_eig_terms(fisher_u: Tensor, prior_hessian_u: Tensor, entropy: float | Tensor) -> Tensor:

@@ -136,8 +136,8 @@ def recovery_row(
     """One table row: the design, the best start's errors, Fisher rank and eigenvalues at the
     truth, the number of distinct optima and the reason (see the module's docstring)."""
     spectrum = spectrum or fisher_spectrum(model, truth)
-    rel = max(float(np.max(np.abs(fit.params[k] - truth[k]) / np.abs(truth[k]))) for k in fit.free)
-    err = np.concatenate([np.abs(fit.params[k] - truth[k]).reshape(-1) for k in fit.free])
+    err = {k: np.abs(fit.params[k] - truth[k]) for k in fit.free}
+    rel = max(float(np.max(err[k] / np.abs(truth[k]))) for k in fit.free)
     obj = data_term(fit, model)
     recovered = rel < rel_tol
     stim, rec = fit.design.split("|")
@@ -148,7 +148,9 @@ def recovery_row(
         "recovered": recovered,
         **{f"gte_{k.removeprefix('g_')}": gte[k] for k in fit.free},
         "max_rel_err": rel,
-        "max_err_prior_width": _in_prior_widths(model, err),
+        "max_err_prior_width": _in_prior_widths(
+            model, np.concatenate([e.reshape(-1) for e in err.values()])
+        ),
         "best_objective": float(obj[fit.best]),
         "fisher_rank": spectrum["rank"],
         "n_params": len(spectrum["eigvals"]),

@@ -231,23 +231,13 @@ def exact_fisher(problem: DesignProblem, stimulus: Stimulus, solver=None) -> Ten
     return torch.einsum("ntpcs,ntqcs->ntpq", jac, jac) / problem.sigma**2
 
 
-def _contraction(fisher: Tensor, prior_var: Tensor, targets) -> Tensor:
-    if targets is None:
-        return posterior_contraction(fisher, prior_var)
-    s = prior_var.sqrt()
-    w = fisher * s[:, None] * s[None, :]
-    w = 0.5 * (w + w.transpose(-1, -2)) + torch.eye(len(s), dtype=w.dtype)
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(w))
-    return 1.0 - inv.diagonal(dim1=-2, dim2=-1)[..., list(targets)].mean(-1)
-
-
 def criterion_values(problem: DesignProblem, fisher: Tensor) -> Tensor:
     """``problem.criterion`` at each θ ``[n]`` from the Fisher information ``[n, P, P]`` of
     the whole sweep set (sum :func:`fisher` over traces first)."""
     if problem.criterion == "bayes_d_opt":
         return bayesian_d_optimality(fisher, problem.prior_var)
     if problem.criterion == "contraction":
-        return _contraction(fisher, problem.prior_var, problem.targets)
+        return posterior_contraction(fisher, problem.prior_var, problem.targets)
     d = problem.dg_du
     fisher_u = fisher * d[:, :, None] * d[:, None, :]
     return laplace_eig_terms(fisher_u, problem.prior_hessian_u, problem.entropy)

@@ -19,8 +19,8 @@ Per step ``s`` (``h = neg_h[s] < 0``, ``k = k_dt[s] = 2/dt``):
 3. ``v ← 2w − v``; record ``v`` at output times, then apply a :class:`Reset`.
 
 The adjoint runs the steps backwards: ``Mᵀμ = 2λ_v'``, ``λ_v = −λ_v' + k·cm·μ``,
-``∂L/∂G_c = μ (e_c − w)``, ``∂L/∂e_c = μ G_c``, ``∂L/∂cur = μ`` at the current's site and bin, and through the gate update ``∂y'/∂y = A``,
-``∂y'/∂v = D``; the forward pass stores ``w``, ``y'``, ``A`` and ``D``, so the adjoint evaluates
+``∂L/∂G_c = μ (e_c − w)``, ``∂L/∂e_c = μ G_c``, ``∂L/∂cur = μ`` at the current's site and
+bin, and through the gate update ``∂y'/∂y = A``, ``∂y'/∂v = D``; the forward pass stores ``w``, ``y'``, ``A`` and ``D``, so the adjoint evaluates
 no transcendental function. A reset node's adjoint is zeroed: its value came from data.
 Where that history would be large (``CrankNicolson.checkpoint_every``: above about 1 GB with
 ``"auto"``), the forward pass keeps only the state at the start of every segment of
@@ -66,14 +66,13 @@ from bayesneuron.channels.base import RateChannel
 from bayesneuron.simulation import _ckernels
 from bayesneuron.simulation.grid import broadcast_shapes, step_grid
 from bayesneuron.simulation.hines import tree_system
-from bayesneuron.simulation.solvers import CrankNicolson
+from bayesneuron.simulation.solvers import AUTO_CHECKPOINT_BYTES, CrankNicolson
 
 __all__ = ["jacobian", "supported", "run"]
 
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
 _MAX_GATES = 2  # gates per channel the kernels take
 _MAX_POWER = 4  # gate exponents the kernels take (_ckernels.c: pow_of)
-_AUTO_BYTES = 1e9  # checkpoint_every="auto" checkpoints a history larger than this (as stepping)
 
 
 def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=()) -> str | None:
@@ -272,7 +271,7 @@ class _Problem:
             return
         if every == "auto":
             per_step = self.n + (max(self.n_gates, 1) + 2 * self.n_gates) * self.n_comp
-            if 8.0 * n_steps * per_step * self.n_batch <= _AUTO_BYTES:
+            if 8.0 * n_steps * per_step * self.n_batch <= AUTO_CHECKPOINT_BYTES:
                 return
             every = math.isqrt(n_steps - 1) + 1  # ⌈√steps⌉
         self.segment = every if every < n_steps else None

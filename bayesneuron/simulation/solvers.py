@@ -22,9 +22,19 @@ from dataclasses import dataclass, field
 
 from bayesneuron.errors import SolverError
 
-__all__ = ["BACKENDS", "BackwardEuler", "CrankNicolson", "Torchdiffeq", "Solver"]
+__all__ = [
+    "AUTO_CHECKPOINT_BYTES",
+    "BACKENDS",
+    "BackwardEuler",
+    "CrankNicolson",
+    "Torchdiffeq",
+    "Solver",
+]
 
 BACKENDS = ("auto", "fused", "torch")
+AUTO_CHECKPOINT_BYTES = 1e9
+"""``checkpoint_every="auto"`` checkpoints a differentiable run whose stored history (the torch
+backend's graph, the fused kernel's adjoint history) would exceed this many bytes."""
 
 
 def _check_fixed(dt, checkpoint_every):

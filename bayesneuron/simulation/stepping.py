@@ -13,7 +13,7 @@ from bayesneuron.simulation.checks import PASSIVE
 from bayesneuron.simulation.grid import broadcast_shapes, step_grid
 from bayesneuron.simulation.hines import coupled_coefficients, tree_solve, tree_system
 from bayesneuron.simulation.kinetics import exp_euler, kinetics, lay_out
-from bayesneuron.simulation.solvers import CrankNicolson
+from bayesneuron.simulation.solvers import AUTO_CHECKPOINT_BYTES, CrankNicolson
 
 __all__ = ["run_fixed"]
 
@@ -160,14 +160,14 @@ def _membrane(sys, membrane: tuple, passive: dict, index, nb: int) -> tuple:
 
 
 _SAVED_PER_STATE = 12  # state-sized tensors autograd keeps per state and step (≈ 9 measured for HH)
-_AUTO_BYTES = 1e9
 
 
 def _auto_chunk(n_steps: int, v: Tensor, x: list[Tensor], local) -> int | None:
-    """√n chunking when a differentiable run would store more than ``_AUTO_BYTES``."""
+    """√n chunking when a differentiable run would store more than
+    :data:`~bayesneuron.simulation.solvers.AUTO_CHECKPOINT_BYTES`."""
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for q in local for t in q.values())
     stored = n_steps * v.numel() * v.element_size() * _SAVED_PER_STATE * (1 + len(x))
-    if not needs_grad or stored <= _AUTO_BYTES:
+    if not needs_grad or stored <= AUTO_CHECKPOINT_BYTES:
         return None
     return max(1, int(np.sqrt(n_steps)))
 
