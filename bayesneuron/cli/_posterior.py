@@ -85,7 +85,7 @@ def _posterior_config(args, study, wall: float) -> dict:
 
 
 def cmd_infer(args) -> int:
-    from bayesneuron.studies.posteriors import infer_design
+    from bayesneuron.studies.posteriors import infer_design, not_ok_mark
 
     if args.config:
         from bayesneuron.cli._config import run_config
@@ -114,14 +114,13 @@ def cmd_infer(args) -> int:
         say(args, "[infer] writing the InferenceData, tables, figures and report …")
         _write_infer(args, tmp, study, res, wall)
     row = res["row"]
-    ok = bool(row.get("posterior_ok", True))
-    check = "" if ok else " — NOT OK, its checks failed (not a result)"
+    check = not_ok_mark(row)
     print(
         f"{row.get('posterior_method', what)} posterior of {d.label}{check}: contraction mean "
         f"{row['mean_contraction']:.3f}, min {row['min_contraction']:.3f}, max |z| "
         f"{row['max_abs_z']:.2f} in {wall:.1f} s; results in {out}/"
     )
-    if not ok:
+    if check:
         print(f"  attempts: {row.get('attempts', '?')}")
     return 0
 

@@ -271,13 +271,22 @@ def run_infers(study, out: Path, *, device="cpu", resume=False, progress=True, e
             row = res["row"]
             if progress:
                 _say(
-                    f"  {inf.designs[j].label:>16}  contraction mean {row['mean_contraction']:.3f}"
+                    f"  {inf.designs[j].label:>16}  {row.get('posterior_method', '')}"
+                    f"{not_ok_mark(row)}  contraction mean {row['mean_contraction']:.3f}"
                     f" min {row['min_contraction']:.3f}  max|z| {row['max_abs_z']:.2f}  "
                     f"{row['wall_s']:.1f} s"
                 )
             done_rows = [results[k]["row"] for k in sorted(results, key=_order(study))]
             write_csv(out / "designs.csv", done_rows)  # partial results stay usable
     return _finish(study, out, results)
+
+
+def not_ok_mark(row: dict) -> str:
+    """`` — NOT OK …`` for a design row whose posterior failed its checks, else ``""``: every
+    console line that prints a posterior's numbers says so."""
+    return (
+        "" if bool(row.get("posterior_ok", True)) else " — NOT OK, its checks failed (not a result)"
+    )
 
 
 def _paths(out: Path, inf) -> list[tuple[Path, Path]]:
