@@ -10,7 +10,12 @@ from matplotlib.patches import Rectangle
 
 from bayesneuron import Cell, NeuronModel, ScaledUniformPrior, chain, fit_map, synthetic_data
 from bayesneuron.errors import FitError
-from bayesneuron.inference.diagnostics import chain_diagnostics, khat_threshold, psis_weights
+from bayesneuron.inference.diagnostics import (
+    chain_diagnostics,
+    khat_threshold,
+    map_fit,
+    psis_weights,
+)
 from bayesneuron.inference.laplace import laplace_map
 from bayesneuron.inference.nuts import run_nuts
 from bayesneuron.inference.posterior import checked_posterior
@@ -74,6 +79,35 @@ def test_a_passing_method_ends_the_ladder(problem):
     assert res.samples["g_na"].shape == (1, 200, 2)
     z = (TRUTH["g_na"] - res.draws["g_na"].mean(0)) / res.draws["g_na"].std(0)
     assert np.abs(z).max() < 4
+
+
+def test_map_fit_is_a_chi2_test_of_the_residuals():
+    rng = np.random.default_rng(0)
+    n, p = 2000, 12
+    noise = rng.normal(0.0, 2.0, size=(200, n))
+    ps = [map_fit(float((e**2).sum()), 2.0, n, p)["map_fit_p"] for e in noise]
+    assert 0.3 < np.mean(ps) < 0.7 and min(ps) > 1e-4  # ~ uniform under the right σ
+    assert map_fit(float((noise[0] ** 2).sum()), 1.0, n, p)["map_fit_p"] < 1e-12  # σ too small
+    assert map_fit(0.0, 1.0, n, p)["map_fit_p"] == 1.0  # noise-free data fit: not a failure
+    d = map_fit(float((noise[0] ** 2).sum()), 2.0, n, p)
+    assert d["map_dof"] == n - p and d["map_fit_z"] == pytest.approx(
+        (d["map_chi2"] - d["map_dof"]) / math.sqrt(2 * d["map_dof"])
+    )
+
+
+def test_a_mode_that_does_not_fit_the_data_is_not_ok(problem):
+    model, v, mp, lap = problem
+    good = checked_posterior(model, v, mp.params, ladder=("laplace",), laplace=lap, num_samples=50)
+    assert good.ok and good.fit["map_fit_p"] > 1e-3
+    # the same data at twice the noise: the Laplace at that data's mode may pass PSIS, but the
+    # mode's residuals are 4x the model's σ² — a misfit the posterior must not hide
+    v_loud = synthetic_data(model, TRUTH, noise_sigma=4.0, seed=1)
+    mp2 = fit_map(model, v_loud, n_starts=1, seed=0, progress=False)
+    res = checked_posterior(model, v_loud, mp2.params, ladder=("laplace",), num_samples=50)
+    assert not res.ok and res.fit["map_fit_z"] > 10
+    d = res.diagnostics
+    assert d["posterior_ok"] is False and "does not fit the data" in d["attempts"]
+    assert d["map_fit_p"] < 1e-3
 
 
 def test_failed_methods_escalate_and_the_last_is_flagged(problem):

@@ -16,7 +16,10 @@ result is checked, and where it fails the next, more expensive method is tried (
 (``"laplace"`` — the Laplace approximation, checked by PSIS like a guide — may be put in a
 ladder too.) The first method that passes gives the reported posterior
 (``method``, ``ok=True``); if none passes, the last one tried is reported with ``ok=False``,
-and every attempt keeps its diagnostics and the reason it failed. k̂ is computed from ``S ≥
+and every attempt keeps its diagnostics and the reason it failed. Whatever the method, the
+posterior is not ok when the best mode does not explain the data at the model's noise level
+(:func:`~.diagnostics.map_fit`, models with a fixed σ): a good approximation around a wrong
+optimum, or of a misspecified model, is still wrong. k̂ is computed from ``S ≥
 2000`` fresh draws, where the sample-size-aware threshold is ≈ 0.70.
 """
 
@@ -32,9 +35,11 @@ import torch
 
 from bayesneuron.errors import FitError
 from bayesneuron.inference.diagnostics import (
+    FIT_P_MIN,
     RHAT_MAX,
     chain_diagnostics,
     khat_threshold,
+    map_fit,
     min_ess,
     psis_weights,
 )
@@ -68,7 +73,8 @@ class CheckedPosterior:
     except for NUTS); ``sample_stats``: NUTS's per-draw statistics ``[chain, draw]`` (else
     empty); ``method``: the method that produced it; ``ok``: whether it passed its checks;
     ``attempts``: every method tried, in order; ``elbo``: the ELBO history of the last SVI
-    fit tried (None if none was); ``laplace``: the Laplace approximation at the best mode.
+    fit tried (None if none was); ``laplace``: the Laplace approximation at the best mode;
+    ``fit``: :func:`~.diagnostics.map_fit` of the best mode (empty where σ is inferred).
     """
 
     method: str
@@ -79,6 +85,7 @@ class CheckedPosterior:
     laplace: UnconstrainedLaplace
     n_modes: int = 1
     elbo: np.ndarray | None = field(default=None, repr=False)
+    fit: dict = field(default_factory=dict)
 
     @property
     def draws(self) -> dict[str, np.ndarray]:
@@ -90,14 +97,16 @@ class CheckedPosterior:
         """``posterior_method``, ``posterior_ok``, ``n_modes``, the reported method's own
         diagnostics, and ``attempts`` (e.g. ``"svi:mvn ✗ k̂ 0.91 > 0.70; importance ✓"``)."""
         last = next(a for a in self.attempts if a.method == self.method)
+        tried = [f"{a.method} {'ok' if a.ok else 'failed: ' + a.reason}" for a in self.attempts]
+        if self.fit and not self.fit["map_fit_p"] >= FIT_P_MIN:
+            tried.append(_misfit_reason(self.fit))
         return {
             "posterior_method": self.method,
             "posterior_ok": self.ok,
             "n_modes": self.n_modes,
             **last.diagnostics,
-            "attempts": "; ".join(
-                f"{a.method} {'ok' if a.ok else 'failed: ' + a.reason}" for a in self.attempts
-            ),
+            **self.fit,
+            "attempts": "; ".join(tried),
         }
 
 
@@ -151,7 +160,30 @@ def checked_posterior(
         if ok:
             break
     method, ok, samples, stats = result
-    return CheckedPosterior(method, ok, samples, stats, attempts, lap, len(modes), elbo)
+    fit = _mode_fit(model, v_obs, modes[0])
+    ok = ok and (not fit or fit["map_fit_p"] >= FIT_P_MIN)
+    return CheckedPosterior(method, ok, samples, stats, attempts, lap, len(modes), elbo, fit)
+
+
+def _mode_fit(model, v_obs, mode) -> dict:
+    """:func:`~.diagnostics.map_fit` of ``mode``'s residuals; ``{}`` where σ is inferred."""
+    if model.sigma is None:
+        return {}
+    params = {
+        k: torch.as_tensor(mode[k], dtype=model.dtype, device=model.device) for k in model.free
+    }
+    with torch.no_grad():
+        sse = float(((model.simulate(params) - v_obs) ** 2).sum())
+    n_params = sum(model.sizes.values())
+    return map_fit(sse, float(model.sigma), v_obs.numel(), n_params)
+
+
+def _misfit_reason(fit: dict) -> str:
+    return (
+        f"the mode does not fit the data: χ² {fit['map_chi2']:.0f} for {fit['map_dof']} dof "
+        f"(z {fit['map_fit_z']:+.1f}, p {fit['map_fit_p']:.1g} < {FIT_P_MIN:g}): a wrong "
+        "local optimum or a misspecified model"
+    )
 
 
 def _run(method, model, v, laps, num_samples, psis_samples, svi, nuts, seed, progress):
