@@ -7,6 +7,7 @@ import argparse
 from bayesneuron.cli._commands import PRESETS, SOLVERS, cmd_report, cmd_simulate, cmd_study_run
 from bayesneuron.cli._common import DEFAULT_SEED
 from bayesneuron.cli._config import add_config
+from bayesneuron.cli._design import add_design
 from bayesneuron.cli._fit import cmd_fit
 from bayesneuron.cli._options import (
     SYNTHETIC,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_compare(sub)
     _add_report(sub)
+    add_design(sub)
     return p
 
 

@@ -1,5 +1,6 @@
 """Recordings in and out: real current-clamp sweeps (ABF, NWB) as the model's stimulus and
-observed voltages, and recordings (measured or simulated) written as NWB.
+observed voltages, recordings (measured or simulated) written as NWB, and designed stimuli
+written and read as NWB (:func:`write_stimulus_nwb`, :func:`read_stimulus_nwb`).
 
 ``pyabf`` and ``pynwb`` are imported when a file is read or written, not with this package.
 
@@ -12,7 +13,7 @@ Example:
 
 from bayesneuron.io.abf import example_abf_path, read_abf
 from bayesneuron.io.formats import abf_to_nwb, read_recording
-from bayesneuron.io.nwb import read_nwb, write_nwb
+from bayesneuron.io.nwb import read_nwb, read_stimulus_nwb, write_nwb, write_stimulus_nwb
 from bayesneuron.io.recording import Recording
 
 __all__ = [
@@ -22,5 +23,7 @@ __all__ = [
     "read_abf",
     "read_nwb",
     "read_recording",
+    "read_stimulus_nwb",
     "write_nwb",
+    "write_stimulus_nwb",
 ]

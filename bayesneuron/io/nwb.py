@@ -4,26 +4,30 @@ A sweep is a ``CurrentClampSeries`` (voltage) with its ``CurrentClampStimulusSer
 (injected current), paired in the file's ``intracellular_recordings`` table (or, in files
 without one, by sweep number or name). Files written here store voltages in mV
 (``conversion=1e-3`` to volts) and currents in nA (``conversion=1e-9`` to amperes), so reading
-them back gives the same numbers.
+them back gives the same numbers. A designed stimulus alone (no recording) is written by
+:func:`write_stimulus_nwb` and read by :func:`read_stimulus_nwb`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bayesneuron.errors import RecordingError
 from bayesneuron.io._files import check_file, written_atomically
 from bayesneuron.io._nwb_sweeps import Pair, check_current_clamp, find_pairs, series_values
 from bayesneuron.io._select import select_sweeps
 from bayesneuron.io.recording import Recording
+from bayesneuron.protocol.stimulus import Stimulus
 
-__all__ = ["read_nwb", "write_nwb"]
+__all__ = ["read_nwb", "read_stimulus_nwb", "write_nwb", "write_stimulus_nwb"]
 
 # pynwb resets a CurrentClampSeries' unit to volts on reading, with this warning; the reader
 # checks the unit stored in the file itself instead
@@ -250,3 +254,163 @@ def write_nwb(
         with NWBHDF5IO(str(tmp), "w") as io:
             io.write(nwb)
     return Path(path)
+
+
+_STIM_NAME = re.compile(r"^stimulus_(\d+)_site_(\d+)$")
+
+
+def write_stimulus_nwb(
+    stimulus: Stimulus, path, *, overwrite: bool = False, description: str | None = None
+) -> Path:
+    """Write a designed stimulus as NWB: one series per sweep × electrode site, named
+    ``stimulus_<sweep>_site_<compartment>``, in the file's ``stimulus`` group.
+
+    Currents in nA become ``CurrentClampStimulusSeries`` (amperes, ``conversion=1e-9``) on one
+    electrode per site (its ``location``: ``"compartment <k>"``). A current *density* in µA/cm²
+    (the paper's abstract cell, which has no membrane areas) is not a current: it is written as
+    a plain ``TimeSeries`` with unit ``"uA/cm2"`` whose description says so.
+
+    Args:
+        stimulus: a :class:`~bayesneuron.protocol.stimulus.Stimulus` ``[trace, site, bins]``
+            (sparse) or ``[trace, comp, bins]`` (dense: every compartment is a site).
+        path: the file to create (written to a temporary file first).
+        overwrite: replace an existing file.
+        description: the session description (default names the sweeps and sites).
+
+    Returns:
+        The path written.
+
+    Raises:
+        RecordingError: not a single-batch ``Stimulus``, or ``path`` exists (without
+            ``overwrite``); nothing is written then.
+
+    Example:
+        >>> write_stimulus_nwb(result.stimulus, "stimulus_all_all.nwb")
+    """
+    if not isinstance(stimulus, Stimulus):
+        raise RecordingError(f"expected a Stimulus, got {type(stimulus).__name__}")
+    if stimulus.values.ndim != 3:
+        raise RecordingError(
+            f"stimulus values have shape {tuple(stimulus.values.shape)}; write one "
+            "[trace, site, bins] stimulus per file"
+        )
+    from pynwb import NWBHDF5IO, NWBFile
+
+    values = stimulus.values.detach().cpu().numpy().astype(np.float64)
+    sites = tuple(range(stimulus.n_sites)) if stimulus.sites is None else stimulus.sites
+    n_tr = values.shape[0]
+    nwb = NWBFile(
+        session_description=description
+        or f"designed stimulus: {n_tr} sweeps at compartments {list(sites)} ({stimulus.unit})",
+        identifier=str(uuid.uuid4()),
+        session_start_time=datetime.now(timezone.utc),
+        notes="Written by bayesneuron.io.write_stimulus_nwb: piecewise-constant currents, "
+        f"bins of {stimulus.dt!r} ms from t0 = {stimulus.t0!r} ms, unit {stimulus.unit}; "
+        "read back with bayesneuron.io.read_stimulus_nwb.",
+    )
+    for row, site in enumerate(sites):
+        make = _series_factory(nwb, stimulus, site)
+        for n in range(n_tr):
+            nwb.add_stimulus(make(f"stimulus_{n:04d}_site_{site}", values[n, row], n))
+    with written_atomically(path, overwrite) as tmp:
+        with NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwb)
+    return Path(path)
+
+
+def _series_factory(nwb, stimulus: Stimulus, site: int):
+    """``(name, data, sweep) → series`` for one site: amperes for nA, else a density."""
+    from pynwb import TimeSeries
+    from pynwb.icephys import CurrentClampStimulusSeries
+
+    timing = dict(rate=1000.0 / stimulus.dt, starting_time=stimulus.t0 / 1000.0)
+    if stimulus.unit == "nA":
+        device = nwb.devices.get("electrodes") or nwb.create_device(name="electrodes")
+        el = nwb.create_icephys_electrode(
+            name=f"electrode_site_{site}",
+            description=f"site: compartment {site} of the model cell",
+            device=device,
+            location=f"compartment {site}",
+        )
+
+        def make(name, data, n):
+            return CurrentClampStimulusSeries(
+                name=name, data=data, conversion=1e-9, electrode=el, gain=1.0,
+                sweep_number=np.uint32(n), **timing,
+            )  # fmt: skip
+
+        return make
+
+    def make(name, data, n):
+        return TimeSeries(
+            name=name,
+            data=data,
+            unit="uA/cm2",
+            description=f"sweep {n}, site: compartment {site}; a current density in µA/cm² "
+            "(an abstract cell without membrane areas), not a current in amperes",
+            **timing,
+        )
+
+    return make
+
+
+def read_stimulus_nwb(path) -> Stimulus:
+    """Read a stimulus written by :func:`write_stimulus_nwb`.
+
+    Returns:
+        A sparse :class:`~bayesneuron.protocol.stimulus.Stimulus` ``[trace, site, bins]``,
+        sites in ascending order, values in nA or µA/cm² as written.
+
+    Raises:
+        RecordingError: missing or not NWB; no such series; sweeps or sites missing, of
+            different lengths, rates or units.
+    """
+    path = check_file(path, "nwb")
+    from pynwb import NWBHDF5IO
+
+    try:
+        io = NWBHDF5IO(str(path), "r")
+    except Exception as e:
+        raise RecordingError(f"{path} cannot be opened as NWB ({type(e).__name__}: {e})") from e
+    try:
+        found = {}
+        for name, series in io.read().stimulus.items():
+            m = _STIM_NAME.match(name)
+            if m:
+                found[int(m[1]), int(m[2])] = _stimulus_series(series, path)
+    finally:
+        io.close()
+    return _assemble(found, path)
+
+
+def _stimulus_series(series, path: Path) -> tuple[np.ndarray, str, float, float]:
+    """``(values, unit, dt ms, t0 ms)`` of one series (nA for amperes)."""
+    data = np.asarray(series.data[:], dtype=np.float64)
+    if series.unit == "amperes":
+        data, unit = data * (series.conversion / 1e-9), "nA"
+    elif series.unit == "uA/cm2":
+        data, unit = data * series.conversion, "uA/cm2"
+    else:
+        raise RecordingError(f"{path}: series {series.name} has unit {series.unit!r}")
+    # 12 significant digits undo the ms → Hz → ms rounding (0.004 ms ↔ 250 kHz)
+    dt = float(f"{1000.0 / series.rate:.12g}")
+    t0 = float(f"{1000.0 * (series.starting_time or 0.0):.12g}")
+    return data, unit, dt, t0
+
+
+def _assemble(found: dict, path: Path) -> Stimulus:
+    if not found:
+        raise RecordingError(
+            f"{path} holds no stimulus series named stimulus_<sweep>_site_<k>; was it written "
+            "by write_stimulus_nwb?"
+        )
+    sweeps = sorted({n for n, _ in found})
+    sites = sorted({s for _, s in found})
+    if set(found) != {(n, s) for n in sweeps for s in sites} or sweeps != list(range(len(sweeps))):
+        raise RecordingError(f"{path}: some sweep × site series are missing")
+    meta = {(len(v), u, dt, t0) for v, u, dt, t0 in found.values()}
+    if len(meta) != 1:
+        raise RecordingError(f"{path}: the series differ in length, unit, rate or start")
+    _, unit, dt, t0 = meta.pop()
+    values = np.stack([np.stack([found[n, s][0] for s in sites]) for n in sweeps])
+    return Stimulus(torch.from_numpy(values), dt=dt, t0=t0, unit=unit, sites=tuple(sites))

@@ -4,8 +4,10 @@ differentiable in ``z``, with every current inside its bounds ``[lo, hi]`` for a
 A family injects through electrodes at ``sites`` (the stimulated compartments only: the
 stimulus is sparse, ``[trace, site, bins]``), one waveform per electrode and trace, on a grid
 of ``n_bins`` bins of ``dt`` ms from ``t0``. Bounds are kept by a smooth map,
-``I = lo + (hi − lo)·sigmoid(w)`` for an unbounded waveform ``w``; ``zero_ends`` forces the
-first and last bins to 0 (the paper's currents have them zero; it needs ``lo ≤ 0 ≤ hi``).
+``I = lo + (hi − lo)·sigmoid(w)`` for an unbounded waveform ``w``; ``lo`` and ``hi`` are one
+number for every electrode or one per site (e.g. nA bounds of the same current density on
+compartments of different areas); ``zero_ends`` forces the first and last bins to 0 (the
+paper's currents have them zero; it needs ``lo ≤ 0 ≤ hi``).
 
 * :class:`PiecewiseConstant` — one free level per bin (the paper's grid: 48 bins of 0.1 ms);
 * :class:`SineSum` — ``w(t) = c + Σₖ aₖ sin(2π fₖ t + φₖ)``, a smooth waveform of ``n_sines``
@@ -23,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,6 +35,19 @@ from bayesneuron.protocol.stimulus import Stimulus
 __all__ = ["FAMILIES", "PiecewiseConstant", "SineSum", "StimulusFamily"]
 
 _LOGIT_MARGIN = 1e-3  # fraction of the range kept off the bounds when fitting z to values
+
+
+def _bound(value, n_sites: int, name: str) -> float | tuple[float, ...]:
+    """A bound as a float, or a tuple of ``n_sites`` floats (one per electrode)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise StimulusError(f"{name} = {value!r} must be a number or one per site") from None
+    if len(out) != n_sites:
+        raise StimulusError(f"{name} has {len(out)} values; need one per site ({n_sites})")
+    return out
 
 
 def _check_sites(sites) -> tuple[int, ...]:
@@ -51,7 +67,8 @@ class StimulusFamily:
     Args:
         n_traces: sweeps (traces) to design.
         sites: the compartments that carry an electrode (distinct, ≥ 0).
-        lo, hi: current bounds (µA/cm² for the paper's cell, else the cell's current unit).
+        lo, hi: current bounds (µA/cm² for the paper's cell, else the cell's current unit):
+            a number, or a tuple with one per site (in ``sites``' order).
         n_bins, dt, t0: the grid: ``n_bins`` bins of ``dt`` ms from ``t0`` ms.
         zero_ends: force the first and last bins to zero current.
         unit: ``"uA/cm2"`` or ``"nA"``, as :class:`Stimulus`.
@@ -59,8 +76,8 @@ class StimulusFamily:
 
     n_traces: int
     sites: tuple[int, ...]
-    lo: float = 0.0
-    hi: float = 19.0
+    lo: float | tuple[float, ...] = 0.0
+    hi: float | tuple[float, ...] = 19.0
     n_bins: int = 48
     dt: float = 0.1
     t0: float = 0.0
@@ -69,13 +86,16 @@ class StimulusFamily:
 
     def __post_init__(self):
         object.__setattr__(self, "sites", _check_sites(self.sites))
+        for name in ("lo", "hi"):
+            object.__setattr__(self, name, _bound(getattr(self, name), len(self.sites), name))
         if not (isinstance(self.n_traces, int) and self.n_traces >= 1):
             raise StimulusError(f"n_traces = {self.n_traces!r} must be an int ≥ 1")
         if not (isinstance(self.n_bins, int) and self.n_bins >= 3):
             raise StimulusError(f"n_bins = {self.n_bins!r} must be an int ≥ 3")
-        if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
+        lo, hi = np.broadcast_arrays(self.lo, self.hi)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo < hi).all()):
             raise StimulusError(f"bounds [{self.lo}, {self.hi}] must be finite with lo < hi")
-        if self.zero_ends and not self.lo <= 0.0 <= self.hi:
+        if self.zero_ends and not ((lo <= 0.0) & (0.0 <= hi)).all():
             raise StimulusError(
                 f"zero_ends needs 0 inside the bounds [{self.lo}, {self.hi}]; widen them or "
                 "pass zero_ends=False"
@@ -85,6 +105,17 @@ class StimulusFamily:
     def shape(self) -> tuple[int, ...]:
         """Shape of the unconstrained parameters ``z``."""
         raise NotImplementedError
+
+    def bounds(self, dtype=torch.float64, device=None) -> tuple[Tensor, Tensor]:
+        """``(lo, hi)`` as tensors that broadcast against ``[trace, site, bins]``
+        (``[site, 1]``, or scalars for one bound for every site)."""
+        lo, hi = (
+            torch.as_tensor(b, dtype=dtype, device=device).reshape(-1, 1)
+            if isinstance(b, tuple)
+            else torch.tensor(b, dtype=dtype, device=device)
+            for b in (self.lo, self.hi)
+        )
+        return lo, hi
 
     @property
     def n_params(self) -> int:
@@ -99,7 +130,9 @@ class StimulusFamily:
         """Bounded currents ``[trace, site, bins]``: ``lo + (hi − lo)·sigmoid(w)``, ends zeroed."""
         if tuple(z.shape) != self.shape:
             raise StimulusError(f"z has shape {tuple(z.shape)}; this family takes {self.shape}")
-        i = self.lo + (self.hi - self.lo) * torch.sigmoid(self.waveform(z))
+        w = self.waveform(z)
+        lo, hi = self.bounds(w.dtype, w.device)
+        i = lo + (hi - lo) * torch.sigmoid(w)
         if self.zero_ends:
             keep = torch.ones(self.n_bins, dtype=i.dtype, device=i.device)
             keep[0] = keep[-1] = 0.0
@@ -117,7 +150,8 @@ class StimulusFamily:
 
     def _logit(self, values: Tensor) -> Tensor:
         """``w`` with ``lo + (hi − lo)·sigmoid(w) = values`` (clamped just inside the bounds)."""
-        x = (torch.as_tensor(values, dtype=torch.float64) - self.lo) / (self.hi - self.lo)
+        lo, hi = self.bounds()
+        x = (torch.as_tensor(values, dtype=torch.float64) - lo) / (hi - lo)
         return torch.logit(x.clamp(_LOGIT_MARGIN, 1.0 - _LOGIT_MARGIN))
 
     def dense_index(self, stimulus: Stimulus) -> Tensor:

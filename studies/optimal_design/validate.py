@@ -10,6 +10,10 @@ Per design:
    compartments only) for Bayesian D-optimality (``--criterion``; ``contraction``: the
    Gaussian-surrogate mean posterior contraction) averaged over ``--theta-opt`` prior draws,
    new draws at every step (Adam on the fused kernel at ``--dt-opt``, starts ``--init``);
+   with ``--refine-steps N > 0`` a second stage of ``N`` steps then optimises the
+   Gaussian-surrogate mean posterior contraction from the first stage's best point (the
+   D-optimal stimulus finds an informative region from several starts; the contraction, set by
+   the worst-determined conductances, then moves information into them);
    the reference stimulus is the paper's first ``--n-paper`` traces (seed 20230619);
 2. draw ``--replicates`` ground truths from the prior (seed ``--truth-seed``: not the
    optimiser's draws) plus the paper's ground truth as one more replicate; simulate each
@@ -58,10 +62,10 @@ from bayesneuron.optimal_design import (
     optimize_stimulus,
     problem_from_model,
 )
-from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import paper_experiment, paper_ground_truth, preset_priors
 from bayesneuron.reports.figures import subplots
 from bayesneuron.simulation.solvers import CrankNicolson
+from bayesneuron.studies.optimal_design import design_tag, initial_parameters
 from bayesneuron.studies.output import write_csv
 
 TWO = "all|all;[0,1,-1]|all"
@@ -80,6 +84,7 @@ class Settings:
     lr: float = 0.1
     theta_opt: int = 8
     criterion: str = "bayes_d_opt"
+    refine_steps: int = 0
     init: str = "ladder,paper,random"
     dt_opt: float = 0.02
     dt: float = 0.004
@@ -111,28 +116,6 @@ def _args() -> Settings:
     return Settings(**vars(p.parse_args()))
 
 
-def _tag(design: Design) -> str:
-    return design.label.replace("|", "_").replace(",", "").replace("[", "").replace("]", "")
-
-
-def _starts(s: Settings, fam: PiecewiseConstant, paper: Stimulus, n_comp: int) -> list:
-    """Starting parameters: ``ladder`` (one constant level per trace, evenly spaced in the
-    bounds), ``paper`` (the paper's first traces), ``random`` (the family's seeded draw)."""
-    out = []
-    for k, name in enumerate(s.init.split(",")):
-        if name == "random":
-            out.append(fam.init(seed=s.seed + k))
-        elif name == "ladder":
-            levels = torch.linspace(0.5, 18.5, fam.n_traces, dtype=torch.float64)
-            dense = levels[:, None, None].expand(-1, n_comp, 48).clone()
-            out.append(fam.fit(Stimulus(dense, 0.1)))
-        elif name == "paper":
-            out.append(fam.fit(paper))
-        else:
-            raise SystemExit(f"--init {name!r}: use ladder, paper or random")
-    return out
-
-
 def optimised_model(design: Design, s: Settings, out: Path | None = None):
     """``(model on the optimised stimulus, model on the paper's currents, info)``: both at
     ``s.dt``, σ = 1 mV, the paper's prior; ``info`` the criterion ``s.criterion`` of both
@@ -148,8 +131,8 @@ def optimised_model(design: Design, s: Settings, out: Path | None = None):
         criterion=s.criterion,
     )
     fam = PiecewiseConstant(n_traces=s.n_opt, sites=base.stim_index, lo=LO, hi=HI)
-    ckpt = None if out is None else out / f"checkpoint_{_tag(design)}_opt{s.n_opt}.pt"
-    init = _starts(s, fam, paper.stimulus, base.cell.n_comp)
+    ckpt = None if out is None else out / f"checkpoint_{design_tag(design.label)}_opt{s.n_opt}.pt"
+    init = initial_parameters(fam, s.init.split(","), s.seed, paper.stimulus, (LO, HI))
     cfg = OptimizeConfig(
         steps=s.steps,
         lr=s.lr,
@@ -160,6 +143,14 @@ def optimised_model(design: Design, s: Settings, out: Path | None = None):
         progress=s.progress,
     )
     res = optimize_stimulus(problem, fam, cfg, init=init)
+    best_start = s.init.split(",")[res.best_start]
+    if s.refine_steps:  # second stage from the first one's best point (module docstring)
+        problem = problem_from_model(
+            base, s.theta_opt, s.seed, solver=problem.solver, criterion="contraction"
+        )  # a new problem, not dataclasses.replace: its sampler must draw for this criterion
+        ckpt = None if ckpt is None else ckpt.with_suffix(".refine.pt")
+        cfg = dataclasses.replace(cfg, steps=s.refine_steps, n_starts=1, checkpoint=ckpt)
+        res = optimize_stimulus(problem, fam, cfg, init=[res.z])
     stim = dataclasses.replace(res.stimulus, values=res.stimulus.values.detach().clone())
     model = NeuronModel(
         base.cell, stim, base.t_eval, design, priors=preset_priors("paper"), sigma=1.0,
@@ -167,16 +158,16 @@ def optimised_model(design: Design, s: Settings, out: Path | None = None):
     )  # fmt: skip
     f_paper = exact_fisher(problem, paper.stimulus).sum(1)
     info = {
-        "criterion": s.criterion,
+        "criterion": problem.criterion,
         "crit_opt": res.value,
         "crit_paper": float(criterion_values(problem, f_paper).mean()),
-        "best_start": s.init.split(",")[res.best_start],
+        "best_start": best_start,
         "opt_wall_s": res.wall_s,
     }
     if out is not None:
         torch.save(
             {"values": stim.values, "sites": stim.sites, "dt": stim.dt, "unit": "uA/cm2"} | info,
-            out / f"stimulus_{_tag(design)}_opt{s.n_opt}.pt",
+            out / f"stimulus_{design_tag(design.label)}_opt{s.n_opt}.pt",
         )
     return model, paper, info
 

@@ -1,0 +1,269 @@
+"""The config of an optimal-design study (``bayesneuron design optimize --config FILE.toml``):
+every key checked before any work starts, unknown keys and sections are errors.
+
+::
+
+    [study]       name, question
+    [experiment]  preset ("paper_toy" | "hh_tree"), seed (of the preset's random protocol and
+                  ground truth), n_traces
+    [design]      designs ("grid": the preset's 25 stim × rec pairs | "grid25" | "paper9"
+                  (paper_toy) | ["all|all", "[0]|all", …]), family ("bins" | "sines"),
+                  criterion ("bayes_d_opt" | "contraction" | "eig_laplace"), bounds
+                  ([lo, hi] current density in µA/cm²; on a geometric cell nA per site through
+                  the compartment's area), steps, lr, init (starts among "paper", "ladder",
+                  "random"), refine_steps (> 0: a second stage of that many steps on the
+                  mean posterior contraction from the first stage's best point), theta_opt,
+                  theta_eval (prior draws the optimiser sees / the
+                  held-out ones the result is judged on), resample (fresh draws every step),
+                  dt_opt, dt_eval (ms), step_draws (fresh draws of the preset's protocol),
+                  seed (of the optimiser: prior draws, random starts), workers (processes)
+    [output]      figures ("all" | "none" | a list of design labels)
+
+Defaults reproduce the reference run of ``studies/optimal_design`` on the paper's cell; the
+bounds and steps ``dt_opt`` / ``dt_eval`` default to the preset's (:data:`PRESET_DEFAULTS`).
+
+Example:
+    >>> study = load_design_study("studies/optimal_design/config.toml", steps=2)
+    >>> study.designs[:2]
+    ('[0]|[0]', '[0]|[0,1]')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bayesneuron.errors import BayesneuronError
+from bayesneuron.studies.config import StudyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["PRESET_DEFAULTS", "DesignStudy", "design_study_from_dict", "load_design_study"]
+
+PRESET_DEFAULTS = {
+    "paper_toy": {"bounds": (0.0, 19.0), "dt_opt": 0.02, "dt_eval": 0.004},
+    # hh_tree: D-optimality of its protocol (all|all, 20 traces, 10 prior draws) is 59.366 /
+    # 59.362 / 59.361 nats at dt 0.025 / 0.0125 / 0.005 ms
+    "hh_tree": {"bounds": (0.0, 20.0), "dt_opt": 0.025, "dt_eval": 0.0125},
+}
+"""Per preset: the default ``bounds`` (µA/cm²), ``dt_opt`` and ``dt_eval`` (ms)."""
+INITS = ("paper", "ladder", "random")
+_SCHEMA = {
+    "study": {"name": str, "question": str},
+    "experiment": {"preset": str, "seed": int, "n_traces": int},
+    "design": {
+        "designs": (str, list),
+        "family": str,
+        "criterion": str,
+        "bounds": list,
+        "steps": int,
+        "refine_steps": int,
+        "lr": float,
+        "init": list,
+        "theta_opt": int,
+        "theta_eval": int,
+        "resample": bool,
+        "dt_opt": float,
+        "dt_eval": float,
+        "step_draws": int,
+        "seed": int,
+        "workers": int,
+    },
+    "output": {"figures": (str, list)},
+}
+_FLAT = {"design.seed": "opt_seed", "experiment.seed": "seed"}
+_NOT_RESULTS = ("name", "question", "designs", "workers", "figures")  # change no number
+
+
+@dataclass(frozen=True)
+class DesignStudy:
+    """A resolved, checked optimal-design study (fields as the config's keys; ``seed`` is
+    ``[experiment] seed``, ``opt_seed`` is ``[design] seed``; ``designs`` are labels)."""
+
+    preset: str
+    designs: tuple[str, ...]
+    name: str = "optimal_design"
+    question: str = ""
+    seed: int = 20230619
+    n_traces: int = 20
+    family: str = "bins"
+    criterion: str = "bayes_d_opt"
+    bounds: tuple[float, float] = (0.0, 19.0)
+    steps: int = 80
+    refine_steps: int = 0
+    lr: float = 0.1
+    init: tuple[str, ...] = INITS
+    theta_opt: int = 8
+    theta_eval: int = 10
+    resample: bool = True
+    dt_opt: float = 0.02
+    dt_eval: float = 0.004
+    step_draws: int = 5
+    opt_seed: int = 0
+    workers: int = 1
+    figures: tuple[str, ...] = ()
+
+    def settings(self) -> dict:
+        """The fields that change the numbers (a resumed run must match them)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_RESULTS}
+
+
+def load_design_study(path, **overrides) -> DesignStudy:
+    """The study of the TOML file ``path``; ``overrides`` (field → value, ``None`` ignored)
+    replace its values, e.g. ``designs="all|all"``, ``steps=2``, ``workers=2``.
+
+    Raises:
+        StudyError: the file cannot be read, or a section, key or value is wrong (the message
+            names it).
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"--config {p}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise StudyError(f"{p}: not a readable TOML file ({e})") from None
+    return design_study_from_dict(raw, str(p), **overrides)
+
+
+def design_study_from_dict(raw: dict, where: str = "config", **overrides) -> DesignStudy:
+    """:func:`load_design_study` of a parsed TOML table."""
+    flat = _flatten(raw, where)
+    flat |= {k: v for k, v in overrides.items() if v is not None}
+    preset = flat.get("preset")
+    if preset is None:
+        raise StudyError(f"{where}: [experiment] preset is missing; use one of {_presets()}")
+    if preset not in PRESET_DEFAULTS:
+        raise StudyError(f"{where}: [experiment] preset {preset!r}; use one of {_presets()}")
+    flat = {"designs": "grid"} | PRESET_DEFAULTS[preset] | flat
+    flat["designs"] = _designs(flat["designs"], preset, where)
+    flat["figures"] = _figures(flat.pop("figures", "all"), flat["designs"], where)
+    for key in ("bounds", "init"):
+        if key in flat:
+            flat[key] = tuple(flat[key])
+    study = DesignStudy(**flat)
+    _check(study, where)
+    return study
+
+
+def _presets() -> list[str]:
+    return sorted(PRESET_DEFAULTS)
+
+
+def _flatten(raw: dict, where: str) -> dict:
+    flat = {}
+    for section, table in raw.items():
+        if section not in _SCHEMA:
+            raise StudyError(f"{where}: unknown section [{section}]; allowed: {sorted(_SCHEMA)}")
+        if not isinstance(table, dict):
+            raise StudyError(f"{where}: [{section}] must be a table")
+        for key, value in table.items():
+            kind = _SCHEMA[section].get(key)
+            if kind is None:
+                raise StudyError(
+                    f"{where}: [{section}] unknown key {key!r}; allowed: {sorted(_SCHEMA[section])}"
+                )
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise StudyError(
+                    f"{where}: [{section}] {key} = {value!r} has the wrong type; expected "
+                    f"{_kind_name(kind)}"
+                )
+            flat[_FLAT.get(f"{section}.{key}", key)] = value
+    return flat
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, "a list") for k in kinds)
+
+
+def _designs(spec, preset: str, where: str) -> tuple[str, ...]:
+    """Design labels of ``spec`` (a list name, comma-separated labels or a list), checked."""
+    from bayesneuron.protocol.design import Design
+    from bayesneuron.reference.presets import get_preset
+
+    p = get_preset(preset)
+    if isinstance(spec, str) and (spec == "grid" or spec in p.named):
+        return tuple(d.label for d in p.designs(spec))
+    labels = _split_labels(spec) if isinstance(spec, str) else list(spec)
+    if not labels:
+        raise StudyError(f"{where}: [design] designs is empty; give 'grid' or design labels")
+    morph, out = p.cell().morphology, []
+    for label in labels:
+        try:
+            d = Design.from_label(str(label))
+            d.stim_index(morph), d.rec_index(morph)
+        except BayesneuronError as e:
+            raise StudyError(f"{where}: [design] designs: {label!r}: {e}") from None
+        out.append(d.label)
+    if len(set(out)) != len(out):
+        raise StudyError(f"{where}: [design] designs lists a design twice: {out}")
+    return tuple(out)
+
+
+def _split_labels(text: str) -> list[str]:
+    """``"all|all,[0,-1]|all"`` → two labels (commas inside brackets stay)."""
+    parts, depth, cur = [], 0, ""
+    for c in text:
+        depth += (c == "[") - (c == "]")
+        if c == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += c
+    return [q for q in (*parts, cur.strip()) if q]
+
+
+def _figures(spec, designs: tuple[str, ...], where: str) -> tuple[str, ...]:
+    if spec == "all":
+        return designs
+    if spec == "none":
+        return ()
+    if isinstance(spec, str):
+        raise StudyError(f"{where}: [output] figures = {spec!r}; use 'all', 'none' or labels")
+    from bayesneuron.protocol.design import Design
+
+    try:
+        labels = tuple(Design.from_label(str(s)).label for s in spec)
+    except BayesneuronError as e:
+        raise StudyError(f"{where}: [output] figures: {e}") from None
+    return tuple(lab for lab in labels if lab in designs)  # those of this run
+
+
+def _check(s: DesignStudy, where: str) -> None:
+    from bayesneuron.optimal_design import CRITERIA, FAMILIES
+
+    def bad(key: str, what: str):
+        raise StudyError(f"{where}: {key} = {getattr(s, key.split()[-1])!r}: {what}")
+
+    if s.family not in FAMILIES:
+        bad("[design] family", f"use one of {sorted(FAMILIES)}")
+    if s.criterion not in CRITERIA:
+        bad("[design] criterion", f"use one of {list(CRITERIA)}")
+    lo_hi = s.bounds
+    if len(lo_hi) != 2 or not all(isinstance(b, (int, float)) for b in lo_hi):
+        bad("[design] bounds", "give [lo, hi] in µA/cm², e.g. [0.0, 19.0]")
+    if not (math.isfinite(lo_hi[0]) and math.isfinite(lo_hi[1]) and lo_hi[0] <= 0.0 < lo_hi[1]):
+        bad("[design] bounds", "need finite lo ≤ 0 < hi (the first and last bins are zero)")
+    for key in ("n_traces", "steps", "theta_opt", "theta_eval", "step_draws", "workers"):
+        v = getattr(s, key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            bad(f"[{'experiment' if key == 'n_traces' else 'design'}] {key}", "must be ≥ 1")
+    if not (isinstance(s.refine_steps, int) and s.refine_steps >= 0):
+        bad("[design] refine_steps", "must be ≥ 0 (0: no second stage)")
+    for key in ("lr", "dt_opt", "dt_eval"):
+        if not (math.isfinite(getattr(s, key)) and getattr(s, key) > 0):
+            bad(f"[design] {key}", "must be > 0")
+    if not s.init or any(i not in INITS for i in s.init) or len(set(s.init)) != len(s.init):
+        bad("[design] init", f"give distinct starts among {list(INITS)}")
+    if s.family != "bins" and set(s.init) - {"random"}:
+        bad("[design] init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")

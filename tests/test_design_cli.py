@@ -1,0 +1,224 @@
+"""``bayesneuron design optimize``: the TOML config checked before any work, smoke runs on
+paper_toy and hh_tree (CSV columns, stimulus files, figures, resume), the worker count not
+changing a number; the stimulus NWB writer/reader; per-site bounds of stimulus families."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bayesneuron.cli import main
+from bayesneuron.errors import RecordingError
+from bayesneuron.io import read_stimulus_nwb, write_stimulus_nwb
+from bayesneuron.optimal_design import PiecewiseConstant
+from bayesneuron.protocol.stimulus import Stimulus
+from bayesneuron.studies.config import StudyError
+from bayesneuron.studies.design_config import design_study_from_dict
+
+REQUIRED = (
+    "stim rec family crit_paper crit_steps crit_optimised gain_nats_per_trace crit_paper_truth "
+    "crit_optimised_truth crit_optimised_on_opt_theta contraction_paper contraction_optimised "
+    "crit_opt5 contraction_opt5 crit_steps_sd best_start wall_s"
+).split()
+TINY = """
+[experiment]
+preset = "{preset}"
+n_traces = 2
+[design]
+designs = {designs}
+steps = 2
+dt_opt = 0.05
+dt_eval = 0.05
+theta_opt = 2
+theta_eval = 2
+step_draws = 2
+workers = {workers}
+"""
+
+
+def _config(tmp_path, preset="paper_toy", designs='["all|all"]', workers=1, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(TINY.format(preset=preset, designs=designs, workers=workers))
+    return path
+
+
+def _rows(out):
+    with (out / "optimal_design.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"design": {"steps": 2}}, r"\[experiment\] preset is missing"),
+        ({"experiment": {"preset": "l23"}}, r"preset 'l23'"),
+        ({"experiment": {"preset": "paper_toy", "seeds": 1}}, r"unknown key 'seeds'"),
+        ({"experiment": {"preset": "paper_toy"}, "fit": {}}, r"unknown section \[fit\]"),
+        (
+            {"experiment": {"preset": "paper_toy"}, "design": {"designs": ["all|[9]"]}},
+            r"all\|\[9\]",
+        ),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"designs": "nope"}}, r"'nope'"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"bounds": [5.0, 1.0]}}, r"bounds"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"bounds": [0.0]}}, r"bounds"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"steps": 0}}, r"steps = 0"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"steps": "2"}}, r"steps = '2'"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"family": "spline"}}, r"family"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"init": ["flat"]}}, r"init"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"criterion": "a_opt"}}, r"criterion"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"dt_eval": -1.0}}, r"dt_eval"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"refine_steps": -1}}, r"refine_steps"),
+    ],
+)
+def test_config_errors_name_the_key(raw, match):
+    with pytest.raises(StudyError, match=match):
+        design_study_from_dict(raw, "c.toml")
+
+
+def test_config_defaults_are_the_reference_run_and_the_preset_grid():
+    paper = design_study_from_dict({"experiment": {"preset": "paper_toy"}})
+    assert len(paper.designs) == 25 and paper.designs[0] == "[0]|[0]"
+    assert (paper.steps, paper.theta_opt, paper.theta_eval, paper.step_draws) == (80, 8, 10, 5)
+    assert (paper.dt_opt, paper.dt_eval, paper.opt_seed, paper.bounds) == (0.02, 0.004, 0, (0, 19))
+    assert paper.init == ("paper", "ladder", "random") and paper.figures == paper.designs
+    hh = design_study_from_dict({"experiment": {"preset": "hh_tree"}}, designs="all|all,[0]|all")
+    assert hh.designs == ("all|all", "[0]|all") and (hh.dt_opt, hh.bounds) == (0.025, (0, 20))
+
+
+def test_cli_bad_config_fails_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[experiment]\npreset = "paper_toy"\n[design]\nlr = -1.0\n')
+    assert main(["design", "optimize", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
+    assert "lr = -1.0" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def _check_run(out, tag, unit):
+    rows = _rows(out)
+    assert len(rows) == 1 and set(REQUIRED) <= set(rows[0])
+    nums = [float(rows[0][k]) for k in REQUIRED if k not in ("stim", "rec", "family", "best_start")]
+    assert all(math.isfinite(x) for x in nums)
+    assert rows[0]["best_start"] in ("paper", "ladder", "random")
+    pt = torch.load(out / f"stimulus_{tag}_bins.pt")
+    nwb = read_stimulus_nwb(out / f"stimulus_{tag}_bins.nwb")
+    assert torch.equal(nwb.values, pt["values"]) and nwb.unit == pt["unit"] == unit
+    assert nwb.sites == pt["sites"] and nwb.dt == pt["dt"]
+    assert (out / f"waveforms_{tag}_bins.png").stat().st_size > 1000
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["finished"] and meta["config"]["steps"] == 2 and "torch" in str(meta["environment"])
+    return rows[0]
+
+
+def test_cli_smoke_paper_toy_writes_everything_and_resumes(tmp_path, capsys):
+    cfg, out = _config(tmp_path), tmp_path / "out"
+    argv = ["design", "optimize", "--config", str(cfg), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    row = _check_run(out, "all_all", "uA/cm2")
+    assert "all|all paper" in capsys.readouterr().out
+    assert not list(out.glob("checkpoint_*"))
+    before = (out / "optimal_design.csv").read_text()
+    assert main(argv) == 0  # resumes: the design is in the CSV, nothing is redone
+    assert (out / "optimal_design.csv").read_text() == before
+    assert "all|all paper" not in capsys.readouterr().out
+    assert float(row["crit_paper"]) > 0
+    # other settings into the same folder: refused, naming the setting
+    assert main([*argv, "--steps", "3"]) == 1
+    assert "steps: 2 there, 3 now" in capsys.readouterr().err
+
+
+def test_refine_stage_moves_the_stimulus_on_the_contraction(tmp_path):
+    out0, out1 = tmp_path / "r0", tmp_path / "r1"
+    cfg = _config(tmp_path)
+    refined = tmp_path / "refined.toml"
+    refined.write_text(cfg.read_text().replace("steps = 2", "steps = 2\nrefine_steps = 3"))
+    for c, out in ((cfg, out0), (refined, out1)):
+        assert main(["design", "optimize", "--config", str(c), "--out", str(out), "--quiet"]) == 0
+    r0, r1 = _rows(out0)[0], _rows(out1)[0]
+    # the first stage is the same run; the second moved the stimulus
+    assert r0["crit_optimised_on_opt_theta"] == r1["crit_optimised_on_opt_theta"]
+    v0 = torch.load(out0 / "stimulus_all_all_bins.pt")["values"]
+    v1 = torch.load(out1 / "stimulus_all_all_bins.pt")["values"]
+    assert not torch.equal(v0, v1) and bool((v1 >= 0).all() and (v1 <= 19.0).all())
+    assert json.loads((out1 / "run.json").read_text())["config"]["refine_steps"] == 3
+    assert not list(out1.glob("checkpoint_*"))
+
+
+def test_cli_smoke_hh_tree_in_nA_inside_per_site_bounds(tmp_path):
+    from bayesneuron.reference.cells import hh_tree_cell
+
+    cfg, out = _config(tmp_path, "hh_tree", '["[0,5]|all"]'), tmp_path / "out"
+    assert main(["design", "optimize", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    _check_run(out, "05_all", "nA")
+    v = torch.load(out / "stimulus_05_all_bins.pt")["values"]  # [trace, site, bins] nA
+    hi = 20.0 * hh_tree_cell().morphology.area[[0, 5]] * 1e3  # 20 µA/cm² by area
+    assert v.shape == (2, 2, 40) and bool((v >= 0).all())
+    assert bool((v.amax(dim=(0, 2)).numpy() <= hi + 1e-12).all())
+    assert v[:, 1].max() < 0.5 * hi[0]  # the thin tip's bound, not the soma's
+
+
+def test_worker_count_changes_no_number(tmp_path):
+    designs = '["[0]|all", "all|[0]"]'
+    outs = []
+    for w in (1, 2):
+        cfg, out = (
+            _config(tmp_path, designs=designs, workers=w, name=f"c{w}.toml"),
+            tmp_path / f"w{w}",
+        )
+        assert main(["design", "optimize", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+        outs.append([{k: v for k, v in r.items() if k != "wall_s"} for r in _rows(out)])
+    assert [(r["stim"], r["rec"]) for r in outs[0]] == [("[0]", "all"), ("all", "[0]")]
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("unit", ["nA", "uA/cm2"])
+def test_stimulus_nwb_round_trip(tmp_path, unit):
+    vals = torch.rand(3, 2, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    stim = Stimulus(vals, dt=0.004, t0=0.5, unit=unit, sites=(1, 5))
+    path = write_stimulus_nwb(stim, tmp_path / "s.nwb")
+    back = read_stimulus_nwb(path)
+    assert torch.equal(back.values, vals) and back.sites == (1, 5)
+    assert (back.dt, back.t0, back.unit) == (0.004, 0.5, unit)
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(path), "r") as io:
+        series = io.read().stimulus["stimulus_0002_site_5"]
+        if unit == "nA":
+            assert series.unit == "amperes" and series.conversion == 1e-9
+            assert series.electrode.location == "compartment 5"
+        else:  # a density is not a current: never amperes
+            assert series.unit == "uA/cm2" and "not a current" in series.description
+    dense = Stimulus(vals[:, :1], dt=0.1, unit=unit)  # dense: every compartment is a site
+    assert read_stimulus_nwb(write_stimulus_nwb(dense, tmp_path / "d.nwb")).sites == (0,)
+
+
+def test_stimulus_nwb_bad_inputs_write_nothing(tmp_path):
+    path = tmp_path / "s.nwb"
+    with pytest.raises(RecordingError, match="expected a Stimulus"):
+        write_stimulus_nwb(np.zeros((1, 1, 4)), path)
+    assert not path.exists()
+    stim = Stimulus(torch.ones(1, 1, 4), dt=0.1, unit="nA", sites=(0,))
+    write_stimulus_nwb(stim, path)
+    before = path.read_bytes()
+    with pytest.raises(RecordingError, match="exists"):
+        write_stimulus_nwb(Stimulus(torch.zeros(1, 1, 4), dt=0.1, unit="nA"), path)
+    assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(RecordingError):
+        read_stimulus_nwb(tmp_path / "missing.nwb")
+
+
+def test_family_per_site_bounds():
+    fam = PiecewiseConstant(n_traces=2, sites=(0, 5), lo=(0.0, -1.0), hi=(1.0, 10.0))
+    v = fam(fam.init(seed=0, scale=100.0)).values[..., 1:-1]
+    assert float(v[:, 0].max()) <= 1.0 and float(v[:, 0].max()) > 0.99
+    assert float(v[:, 1].min()) >= -1.0 and float(v[:, 1].max()) > 9.9
+    want = torch.tensor([[0.5], [4.0]], dtype=torch.float64).expand(2, 48)
+    z = fam.fit(Stimulus(want.expand(2, 2, 48).clone(), dt=0.1, sites=(0, 5)))
+    assert torch.allclose(fam(z).values[..., 1:-1], want[None, :, 1:-1])
+    with pytest.raises(Exception, match="one per site"):
+        PiecewiseConstant(n_traces=1, sites=(0, 5), lo=(0.0,), hi=1.0)
+    with pytest.raises(Exception, match="lo < hi"):
+        PiecewiseConstant(n_traces=1, sites=(0, 5), lo=0.0, hi=(1.0, 0.0))
