@@ -73,6 +73,7 @@ def _rows(out):
         ({"experiment": {"preset": "paper_toy"}, "design": {"criterion": "a_opt"}}, r"criterion"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"dt_eval": -1.0}}, r"dt_eval"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"refine_steps": -1}}, r"refine_steps"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"max_charge": 0.0}}, r"max_charge"),
     ],
 )
 def test_config_errors_name_the_key(raw, match):
@@ -158,6 +159,18 @@ def test_cli_smoke_hh_tree_in_nA_inside_per_site_bounds(tmp_path):
     assert v.shape == (2, 2, 40) and bool((v >= 0).all())
     assert bool((v.amax(dim=(0, 2)).numpy() <= hi + 1e-12).all())
     assert v[:, 1].max() < 0.5 * hi[0]  # the thin tip's bound, not the soma's
+
+
+def test_max_charge_reaches_the_stimulus_per_site_in_pC(tmp_path):
+    from bayesneuron.reference.cells import hh_tree_cell
+
+    cfg, out = _config(tmp_path, "hh_tree", '["[0,5]|all"]'), tmp_path / "out"
+    cfg.write_text(cfg.read_text().replace("steps = 2", "steps = 2\nmax_charge = 20.0"))
+    assert main(["design", "optimize", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    v = torch.load(out / "stimulus_05_all_bins.pt")["values"]  # [trace, site, bins] nA
+    charge = v.abs().sum(-1) * 0.5  # pC per trace and site (0.5 ms bins)
+    cap = torch.as_tensor(20.0 * hh_tree_cell().morphology.area[[0, 5]] * 1e3)  # nC/cm² · cm²
+    assert bool((charge <= cap + 1e-9).all()) and bool((charge > 0.5 * cap).any())
 
 
 def test_worker_count_changes_no_number(tmp_path):

@@ -78,6 +78,28 @@ def test_family_errors_and_fit_to_the_paper_currents():
         fam(torch.zeros(2, 3, 48, dtype=F64))
 
 
+def test_max_charge_caps_each_waveform_and_keeps_the_rest():
+    cap = (5.0, 2.0)  # nC/cm² per trace at sites 0 and 5
+    free = PiecewiseConstant(n_traces=3, sites=(0, 5), lo=0.0, hi=19.0)
+    capped = dataclasses.replace(free, max_charge=cap)
+    z = free.init(seed=1, scale=2.0)
+    v0, v1 = free(z).values, capped(z).values
+    q0, q1 = v0.abs().sum(-1) * 0.1, v1.abs().sum(-1) * 0.1  # [trace, site]
+    limit = torch.tensor(cap, dtype=torch.float64)
+    assert bool((q0 > limit).any())  # the cap binds somewhere ...
+    assert bool((q1 <= limit + 1e-12).all())  # ... and is kept everywhere
+    under = q0 <= limit
+    assert torch.equal(v1[under], v0[under])  # waveforms under the cap are untouched
+    assert bool((v1 >= 0).all() and (v1 <= 19.0).all())
+    tiny = PiecewiseConstant(n_traces=1, sites=(0,), lo=0.0, hi=19.0, n_bins=5, max_charge=0.5)
+    zt = tiny.init(seed=0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: tiny.values(x), (zt,))
+    with pytest.raises(StimulusError, match="max_charge"):
+        PiecewiseConstant(n_traces=1, sites=(0,), max_charge=-1.0)
+    with pytest.raises(StimulusError, match="lo ≤ 0 ≤ hi"):
+        PiecewiseConstant(n_traces=1, sites=(0,), lo=1.0, hi=2.0, zero_ends=False, max_charge=1.0)
+
+
 def test_fisher_equals_the_fused_exact_sensitivities():
     """Central-difference tangents (fused kernel) give the fused kernel's exact
     Fisher information (same scheme, same steps), per trace and as compartment_fisher sums

@@ -7,7 +7,9 @@ of ``n_bins`` bins of ``dt`` ms from ``t0``. Bounds are kept by a smooth map,
 ``I = lo + (hi − lo)·sigmoid(w)`` for an unbounded waveform ``w``; ``lo`` and ``hi`` are one
 number for every electrode or one per site (e.g. nA bounds of the same current density on
 compartments of different areas); ``zero_ends`` forces the first and last bins to 0 (the
-paper's currents have them zero; it needs ``lo ≤ 0 ≤ hi``).
+paper's currents have them zero; it needs ``lo ≤ 0 ≤ hi``). ``max_charge`` caps the charge
+``Σ |I|·dt`` each electrode delivers in a trace: a waveform over the cap is scaled down to it
+(differentiable; inside the bounds because ``lo ≤ 0 ≤ hi``), one under it is left as it is.
 
 * :class:`PiecewiseConstant` — one free level per bin (the paper's grid: 48 bins of 0.1 ms);
 * :class:`SineSum` — ``w(t) = c + Σₖ aₖ sin(2π fₖ t + φₖ)``, a smooth waveform of ``n_sines``
@@ -72,6 +74,8 @@ class StimulusFamily:
         n_bins, dt, t0: the grid: ``n_bins`` bins of ``dt`` ms from ``t0`` ms.
         zero_ends: force the first and last bins to zero current.
         unit: ``"uA/cm2"`` or ``"nA"``, as :class:`Stimulus`.
+        max_charge: the largest charge ``Σ |I|·dt`` per trace and electrode (the current's
+            unit × ms: nC/cm² for µA/cm², pC for nA), a number or one per site; ``None``: none.
     """
 
     n_traces: int
@@ -83,11 +87,20 @@ class StimulusFamily:
     t0: float = 0.0
     zero_ends: bool = True
     unit: str = "uA/cm2"
+    max_charge: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "sites", _check_sites(self.sites))
         for name in ("lo", "hi"):
             object.__setattr__(self, name, _bound(getattr(self, name), len(self.sites), name))
+        if self.max_charge is not None:
+            q = _bound(self.max_charge, len(self.sites), "max_charge")
+            object.__setattr__(self, "max_charge", q)
+            lo, hi = np.broadcast_arrays(self.lo, self.hi)
+            if not (np.all(np.asarray(q) > 0) and np.isfinite(q).all()):
+                raise StimulusError(f"max_charge = {q} must be finite and > 0")
+            if not ((lo <= 0.0) & (0.0 <= hi)).all():
+                raise StimulusError("max_charge scales waveforms towards 0: it needs lo ≤ 0 ≤ hi")
         if not (isinstance(self.n_traces, int) and self.n_traces >= 1):
             raise StimulusError(f"n_traces = {self.n_traces!r} must be an int ≥ 1")
         if not (isinstance(self.n_bins, int) and self.n_bins >= 3):
@@ -137,6 +150,10 @@ class StimulusFamily:
             keep = torch.ones(self.n_bins, dtype=i.dtype, device=i.device)
             keep[0] = keep[-1] = 0.0
             i = i * keep
+        if self.max_charge is not None:
+            cap = torch.as_tensor(self.max_charge, dtype=i.dtype, device=i.device).reshape(-1, 1)
+            charge = i.abs().sum(-1, keepdim=True) * self.dt  # [trace, site, 1]
+            i = i * torch.clamp(cap / charge.clamp_min(1e-300), max=1.0)
         return i
 
     def __call__(self, z: Tensor) -> Stimulus:

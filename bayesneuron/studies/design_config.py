@@ -10,7 +10,8 @@ every key checked before any work starts, unknown keys and sections are errors.
                   (paper_toy) | ["all|all", "[0]|all", …]), family ("bins" | "sines"),
                   criterion ("bayes_d_opt" | "contraction" | "eig_laplace"), bounds
                   ([lo, hi] current density in µA/cm²; on a geometric cell nA per site through
-                  the compartment's area), steps, lr, init (starts among "paper", "ladder",
+                  the compartment's area), max_charge (optional: the largest charge
+                  Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps, lr, init (starts among "paper", "ladder",
                   "random"), refine_steps (> 0: a second stage of that many steps on the
                   mean posterior contraction from the first stage's best point), theta_opt,
                   theta_eval (prior draws the optimiser sees / the
@@ -62,6 +63,7 @@ _SCHEMA = {
         "family": str,
         "criterion": str,
         "bounds": list,
+        "max_charge": float,
         "steps": int,
         "refine_steps": int,
         "lr": float,
@@ -95,6 +97,7 @@ class DesignStudy:
     family: str = "bins"
     criterion: str = "bayes_d_opt"
     bounds: tuple[float, float] = (0.0, 19.0)
+    max_charge: float | None = None
     steps: int = 80
     refine_steps: int = 0
     lr: float = 0.1
@@ -258,6 +261,8 @@ def _check(s: DesignStudy, where: str) -> None:
         v = getattr(s, key)
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             bad(f"[{'experiment' if key == 'n_traces' else 'design'}] {key}", "must be ≥ 1")
+    if s.max_charge is not None and not (math.isfinite(s.max_charge) and s.max_charge > 0):
+        bad("[design] max_charge", "must be > 0 (nC/cm² per trace and electrode)")
     if not (isinstance(s.refine_steps, int) and s.refine_steps >= 0):
         bad("[design] refine_steps", "must be ≥ 0 (0: no second stage)")
     for key in ("lr", "dt_opt", "dt_eval"):

@@ -103,17 +103,20 @@ def site_scale(cell, sites, unit: str) -> np.ndarray:
 
 def make_family(study: DesignStudy, model) -> StimulusFamily:
     """The study's stimulus family on ``model``'s stimulated sites and protocol grid; bounds
-    ``study.bounds`` µA/cm², per site in nA on a geometric cell."""
+    ``study.bounds`` µA/cm² (and ``max_charge`` nC/cm²), per site in nA (pC) on a geometric
+    cell."""
     proto, sites = model.stimulus, tuple(model.stim_index)
-    lo, hi = study.bounds
-    if proto.unit == "nA":  # the same density on every site: nA bounds by area
+    lo, hi, q = *study.bounds, study.max_charge
+    if proto.unit == "nA":  # the same density on every site: nA bounds (and pC) by area
         scale = site_scale(model.cell, sites, proto.unit)
         lo, hi = (tuple(float(b * s) for s in scale) for b in study.bounds)
+        q = None if q is None else tuple(float(q * s) for s in scale)
     return FAMILIES[study.family](
         n_traces=study.n_traces,
         sites=sites,
         lo=lo,
         hi=hi,
+        max_charge=q,
         n_bins=proto.n_bins,
         dt=proto.dt,
         t0=proto.t0,
