@@ -110,6 +110,30 @@ def test_a_mode_that_does_not_fit_the_data_is_not_ok(problem):
     assert d["map_fit_p"] < 1e-3
 
 
+def test_adaptive_importance_learns_a_proposal_that_plain_importance_lacks(problem):
+    import dataclasses
+
+    model, v, mp, lap = problem
+    # a Laplace approximation 8x too narrow and off-centre by 2 sd along its first axis:
+    # importance from it fails, the adapted proposal finds the posterior's shape
+    shift = 2.0 * lap.scale_tril[:, 0]
+    bad = dataclasses.replace(lap, center=lap.center + shift, cov=lap.cov / 64.0)
+    kw = dict(ladder=("importance",), laplace=bad, num_samples=200, psis_samples=1000)
+    plain = checked_posterior(model, v, mp.params, **kw)
+    adapted = checked_posterior(model, v, mp.params, **kw | {"ladder": ("adaptive_importance",)})
+    assert not plain.ok and adapted.ok
+    d = adapted.diagnostics
+    assert d["posterior_method"] == "adaptive_importance" and d["rounds"] >= 2
+    assert d["khat"] <= d["khat_threshold"] and d["ess"] >= 100
+    rounds = [float(x) for x in d["khat_rounds"].split()]
+    assert rounds[0] > d["khat_threshold"] >= rounds[-1] == pytest.approx(d["khat"], abs=5e-3)
+    # the adapted posterior agrees with the Laplace approximation at the true mode
+    sd = np.sqrt(np.diag(lap.cov.numpy()))
+    u = lap.space.unconstrain({k: torch.as_tensor(adapted.draws[k]) for k in model.free})
+    assert tuple(u.shape) == (200, 4)
+    assert np.abs((u.mean(0).numpy() - lap.center.numpy()) / sd).max() < 0.5
+
+
 def test_failed_methods_escalate_and_the_last_is_flagged(problem):
     model, v, mp, lap = problem
     # psis_samples = 10: the threshold is 0, so no PSIS-checked method can pass

@@ -10,6 +10,9 @@ result is checked, and where it fails the next, more expensive method is tried (
     "importance"   importance resampling from a       passes: PSIS k̂ ≤ khat_threshold(S),
                    Student-t mixture on every mode's  ESS ≥ 100
                    Laplace approximation
+    "adaptive_importance"  the same proposal, refitted  passes: as "importance", on the
+                   to the weighted draws for up to 4  last round's draws alone
+                   rounds (mixture PMC)
     "nuts"         NUTS, chains started at the modes  passes: R̂ ≤ 1.01, bulk and tail
                                                       ESS ≥ 100 per chain, no divergences
 
@@ -30,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyro.distributions as dist
 import torch
 
 from bayesneuron.errors import FitError
@@ -43,6 +45,7 @@ from bayesneuron.inference.diagnostics import (
     min_ess,
     psis_weights,
 )
+from bayesneuron.inference.importance import adaptive_importance, importance_resample
 from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.nuts import run_nuts
 from bayesneuron.inference.svi import GUIDES, fit_svi
@@ -51,7 +54,7 @@ from bayesneuron.inference.whitened import WhitenedModel
 __all__ = ["LADDER", "Attempt", "CheckedPosterior", "checked_posterior"]
 
 LADDER = ("svi:mvn", "svi:iaf", "importance", "nuts")
-_T_DF = 5  # Student-t tails of the importance proposal (an integer: χ² from normals)
+IMPORTANCE = ("importance", "adaptive_importance")
 
 
 @dataclass
@@ -132,7 +135,7 @@ def checked_posterior(
         modes: one mode or several (name → ``[comp]``), best first — e.g.
             :meth:`~.fit.MapFit.modes` of a multi-start MAP. Never the ground truth.
         ladder: methods in the order tried: ``"laplace"``, ``"svi:<guide>"`` (a guide of
-            :data:`~.svi.GUIDES`), ``"importance"``, ``"nuts"``.
+            :data:`~.svi.GUIDES`), ``"importance"``, ``"adaptive_importance"``, ``"nuts"``.
         num_samples: posterior draws reported (per chain for NUTS).
         psis_samples: fresh draws for k̂ (SVI, Laplace); twice as many for ``"importance"``.
         svi, nuts: keyword arguments for :func:`~.svi.fit_svi` / :func:`~.nuts.run_nuts`.
@@ -143,8 +146,11 @@ def checked_posterior(
     if not modes:
         raise FitError("checked_posterior needs at least one mode to start from")
     for m in ladder:
-        if m not in ("laplace", "importance", "nuts") and m.removeprefix("svi:") not in GUIDES:
-            raise FitError(f"unknown method {m!r} in the ladder; use {LADDER} or 'laplace'")
+        if m not in ("laplace", "nuts", *IMPORTANCE) and m.removeprefix("svi:") not in GUIDES:
+            raise FitError(
+                f"unknown method {m!r} in the ladder; use {LADDER}, 'laplace' or "
+                "'adaptive_importance'"
+            )
     v_obs = model.check_data(v_obs)
     lap = laplace or laplace_map(model, v_obs, modes[0], progress=progress)
     laps = [lap] + [laplace_map(model, v_obs, m, progress=False) for m in modes[1:]]
@@ -190,8 +196,10 @@ def _run(method, model, v, laps, num_samples, psis_samples, svi, nuts, seed, pro
     """``(samples [chain, draw, …], sample_stats, diagnostics, elbo)`` of one method."""
     if method == "laplace":
         return _laplace_checked(model, v, laps[0], num_samples, psis_samples, seed)
-    if method == "importance":
-        return _importance(model, v, laps, num_samples, 2 * psis_samples, seed)
+    if method in IMPORTANCE:
+        run = importance_resample if method == "importance" else adaptive_importance
+        samples, diag = run(model, v, laps, num_samples, 2 * psis_samples, seed)
+        return samples, {}, diag, None
     if method == "nuts":
         kw = dict(num_samples=num_samples, warmup_steps=300, num_chains=2) | dict(nuts or {})
         run = run_nuts(
@@ -237,7 +245,7 @@ def _passes(method: str, d: dict) -> tuple[bool, str]:
     else:
         k, thr = d["khat"], d["khat_threshold"]
         fails = [f"k̂ {k:.2f} > {thr:.2f}" if not k <= thr else ""]
-        if method == "importance" and not d["ess"] >= 100:
+        if method in IMPORTANCE and not d["ess"] >= 100:
             fails.append(f"ESS {d['ess']:.0f} < 100")
     reason = ", ".join(f for f in fails if f)
     return not reason, reason
@@ -259,48 +267,3 @@ def _laplace_checked(model, v, lap, num_samples, psis_samples, seed):
     _, k = psis_weights(_log_target(wm, zs) - log_q)
     samples = {x: y[None].cpu().numpy() for x, y in wm.params(z[:num_samples]).items()}
     return samples, {}, {"khat": k, "khat_threshold": khat_threshold(psis_samples)}, None
-
-
-def _importance(model, v, laps, num_samples, n_prop, seed):
-    """Importance resampling from a mixture of multivariate Student-t (``_T_DF`` degrees of
-    freedom) centred on every mode's Laplace approximation, weighted by its Laplace
-    evidence; PSIS-smoothed weights, ``num_samples`` draws resampled with replacement."""
-    wm = WhitenedModel(model, v, laps[0])
-    P = wm.size
-    Linv = torch.linalg.inv(wm.L)
-    locs = torch.stack([Linv @ (lp.center - wm.center) for lp in laps])  # modes in z
-    scales = torch.stack([torch.linalg.cholesky(Linv @ lp.cov @ Linv.T) for lp in laps])
-    ev = torch.tensor([lp.log_posterior + 0.5 * torch.logdet(lp.cov).item() for lp in laps])
-    logw_mix = torch.log_softmax(ev.to(locs.dtype), 0)
-    gen = torch.Generator().manual_seed(seed)
-    comp = torch.multinomial(logw_mix.exp().cpu(), n_prop, replacement=True, generator=gen)
-    e = torch.randn(n_prop, P, generator=gen, dtype=locs.dtype)
-    chi2 = torch.randn(n_prop, int(_T_DF), generator=gen, dtype=locs.dtype).pow(2).sum(-1)
-    e = (e / (chi2 / _T_DF).sqrt()[:, None]).to(locs.device)
-    comp = comp.to(locs.device)
-    z = locs[comp] + torch.einsum("nij,nj->ni", scales[comp], e)
-    df = torch.tensor(float(_T_DF), dtype=locs.dtype, device=locs.device)
-    log_q = torch.logsumexp(
-        torch.stack(
-            [
-                dist.MultivariateStudentT(df, locs[m], scales[m]).log_prob(z) + logw_mix[m]
-                for m in range(len(laps))
-            ]
-        ),
-        0,
-    )
-    lw, k = psis_weights(_log_target(wm, z) - log_q)
-    w = np.exp(lw - np.max(lw))
-    w = w / w.sum()
-    ess = float(1.0 / np.sum(w**2))
-    rng = np.random.default_rng(seed)
-    pick = torch.as_tensor(rng.choice(n_prop, size=num_samples, p=w), device=z.device)
-    samples = {x: y[None].cpu().numpy() for x, y in wm.params(z[pick]).items()}
-    diag = {
-        "khat": k,
-        "khat_threshold": khat_threshold(n_prop),
-        "ess": ess,
-        "unique_draws": int(np.unique(pick.cpu().numpy()).size),
-        "n_proposals": n_prop,
-    }
-    return samples, {}, diag, None

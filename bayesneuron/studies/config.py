@@ -432,7 +432,7 @@ def _check_ladder(ladder, where: str) -> None:
     """``ladder``: a non-empty list of methods of :mod:`bayesneuron.inference.posterior`."""
     from bayesneuron.inference.svi import GUIDES
 
-    known = ("laplace", "importance", "nuts", *(f"svi:{g}" for g in GUIDES))
+    known = ("laplace", "importance", "adaptive_importance", "nuts", *(f"svi:{g}" for g in GUIDES))
     if ladder is not None and (not ladder or any(m not in known for m in ladder)):
         raise StudyError(f"{where}: ladder {ladder!r} must list methods among {list(known)}")
 
