@@ -116,6 +116,9 @@ def _posterior(args, study, model, v, fit, truth) -> dict:
         "posterior_ok": post.ok,
         **{k: ident[k] for k in keep},
         "khat": diag.get("khat"),
+        "ess": diag.get("ess"),
+        "khat_rounds": diag.get("khat_rounds"),
+        "map_fit_z": diag.get("map_fit_z"),
         "attempts": diag["attempts"],
         "posterior_s": round(time.perf_counter() - t0, 1),
     }

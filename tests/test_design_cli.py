@@ -235,3 +235,73 @@ def test_family_per_site_bounds():
         PiecewiseConstant(n_traces=1, sites=(0, 5), lo=(0.0,), hi=1.0)
     with pytest.raises(Exception, match="lo < hi"):
         PiecewiseConstant(n_traces=1, sites=(0, 5), lo=0.0, hi=(1.0, 0.0))
+
+
+SITES = """
+[sites]
+n_electrodes = 2
+candidates = [0, 1, 5]
+rec = "all"
+"""
+
+
+@pytest.mark.parametrize(
+    "sites, match",
+    [
+        ({"n_electrodes": 0}, r"\[sites\] n_electrodes = 0: must be 1 … 6"),
+        ({"n_electrodes": 4, "candidates": [0, 1, 5]}, r"n_electrodes = 4: must be 1 … 3"),
+        ({"n_electrodes": "2"}, r"\[sites\] n_electrodes = '2' has the wrong type"),
+        ({"n_electrodes": 1, "candidates": [0, 6]}, r"candidates = \[0, 6\]: compartments are 0–5"),
+        ({"n_electrodes": 1, "candidates": [1, -5]}, r"candidates = \[1, -5\]: .* twice"),
+        ({"n_electrodes": 1, "candidates": "some"}, r"candidates = 'some'"),
+        ({"n_electrodes": 1, "electrodes": 2}, r"\[sites\] unknown key 'electrodes'"),
+        ({"n_electrodes": 1, "rec": "[7]"}, r"\[sites\] rec = '\[7\]': .*compartment 7"),
+        ({"n_electrodes": 1, "max_rounds": -1}, r"\[sites\] max_rounds = -1"),
+        ({"n_electrodes": 1, "init": ["flat"]}, r"\[sites\] init"),
+        ({"candidates": [0, 1]}, r"\[sites\] n_electrodes is missing"),
+    ],
+)
+def test_sites_config_errors_name_the_key(sites, match):
+    with pytest.raises(StudyError, match=match):
+        design_study_from_dict({"experiment": {"preset": "paper_toy"}, "sites": sites}, "c.toml")
+
+
+def test_sites_config_defaults_and_overrides():
+    raw = {"experiment": {"preset": "paper_toy", "n_traces": 7}, "sites": {"n_electrodes": 3}}
+    s = design_study_from_dict(raw)
+    assert s.sites.candidates == (0, 1, 2, 3, 4, 5) and s.sites.rec == "all"
+    assert s.sites.n_traces == 7  # the study's
+    assert (s.sites.steps, s.sites.exchange, s.sites.max_rounds) == (80, True, 3)
+    raw["sites"] |= {"candidates": [5, 0, -2], "rec": "[0, -1]"}
+    s2 = design_study_from_dict(raw, sites={"steps": 2, "n_traces": None})
+    assert (s2.sites.candidates, s2.sites.rec) == ((0, 4, 5), "[0,-1]")
+    assert (s2.sites.steps, s2.sites.n_traces) == (2, 7)  # a None override keeps the value
+    assert s.settings() == design_study_from_dict({**raw, "sites": {}}).settings()  # no number
+    assert design_study_from_dict({"experiment": {"preset": "paper_toy"}}).sites is None
+
+
+def test_cli_design_sites_greedy_exchange_and_grid(tmp_path, capsys):
+    cfg, out = _config(tmp_path), tmp_path / "out"
+    bare = cfg.read_text()
+    argv = ["design", "sites", "--config", str(cfg), "--out", str(out), "--quiet"]
+    assert main(argv) == 1  # no [sites] section, no --n-electrodes: nothing done
+    assert "no [sites] section" in capsys.readouterr().err and not out.exists()
+    cfg.write_text(bare + SITES)
+    assert main([*argv, "--n-traces", "1"]) == 0
+    assert "(exchange)" in capsys.readouterr().out
+    with (out / "sites.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    need = "step method sites rec n_traces crit_opt_theta crit_heldout contraction_heldout wall_s"
+    assert set(need.split()) <= set(rows[0])
+    assert all(math.isfinite(float(r[k])) for r in rows for k in need.split()[4:])
+    greedy = [r for r in rows if r["method"] == "greedy"]
+    (ex,) = [r for r in rows if r["method"] == "exchange"]
+    assert [len(json.loads(r["sites"])) for r in greedy] == [1, 2]
+    assert float(ex["crit_opt_theta"]) >= float(greedy[-1]["crit_opt_theta"])
+    grid = [r["label"] for r in rows if r["method"] == "grid"]
+    assert grid == ["[0]|all", "[0,1]|all", "[0,-1]|all"]
+    assert {r["rec"] for r in rows} == {"all"} and {r["n_traces"] for r in rows} == {"1"}
+    assert (out / "sites.png").stat().st_size > 1000
+    meta = json.loads((out / "sites.json").read_text())
+    assert meta["finished"] and meta["spec"]["candidates"] == [0, 1, 5]
+    assert meta["history"][0]["round"] == 0 and "torch" in str(meta["environment"])

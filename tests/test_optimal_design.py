@@ -23,6 +23,7 @@ from bayesneuron.optimal_design import (
     SineSum,
     criterion_values,
     exact_fisher,
+    exchange_sites,
     fisher,
     greedy_sites,
     objective,
@@ -325,3 +326,36 @@ def test_fresh_data_validation_runs_end_to_end(tmp_path):
     assert verdicts[0]["design"] == "[0,-1]|all" and isinstance(verdicts[0]["pass"], bool)
     lo, hi = val.clopper_pearson(9, 10)
     assert lo == pytest.approx(0.5550, abs=1e-4) and hi == pytest.approx(0.99747, abs=1e-4)
+
+
+def test_exchange_sites_leaves_a_bad_start_and_checks_its_inputs():
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+
+    def make(sites):
+        return PiecewiseConstant(n_traces=1, sites=sites)
+
+    cfg, cand, cache, runs = OptimizeConfig(steps=1, progress=False), (0, 1, 5), {}, []
+    sites, res, hist = exchange_sites(
+        problem,
+        make,
+        cand,
+        (5,),
+        cfg,
+        max_rounds=2,
+        cache=cache,
+        callback=lambda s, r: runs.append(s),
+    )
+    start = cache[(5,)].value  # the distal end, recording the soma: a bad start
+    assert hist[0] == {"round": 0, "sites": (5,), "value": start}
+    assert sites != (5,) and res.value > start and hist[-1]["sites"] == sites
+    assert all(b["value"] > a["value"] for a, b in zip(hist, hist[1:]))
+    assert sorted(runs) == [(0,), (1,), (5,)]  # every set optimised once (the cache)
+    again, res2, hist2 = exchange_sites(problem, make, cand, sites, cfg, cache=cache)
+    assert again == sites and res2 is res and len(hist2) == 1  # nothing improves: it stays
+    for bad, match in [((7,), r"\[7\] are not among"), ((0, 0), "twice"), ((), "empty")]:
+        with pytest.raises(FitError, match=match):
+            exchange_sites(problem, make, cand, bad, cfg)
+    with pytest.raises(FitError, match="distinct"):
+        exchange_sites(problem, make, (0, 0, 1), (0,), cfg)
+    with pytest.raises(FitError, match="max_rounds"):
+        exchange_sites(problem, make, cand, (0,), cfg, max_rounds=-1)

@@ -1,11 +1,14 @@
 """``bayesneuron design optimize --config FILE.toml --out DIR``: an optimised stimulus per
-stim|rec design of a preset's cell (:mod:`bayesneuron.studies.optimal_design`)."""
+stim|rec design of a preset's cell (:mod:`bayesneuron.studies.optimal_design`);
+``bayesneuron design sites``: where to put the stimulating electrodes
+(:mod:`bayesneuron.studies.site_selection`)."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bayesneuron.cli._common import check_out, remove_if_empty, say
@@ -13,11 +16,11 @@ from bayesneuron.cli._interrupt import Interrupted, saved_files
 from bayesneuron.cli._options import Help
 from bayesneuron.errors import BayesneuronError
 
-__all__ = ["add_design", "cmd_design_optimize"]
+__all__ = ["add_design", "cmd_design_optimize", "cmd_design_sites"]
 
 
 def add_design(sub) -> None:
-    """The ``design`` command and its ``optimize`` subcommand."""
+    """The ``design`` command and its ``optimize`` and ``sites`` subcommands."""
     d = sub.add_parser("design", help="optimal experimental design: stimuli that inform most")
     d_sub = d.add_subparsers(dest="design_command", required=True)
     o = d_sub.add_parser(
@@ -52,14 +55,48 @@ def add_design(sub) -> None:
     o.add_argument("--steps", type=int, default=None, help="optimiser steps per start")
     o.add_argument("--workers", type=int, default=None, help="processes, one design each")
     o.add_argument("--n-traces", type=int, default=None, help="traces per stimulus")
+    o.add_argument(
+        "--refine-steps",
+        type=int,
+        default=None,
+        help="steps of a second stage on the mean posterior contraction (0: none)",
+    )
     o.add_argument("--quiet", action="store_true", help="no progress output")
     o.set_defaults(func=cmd_design_optimize)
+    _add_sites(d_sub)
 
 
-def cmd_design_optimize(args) -> int:
-    from bayesneuron.studies.design_config import load_design_study
-    from bayesneuron.studies.optimal_design import CSV, run_design_study
+def _add_sites(d_sub) -> None:
+    s = d_sub.add_parser(
+        "sites",
+        help="choose the stimulating electrodes' compartments (greedy, then exchange)",
+        formatter_class=Help,
+        description="Place the [sites] section's n_electrodes stimulating electrodes among "
+        "its candidate compartments, the recording fixed: greedy (one electrode at a time, "
+        "each candidate set's stimulus optimised as 'design optimize' does), then an "
+        "exchange pass (swap one electrode while that raises the criterion). Every chosen "
+        "set and the preset's grid designs with as many electrodes and the same recording "
+        "are judged on held-out prior draws.\n\n"
+        "Writes sites.csv (a row per greedy step, the exchange result and each grid "
+        "design), sites.json (settings, exchange history, versions) and sites.png. A rerun "
+        "starts over and replaces them.\n\n"
+        "Example:\n"
+        "  bayesneuron design sites --config studies/optimal_design/config.toml "
+        "--out results/sites\n"
+        "  bayesneuron design sites --config studies/optimal_design/config.toml "
+        "--out /tmp/sites --n-electrodes 2 --steps 2 --n-traces 2",
+    )
+    s.add_argument("--config", required=True, metavar="TOML", help="the study's config.toml")
+    s.add_argument("--out", required=True, help="results folder (created)")
+    s.add_argument("--n-electrodes", type=int, default=None, help="electrodes to place")
+    s.add_argument("--steps", type=int, default=None, help="optimiser steps per start")
+    s.add_argument("--n-traces", type=int, default=None, help="traces per stimulus")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_design_sites)
 
+
+def _paths(args) -> tuple[Path, Path]:
+    """``(out, config)``, refused before any work if ``out`` cannot hold results."""
     out, config = Path(args.out), Path(args.config)
     check_out(out)
     if config.parent.resolve() == out.resolve():
@@ -67,15 +104,15 @@ def cmd_design_optimize(args) -> int:
             f"--out {out} is the folder of the config {config}; write the results elsewhere, "
             f"e.g. --out {config.parent / 'reference'} or results/{config.stem}"
         )
-    study = load_design_study(
-        config, designs=args.designs, steps=args.steps, workers=args.workers,
-        n_traces=args.n_traces,
-    )  # fmt: skip
+    return out, config
+
+
+def _guarded(out: Path, work: Callable[[], object], again: str):
+    """``work()``; a failure leaves no new empty ``out``; an interrupt returns ``(None, exit
+    status)`` after saying what is saved and ``again`` (how to continue)."""
     existed = out.exists()
-    say(args, f"[design] {len(study.designs)} designs of {study.preset} → {out}/")
-    start = time.perf_counter()
     try:
-        rows = run_design_study(study, out, progress=not args.quiet)
+        return work(), 0
     except BayesneuronError:
         if not existed:
             remove_if_empty(out)
@@ -87,14 +124,67 @@ def cmd_design_optimize(args) -> int:
         saved = saved_files(out)
         what = f"saved in {out}: {saved}" if saved else f"nothing saved in {out} yet"
         print(
-            f"bayesneuron: interrupted by {signal.Signals(signum).name}; {what}; continue by "
-            f"running the same command again ({CSV} keeps the finished designs)",
+            f"bayesneuron: interrupted by {signal.Signals(signum).name}; {what}; {again}",
             file=sys.stderr,
             flush=True,
         )
-        return 128 + signum
+        return None, 128 + signum
+
+
+def cmd_design_optimize(args) -> int:
+    from bayesneuron.studies.design_config import load_design_study
+    from bayesneuron.studies.optimal_design import CSV, run_design_study
+
+    out, config = _paths(args)
+    study = load_design_study(
+        config, designs=args.designs, steps=args.steps, workers=args.workers,
+        n_traces=args.n_traces, refine_steps=args.refine_steps,
+    )  # fmt: skip
+    say(args, f"[design] {len(study.designs)} designs of {study.preset} → {out}/")
+    start = time.perf_counter()
+    rows, status = _guarded(
+        out,
+        lambda: run_design_study(study, out, progress=not args.quiet),
+        f"continue by running the same command again ({CSV} keeps the finished designs)",
+    )
+    if rows is None:
+        return status
     print(
         f"{len(rows)} designs in {out / CSV} ({len(study.designs)} asked) in "
         f"{time.perf_counter() - start:.1f} s; results in {out}/"
+    )
+    return 0
+
+
+def cmd_design_sites(args) -> int:
+    from bayesneuron.studies.design_config import load_design_study
+    from bayesneuron.studies.site_selection import CSV, run_site_selection
+
+    out, config = _paths(args)
+    over = {"n_electrodes": args.n_electrodes, "steps": args.steps, "n_traces": args.n_traces}
+    study = load_design_study(config, sites=over)
+    if study.sites is None:
+        raise BayesneuronError(
+            f"{config} has no [sites] section; add one (e.g. n_electrodes = 3, candidates = "
+            '"all", rec = "all") or give --n-electrodes'
+        )
+    spec = study.sites
+    say(
+        args,
+        f"[design] {spec.n_electrodes} electrodes among compartments {list(spec.candidates)} "
+        f"of {study.preset}, rec {spec.rec} → {out}/",
+    )
+    start = time.perf_counter()
+    rows, status = _guarded(
+        out,
+        lambda: run_site_selection(study, spec, out, progress=not args.quiet),
+        "run the same command again to start over",
+    )
+    if rows is None:
+        return status
+    best = [r for r in rows if r["method"] != "grid"][-1]  # exchange's, else greedy's last
+    print(
+        f"sites {best['sites']} ({best['method']}): {best['crit_heldout']:.2f} on held-out "
+        f"draws; {len(rows)} rows in {out / CSV} in {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -3,8 +3,8 @@
 A stimulus family (:mod:`.families`) maps unconstrained parameters to bounded currents; the
 criterion (:mod:`.objective`) is the Bayesian D-optimality (or contraction, or Laplace EIG)
 of the Fisher information at parameter points drawn from the prior, differentiable in the
-currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and greedy
-electrode-site selection around that.
+currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and electrode
+site selection around that (greedy, then exchange).
 
 Example:
     >>> from bayesneuron.optimal_design import PiecewiseConstant, problem_from_model, optimize_stimulus
@@ -26,6 +26,8 @@ from bayesneuron.optimal_design.objective import (
 from bayesneuron.optimal_design.optimize import (
     DesignResult,
     OptimizeConfig,
+    SiteResults,
+    exchange_sites,
     greedy_sites,
     optimize_stimulus,
 )
@@ -38,9 +40,11 @@ __all__ = [
     "OptimizeConfig",
     "PiecewiseConstant",
     "SineSum",
+    "SiteResults",
     "StimulusFamily",
     "criterion_values",
     "exact_fisher",
+    "exchange_sites",
     "fisher",
     "greedy_sites",
     "objective",

@@ -19,6 +19,11 @@ every key checked before any work starts, unknown keys and sections are errors.
                   dt_opt, dt_eval (ms), step_draws (fresh draws of the preset's protocol),
                   seed (of the optimiser: prior draws, random starts), workers (processes)
     [output]      figures ("all" | "none" | a list of design labels)
+    [sites]       optional, for ``bayesneuron design sites``: n_electrodes (stimulating
+                  electrodes to place), candidates ("all" | compartment indices), rec (the
+                  fixed recording, a label part: "all", "[0]", …), n_traces, steps (default:
+                  the study's), exchange (true: an exchange pass after greedy), max_rounds,
+                  init (starts per site set, default ["ladder"])
 
 Defaults reproduce the reference run of ``studies/optimal_design`` on the paper's cell; the
 bounds and steps ``dt_opt`` / ``dt_eval`` default to the preset's (:data:`PRESET_DEFAULTS`).
@@ -45,7 +50,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["PRESET_DEFAULTS", "DesignStudy", "design_study_from_dict", "load_design_study"]
+__all__ = [
+    "PRESET_DEFAULTS",
+    "DesignStudy",
+    "SiteSelection",
+    "design_study_from_dict",
+    "load_design_study",
+]
 
 PRESET_DEFAULTS = {
     "paper_toy": {"bounds": (0.0, 19.0), "dt_opt": 0.02, "dt_eval": 0.004},
@@ -78,9 +89,46 @@ _SCHEMA = {
         "workers": int,
     },
     "output": {"figures": (str, list)},
+    "sites": {
+        "n_electrodes": int,
+        "candidates": (str, list),
+        "rec": str,
+        "n_traces": int,
+        "steps": int,
+        "exchange": bool,
+        "max_rounds": int,
+        "init": list,
+    },
 }
 _FLAT = {"design.seed": "opt_seed", "experiment.seed": "seed"}
-_NOT_RESULTS = ("name", "question", "designs", "workers", "figures")  # change no number
+_NOT_RESULTS = ("name", "question", "designs", "workers", "figures", "sites")  # change no number
+
+
+@dataclass(frozen=True)
+class SiteSelection:
+    """Electrode site selection (``[sites]``): greedy placement of ``n_electrodes``
+    stimulating electrodes among ``candidates`` with the recording ``rec`` fixed, then (if
+    ``exchange``) Fedorov exchange of at most ``max_rounds`` swaps; every site set's stimulus
+    optimised with the study's settings but ``n_traces``, ``steps`` and the starts ``init``.
+
+    Attributes:
+        n_electrodes: electrodes to place (1 … ``len(candidates)``).
+        candidates: compartments that may carry one, sorted indices ≥ 0.
+        rec: the recorded compartments as a label part (``"all"``, ``"[0,-1]"``).
+        n_traces, steps: traces per stimulus and optimiser steps per start.
+        exchange: run the exchange pass after greedy.
+        max_rounds: the most swaps of the exchange pass.
+        init: starts per site set among ``"paper"``, ``"ladder"``, ``"random"``.
+    """
+
+    n_electrodes: int
+    candidates: tuple[int, ...]
+    rec: str = "all"
+    n_traces: int = 20
+    steps: int = 80
+    exchange: bool = True
+    max_rounds: int = 3
+    init: tuple[str, ...] = ("ladder",)
 
 
 @dataclass(frozen=True)
@@ -111,6 +159,7 @@ class DesignStudy:
     opt_seed: int = 0
     workers: int = 1
     figures: tuple[str, ...] = ()
+    sites: SiteSelection | None = None
 
     def settings(self) -> dict:
         """The fields that change the numbers (a resumed run must match them)."""
@@ -119,7 +168,8 @@ class DesignStudy:
 
 def load_design_study(path, **overrides) -> DesignStudy:
     """The study of the TOML file ``path``; ``overrides`` (field → value, ``None`` ignored)
-    replace its values, e.g. ``designs="all|all"``, ``steps=2``, ``workers=2``.
+    replace its values, e.g. ``designs="all|all"``, ``steps=2``, ``workers=2``; ``sites=``
+    a dict of ``[sites]`` keys does the same for :class:`SiteSelection`.
 
     Raises:
         StudyError: the file cannot be read, or a section, key or value is wrong (the message
@@ -135,8 +185,12 @@ def load_design_study(path, **overrides) -> DesignStudy:
     return design_study_from_dict(raw, str(p), **overrides)
 
 
-def design_study_from_dict(raw: dict, where: str = "config", **overrides) -> DesignStudy:
+def design_study_from_dict(
+    raw: dict, where: str = "config", *, sites: dict | None = None, **overrides
+) -> DesignStudy:
     """:func:`load_design_study` of a parsed TOML table."""
+    raw = dict(raw)
+    sites_raw = raw.pop("sites", None)
     flat = _flatten(raw, where)
     flat |= {k: v for k, v in overrides.items() if v is not None}
     preset = flat.get("preset")
@@ -152,7 +206,11 @@ def design_study_from_dict(raw: dict, where: str = "config", **overrides) -> Des
             flat[key] = tuple(flat[key])
     study = DesignStudy(**flat)
     _check(study, where)
-    return study
+    found = {} if sites_raw is None else _flatten({"sites": sites_raw}, where)
+    found |= {k: v for k, v in (sites or {}).items() if v is not None}
+    if not found:
+        return study
+    return dataclasses.replace(study, sites=_site_selection(found, study, where))
 
 
 def _presets() -> list[str]:
@@ -272,3 +330,60 @@ def _check(s: DesignStudy, where: str) -> None:
         bad("[design] init", f"give distinct starts among {list(INITS)}")
     if s.family != "bins" and set(s.init) - {"random"}:
         bad("[design] init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")
+
+
+def _site_selection(vals: dict, study: DesignStudy, where: str) -> SiteSelection:
+    """The checked :class:`SiteSelection` of ``[sites]`` keys ``vals`` (defaults: the
+    study's ``n_traces`` and ``steps``)."""
+    from bayesneuron.protocol.design import Design
+    from bayesneuron.reference.presets import get_preset
+
+    def bad(key: str, what: str):
+        raise StudyError(f"{where}: [sites] {key} = {vals.get(key)!r}: {what}")
+
+    if "n_electrodes" not in vals:
+        raise StudyError(
+            f"{where}: [sites] n_electrodes is missing; give the number of stimulating "
+            "electrodes to place, e.g. n_electrodes = 3 (or --n-electrodes 3)"
+        )
+    cell = get_preset(study.preset).cell()
+    n_comp = cell.n_comp
+    cand = vals.get("candidates", "all")
+    if cand == "all":
+        cand = list(range(n_comp))
+    if isinstance(cand, str) or not cand:
+        bad("candidates", "give 'all' or a list of compartment indices, e.g. [0, 1, 5]")
+    if any(
+        isinstance(c, bool) or not isinstance(c, int) or not -n_comp <= c < n_comp for c in cand
+    ):
+        bad("candidates", f"compartments are 0–{n_comp - 1} (or -1 … -{n_comp} from the end)")
+    cand = sorted(c % n_comp for c in cand)
+    if len(set(cand)) != len(cand):
+        bad("candidates", "lists a compartment twice")
+    n = vals["n_electrodes"]
+    if isinstance(n, bool) or not (isinstance(n, int) and 1 <= n <= len(cand)):
+        bad("n_electrodes", f"must be 1 … {len(cand)} (the number of candidates)")
+    try:
+        design = Design.from_label(f"all|{vals.get('rec', 'all')}")
+        design.rec_index(cell.morphology)
+    except BayesneuronError as e:
+        bad("rec", f"{e}; give 'all' or a list like '[0,-1]'")
+    for key, least in (("n_traces", 1), ("steps", 1), ("max_rounds", 0)):
+        v = vals.get(key, least)
+        if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
+            bad(key, f"must be an integer ≥ {least}")
+    init = tuple(vals.get("init", ("ladder",)))
+    if not init or any(i not in INITS for i in init) or len(set(init)) != len(init):
+        bad("init", f"give distinct starts among {list(INITS)}")
+    if study.family != "bins" and set(init) - {"random"}:
+        bad("init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")
+    return SiteSelection(
+        n_electrodes=n,
+        candidates=tuple(cand),
+        rec=design.label.split("|")[1],
+        n_traces=vals.get("n_traces", study.n_traces),
+        steps=vals.get("steps", study.steps),
+        exchange=vals.get("exchange", True),
+        max_rounds=vals.get("max_rounds", 3),
+        init=init,
+    )

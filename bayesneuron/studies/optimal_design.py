@@ -62,6 +62,7 @@ __all__ = [
     "CSV",
     "best_subset",
     "criteria",
+    "design_problems",
     "design_tag",
     "initial_parameters",
     "make_family",
@@ -101,11 +102,12 @@ def site_scale(cell, sites, unit: str) -> np.ndarray:
     return np.asarray(cell.morphology.area, dtype=np.float64)[list(sites)] * 1e3
 
 
-def make_family(study: DesignStudy, model) -> StimulusFamily:
-    """The study's stimulus family on ``model``'s stimulated sites and protocol grid; bounds
-    ``study.bounds`` µA/cm² (and ``max_charge`` nC/cm²), per site in nA (pC) on a geometric
-    cell."""
-    proto, sites = model.stimulus, tuple(model.stim_index)
+def make_family(study: DesignStudy, model, sites=None) -> StimulusFamily:
+    """The study's stimulus family on ``model``'s stimulated sites (or the compartment indices
+    ``sites``) and protocol grid; bounds ``study.bounds`` µA/cm² (and ``max_charge`` nC/cm²),
+    per site in nA (pC) on a geometric cell."""
+    proto = model.stimulus
+    sites = tuple(model.stim_index) if sites is None else tuple(int(s) for s in sites)
     lo, hi, q = *study.bounds, study.max_charge
     if proto.unit == "nA":  # the same density on every site: nA bounds (and pC) by area
         scale = site_scale(model.cell, sites, proto.unit)
@@ -180,7 +182,10 @@ def _truth_problem(held_out, model, truth):
     return dataclasses.replace(held_out, theta=theta, dg_du=dg, prior_hessian_u=hess)
 
 
-def _problems(study: DesignStudy, model, eval_solver):
+def design_problems(study: DesignStudy, model, eval_solver):
+    """``(problem, held_out)``: ``model``'s design problem at ``study.theta_opt`` prior draws
+    (seed ``opt_seed``, ``CrankNicolson(dt_opt)``), the one the optimiser sees, and at
+    ``theta_eval`` held-out draws (seed ``opt_seed + 1000``, ``eval_solver``)."""
     kw = dict(criterion=study.criterion)
     problem = problem_from_model(
         model, study.theta_opt, study.opt_seed, solver=CrankNicolson(dt=study.dt_opt), **kw
@@ -219,7 +224,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
     model, _, truth = experiment(
         design, n_traces=study.n_traces, seed=study.seed, solver=eval_solver
     )
-    problem, held_out = _problems(study, model, eval_solver)
+    problem, held_out = design_problems(study, model, eval_solver)
     fam = make_family(study, model)
     tag = f"{design_tag(design.label)}_{study.family}"
     cfg = OptimizeConfig(
