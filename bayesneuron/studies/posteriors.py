@@ -108,6 +108,10 @@ _DIAGNOSTICS = (
     "ess_bulk_min",
     "ess_tail_min",
     "num_divergences",
+    "rounds",
+    "khat_rounds",
+    "map_fit_z",
+    "map_fit_p",
 )
 
 
