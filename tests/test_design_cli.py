@@ -297,6 +297,9 @@ def test_cli_design_sites_greedy_exchange_and_grid(tmp_path, capsys):
     greedy = [r for r in rows if r["method"] == "greedy"]
     (ex,) = [r for r in rows if r["method"] == "exchange"]
     assert [len(json.loads(r["sites"])) for r in greedy] == [1, 2]
+    # the second electrode starts from the first's stimulus (warm start): it does not lose
+    one, two = (float(r["crit_opt_theta"]) for r in greedy)
+    assert two >= one - 0.05, (one, two)
     assert float(ex["crit_opt_theta"]) >= float(greedy[-1]["crit_opt_theta"])
     grid = [r["label"] for r in rows if r["method"] == "grid"]
     assert grid == ["[0]|all", "[0,1]|all", "[0,-1]|all"]

@@ -101,6 +101,17 @@ def test_max_charge_caps_each_waveform_and_keeps_the_rest():
         PiecewiseConstant(n_traces=1, sites=(0,), lo=1.0, hi=2.0, zero_ends=False, max_charge=1.0)
 
 
+def test_moved_from_keeps_shared_electrodes_and_silences_new_ones():
+    old = PiecewiseConstant(n_traces=2, sites=(0, 5), lo=0.0, hi=19.0)
+    new = PiecewiseConstant(n_traces=2, sites=(0, 3, 5), lo=(0.0, -2.0, 0.0), hi=19.0)
+    z = old.init(seed=3)
+    v_old, v_new = old(z).values, new(new.moved_from(z, old.sites)).values
+    assert torch.equal(v_new[:, [0, 2]], v_old)  # same bounds at 0 and 5: same currents
+    assert float(v_new[:, 1].abs().max()) < 0.03  # the new electrode is silent
+    with pytest.raises(StimulusError, match="shape"):
+        new.moved_from(z, (0, 3, 5))
+
+
 def test_fisher_equals_the_fused_exact_sensitivities():
     """Central-difference tangents (fused kernel) give the fused kernel's exact
     Fisher information (same scheme, same steps), per trace and as compartment_fisher sums

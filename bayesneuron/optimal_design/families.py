@@ -207,6 +207,24 @@ class PiecewiseConstant(StimulusFamily):
             raise StimulusError(f"stimulus has {v.shape[0]} traces; need {self.n_traces}")
         return self._logit(v.detach())
 
+    def moved_from(self, z: Tensor, sites) -> Tensor:
+        """Parameters on this family's sites from ``z`` ``[trace, len(sites), bins]`` of the
+        same grid on electrodes ``sites``: an electrode in both keeps its waveform, a new one
+        is silent (zero current, up to the clamp just inside the bounds) — a warm start for a
+        site set one electrode away."""
+        sites = tuple(int(k) for k in sites)
+        if tuple(z.shape) != (self.n_traces, len(sites), self.n_bins):
+            raise StimulusError(
+                f"z has shape {tuple(z.shape)}; need {(self.n_traces, len(sites), self.n_bins)}"
+            )
+        lo, hi = self.bounds(z.dtype)
+        zero = (-lo / (hi - lo)).clamp(_LOGIT_MARGIN, 1.0 - _LOGIT_MARGIN)
+        out = torch.logit(zero).expand(len(self.sites), 1).expand(self.shape).clone()
+        for i, k in enumerate(self.sites):
+            if k in sites:
+                out[:, i] = z[:, sites.index(k)]
+        return out
+
 
 @dataclass(frozen=True)
 class SineSum(StimulusFamily):

@@ -81,7 +81,7 @@ class _Selection:
         self.config = OptimizeConfig(
             steps=run.steps,
             lr=run.lr,
-            n_starts=len(run.init),
+            n_starts=len(run.init) + 1,  # the last: a warm start (:meth:`init`)
             seed=run.opt_seed,
             resample_theta=run.resample,
             progress=False,
@@ -94,8 +94,31 @@ class _Selection:
         return make_family(self.run, self.model, sites)
 
     def init(self, fam):
+        """The configured starts, then a warm start: the best stimulus found so far on a site
+        set one electrode away (one fewer, or one swapped), the new electrode silent. So
+        adding an electrode starts where the smaller set ended and cannot lose by it, as it
+        could from the cold starts alone (an optimiser short of convergence on more
+        parameters). Without such a set (or for a family other than bins) the extra start is
+        a random one."""
         proto = self.model.stimulus
-        return initial_parameters(fam, self.run.init, self.run.opt_seed, proto, self.run.bounds)
+        starts = initial_parameters(fam, self.run.init, self.run.opt_seed, proto, self.run.bounds)
+        warm = self._warm(fam)
+        return starts + ([warm] if warm is not None else [])
+
+    def _warm(self, fam):
+        if self.run.family != "bins":
+            return None
+        new = set(fam.sites)
+        near = [
+            (res.value, sites)
+            for sites, res in self.cache.items()
+            if len(set(sites) - new) + len(new - set(sites)) in (1, 2)
+            and len(set(sites) & new) == len(new) - 1
+        ]
+        if not near:
+            return None
+        _, sites = max(near)
+        return fam.moved_from(self.cache[sites].z, sites)
 
     def done(self, sites: tuple[int, ...], res: DesignResult) -> None:
         """After each optimisation: its wall time, the bar."""
