@@ -13,7 +13,7 @@ largest error in prior widths, the Fisher information's rank / smallest eigenval
 number at the truth, the number of distinct optima among the starts and the reason
 (:mod:`bayesneuron.inference.recovery`).
 
-With ``--noise SIGMA`` (mV) the data carry Gaussian noise (seed: the study's + 1) and each
+With ``--noise SIGMA`` (mV) the data carry Gaussian noise (seed: the experiment's + 1; ``--seed``) and each
 design also gets a checked posterior from the MAP's modes (``--ladder``, default Laplace, then
 the multivariate-normal guide, then importance resampling:
 :func:`~bayesneuron.inference.posterior.checked_posterior`), scored against the truth: the
@@ -62,7 +62,7 @@ def _experiments(args):
         designs = [Design.from_label(x) for x in args.designs.split(";")]
     else:
         designs = get_preset(study.preset).designs(args.designs)
-    exps = [build_experiment(study, d, "paper", "cpu", args.noise) for d in designs]
+    exps = [build_experiment(study, d, "paper", "cpu", args.noise, seed=args.seed) for d in designs]
     return study, [e[0] for e in exps], [e[1] for e in exps], exps[0][2]
 
 
@@ -170,6 +170,9 @@ def main(argv=None) -> int:
         help="a preset's named list (grid25, placements) or 'a|b;c|d'",
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--seed", type=int, default=None, help="the experiment's seed (default: the study's)"
+    )
     ap.add_argument("--noise", type=float, default=0.0, help="mV of data noise (0: noise-free)")
     ap.add_argument("--svi-steps", type=int, default=300, help="SVI steps at most, with --noise")
     ap.add_argument("--svi-particles", type=int, default=2, help="ELBO particles, with --noise")
