@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from bayesneuron.errors import BayesneuronError
+from bayesneuron.protocol.design import split_labels as split_design_labels
 from bayesneuron.studies.output import environment, write_json
 
 __all__ = [
@@ -121,16 +122,9 @@ def design(label: str, preset: str = "paper_toy"):
 
 
 def split_labels(text: str) -> list[str]:
-    """``"all|all,[0,-1]|all"`` → ``["all|all", "[0,-1]|all"]``: commas inside brackets stay."""
-    parts, depth, cur = [], 0, ""
-    for c in text:
-        depth += (c == "[") - (c == "]")
-        if c == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += c
-    parts.append(cur.strip())
+    """``"all|all,[0,-1]|all"`` → ``["all|all", "[0,-1]|all"]``: commas inside brackets stay;
+    an empty label is an error."""
+    parts = split_design_labels(text)
     if not all(parts):
         raise BayesneuronError(
             f"--designs {text!r}: an empty label; write e.g. 'all|all,[0,-1]|all' (no spaces "

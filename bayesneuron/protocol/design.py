@@ -23,7 +23,7 @@ import numpy as np
 from bayesneuron.errors import DesignError, MorphologyError
 from bayesneuron.morphology.tree import Morphology
 
-__all__ = ["Design", "design_grid", "format_sites", "parse_sites"]
+__all__ = ["Design", "design_grid", "format_sites", "parse_sites", "split_labels"]
 
 Sites = tuple[int | str, ...] | None
 
@@ -60,6 +60,21 @@ def _balanced(name: str) -> bool:
         elif c in "])" and (not stack or stack.pop() != c):
             return False
     return not stack
+
+
+def split_labels(text: str) -> list[str]:
+    """``"all|all,[0,-1]|all"`` → ``["all|all", "[0,-1]|all"]``: a comma-separated list of
+    design labels (commas inside brackets stay); parts are stripped, empty ones kept (the
+    caller says whether that is an error)."""
+    parts, depth, cur = [], 0, ""
+    for c in text:
+        depth += (c == "[") - (c == "]")
+        if c == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += c
+    return [*parts, cur.strip()]
 
 
 def format_sites(sites: Sites) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bayesneuron.errors import BayesneuronError
+from bayesneuron.protocol.design import split_labels
 from bayesneuron.studies.config import StudyError
 
 if sys.version_info >= (3, 11):
@@ -255,7 +256,7 @@ def _designs(spec, preset: str, where: str) -> tuple[str, ...]:
     p = get_preset(preset)
     if isinstance(spec, str) and (spec == "grid" or spec in p.named):
         return tuple(d.label for d in p.designs(spec))
-    labels = _split_labels(spec) if isinstance(spec, str) else list(spec)
+    labels = [q for q in split_labels(spec) if q] if isinstance(spec, str) else list(spec)
     if not labels:
         raise StudyError(f"{where}: [design] designs is empty; give 'grid' or design labels")
     morph, out = p.cell().morphology, []
@@ -269,19 +270,6 @@ def _designs(spec, preset: str, where: str) -> tuple[str, ...]:
     if len(set(out)) != len(out):
         raise StudyError(f"{where}: [design] designs lists a design twice: {out}")
     return tuple(out)
-
-
-def _split_labels(text: str) -> list[str]:
-    """``"all|all,[0,-1]|all"`` → two labels (commas inside brackets stay)."""
-    parts, depth, cur = [], 0, ""
-    for c in text:
-        depth += (c == "[") - (c == "]")
-        if c == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += c
-    return [q for q in (*parts, cur.strip()) if q]
 
 
 def _figures(spec, designs: tuple[str, ...], where: str) -> tuple[str, ...]:
