@@ -30,7 +30,7 @@ from torch import Tensor
 from bayesneuron.inference.diagnostics import khat_threshold, psis_weights
 from bayesneuron.inference.whitened import WhitenedModel
 
-__all__ = ["T_DF", "StudentTMixture", "adaptive_importance", "importance_resample"]
+__all__ = ["T_DF", "StudentTMixture", "adaptive_importance", "importance_resample", "log_target"]
 
 T_DF = 5
 """Degrees of freedom of the proposals' Student-t components (an integer: χ² from normals)."""
@@ -114,12 +114,16 @@ def fit_mixture(z: Tensor, log_w: np.ndarray, n_components: int, seed: int) -> S
     return StudentTMixture(mu, torch.linalg.cholesky(cov), logpi)
 
 
-def _weights(wm: WhitenedModel, q: StudentTMixture, n: int, gen, chunk: int = 500):
+def log_target(wm: WhitenedModel, z: Tensor, chunk: int = 500) -> Tensor:
+    """``log p(z, data)`` ``[n]`` of whitened points ``z [n, P]``, ``chunk`` at a time, no graph."""
+    with torch.no_grad():
+        return torch.cat([wm.log_joint(z[i : i + chunk]) for i in range(0, z.shape[0], chunk)])
+
+
+def _weights(wm: WhitenedModel, q: StudentTMixture, n: int, gen):
     """``(z [n, P], PSIS-smoothed log weights [n], k̂)`` of ``n`` draws from ``q``."""
     z = q.sample(n, gen)
-    with torch.no_grad():
-        log_p = torch.cat([wm.log_joint(z[i : i + chunk]) for i in range(0, n, chunk)])
-    lw, k = psis_weights(log_p - q.log_prob(z))
+    lw, k = psis_weights(log_target(wm, z) - q.log_prob(z))
     return z, lw, k
 
 

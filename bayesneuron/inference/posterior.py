@@ -45,7 +45,11 @@ from bayesneuron.inference.diagnostics import (
     min_ess,
     psis_weights,
 )
-from bayesneuron.inference.importance import adaptive_importance, importance_resample
+from bayesneuron.inference.importance import (
+    adaptive_importance,
+    importance_resample,
+    log_target,
+)
 from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.nuts import run_nuts
 from bayesneuron.inference.svi import GUIDES, fit_svi
@@ -251,11 +255,6 @@ def _passes(method: str, d: dict) -> tuple[bool, str]:
     return not reason, reason
 
 
-def _log_target(wm: WhitenedModel, z: torch.Tensor, chunk: int = 500) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([wm.log_joint(z[i : i + chunk]) for i in range(0, z.shape[0], chunk)])
-
-
 def _laplace_checked(model, v, lap, num_samples, psis_samples, seed):
     """The Laplace approximation's draws, checked by PSIS on ``psis_samples`` fresh draws."""
     wm = WhitenedModel(model, v, lap)
@@ -264,6 +263,6 @@ def _laplace_checked(model, v, lap, num_samples, psis_samples, seed):
     z = z.to(wm.center.device)
     zs = z[num_samples:]
     log_q = torch.distributions.Normal(0.0, 1.0).log_prob(zs).sum(-1)
-    _, k = psis_weights(_log_target(wm, zs) - log_q)
+    _, k = psis_weights(log_target(wm, zs) - log_q)
     samples = {x: y[None].cpu().numpy() for x, y in wm.params(z[:num_samples]).items()}
     return samples, {}, {"khat": k, "khat_threshold": khat_threshold(psis_samples)}, None

@@ -65,7 +65,7 @@ from bayesneuron.optimal_design import (
 from bayesneuron.reference.paper import paper_experiment, paper_ground_truth, preset_priors
 from bayesneuron.reports.figures import subplots
 from bayesneuron.simulation.solvers import CrankNicolson
-from bayesneuron.studies.optimal_design import design_tag, initial_parameters
+from bayesneuron.studies.optimal_design import design_tag, initial_parameters, refine_on_contraction
 from bayesneuron.studies.output import write_csv
 
 TWO = "all|all;[0,1,-1]|all"
@@ -145,12 +145,10 @@ def optimised_model(design: Design, s: Settings, out: Path | None = None):
     res = optimize_stimulus(problem, fam, cfg, init=init)
     best_start = s.init.split(",")[res.best_start]
     if s.refine_steps:  # second stage from the first one's best point (module docstring)
-        problem = problem_from_model(
-            base, s.theta_opt, s.seed, solver=problem.solver, criterion="contraction"
-        )  # a new problem, not dataclasses.replace: its sampler must draw for this criterion
-        ckpt = None if ckpt is None else ckpt.with_suffix(".refine.pt")
-        cfg = dataclasses.replace(cfg, steps=s.refine_steps, n_starts=1, checkpoint=ckpt)
-        res = optimize_stimulus(problem, fam, cfg, init=[res.z])
+        res, problem = refine_on_contraction(
+            base, fam, cfg, res, steps=s.refine_steps, n_theta=s.theta_opt, seed=s.seed,
+            solver=problem.solver, checkpoint=None if ckpt is None else ckpt.with_suffix(".refine.pt"),
+        )  # fmt: skip
     stim = dataclasses.replace(res.stimulus, values=res.stimulus.values.detach().clone())
     model = NeuronModel(
         base.cell, stim, base.t_eval, design, priors=preset_priors("paper"), sigma=1.0,
