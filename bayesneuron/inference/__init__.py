@@ -29,6 +29,7 @@ from bayesneuron.inference.posterior import LADDER, CheckedPosterior, checked_po
 from bayesneuron.inference.priors import LogNormalPrior, NormalPrior, Prior, ScaledUniformPrior
 from bayesneuron.inference.profile import Profile, profile_likelihood
 from bayesneuron.inference.results import PosteriorResult
+from bayesneuron.inference.smc import tempered_smc
 from bayesneuron.inference.space import ParameterSpace, prior_draws, start_points
 from bayesneuron.inference.svi import SviFit, fit_svi
 from bayesneuron.inference.synthetic import draw_truth, synthetic_data
@@ -80,4 +81,5 @@ __all__ = [
     "sbc",
     "start_points",
     "synthetic_data",
+    "tempered_smc",
 ]

@@ -84,6 +84,7 @@ def run_nuts(
     num_chains: int = 2,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 8,
+    full_mass: bool = False,
     laplace: UnconstrainedLaplace | None = None,
     inits: Sequence[Tensor] | None = None,
     seed: int = 0,
@@ -92,7 +93,9 @@ def run_nuts(
     """Sample the posterior of ``model`` given ``v_obs`` with NUTS, chains one after another.
 
     ``init`` is a mode (e.g. a MAP), name → ``[comp]``; the chains start near it (whitened
-    coordinates z drawn from N(0, 0.5²)) and adapt step size and a diagonal mass matrix.
+    coordinates z drawn from N(0, 0.5²)) and adapt step size and a diagonal mass matrix
+    (``full_mass``: a dense one, for a posterior whose correlations the Laplace approximation
+    at the mode does not capture, e.g. a rugged ridge).
     ``inits``: unconstrained starting points ``u`` ``[P]`` (e.g. the centres of several
     modes' Laplace approximations); chain ``c`` starts at ``inits[c % len(inits)]``, so
     chains started in different modes show a multi-modal posterior in R̂.
@@ -114,6 +117,7 @@ def run_nuts(
         warmup_steps=warmup_steps,
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
+        full_mass=full_mass,
         progress=progress,
     )
     draws, stats = [], {"diverging": [], "step_size": []}
@@ -144,6 +148,7 @@ def _chain(
     warmup_steps,
     target_accept_prob,
     max_tree_depth,
+    full_mass,
     progress,
 ):
     """One chain from ``start + N(0, 0.1²)`` (``start`` ``z``; None: ``z ~ N(0, 0.5²)``):
@@ -154,6 +159,7 @@ def _chain(
         potential_fn=lambda p: -wm.log_joint(p["z"]),  # no Pyro tracing per step
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
+        full_mass=full_mass,
     )
     steps = []
 

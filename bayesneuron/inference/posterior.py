@@ -15,6 +15,10 @@ result is checked, and where it fails the next, more expensive method is tried (
                    rounds (mixture PMC)
     "nuts"         NUTS, chains started at the modes  passes: R̂ ≤ 1.01, bulk and tail
                                                       ESS ≥ 100 per chain, no divergences
+    "smc"          tempered SMC from the prior, 2     passes: R̂ ≤ 1.01, bulk and tail
+                   independent populations (not     ESS ≥ 100 per population, β
+                   started at the modes: for rugged reached 1
+                   posteriors the modes miss)
 
 (``"laplace"`` — the Laplace approximation, checked by PSIS like a guide — may be put in a
 ladder too.) The first method that passes gives the reported posterior
@@ -52,6 +56,7 @@ from bayesneuron.inference.importance import (
 )
 from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.nuts import run_nuts
+from bayesneuron.inference.smc import tempered_smc
 from bayesneuron.inference.svi import GUIDES, fit_svi
 from bayesneuron.inference.whitened import WhitenedModel
 
@@ -127,6 +132,7 @@ def checked_posterior(
     psis_samples: int = 2000,
     svi: Mapping | None = None,
     nuts: Mapping | None = None,
+    smc: Mapping | None = None,
     laplace: UnconstrainedLaplace | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -142,7 +148,8 @@ def checked_posterior(
             :data:`~.svi.GUIDES`), ``"importance"``, ``"adaptive_importance"``, ``"nuts"``.
         num_samples: posterior draws reported (per chain for NUTS).
         psis_samples: fresh draws for k̂ (SVI, Laplace); twice as many for ``"importance"``.
-        svi, nuts: keyword arguments for :func:`~.svi.fit_svi` / :func:`~.nuts.run_nuts`.
+        svi, nuts, smc: keyword arguments for :func:`~.svi.fit_svi` /
+            :func:`~.nuts.run_nuts` / :func:`~.smc.tempered_smc`.
         laplace: a precomputed :func:`~.laplace.laplace_map` at the best mode.
         seed: seeds every method (locally; the global RNGs are left as they were).
     """
@@ -150,10 +157,13 @@ def checked_posterior(
     if not modes:
         raise FitError("checked_posterior needs at least one mode to start from")
     for m in ladder:
-        if m not in ("laplace", "nuts", *IMPORTANCE) and m.removeprefix("svi:") not in GUIDES:
+        if (
+            m not in ("laplace", "nuts", "smc", *IMPORTANCE)
+            and m.removeprefix("svi:") not in GUIDES
+        ):
             raise FitError(
-                f"unknown method {m!r} in the ladder; use {LADDER}, 'laplace' or "
-                "'adaptive_importance'"
+                f"unknown method {m!r} in the ladder; use {LADDER}, 'laplace', "
+                "'adaptive_importance' or 'smc'"
             )
     v_obs = model.check_data(v_obs)
     lap = laplace or laplace_map(model, v_obs, modes[0], progress=progress)
@@ -162,7 +172,7 @@ def checked_posterior(
     for method in ladder:
         t0 = time.perf_counter()
         samples, stats, diag, hist = _run(
-            method, model, v_obs, laps, num_samples, psis_samples, svi, nuts, seed, progress
+            method, model, v_obs, laps, num_samples, psis_samples, (svi, nuts, smc), seed, progress
         )
         ok, reason = _passes(method, diag)
         attempts.append(Attempt(method, ok, reason, diag, time.perf_counter() - t0))
@@ -196,13 +206,19 @@ def _misfit_reason(fit: dict) -> str:
     )
 
 
-def _run(method, model, v, laps, num_samples, psis_samples, svi, nuts, seed, progress):
-    """``(samples [chain, draw, …], sample_stats, diagnostics, elbo)`` of one method."""
+def _run(method, model, v, laps, num_samples, psis_samples, options, seed, progress):
+    """``(samples [chain, draw, …], sample_stats, diagnostics, elbo)`` of one method;
+    ``options``: the ``svi``, ``nuts`` and ``smc`` keyword arguments."""
+    svi, nuts, smc = options
     if method == "laplace":
         return _laplace_checked(model, v, laps[0], num_samples, psis_samples, seed)
     if method in IMPORTANCE:
         run = importance_resample if method == "importance" else adaptive_importance
         samples, diag = run(model, v, laps, num_samples, 2 * psis_samples, seed)
+        return samples, {}, diag, None
+    if method == "smc":
+        kw = dict(num_samples=num_samples, seed=seed, progress=progress) | dict(smc or {})
+        samples, diag = tempered_smc(model, v, laps[0], **kw)
         return samples, {}, diag, None
     if method == "nuts":
         kw = dict(num_samples=num_samples, warmup_steps=300, num_chains=2) | dict(nuts or {})
@@ -236,7 +252,7 @@ def _run(method, model, v, laps, num_samples, psis_samples, svi, nuts, seed, pro
 
 def _passes(method: str, d: dict) -> tuple[bool, str]:
     """Whether ``method``'s diagnostics ``d`` pass, and if not why."""
-    if method == "nuts":
+    if method in ("nuts", "smc"):
         need = min_ess(d["num_chains"])
         fails = [
             f"R̂ {d['rhat_max']:.3f} > {RHAT_MAX}" if not d["rhat_max"] <= RHAT_MAX else "",
@@ -244,7 +260,8 @@ def _passes(method: str, d: dict) -> tuple[bool, str]:
             f"tail ESS {d['ess_tail_min']:.0f} < {need:.0f}"
             if not d["ess_tail_min"] >= need
             else "",
-            f"{d['num_divergences']} divergences" if d["num_divergences"] else "",
+            f"{d['num_divergences']} divergences" if d.get("num_divergences") else "",
+            f"stopped at β {d['beta_final']:.3g} < 1" if d.get("beta_final", 1.0) < 1 else "",
         ]
     else:
         k, thr = d["khat"], d["khat_threshold"]

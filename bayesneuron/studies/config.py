@@ -29,7 +29,8 @@ The config (every key checked; unknown keys are errors)::
                   (methods tried until one passes its checks, default [guide, "svi:iaf",
                   "importance"] for SVI; see bayesneuron.inference.posterior), map_windows
                   (the MAP's continuation over time windows, as [[run]] windows),
-                  psis_samples (draws for each method's k̂ check, default 2000)
+                  psis_samples (draws for each method's k̂ check, default 2000),
+                  smc_particles (per population of the "smc" rung, default 512)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report;
                   variants: the preset's variants to analyse (default its first)
     [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)
@@ -71,7 +72,13 @@ from bayesneuron.protocol.design import Design
 from bayesneuron.simulation.solvers import BACKENDS
 from bayesneuron.studies import expected as expected_table
 from bayesneuron.studies.experiment import build_experiment, prior_spec, variant_seeds_problem
-from bayesneuron.studies.infer_config import DESIGN_COLUMNS, INFER_KEYS, METHODS, Infer
+from bayesneuron.studies.infer_config import (
+    DESIGN_COLUMNS,
+    INFER_KEYS,
+    METHODS,
+    Infer,
+    ladder_problem,
+)
 from bayesneuron.studies.tables import table_columns
 
 if sys.version_info >= (3, 11):
@@ -428,15 +435,6 @@ def _apply_smoke(study: Study, sm: dict) -> None:
     study.laplace = study.laplace[:2]
 
 
-def _check_ladder(ladder, where: str) -> None:
-    """``ladder``: a non-empty list of methods of :mod:`bayesneuron.inference.posterior`."""
-    from bayesneuron.inference.svi import GUIDES
-
-    known = ("laplace", "importance", "adaptive_importance", "nuts", *(f"svi:{g}" for g in GUIDES))
-    if ladder is not None and (not ladder or any(m not in known for m in ladder)):
-        raise StudyError(f"{where}: ladder {ladder!r} must list methods among {list(known)}")
-
-
 def _load_infers(study: Study, infers: list, path: Path) -> None:
     for i, r in enumerate(infers):
         where = f"{path.name} [[infer]] #{i + 1}"
@@ -461,11 +459,14 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
         ):
             if key in r and r[key] < 1:
                 raise StudyError(f"{where}: {key} must be ≥ 1")
+        if r.get("smc_particles", 2) < 2:
+            raise StudyError(f"{where}: smc_particles must be ≥ 2")
         if r.get("map_init", "starts") not in ("starts", "truth"):
             raise StudyError(f"{where}: map_init must be 'starts' or 'truth'")
         if r.get("noise_sigma", 0) < 0 or r.get("warmup_steps", 0) < 0:
             raise StudyError(f"{where}: noise_sigma and warmup_steps must be ≥ 0")
-        _check_ladder(r.get("ladder"), where)
+        if problem := ladder_problem(r.get("ladder")):
+            raise StudyError(f"{where}: {problem}")
         kw = {k: v for k, v in r.items() if k not in ("name", "designs", "method")}
         for key in ("ladder", "map_windows"):
             if key in kw:

@@ -26,6 +26,7 @@ INFER_KEYS = {
     "ladder": list,
     "map_windows": list,
     "psis_samples": int,
+    "smc_particles": int,
 }
 METHODS = ("svi", "laplace", "nuts")
 DESIGN_COLUMNS = (
@@ -63,6 +64,7 @@ class Infer:
     ladder: tuple[str, ...] | None = None
     map_windows: tuple[int, ...] = ()
     psis_samples: int = 2000  # fresh draws for each method's k̂ check (importance: twice)
+    smc_particles: int = 512  # per population of the "smc" rung (two populations)
 
     def methods(self) -> tuple[str, ...]:
         """The posterior methods tried in turn (:mod:`bayesneuron.inference.posterior`):
@@ -73,3 +75,15 @@ class Infer:
         if self.method == "svi":
             return tuple(dict.fromkeys((f"svi:{self.guide}", "svi:iaf", "importance")))
         return (self.method,)
+
+
+def ladder_problem(ladder) -> str | None:
+    """What is wrong with a ``ladder`` (a non-empty list of methods of
+    :mod:`bayesneuron.inference.posterior`), or None."""
+    from bayesneuron.inference.svi import GUIDES
+
+    known = ("laplace", "importance", "adaptive_importance", "nuts", "smc")
+    known += tuple(f"svi:{g}" for g in GUIDES)
+    if ladder is not None and (not ladder or any(m not in known for m in ladder)):
+        return f"ladder {ladder!r} must list methods among {list(known)}"
+    return None

@@ -82,6 +82,7 @@ def _posterior(inf, model, v, mp, seed: int, progress: bool):
             window=min(50, max(1, inf.max_steps // 2)),
         ),
         nuts=dict(warmup_steps=inf.warmup_steps, num_chains=inf.num_chains),
+        smc=dict(n_particles=inf.smc_particles),
         seed=seed,
         progress=progress,
     )
@@ -108,6 +109,9 @@ _DIAGNOSTICS = (
     "ess_bulk_min",
     "ess_tail_min",
     "num_divergences",
+    "log_evidence",
+    "log_evidence_spread",
+    "n_stages",
     "rounds",
     "khat_rounds",
     "map_fit_z",
