@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from bayesneuron.errors import FitError
-from bayesneuron.inference.diagnostics import chain_diagnostics
+from bayesneuron.inference.diagnostics import RHAT_MAX, chain_diagnostics
 from bayesneuron.inference.importance import fit_mixture
 from bayesneuron.inference.laplace import log_likelihood
 from bayesneuron.inference.space import prior_draws
@@ -114,7 +114,7 @@ def tempered_smc(
                 progress=progress,
             )
         )
-    settled, rhat = _settle(runs, wm.log_prior, lambda z: _loglik(wm, z), seed, max_settle)
+    settled = _settle(runs, wm.log_prior, lambda z: _loglik(wm, z), seed, max_settle)
     keep = min(num_samples, n_particles)
     z = torch.stack([r["z"][:keep] for r in runs])  # [population, draw, P]
     with torch.no_grad():
@@ -173,16 +173,15 @@ def temper(
             if acc_i >= _IMH_MIN:  # an independence sampler that is never accepted is dropped
                 z, lp, ll, acc_i = _independence(target, z, lp, ll, q, gen)
                 n_sim += n
-            z, lp, ll, acc = _metropolis(target, z, lp, ll, chol, gen)
+            z, lp, ll, acc, chol, scale = _walk(target, z, lp, ll, chol, scale, gen)
             n_sim, moves = n_sim + n, moves + 1
-            scale *= math.exp(acc - _TARGET_ACCEPT)
-            chol = chol * math.exp(acc - _TARGET_ACCEPT)
         stages += 1
-        worst = max(worst, _correlation(start, z))
+        corr = _correlation(start, z)
+        worst = max(worst, corr)
         if progress:
             print(
                 f"  SMC stage {stages}: β {beta:.4f}, acceptance independence {acc_i:.2f} "
-                f"random walk {acc:.2f}, {moves} sweeps, correlation {_correlation(start, z):.2f}"
+                f"random walk {acc:.2f}, {moves} sweeps, correlation {corr:.2f}"
             )
     perm = torch.randperm(n, generator=gen).to(dev)
     return {
@@ -201,9 +200,7 @@ def temper(
 
 def _settle(runs: list[dict], log_prior, log_lik, seed: int, max_sweeps: int):
     """Random-walk sweeps at β = 1 of every population that reached it (in place), 5 at a
-    time, until R̂ of ``z`` over the populations is ≤ 1.01: ``(sweeps, R̂)``."""
-    from bayesneuron.inference.diagnostics import RHAT_MAX
-
+    time, until R̂ of ``z`` over the populations is ≤ 1.01: the sweeps done."""
     done = [r for r in runs if r["beta"] >= 1.0]
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     rhat, sweeps = _rhat(done), 0
@@ -211,16 +208,13 @@ def _settle(runs: list[dict], log_prior, log_lik, seed: int, max_sweeps: int):
         for r in done:
             chol = _proposal_chol(r["z"]) * r["scale"]
             for _ in range(5):
-                r["z"], r["lp"], r["ll"], acc = _metropolis(
-                    (log_prior, log_lik, 1.0), r["z"], r["lp"], r["ll"], chol, gen
+                r["z"], r["lp"], r["ll"], r["accept"], chol, r["scale"] = _walk(
+                    (log_prior, log_lik, 1.0), r["z"], r["lp"], r["ll"], chol, r["scale"], gen
                 )
                 r["n_sim"] += r["z"].shape[0]
-                r["scale"] *= math.exp(acc - _TARGET_ACCEPT)
-                chol = chol * math.exp(acc - _TARGET_ACCEPT)
-            r["accept"] = acc
         sweeps += 5
         rhat = _rhat(done)
-    return sweeps, rhat
+    return sweeps
 
 
 def _rhat(runs: list[dict]) -> float:
@@ -304,6 +298,14 @@ def _accept(z, lp, ll, prop, lp2, ll2, log_a, gen):
     z = torch.where(take[:, None], prop, z)
     lp, ll = torch.where(take, lp2, lp), torch.where(take, ll2, ll)
     return z, lp, ll, float(take.double().mean())
+
+
+def _walk(target, z, lp, ll, chol: Tensor, scale: float, gen):
+    """A random-walk sweep, then its step (``chol`` and the ``scale`` it carries between
+    stages) adapted towards :data:`_TARGET_ACCEPT`: ``(z, lp, ll, acceptance, chol, scale)``."""
+    z, lp, ll, acc = _metropolis(target, z, lp, ll, chol, gen)
+    f = math.exp(acc - _TARGET_ACCEPT)
+    return z, lp, ll, acc, chol * f, scale * f
 
 
 def _metropolis(target, z, lp, ll, chol: Tensor, gen):
