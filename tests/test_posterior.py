@@ -284,6 +284,8 @@ INFER = '[study]\nname = "x"\n[[infer]]\ndesigns = ["all|all"]\n'
         ("warmup_steps = -1\n", "warmup_steps must be ≥ 0"),
         ('num_samples = "many"\n', "wrong type"),
         ("particles = 4\n", "unknown key 'particles'"),
+        ("map_horizons = [0]\n", "map_horizons must list integers"),
+        ('map_windows = ["8"]\n', "map_windows must list integers"),
     ],
 )
 def test_infer_config_errors(tmp_path, capsys, extra, match):
@@ -296,6 +298,22 @@ def test_infer_config_errors(tmp_path, capsys, extra, match):
         load_study(d)
     assert main(["study", "run", str(d), "--out", str(tmp_path / "out")]) != 0
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_infer_map_horizons_reach_the_map(tmp_path):
+    """``map_horizons = []`` fits the plain objective; unset, the fit's default continuation."""
+    from bayesneuron.studies.config import load_study
+    from bayesneuron.studies.posteriors import _horizons
+
+    d = tmp_path / "study"
+    d.mkdir()
+    (d / "config.toml").write_text(INFER + "map_horizons = []\n")
+    inf = load_study(d).infers[0]
+    assert inf.map_horizons == () and _horizons(inf, None) == ()
+    (d / "config.toml").write_text(INFER + "map_horizons = [2, 8]\nmap_windows = [4]\n")
+    assert _horizons(load_study(d).infers[0], None) == (2, 8)
+    (d / "config.toml").write_text(INFER)
+    assert _horizons(load_study(d).infers[0], None) is None
 
 
 @pytest.mark.gpu

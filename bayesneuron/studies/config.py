@@ -29,6 +29,7 @@ The config (every key checked; unknown keys are errors)::
                   (methods tried until one passes its checks, default [guide, "svi:iaf",
                   "importance"] for SVI; see bayesneuron.inference.posterior), map_windows
                   (the MAP's continuation over time windows, as [[run]] windows),
+                  map_horizons (its multiple-shooting horizons; [] fits the plain objective),
                   psis_samples (draws for each method's k̂ check, default 2000),
                   smc_particles (per population of the "smc" rung, default 512)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report;
@@ -77,7 +78,7 @@ from bayesneuron.studies.infer_config import (
     INFER_KEYS,
     METHODS,
     Infer,
-    ladder_problem,
+    infer_problem,
 )
 from bayesneuron.studies.tables import table_columns
 
@@ -441,40 +442,16 @@ def _load_infers(study: Study, infers: list, path: Path) -> None:
         if not isinstance(r, dict):
             raise StudyError(f"{where}: must be a table")
         _check(r, INFER_KEYS, where)
-        method = r.get("method", "svi")
-        if method not in METHODS:
-            raise StudyError(f"{where}: method {method!r} unknown; use one of {list(METHODS)}")
-        from bayesneuron.inference.svi import GUIDES
-
-        if r.get("guide", "mvn") not in GUIDES:
-            raise StudyError(f"{where}: guide {r['guide']!r} unknown; use one of {sorted(GUIDES)}")
-        for key in (
-            "num_particles",
-            "max_steps",
-            "num_samples",
-            "map_starts",
-            "map_steps",
-            "num_chains",
-            "psis_samples",
-        ):
-            if key in r and r[key] < 1:
-                raise StudyError(f"{where}: {key} must be ≥ 1")
-        if r.get("smc_particles", 2) < 2:
-            raise StudyError(f"{where}: smc_particles must be ≥ 2")
-        if r.get("map_init", "starts") not in ("starts", "truth"):
-            raise StudyError(f"{where}: map_init must be 'starts' or 'truth'")
-        if r.get("noise_sigma", 0) < 0 or r.get("warmup_steps", 0) < 0:
-            raise StudyError(f"{where}: noise_sigma and warmup_steps must be ≥ 0")
-        if problem := ladder_problem(r.get("ladder")):
+        if problem := infer_problem(r):
             raise StudyError(f"{where}: {problem}")
         kw = {k: v for k, v in r.items() if k not in ("name", "designs", "method")}
-        for key in ("ladder", "map_windows"):
+        for key in ("ladder", "map_windows", "map_horizons"):
             if key in kw:
                 kw[key] = tuple(kw[key])
         study.infers.append(
             Infer(
                 name=r.get("name", f"infer{i + 1}"),
-                method=method,
+                method=r.get("method", "svi"),
                 designs=_designs(r.get("designs", "grid"), where, study.preset),
                 **kw,
             )

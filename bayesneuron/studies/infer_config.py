@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from bayesneuron.protocol.design import Design
 
-__all__ = ["DESIGN_COLUMNS", "INFER_KEYS", "METHODS", "Infer"]
+__all__ = ["DESIGN_COLUMNS", "INFER_KEYS", "METHODS", "Infer", "infer_problem"]
 
 INFER_KEYS = {
     "name": str,
@@ -25,6 +25,7 @@ INFER_KEYS = {
     "noise_sigma": float,
     "ladder": list,
     "map_windows": list,
+    "map_horizons": list,
     "psis_samples": int,
     "smc_particles": int,
 }
@@ -63,6 +64,7 @@ class Infer:
     noise_sigma: float | None = None
     ladder: tuple[str, ...] | None = None
     map_windows: tuple[int, ...] = ()
+    map_horizons: tuple[int, ...] | None = None  # None: the fit's default continuation
     psis_samples: int = 2000  # fresh draws for each method's k̂ check (importance: twice)
     smc_particles: int = 512  # per population of the "smc" rung (two populations)
 
@@ -75,6 +77,34 @@ class Infer:
         if self.method == "svi":
             return tuple(dict.fromkeys((f"svi:{self.guide}", "svi:iaf", "importance")))
         return (self.method,)
+
+
+def infer_problem(r: dict) -> str | None:
+    """What is wrong with the values of an ``[[infer]]`` table ``r`` (keys and types already
+    checked against :data:`INFER_KEYS`), or None."""
+    from bayesneuron.inference.svi import GUIDES
+
+    method = r.get("method", "svi")
+    if method not in METHODS:
+        return f"method {method!r} unknown; use one of {list(METHODS)}"
+    if r.get("guide", "mvn") not in GUIDES:
+        return f"guide {r['guide']!r} unknown; use one of {sorted(GUIDES)}"
+    counts = ("num_particles", "max_steps", "num_samples", "map_starts", "map_steps")
+    for key in (*counts, "num_chains", "psis_samples"):
+        if key in r and r[key] < 1:
+            return f"{key} must be ≥ 1"
+    if r.get("smc_particles", 2) < 2:
+        return "smc_particles must be ≥ 2"
+    if r.get("map_init", "starts") not in ("starts", "truth"):
+        return "map_init must be 'starts' or 'truth'"
+    if r.get("noise_sigma", 0) < 0 or r.get("warmup_steps", 0) < 0:
+        return "noise_sigma and warmup_steps must be ≥ 0"
+    for key in ("map_windows", "map_horizons"):
+        if not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in r.get(key, [])
+        ):
+            return f"{key} must list integers ≥ 1 (output times)"
+    return ladder_problem(r.get("ladder"))
 
 
 def ladder_problem(ladder) -> str | None:

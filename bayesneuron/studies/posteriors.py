@@ -167,13 +167,21 @@ def _map(inf, model, v, truth, seed: int, progress: bool):
         v,
         truth=truth,
         init=init,
-        horizons=() if init is not None or inf.map_windows else None,  # see map_windows
+        horizons=_horizons(inf, init),
         windows=inf.map_windows if init is None else (),  # from the truth: no continuation
         n_starts=inf.map_starts,
         max_steps=inf.map_steps,
         seed=seed,
         progress=progress,
     )
+
+
+def _horizons(inf, init) -> tuple[int, ...] | None:
+    """The MAP's multiple-shooting horizons: ``map_horizons`` if given; none from the truth
+    or with time windows (see ``map_windows``); else the fit's default (None)."""
+    if inf.map_horizons is not None:
+        return inf.map_horizons
+    return () if init is not None or inf.map_windows else None
 
 
 def _design_row(inf, model, mp, met, extras: dict) -> dict:
