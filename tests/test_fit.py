@@ -177,6 +177,14 @@ def test_fit_bad_data_and_models():
     other = small(n_times=8)
     with pytest.raises(FitError, match="must share"):
         fit_map_designs([model, other], [v, v])
+    import dataclasses
+
+    looped = dataclasses.replace(  # the same tree with one more axial edge: another cell
+        CELL, morphology=dataclasses.replace(CELL.morphology, loops=[[0, 2]], loop_axial=[0.1])
+    )
+    other = NeuronModel(looped, model.stimulus, model.t_eval, solver=SOLVER, priors=model.priors)
+    with pytest.raises(FitError, match="must share"):
+        fit_map_designs([model, other], [v, v])
 
 
 # torch's forward-AD decompositions still use torch.jit.script internally (torch 2.13)

@@ -127,7 +127,7 @@ def _same_cell(a, b) -> bool:
         ma.names == mb.names
         and all(
             np.array_equal(getattr(ma, k), getattr(mb, k))
-            for k in ("parents", "axial", "area", "cm")
+            for k in ("parents", "axial", "area", "cm", "loops", "loop_axial")
         )
         and a.channels == b.channels
         and a.v0 == b.v0
