@@ -42,39 +42,48 @@ def _file(label: str) -> str:
     return safe_label(label)
 
 
+def _setup(study, label: str):
+    """The study's data for design ``label`` and its MAP (never the truth): ``(model, v,
+    truth, modes, laps)``, the Laplace approximations at the modes, best first."""
+    from bayesneuron.inference.fit import fit_map
+    from bayesneuron.inference.laplace import laplace_map
+    from bayesneuron.studies.experiment import build_experiment
+
+    inf = study.infers[0]
+    design = next(d for d in inf.designs if d.label == label)
+    model, v, truth = build_experiment(study, design, study.priors, "cpu", inf.noise_sigma)
+    mp = fit_map(
+        model,
+        v,
+        truth=truth,
+        horizons=(),
+        windows=inf.map_windows,
+        n_starts=inf.map_starts,
+        max_steps=inf.map_steps,
+        seed=study.seed,
+        progress=False,
+    )
+    modes = mp.modes()
+    return model, v, truth, modes, [laplace_map(model, v, m, progress=False) for m in modes]
+
+
 def run(args) -> None:
-    """Run ``args.method`` on every design; write its draws and diagnostics."""
+    """Run ``args.method`` on every design; write its draws and diagnostics. With
+    ``--population J`` (SMC): population ``J`` alone (seed ``seed + J``, no settling at β = 1),
+    to ``smc/<design>.pop<J>.*``; ``merge`` joins such files."""
     import torch
 
     from bayesneuron.inference.diagnostics import chain_diagnostics
-    from bayesneuron.inference.fit import fit_map
-    from bayesneuron.inference.laplace import laplace_map
     from bayesneuron.inference.nuts import run_nuts
     from bayesneuron.inference.smc import tempered_smc
     from bayesneuron.studies.config import load_study
-    from bayesneuron.studies.experiment import build_experiment
 
     torch.set_num_threads(args.threads)
-    study = load_study(args.study)
-    inf = study.infers[0]
+    study = load_study(args.study, smoke=args.smoke)
     args.out.mkdir(parents=True, exist_ok=True)
     for label in args.designs:
-        design = next(d for d in inf.designs if d.label == label)
         t0 = time.perf_counter()
-        model, v, truth = build_experiment(study, design, study.priors, "cpu", inf.noise_sigma)
-        mp = fit_map(
-            model,
-            v,
-            truth=truth,
-            horizons=(),
-            windows=inf.map_windows,
-            n_starts=inf.map_starts,
-            max_steps=inf.map_steps,
-            seed=study.seed,
-            progress=False,
-        )
-        modes = mp.modes()
-        laps = [laplace_map(model, v, m, progress=False) for m in modes]
+        model, v, truth, modes, laps = _setup(study, label)
         if args.method == "nuts":
             res = run_nuts(
                 model,
@@ -95,13 +104,16 @@ def run(args) -> None:
                 "num_divergences": res.num_divergences,
             }
         else:
+            one = args.population is not None
             samples, diag = tempered_smc(
                 model,
                 v,
                 laps[0],
+                num_samples=args.particles,
                 n_particles=args.particles,
-                max_settle=args.settle,
-                seed=args.seed,
+                n_populations=1 if one else args.chains,
+                max_settle=0 if one else args.settle,
+                seed=args.seed + (args.population or 0),
                 progress=not args.quiet,
             )
         diag |= {
@@ -110,17 +122,116 @@ def run(args) -> None:
             "wall_s": time.perf_counter() - t0,
             "settings": vars(args) | {"out": str(args.out), "study": str(args.study)},
         }
-        stem = args.out / args.method / _file(label)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(stem.with_suffix(".npz"), **samples)
-        stem.with_suffix(".json").write_text(json.dumps(diag, indent=1, default=str))
+        tag = "" if args.population is None else f".pop{args.population}"
+        _save(args.out / args.method / (_file(label) + tag), samples, diag)
         print(
-            f"{label:>16}  {args.method}  R̂ {diag['rhat_max']:.3f}  ESS bulk "
+            f"{label:>16}  {args.method}{tag}  R̂ {diag['rhat_max']:.3f}  ESS bulk "
             f"{diag['ess_bulk_min']:.0f} tail {diag['ess_tail_min']:.0f}  "
             f"divergences {diag.get('num_divergences', '-')}  max|z| truth "
             f"{diag['max_abs_z']:.2f}  {diag['wall_s']:.0f} s",
             flush=True,
         )
+
+
+def _save(stem: Path, samples: dict, diag: dict) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(str(stem) + ".npz", **samples)
+    Path(str(stem) + ".json").write_text(json.dumps(diag, indent=1, default=str))
+
+
+def merge(args) -> None:
+    """Join the single-population SMC runs ``smc/<design>.pop*`` (run side by side, one per
+    process) into ``smc/<design>.*``: the populations as chains, checked like ``run``'s."""
+    from bayesneuron.inference.diagnostics import chain_diagnostics
+    from bayesneuron.studies.config import load_study
+    from bayesneuron.studies.experiment import build_experiment
+
+    study = load_study(args.study, smoke=args.smoke)
+    inf = study.infers[0]
+    for label in args.designs:
+        parts = sorted((args.out / "smc").glob(_file(label) + ".pop*.npz"))
+        if len(parts) < 2:
+            print(f"{label:>16}  fewer than 2 populations", file=sys.stderr)
+            continue
+        draws = [dict(np.load(f)) for f in parts]
+        diags = [json.loads(f.with_suffix(".json").read_text()) for f in parts]
+        samples = {k: np.concatenate([d[k] for d in draws]) for k in draws[0]}
+        design = next(d for d in inf.designs if d.label == label)
+        truth = build_experiment(study, design, study.priors, "cpu", inf.noise_sigma)[2]
+        diag = chain_diagnostics(samples) | {
+            "num_chains": len(parts),
+            "beta_final": min(d["beta_final"] for d in diags),
+            "n_stages": max(d["n_stages"] for d in diags),
+            "log_evidence": " ".join(d["log_evidence"] for d in diags),
+            "stage_correlation_max": max(d["stage_correlation_max"] for d in diags),
+            "n_simulations": sum(d["n_simulations"] for d in diags),
+            "wall_s": max(d["wall_s"] for d in diags),
+            "max_abs_z": _max_abs_z(samples, truth),
+            "populations": [f.name for f in parts],
+        }
+        _save(args.out / "smc" / _file(label), samples, diag)
+        print(
+            f"{label:>16}  smc ({len(parts)} populations of {draws[0]['g_na'].shape[1]})  "
+            f"R̂ {diag['rhat_max']:.3f}  ESS bulk {diag['ess_bulk_min']:.0f}  log Z "
+            f"{diag['log_evidence']}  max|z| truth {diag['max_abs_z']:.2f}  "
+            f"{diag['wall_s']:.0f} s (slowest population)",
+            flush=True,
+        )
+
+
+def reweight(args) -> None:
+    """Importance sampling from a Student-t mixture fitted to a ``run``'s draws (the
+    populations pooled), refitted to its own weighted draws for ``--rounds`` rounds: can a
+    proposal that covers every region SMC found weigh them right? k̂ and ESS per round."""
+    import torch
+
+    from bayesneuron.inference.diagnostics import khat_threshold, psis_weights
+    from bayesneuron.inference.importance import fit_mixture, log_target
+    from bayesneuron.inference.whitened import WhitenedModel
+    from bayesneuron.studies.config import load_study
+
+    torch.set_num_threads(args.threads)
+    study = load_study(args.study, smoke=args.smoke)
+    out = {}
+    for label in args.designs:
+        got = _draws_of(args, args.method, label)
+        if got is None:
+            print(f"{label:>16}  missing a {args.method} run", file=sys.stderr)
+            continue
+        model, v, truth, _, laps = _setup(study, label)
+        wm = WhitenedModel(model, v, laps[0])
+        x = {k: torch.as_tensor(a.reshape(-1, a.shape[-1])) for k, a in got[0].items()}
+        z = wm.whiten(wm.space.unconstrain({k: x[k] for k in model.free}))
+        flat = np.full(z.shape[0], -np.log(z.shape[0]))
+        seeded = fit_mixture(z, flat, args.components, args.seed)
+        q, gen, rounds = seeded, torch.Generator().manual_seed(args.seed), []
+        for r in range(args.rounds):
+            zq = q.sample(args.proposals, gen)
+            lw, k = psis_weights(log_target(wm, zq) - q.log_prob(zq))
+            w = np.exp(lw - lw.max())
+            w /= w.sum()
+            draws = wm.params(
+                zq[torch.as_tensor(np.random.default_rng(r).choice(len(w), 1000, p=w))]
+            )
+            rounds.append(
+                {"khat": k, "ess": float(1 / np.sum(w**2)), "max_abs_z": _max_abs_z(
+                    {n: d[None].numpy() for n, d in draws.items()}, truth)}
+            )  # fmt: skip
+            print(
+                f"{label:>16}  round {r}: k̂ {k:.2f} (threshold "
+                f"{khat_threshold(args.proposals):.2f})  ESS {rounds[-1]['ess']:.0f}  "
+                f"max|z| truth {rounds[-1]['max_abs_z']:.2f}",
+                flush=True,
+            )
+            q = fit_mixture(zq, lw, args.components, args.seed + r + 1).mix(seeded, 0.1)
+        out[label] = {
+            "from": args.method,
+            "median_norm_whitened": float(z.norm(dim=1).median()),
+            "rounds": rounds,
+        }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 def _max_abs_z(samples: dict, truth: dict) -> float:
@@ -208,7 +319,7 @@ def compare(args) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["run", "compare"])
+    p.add_argument("what", choices=["run", "merge", "compare", "reweight"])
     p.add_argument("--method", choices=["nuts", "smc"], default="smc")
     p.add_argument("--reference", choices=["nuts", "smc"], default="smc")
     p.add_argument("--against", choices=["nuts", "smc"], default="nuts")
@@ -222,11 +333,16 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--samples", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--population", type=int, help="SMC: run this population alone (merge)")
+    p.add_argument("--components", type=int, default=8, help="reweight: mixture components")
+    p.add_argument("--proposals", type=int, default=4000, help="reweight: draws per round")
+    p.add_argument("--rounds", type=int, default=4, help="reweight: rounds")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="the study's [smoke] sizes (a test)")
     args = p.parse_args(argv)
-    run(args) if args.what == "run" else compare(args)
+    {"run": run, "merge": merge, "compare": compare, "reweight": reweight}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""Smoke test of ``benchmarks/rugged_posteriors.py``: single-population SMC runs, merged into
+one checked run, reweighted, compared with NUTS — on the study's smoke sizes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "rugged_posteriors.py"
+DESIGN = "[0]|all"
+
+
+def _run(tmp_path, *args):
+    cmd = [sys.executable, str(SCRIPT), *args, "--designs", DESIGN, "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [*cmd, "--smoke", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_populations_merge_reweight_and_compare(tmp_path):
+    for j in (0, 1):
+        out = _run(tmp_path, "run", "--method", "smc", "--particles", "16", "--population", str(j))
+        assert f"smc.pop{j}" in out
+    out = _run(tmp_path, "merge")
+    assert "2 populations of 16" in out
+    merged = json.loads((tmp_path / "smc" / "0__all.json").read_text())
+    assert merged["num_chains"] == 2 and len(merged["populations"]) == 2
+    assert merged["n_simulations"] > 2 * 16 and merged["beta_final"] == 1.0
+    log_z = [float(x) for x in merged["log_evidence"].split()]
+    assert len(log_z) == 2 and all(map(lambda x: x == x, log_z))  # two finite estimates
+    report = tmp_path / "reweight.json"
+    out = _run(tmp_path, "reweight", "--method", "smc", "--rounds", "2", "--proposals", "200",
+               "--components", "2", "--json", str(report))  # fmt: skip
+    rounds = json.loads(report.read_text())[DESIGN]["rounds"]
+    assert len(rounds) == 2 and all(r["ess"] >= 1 for r in rounds)
+    _run(tmp_path, "run", "--method", "nuts", "--chains", "2", "--warmup", "5", "--samples", "5")
+    out = _run(tmp_path, "compare", "--reference", "smc", "--against", "nuts")
+    assert "vs smc" in out
