@@ -10,7 +10,8 @@ Two problems (issue "184-compartment experiment … scale", GPU part):
   50 ms, dt 0.025 ms, forward and the gradient w.r.t. every compartment's g_Na.
 
 Rows: ``fused-cpu`` (the C kernel, float64, ``--threads`` threads) and ``torch-cuda`` (the
-torch backend on the GPU, float64 and float32). Times are best of ``--repeat`` after a warm-up;
+torch backend on the GPU, float64 and float32, and float32 with every step fused by
+``torch.compile``: its warm-up call compiles). Times are best of ``--repeat`` after a warm-up;
 the ratio column is fused-cpu time / row time (> 1: faster than the CPU kernel).
 
     python benchmarks/gpu_throughput.py [--cases paper_particles,l23_gradient] [--json FILE]
@@ -54,7 +55,9 @@ def _l23(device, dtype):
     return cell, stim, np.arange(2001) * 0.025, {"g_na": g}, 0.025
 
 
-def _measure(case: str, device: str, dtype, backend: str, repeat: int, args) -> dict:
+def _measure(
+    case: str, device: str, dtype, backend: str, repeat: int, args, compile_=False
+) -> dict:
     from bayesneuron import CrankNicolson, simulate
 
     dev = torch.device(device)
@@ -62,7 +65,7 @@ def _measure(case: str, device: str, dtype, backend: str, repeat: int, args) -> 
         cell, stim, t, params, dt = _paper(dev, dtype, args.particles, args.traces)
     else:
         cell, stim, t, params, dt = _l23(dev, dtype)
-    solver = CrankNicolson(dt=dt, backend=backend)
+    solver = CrankNicolson(dt=dt, backend=backend, compile=compile_)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def fwd():
@@ -103,18 +106,19 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    impls = [("fused-cpu", "cpu", torch.float64, "fused")]
+    impls = [("fused-cpu", "cpu", torch.float64, "fused", False)]
     if torch.cuda.is_available():
         impls += [
-            ("torch-cuda-f64", "cuda", torch.float64, "torch"),
-            ("torch-cuda-f32", "cuda", torch.float32, "torch"),
+            ("torch-cuda-f64", "cuda", torch.float64, "torch", False),
+            ("torch-cuda-f32", "cuda", torch.float32, "torch", False),
+            ("torch-cuda-f32-compiled", "cuda", torch.float32, "torch", True),
         ]
     for case in args.cases.split(","):
         ref = None
-        for impl, device, dtype, backend in impls:
+        for impl, device, dtype, backend, compile_ in impls:
             r = {"case": case, "impl": impl}
             try:
-                r |= _measure(case, device, dtype, backend, args.repeat, args)
+                r |= _measure(case, device, dtype, backend, args.repeat, args, compile_)
             except Exception as e:  # noqa: BLE001 — a failed row is reported, not fatal
                 r["error"] = f"{type(e).__name__}: {e}"[:300]
             if impl == "fused-cpu" and "error" not in r:
