@@ -2,7 +2,8 @@
 # The CUDA checks in one short script: the CUDA tests, then the simulator benchmark on the GPU.
 # Usage (repository root, on a machine with a CUDA GPU and torch installed):
 #   bash benchmarks/cuda_check.sh [OUTDIR]
-# Writes OUTDIR/pytest-gpu.log, OUTDIR/simulator-cuda.json and OUTDIR/bench.log.
+# Writes OUTDIR/pytest-gpu.log, OUTDIR/gpu_throughput.json, OUTDIR/simulator-cuda.json and
+# OUTDIR/bench.log.
 # The benchmark skips what is slow and uninformative on a GPU at these sizes (first-order and
 # rk4 rows, torch.compile's Triton builds, the hh_tree case whose peers are CPU programs).
 set -uo pipefail
@@ -14,3 +15,5 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tee "$out/pytest-gpu.log"
 python3 benchmarks/simulator.py --device cuda --cases paper_toy,l23_cell --repeat 2 --budget 10 \
     --skip 'be-|rk4|compiled' --timeout 100 --json "$out/simulator-cuda.json" 2>&1 | tee "$out/bench.log"
+python3 benchmarks/gpu_throughput.py --threads 2 --repeat 2 --json "$out/gpu_throughput.json" \
+    2>&1 | tee -a "$out/bench.log"

@@ -9,9 +9,11 @@ Two problems (issue "184-compartment experiment … scale", GPU part):
 * ``l23_gradient`` — the human L2/3 cell at d_lambda 0.04 (≥ 1000 compartments), 10 soma steps,
   50 ms, dt 0.025 ms, forward and the gradient w.r.t. every compartment's g_Na.
 
-Rows: ``fused-cpu`` (the C kernel, float64, ``--threads`` threads) and ``torch-cuda`` (the
+Rows: ``fused-cpu`` (the C kernel, float64, ``--threads`` threads), ``torch-cuda`` (the
 torch backend on the GPU, float64 and float32, and float32 with every step fused by
-``torch.compile``: its warm-up call compiles). Times are best of ``--repeat`` after a warm-up;
+``torch.compile``: its warm-up call compiles) and ``triton-cuda`` (the whole-trajectory Triton
+kernel, :mod:`bayesneuron.simulation.gpu_kernel`, forward only: no gradient column).
+Every row's forward voltages are compared with the CPU kernel's (``max_abs_vs_cpu_mv``). Times are best of ``--repeat`` after a warm-up;
 the ratio column is fused-cpu time / row time (> 1: faster than the CPU kernel).
 
     python benchmarks/gpu_throughput.py [--cases paper_particles,l23_gradient] [--json FILE]
@@ -56,8 +58,11 @@ def _l23(device, dtype):
 
 
 def _measure(
-    case: str, device: str, dtype, backend: str, repeat: int, args, compile_=False
-) -> dict:
+    case: str, device: str, dtype, backend: str, repeat: int, args, compile_=False, ref_v=None
+) -> tuple[dict, torch.Tensor]:
+    """Best-of-``repeat`` times of the forward and (unless the row is the forward-only GPU
+    kernel) forward + gradient; the forward's voltages (CPU, float64) and their largest
+    difference from ``ref_v`` (mV)."""
     from bayesneuron import CrankNicolson, simulate
 
     dev = torch.device(device)
@@ -79,7 +84,20 @@ def _measure(
         return p
 
     out = {}
-    for name, fn in (("fwd_s", fwd), ("fwd_bwd_s", fwd_bwd)):
+    if dev.type == "cuda" and backend == "auto":  # the Triton kernel: forward only
+        from bayesneuron.simulation.gpu_kernel import supported
+
+        with torch.no_grad():
+            reason = supported(cell, solver, dev, None, list(params.values()))
+        if reason is not None:
+            raise RuntimeError(reason)
+        jobs = (("fwd_s", fwd),)
+    else:
+        jobs = (("fwd_s", fwd), ("fwd_bwd_s", fwd_bwd))
+    v = fwd().detach().to("cpu", torch.float64)
+    if ref_v is not None:
+        out["max_abs_vs_cpu_mv"] = float((v - ref_v).abs().max())
+    for name, fn in jobs:
         fn()
         sync()
         times = []
@@ -92,7 +110,7 @@ def _measure(
         out[name + "_range"] = [min(times), max(times)]
     if dev.type == "cuda":
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    return out, v
 
 
 def main() -> None:
@@ -112,28 +130,33 @@ def main() -> None:
             ("torch-cuda-f64", "cuda", torch.float64, "torch", False),
             ("torch-cuda-f32", "cuda", torch.float32, "torch", False),
             ("torch-cuda-f32-compiled", "cuda", torch.float32, "torch", True),
+            ("triton-cuda-f64", "cuda", torch.float64, "auto", False),
+            ("triton-cuda-f32", "cuda", torch.float32, "auto", False),
         ]
     for case in args.cases.split(","):
-        ref = None
+        ref, ref_v = None, None
         for impl, device, dtype, backend, compile_ in impls:
             r = {"case": case, "impl": impl}
             try:
-                r |= _measure(case, device, dtype, backend, args.repeat, args, compile_)
+                res, v = _measure(case, device, dtype, backend, args.repeat, args, compile_, ref_v)
+                r |= res
             except Exception as e:  # noqa: BLE001 — a failed row is reported, not fatal
                 r["error"] = f"{type(e).__name__}: {e}"[:300]
             if impl == "fused-cpu" and "error" not in r:
-                ref = r
+                ref, ref_v = r, v
             if ref is not None and "error" not in r:
                 r["speedup_fwd"] = ref["fwd_s"] / r["fwd_s"]
-                r["speedup_fwd_bwd"] = ref["fwd_bwd_s"] / r["fwd_bwd_s"]
+                if "fwd_bwd_s" in r:
+                    r["speedup_fwd_bwd"] = ref["fwd_bwd_s"] / r["fwd_bwd_s"]
             rows.append(r)
             _write(args.json, rows, args)
             print(
                 f"{case:16s} {impl:15s} "
                 + (
-                    f"fwd {r['fwd_s']:8.3f} s  fwd+bwd {r['fwd_bwd_s']:8.3f} s  "
+                    f"fwd {r['fwd_s']:8.3f} s  fwd+bwd {r.get('fwd_bwd_s', float('nan')):8.3f} s  "
                     f"speedup {r.get('speedup_fwd', float('nan')):6.2f} / "
-                    f"{r.get('speedup_fwd_bwd', float('nan')):6.2f}"
+                    f"{r.get('speedup_fwd_bwd', float('nan')):6.2f}  "
+                    f"max|ΔV| vs cpu {r.get('max_abs_vs_cpu_mv', float('nan')):.1e} mV"
                     if "error" not in r
                     else r["error"]
                 ),

@@ -4,6 +4,7 @@ study's reported posterior compared with them.
 
     python benchmarks/rugged_posteriors.py run --method nuts|smc [--designs "[0,-1]|[0]" ...]
         [--chains 2 --warmup 200 --samples 250] [--particles 512 --settle 60]
+        [--kernel walk|hmc --leapfrog 8 --max-moves 20] [--population J]
         [--out benchmarks/results/rugged_posteriors]
     python benchmarks/rugged_posteriors.py compare --reference smc|nuts
         [--against nuts|smc | --study-out DIR] [--json FILE]
@@ -113,6 +114,9 @@ def run(args) -> None:
                 n_particles=args.particles,
                 n_populations=1 if one else args.chains,
                 max_settle=0 if one else args.settle,
+                kernel=args.kernel,
+                leapfrog_steps=args.leapfrog,
+                max_moves=args.max_moves,
                 seed=args.seed + (args.population or 0),
                 progress=not args.quiet,
             )
@@ -329,6 +333,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/rugged_posteriors"))
     p.add_argument("--particles", type=int, default=512, help="SMC particles per population")
     p.add_argument("--settle", type=int, default=60, help="SMC sweeps at β = 1, at most")
+    p.add_argument("--kernel", choices=["walk", "hmc"], default="walk", help="SMC move")
+    p.add_argument("--leapfrog", type=int, default=8, help="SMC: leapfrog steps per HMC sweep")
+    p.add_argument("--max-moves", type=int, default=20, help="SMC: sweeps per stage, at most")
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--samples", type=int, default=250)

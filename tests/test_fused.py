@@ -310,7 +310,7 @@ def test_checkpoint_auto_bounds_the_stored_history(monkeypatch):
     one segment's history) instead of every step's history."""
     flat = [torch.zeros(6, dtype=torch.float64)] * (2 * len(HH_CELL.channels))
     cur = currents(HH_STIM, HH_CELL.morphology, torch.float64, "cpu")
-    prob = fused._Problem(HH_CELL, flat, cur, HH_STIM, HH_T, 0.025, None, store=True)
+    prob = fused.KernelProblem(HH_CELL, flat, cur, HH_STIM, HH_T, 0.025, None, store=True)
     n_steps = len(prob.steps[0])
     prob.checkpoint("auto")
     assert prob.segment is None  # a small run stores its history

@@ -22,9 +22,10 @@ def _prior(z):
     return STD.log_prob(z).sum(-1)
 
 
-def test_gaussian_posterior_and_evidence_are_exact():
+@pytest.mark.parametrize("kernel", ["walk", "hmc"])
+def test_gaussian_posterior_and_evidence_are_exact(kernel):
     # prior N(0, I), likelihood N(y; z, s² I): posterior N(y/(1+s²), s²/(1+s²)),
-    # evidence N(y; 0, (1+s²) I)
+    # evidence N(y; 0, (1+s²) I); the same with either move kernel
     s, y = 0.3, torch.tensor([1.0, -0.5], dtype=torch.float64)
 
     def lik(z):
@@ -32,8 +33,9 @@ def test_gaussian_posterior_and_evidence_are_exact():
 
     gen = torch.Generator().manual_seed(0)
     z0 = torch.randn(1000, 2, generator=gen, dtype=torch.float64)
-    r = temper(z0, _prior, lik, gen)
+    r = temper(z0, _prior, lik, gen, kernel=kernel)
     assert r["beta"] == 1.0 and r["stages"] >= 2 and r["n_sim"] > 1000
+    assert 0.15 < r["accept"] < (0.4 if kernel == "walk" else 0.95)  # adapted steps
     assert r["correlation"] <= 0.1  # every stage's sweeps decorrelated the particles
     mean, sd = y / (1 + s**2), s / math.sqrt(1 + s**2)
     se = sd / math.sqrt(1000 / 4)  # a conservative Monte Carlo error (correlated particles)
@@ -43,7 +45,8 @@ def test_gaussian_posterior_and_evidence_are_exact():
     assert r["log_z"] == pytest.approx(exact, abs=0.2)
 
 
-def test_both_modes_of_a_bimodal_posterior_keep_their_mass():
+@pytest.mark.parametrize("kernel", ["walk", "hmc"])
+def test_both_modes_of_a_bimodal_posterior_keep_their_mass(kernel):
     # two equally likely modes at ±(2, 0), 4 prior sd apart in the first coordinate: a sampler
     # started at one mode (NUTS from a MAP) never sees the other; each population keeps half
     a, s = torch.tensor([2.0, 0.0], dtype=torch.float64), 0.2
@@ -57,12 +60,26 @@ def test_both_modes_of_a_bimodal_posterior_keep_their_mass():
     for seed in (1, 2):
         gen = torch.Generator().manual_seed(seed)
         z0 = torch.randn(800, 2, generator=gen, dtype=torch.float64)
-        r = temper(z0, _prior, lik, gen)
+        r = temper(z0, _prior, lik, gen, kernel=kernel)
         right = float((r["z"][:, 0] > 0).double().mean())
         assert right == pytest.approx(0.5, abs=0.1)
         # within a mode the posterior is N(±a/(1+s²), s²/(1+s²))
         x = r["z"][r["z"][:, 0] > 0, 0]
         assert float(x.mean()) == pytest.approx(2 / (1 + s**2), abs=0.05)
+
+
+def test_hmc_never_accepts_a_move_where_the_likelihood_fails():
+    # the likelihood is NaN (a diverged simulation) for z₀ > 0.5: HMC particles whose
+    # trajectory crosses there are rejected, never kept with a NaN density
+    def lik(z):
+        ok = torch.distributions.Normal(z, 0.5).log_prob(torch.zeros_like(z)).sum(-1)
+        return torch.where(z[:, 0] > 0.5, torch.nan, ok)
+
+    gen = torch.Generator().manual_seed(5)
+    r = temper(torch.randn(500, 2, generator=gen, dtype=torch.float64), _prior, lik, gen,
+               kernel="hmc")  # fmt: skip
+    assert r["beta"] == 1.0 and torch.isfinite(r["ll"]).all()
+    assert float(r["z"][:, 0].max()) <= 0.5 and 0.1 < r["accept"] < 1.0
 
 
 def test_a_run_that_runs_out_of_stages_says_so():
@@ -88,9 +105,13 @@ def problem():
     return model, v, mp, laplace_map(model, v, mp.params, progress=False)
 
 
-def test_smc_on_a_neuron_model_agrees_with_its_laplace_approximation(problem):
+@pytest.mark.parametrize("kernel", ["walk", "hmc"])
+def test_smc_on_a_neuron_model_agrees_with_its_laplace_approximation(problem, kernel):
     model, v, mp, lap = problem
-    samples, d = tempered_smc(model, v, lap, num_samples=300, n_particles=300, seed=3)
+    samples, d = tempered_smc(
+        model, v, lap, num_samples=300, n_particles=300, kernel=kernel, leapfrog_steps=4, seed=3
+    )
+    assert d["kernel"] == kernel
     assert samples["g_na"].shape == (2, 300, 2)
     assert d["num_chains"] == 2 and d["beta_final"] == 1.0 and d["rhat_max"] < 1.05
     assert d["log_evidence_spread"] < 1.0 and d["stage_correlation_max"] < 0.5
@@ -117,3 +138,5 @@ def test_smc_in_the_ladder_is_checked_like_nuts(problem):
     assert res.ok == (d["rhat_max"] <= 1.01 and min(d["ess_bulk_min"], d["ess_tail_min"]) >= 200)
     with pytest.raises(FitError, match="target_ess"):
         tempered_smc(model, v, lap, target_ess=1.5)
+    with pytest.raises(FitError, match="'walk' or 'hmc'"):
+        tempered_smc(model, v, lap, kernel="nuts")

@@ -19,6 +19,13 @@ of PyMC's SMC; at most ``max_moves``): each particle has explored its basin at t
 temperature, where barriers are lower than at β = 1, not merely moved. Every
 step simulates the whole population as one batch, without gradients.
 
+``kernel="hmc"`` replaces the random walk by Hamiltonian Monte Carlo (Neal 2011) with the
+particles' covariance as inverse mass matrix, ``leapfrog_steps`` steps whose size (jittered
+± 20 % per particle) adapts towards 65 % acceptance: where the likelihood's level sets are
+narrow curved ridges (spike timing), a walk shaped by the population's global covariance
+must take tiny steps, while gradients follow the ridge (HMC within SMC: Buchholz, Chopin &
+Jacob 2021). Each sweep costs ``leapfrog_steps + 1`` gradients (≈ 3 simulations each).
+
 ``n_populations`` independent populations (own seeds and own temperature ladders) are run
 and treated as chains: R̂, bulk and tail ESS over them are the checks (as for NUTS), and their
 log-evidence estimates ``log p(data)`` are reported side by side (populations that disagree
@@ -47,6 +54,7 @@ from bayesneuron.inference.whitened import WhitenedModel
 __all__ = ["temper", "tempered_smc"]
 
 _TARGET_ACCEPT = 0.25
+_HMC_ACCEPT = 0.65
 _IMH_MIN = 0.05  # below this first-sweep acceptance the stage's independence moves stop
 _DECORRELATED = 0.1  # sweeps per stage: until the particles' mean correlation with their
 # positions after resampling is below this (each has explored its basin, not just moved)
@@ -65,6 +73,8 @@ def tempered_smc(
     max_stages: int = 200,
     n_components: int = 4,
     max_settle: int = 60,
+    kernel: str = "walk",
+    leapfrog_steps: int = 8,
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
@@ -81,6 +91,8 @@ def tempered_smc(
         max_stages: a run needing more temperatures stops, not ok (β < 1 in the diagnostics).
         max_settle: at β = 1, random-walk sweeps of every population continue, 5 at a time,
             until R̂ over the populations is ≤ 1.01 or ``max_settle`` sweeps are done.
+        kernel, leapfrog_steps: ``"walk"`` (random-walk Metropolis) or ``"hmc"`` with that
+            many leapfrog steps per sweep (module doc), each beside the independence sampler.
         seed: population ``j`` is seeded with ``seed + j`` (private generators).
 
     Returns ``(samples name → [population, draw, …], diagnostics)``: ``rhat_max``,
@@ -89,34 +101,28 @@ def tempered_smc(
     population, ``"a b"``) and ``log_evidence_spread``, ``accept_final`` (the last sweeps'
     acceptance), ``settle_sweeps``, ``stage_correlation_max`` (the worst end-of-stage
     correlation: above 0.1, ``max_moves`` cut a stage short and the particles had not explored
-    their basins), ``n_simulations`` and ``wall_s``.
+    their basins), ``kernel``, ``n_simulations`` (each gradient counted as one) and ``wall_s``.
     """
     if not 0 < target_ess < 1:
         raise FitError(f"target_ess = {target_ess} must be in (0, 1)")
+    if kernel not in ("walk", "hmc") or leapfrog_steps < 1:
+        raise FitError(f"kernel {kernel!r} must be 'walk' or 'hmc', leapfrog_steps ≥ 1")
     if n_particles < 2 or n_populations < 1:
         raise FitError("tempered_smc needs n_particles ≥ 2 and n_populations ≥ 1")
     wm = WhitenedModel(model, v, laplace)
     t0 = time.perf_counter()
+    opts = dict(kernel=kernel, leapfrog_steps=leapfrog_steps, target_ess=target_ess)
+    opts |= dict(max_moves=max_moves, max_stages=max_stages, n_components=n_components)
     runs = []
     for j in range(n_populations):
         gen = torch.Generator().manual_seed(int(seed + j))
         z0 = wm.whiten(wm.space.unconstrain(prior_draws(model, n_particles, generator=gen)))
         runs.append(
-            temper(
-                z0,
-                wm.log_prior,
-                lambda z: _loglik(wm, z),
-                gen,
-                target_ess=target_ess,
-                max_moves=max_moves,
-                max_stages=max_stages,
-                n_components=n_components,
-                progress=progress,
-            )
+            temper(z0, wm.log_prior, lambda z: _loglik(wm, z), gen, **opts, progress=progress)
         )
-    settled = _settle(runs, wm.log_prior, lambda z: _loglik(wm, z), seed, max_settle)
-    keep = min(num_samples, n_particles)
-    z = torch.stack([r["z"][:keep] for r in runs])  # [population, draw, P]
+    kern = _Kernel(kernel, leapfrog_steps)
+    settled = _settle(runs, (wm.log_prior, lambda z: _loglik(wm, z)), kern, seed, max_settle)
+    z = torch.stack([r["z"][: min(num_samples, n_particles)] for r in runs])  # [pop., draw, P]
     with torch.no_grad():
         samples = {k: x.cpu().numpy() for k, x in wm.params(z).items()}
     diag = chain_diagnostics(samples) | {
@@ -128,6 +134,7 @@ def tempered_smc(
         "accept_final": float(np.mean([r["accept"] for r in runs])),
         "settle_sweeps": settled,
         "stage_correlation_max": max(r["correlation"] for r in runs),
+        "kernel": kernel,
         "n_simulations": sum(r["n_sim"] for r in runs),
         "wall_s": time.perf_counter() - t0,
     }
@@ -140,6 +147,8 @@ def temper(
     log_lik,
     gen: torch.Generator,
     *,
+    kernel: str = "walk",
+    leapfrog_steps: int = 8,
     target_ess: float = 0.5,
     max_moves: int = 20,
     max_stages: int = 200,
@@ -147,23 +156,25 @@ def temper(
     progress: bool = False,
 ) -> dict:
     """One population from prior draws ``z`` ``[n, P]`` to β = 1 (module doc), for any
-    target ``p(z) L(z)``: ``log_prior(z)`` and ``log_lik(z)`` ``[n]`` (batched, no graph;
-    coordinates roughly unit-scaled, as whitened ones are). Returns the final particles
-    ``z`` ``[n, P]`` (in random order), ``beta``, ``stages``, ``log_z`` (the estimate of
-    ``log ∫ p L``), ``accept`` (the last random-walk acceptance), ``correlation`` (the worst
-    end-of-stage correlation), ``lp``, ``ll``, ``scale`` (the walk's state) and ``n_sim``
-    (evaluations of ``log_lik``)."""
+    target ``p(z) L(z)``: ``log_prior(z)`` and ``log_lik(z)`` ``[n]`` (batched; differentiable
+    for ``kernel="hmc"``; coordinates roughly unit-scaled, as whitened ones are). Returns the
+    final particles ``z`` ``[n, P]`` (in random order), ``beta``, ``stages``, ``log_z`` (the
+    estimate of ``log ∫ p L``), ``accept`` (the last walk or HMC acceptance), ``correlation``
+    (the worst end-of-stage correlation), ``lp``, ``ll``, ``scale`` (the kernel's step) and
+    ``n_sim`` (evaluations of ``log_lik``, a gradient counted as one)."""
+    kern = _Kernel(kernel, leapfrog_steps)
     n, dev = z.shape[0], z.device
-    lp, ll = log_prior(z), log_lik(z)
+    with torch.no_grad():
+        lp, ll = log_prior(z), log_lik(z)
     beta, log_z, stages, n_sim, acc, worst = 0.0, 0.0, 0, n, 1.0, 0.0
-    scale = 2.38 / math.sqrt(z.shape[1])
+    scale = kern.initial_scale(z.shape[1])
     while beta < 1.0 and stages < max_stages:
         new = _next_beta(ll, beta, target_ess)
         lw = (new - beta) * ll
         log_z += float(torch.logsumexp(lw, 0)) - math.log(n)
         idx = _systematic(torch.softmax(lw, 0), gen).to(dev)
         z, lp, ll, beta = z[idx], lp[idx], ll[idx], new
-        chol = _proposal_chol(z) * scale
+        chol = _proposal_chol(z)
         q = fit_mixture(
             z, np.zeros(n), n_components, int(torch.randint(2**31, (1,), generator=gen))
         )
@@ -171,17 +182,18 @@ def temper(
         start, moves, acc_i = z, 0, 1.0
         while moves < max_moves and (moves < 2 or _correlation(start, z) > _DECORRELATED):
             if acc_i >= _IMH_MIN:  # an independence sampler that is never accepted is dropped
-                z, lp, ll, acc_i = _independence(target, z, lp, ll, q, gen)
+                with torch.no_grad():
+                    z, lp, ll, acc_i = _independence(target, z, lp, ll, q, gen)
                 n_sim += n
-            z, lp, ll, acc, chol, scale = _walk(target, z, lp, ll, chol, scale, gen)
-            n_sim, moves = n_sim + n, moves + 1
+            z, lp, ll, acc, scale = kern.sweep(target, z, lp, ll, chol, scale, gen)
+            n_sim, moves = n_sim + kern.cost * n, moves + 1
         stages += 1
         corr = _correlation(start, z)
         worst = max(worst, corr)
         if progress:
             print(
                 f"  SMC stage {stages}: β {beta:.4f}, acceptance independence {acc_i:.2f} "
-                f"random walk {acc:.2f}, {moves} sweeps, correlation {corr:.2f}"
+                f"{kernel} {acc:.2f}, {moves} sweeps, correlation {corr:.2f}"
             )
     perm = torch.randperm(n, generator=gen).to(dev)
     return {
@@ -198,20 +210,21 @@ def temper(
     }
 
 
-def _settle(runs: list[dict], log_prior, log_lik, seed: int, max_sweeps: int):
-    """Random-walk sweeps at β = 1 of every population that reached it (in place), 5 at a
-    time, until R̂ of ``z`` over the populations is ≤ 1.01: the sweeps done."""
+def _settle(runs: list[dict], target, kern: _Kernel, seed: int, max_sweeps: int):
+    """Sweeps of ``kern`` at β = 1 (``target = (log_prior, log_lik)``) of every population
+    that reached it (in place), 5 at a time, until R̂ of ``z`` over the populations is ≤
+    1.01: the sweeps done."""
     done = [r for r in runs if r["beta"] >= 1.0]
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     rhat, sweeps = _rhat(done), 0
     while len(done) > 1 and sweeps < max_sweeps and not rhat <= RHAT_MAX:
         for r in done:
-            chol = _proposal_chol(r["z"]) * r["scale"]
+            chol = _proposal_chol(r["z"])
             for _ in range(5):
-                r["z"], r["lp"], r["ll"], r["accept"], chol, r["scale"] = _walk(
-                    (log_prior, log_lik, 1.0), r["z"], r["lp"], r["ll"], chol, r["scale"], gen
+                r["z"], r["lp"], r["ll"], r["accept"], r["scale"] = kern.sweep(
+                    (*target, 1.0), r["z"], r["lp"], r["ll"], chol, r["scale"], gen
                 )
-                r["n_sim"] += r["z"].shape[0]
+                r["n_sim"] += kern.cost * r["z"].shape[0]
         sweeps += 5
         rhat = _rhat(done)
     return sweeps
@@ -234,14 +247,14 @@ def _correlation(a: Tensor, b: Tensor) -> float:
 
 
 def _loglik(wm: WhitenedModel, z: Tensor, chunk: int = 512) -> Tensor:
-    """``log p(v | z)`` ``[n]``, ``chunk`` particles per batch, no graph."""
-    with torch.no_grad():
-        return torch.cat(
-            [
-                log_likelihood(wm.model, wm.v_obs, wm.params(z[i : i + chunk])).sum(-1)
-                for i in range(0, z.shape[0], chunk)
-            ]
-        )
+    """``log p(v | z)`` ``[n]``, ``chunk`` particles per batch (a graph only where grad
+    mode is on: :func:`temper` turns it off except for HMC's gradients)."""
+    return torch.cat(
+        [
+            log_likelihood(wm.model, wm.v_obs, wm.params(z[i : i + chunk])).sum(-1)
+            for i in range(0, z.shape[0], chunk)
+        ]
+    )
 
 
 def _next_beta(ll: Tensor, beta: float, target_ess: float) -> float:
@@ -300,17 +313,66 @@ def _accept(z, lp, ll, prop, lp2, ll2, log_a, gen):
     return z, lp, ll, float(take.double().mean())
 
 
-def _walk(target, z, lp, ll, chol: Tensor, scale: float, gen):
-    """A random-walk sweep, then its step (``chol`` and the ``scale`` it carries between
-    stages) adapted towards :data:`_TARGET_ACCEPT`: ``(z, lp, ll, acceptance, chol, scale)``."""
-    z, lp, ll, acc = _metropolis(target, z, lp, ll, chol, gen)
-    f = math.exp(acc - _TARGET_ACCEPT)
-    return z, lp, ll, acc, chol * f, scale * f
+class _Kernel:
+    """The move beside the independence sampler: ``"walk"`` (random-walk Metropolis, its
+    step a multiple ``scale`` of the particles' Cholesky factor, adapted towards 25 %
+    acceptance) or ``"hmc"`` (``leapfrog_steps`` leapfrog steps of size ``scale`` in the
+    coordinates that factor whitens, adapted towards 65 %); ``cost``: evaluations of the
+    likelihood per particle and sweep."""
+
+    def __init__(self, name: str, leapfrog_steps: int):
+        self.name, self.leapfrog_steps = name, leapfrog_steps
+        self.target_accept = _TARGET_ACCEPT if name == "walk" else _HMC_ACCEPT
+        self.cost = 1 if name == "walk" else leapfrog_steps + 1
+
+    def initial_scale(self, p: int) -> float:
+        return 2.38 / math.sqrt(p) if self.name == "walk" else 0.5 / p**0.25
+
+    def sweep(self, target, z, lp, ll, chol: Tensor, scale: float, gen):
+        """One sweep of every particle under ``π_β``, then the step adapted: ``(z, lp, ll,
+        acceptance, scale)``."""
+        if self.name == "walk":
+            with torch.no_grad():
+                z, lp, ll, acc = _metropolis(target, z, lp, ll, chol * scale, gen)
+        else:
+            z, lp, ll, acc = _hmc(target, z, lp, ll, chol, scale, self.leapfrog_steps, gen)
+        return z, lp, ll, acc, scale * math.exp(acc - self.target_accept)
+
+
+def _hmc(target, z, lp, ll, chol: Tensor, step: float, n_leap: int, gen):
+    """One HMC sweep of every particle under ``π_β`` (``target = (log_prior, log_lik, β)``),
+    inverse mass matrix ``chol cholᵀ``, step ``step`` jittered ± 20 % per particle. A
+    particle whose gradient or density turns non-finite stops and is rejected. ``(z, lp, ll,
+    acceptance)``."""
+    log_prior, log_lik, beta = target
+
+    def grad(x):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            a, b = log_prior(x), log_lik(x)
+            (g,) = torch.autograd.grad((a + beta * b).sum(), x)
+        bad = ~(torch.isfinite(g).all(-1) & torch.isfinite(a + b))
+        return a.detach(), b.detach(), torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), bad
+
+    n, dt, dev = z.shape[0], z.dtype, z.device
+    p0 = torch.randn(z.shape, generator=gen, dtype=dt).to(dev)
+    eps = step * (0.8 + 0.4 * torch.rand(n, 1, generator=gen, dtype=dt)).to(dev)
+    _, _, g, bad = grad(z)
+    x, p = z, p0 + 0.5 * eps * (g @ chol)
+    for i in range(n_leap):
+        x = torch.where(bad[:, None], x, x + eps * (p @ chol.T))
+        lp2, ll2, g, bad_i = grad(x)
+        bad = bad | bad_i
+        p = p + (eps if i < n_leap - 1 else 0.5 * eps) * (g @ chol)
+    with torch.no_grad():
+        h0 = lp + beta * ll - 0.5 * (p0 * p0).sum(-1)
+        log_a = torch.where(bad, -math.inf, lp2 + beta * ll2 - 0.5 * (p * p).sum(-1) - h0)
+        return _accept(z, lp, ll, x.detach(), lp2, ll2, log_a, gen)
 
 
 def _metropolis(target, z, lp, ll, chol: Tensor, gen):
-    """One random-walk Metropolis sweep of every particle under ``π_β``: ``(z, lp, ll,
-    acceptance rate)``."""
+    """One random-walk Metropolis sweep of every particle under ``π_β``, steps ``chol · e``:
+    ``(z, lp, ll, acceptance rate)``."""
     log_prior, log_lik, beta = target
     e = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
     prop = z + e @ chol.T

@@ -17,7 +17,7 @@ from bayesneuron.cell import Cell
 from bayesneuron.errors import ParameterError, SolverError
 from bayesneuron.protocol.electrode import ElectrodeStimulus
 from bayesneuron.protocol.stimulus import Stimulus
-from bayesneuron.simulation import _ckernels, fused
+from bayesneuron.simulation import _ckernels, fused, gpu_kernel
 from bayesneuron.simulation.checks import (
     PASSIVE,
     check_batch,
@@ -101,12 +101,21 @@ def simulate(
     if isinstance(solver, Torchdiffeq):
         v = run_torchdiffeq(cell, p, cur, stimulus, t_eval, solver)
         n_steps = None
+    elif _gpu_kernel_runs(cell, solver, device, reset, p):
+        v, n_steps = gpu_kernel.run(cell, p, cur, stimulus, t_eval, solver, reset)
     elif runs_fused(cell, solver, dtype, device, stimulus, reset, p.values(), tuple(p)):
         v, n_steps = fused.run(cell, p, cur, stimulus, t_eval, solver, reset)
     else:
         v, n_steps = run_fixed(cell, p, cur, stimulus, t_eval, solver, reset)
     t = torch.as_tensor(t_eval, dtype=dtype, device=device)
     return Trace(t=t, v=v, names=cell.morphology.names, solver=solver, n_steps=n_steps)
+
+
+def _gpu_kernel_runs(cell, solver, device, reset, p) -> bool:
+    """Whether the Triton kernel takes this (CUDA, no gradient, no varying ``cm``/``ra``)."""
+    if set(PASSIVE) & set(p):
+        return False
+    return gpu_kernel.supported(cell, solver, device, reset, p.values()) is None
 
 
 def runs_fused(

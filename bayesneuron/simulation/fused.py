@@ -43,10 +43,9 @@ Numpy layouts (C-contiguous, float64): nodes in Hines order ``[n]``; parameters
 ``[P, channel, 2, comp]`` (``g``, ``e``); currents ``[S, bins, site]`` (µA/cm²) at compartments
 ``sites`` (a sparse stimulus stays sparse: each step scatters its bin into a per-step buffer);
 reset values ``[R, time, comp]`` (mV, NaN = keep); element ``b`` reads rows ``pidx[b]``,
-``sidx[b]``, ``ridx[b]``. Per chunk, node arrays are ``[node, lane]`` and compartment arrays
-``[…, comp·lane]`` (the gate and channel loops run over all compartments at once): lane
-parameters ``[channel, comp·lane]``, history ``[step, node, lane]`` (``w``) and
-``[step, gate, comp·lane]`` (``y'``, ``A``, ``D``).
+``sidx[b]``, ``ridx[b]``. Per chunk: node arrays ``[node, lane]``, compartment arrays
+``[…, comp·lane]``, lane parameters ``[channel, comp·lane]``, history ``[step, node, lane]``
+(``w``) and ``[step, gate, comp·lane]`` (``y'``, ``A``, ``D``).
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ from bayesneuron.simulation.grid import broadcast_shapes, step_grid
 from bayesneuron.simulation.hines import tree_system
 from bayesneuron.simulation.solvers import AUTO_CHECKPOINT_BYTES, CrankNicolson
 
-__all__ = ["jacobian", "supported", "run"]
+__all__ = ["KernelProblem", "jacobian", "run", "supported", "unsupported_channel"]
 
 _MAX_LANES = 128  # more lanes amortise each lane loop's set-up; fewer keep big cells in cache
 _MAX_GATES = 2  # gates per channel the kernels take
@@ -88,17 +87,8 @@ def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=())
         return f"the fused kernel runs on the CPU; got device {device}"
     if dtype != torch.float64:
         return f"the fused kernel runs in float64; got {dtype}"
-    for ch in cell.channels:
-        if not isinstance(ch, RateChannel):
-            return (
-                f"the fused kernel runs channels declared from rate forms (RateChannel); "
-                f"{type(ch).__name__} writes its own gates"
-            )
-        gates = ch.declared().gates
-        if len(gates) > _MAX_GATES:
-            return f"the fused kernel takes ≤ {_MAX_GATES} gates per channel; {ch.name} has more"
-        if any(g.power > _MAX_POWER for g in gates):
-            return f"the fused kernel takes gate powers ≤ {_MAX_POWER}; {ch.name} has a higher one"
+    if (reason := unsupported_channel(cell)) is not None:
+        return reason
     wants = torch.is_grad_enabled()
     if wants and reset is not None and reset.values.requires_grad:
         return "gradients with respect to reset values need the torch backend"
@@ -106,6 +96,20 @@ def supported(cell, solver, dtype, device, stimulus=None, reset=None, params=())
         return "forward-mode AD needs the torch backend"
     if not _ckernels.available():
         return "the fused C kernel did not build here (no working C compiler; see the warning)"
+    return None
+
+
+def unsupported_channel(cell) -> str | None:
+    """Why the kernels' channel tables cannot hold one of ``cell``'s channels, or ``None``."""
+    for ch in cell.channels:
+        if not isinstance(ch, RateChannel):
+            name = type(ch).__name__
+            return f"the fused kernel runs RateChannel channels; {name} writes its own gates"
+        gates = ch.declared().gates
+        if len(gates) > _MAX_GATES:
+            return f"the fused kernel takes ≤ {_MAX_GATES} gates per channel; {ch.name} has more"
+        if any(g.power > _MAX_POWER for g in gates):
+            return f"the fused kernel takes gate powers ≤ {_MAX_POWER}; {ch.name} has a higher one"
     return None
 
 
@@ -123,7 +127,7 @@ def run(cell, p, cur, stimulus, t_eval, solver, reset=None):
     """
     flat = [p[f"{k}_{ch.name}"] for ch in cell.channels for k in ("g", "e")]
     store = torch.is_grad_enabled() and any(x.requires_grad for x in [cur.values, *flat])
-    prob = _Problem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store)
+    prob = KernelProblem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store)
     prob.checkpoint(solver.checkpoint_every)
     return _Fused.apply(prob, cur.values, *flat), len(prob.steps[0])
 
@@ -138,7 +142,7 @@ def jacobian(cell, p, cur, stimulus, t_eval, solver, reset=None, wrt=("na", "k")
     checked by :func:`~bayesneuron.simulate.sensitivities`."""
     names = [ch.name for ch in cell.channels]
     flat = [p[f"{k}_{ch.name}"].detach() for ch in cell.channels for k in ("g", "e")]
-    prob = _Problem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store=True)
+    prob = KernelProblem(cell, flat, cur, stimulus, t_eval, solver.dt, reset, store=True)
     par = prob.pack(flat)
     idx = np.array([names.index(c) for c in wrt], dtype=np.int64)
     out, hist = prob.forward(par)
@@ -158,7 +162,7 @@ def _chunking(n_batch: int, n_nodes: int, threads: int) -> tuple[int, int]:
     return lanes, -(-n_batch // lanes)
 
 
-_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}  # threads per process
 
 
 def _map(fn, jobs: list, threads: int) -> None:
@@ -174,8 +178,9 @@ def _map(fn, jobs: list, threads: int) -> None:
         f.result()
 
 
-class _Problem:
-    """Everything the kernels take except the parameters (see the module docstring)."""
+class KernelProblem:
+    """Everything the kernels take except the parameters (see the module docstring), as
+    numpy arrays; the C kernels here and the GPU kernel (:mod:`.gpu_kernel`) read them."""
 
     def __init__(self, cell, flat, currents, stimulus, t_eval, dt, reset, store):
         self.store = store  # keep the history the adjoint needs

@@ -1,0 +1,114 @@
+"""The Triton whole-trajectory kernel (``bayesneuron.simulation.gpu_kernel``): on the CPU in
+Triton's interpreter against the fused C kernel (same scheme: agreement to rounding), and on
+CUDA (marked ``gpu``) against the CPU through ``simulate``."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bayesneuron import simulate
+from bayesneuron.reference.cells import hh_tree_cell
+from bayesneuron.reference.paper import paper_toy_cell
+from bayesneuron.simulation import gpu_kernel
+from bayesneuron.simulation.solvers import CrankNicolson
+
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="Triton is not installed"
+)
+
+# Runs in a child process: the interpreter is chosen when Triton compiles the kernel source,
+# so TRITON_INTERPRET=1 must be set before the kernel module is first imported.
+_CHILD = r"""
+import json, sys
+import numpy as np, torch
+from bayesneuron import simulate, step_current, Reset
+from bayesneuron.reference.cells import hh_tree_cell
+from bayesneuron.reference.paper import paper_currents, paper_time_grid, paper_toy_cell
+from bayesneuron.simulation import api, gpu_kernel
+from bayesneuron.simulation.solvers import CrankNicolson
+
+case, dtype = sys.argv[1], getattr(torch, sys.argv[2])
+gen = torch.Generator().manual_seed(0)
+reset = None
+if case == "paper":  # softplus rates; 3 particles x 2 of the paper's traces, every site
+    cell, solver = paper_toy_cell(), CrankNicolson(dt=0.05)
+    stim, t_eval = paper_currents(n_traces=2, n_comp=6), paper_time_grid()[:16]
+    g = {"g_na": 100 + 40 * torch.rand(3, 1, 6, generator=gen, dtype=torch.float64),
+         "g_k": 30 + 20 * torch.rand(3, 1, 6, generator=gen, dtype=torch.float64)}
+else:  # classic HH: linoid, exponential and sigmoid rates; nA at one site; a reset
+    cell, solver = hh_tree_cell(), CrankNicolson(dt=0.1)
+    stim = step_current([0.2, 0.5], 0, 6, delay=0.5, duration=4.0, t_stop=6.0, dt=0.5)
+    g0 = torch.as_tensor(cell.params["g_na"], dtype=torch.float64)
+    g = {"g_na": g0 * (0.8 + 0.4 * torch.rand(2, 1, 6, generator=gen, dtype=torch.float64))}
+    t_eval = np.arange(0.0, 6.0 + 1e-9, 0.2)
+    held = torch.full((2, 6, len(t_eval)), float("nan"), dtype=torch.float64)
+    held[:, 0] = -60.0
+    reset = Reset(held, 10)
+ref = simulate(cell, g, stim, t_eval, solver, reset=reset).v
+g = {k: x.to(dtype) for k, x in g.items()}
+s2, p, cur, st, te, rs, dev = api._prepare(cell, g, stim, t_eval, solver, dtype, None, reset)
+v, n = gpu_kernel.run(cell, p, cur, st, te, s2, rs)
+print(json.dumps({"shape": list(v.shape), "ref_shape": list(ref.shape), "dtype": str(v.dtype),
+                  "max_abs": float((v.double() - ref).abs().max()),
+                  "v_range": [float(ref.min()), float(ref.max())], "steps": n}))
+"""
+
+
+def _interpret(case: str, dtype: str) -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, case, dtype], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["paper", "hh"])
+def test_interpreted_kernel_matches_the_c_kernel(case):
+    r = _interpret(case, "float64")
+    assert r["shape"] == r["ref_shape"] and r["dtype"] == "torch.float64"
+    assert r["v_range"][1] > 0.0  # the traces spike: a scheme error would show
+    assert r["max_abs"] < 1e-8
+
+
+@needs_triton
+def test_interpreted_kernel_in_float32():
+    r = _interpret("paper", "float32")
+    assert r["dtype"] == "torch.float32"
+    assert r["max_abs"] < 0.05  # mV over spiking traces, float32 rounding only
+
+
+@needs_triton
+def test_what_the_gpu_kernel_does_not_take():
+    cell = paper_toy_cell()
+    cn = CrankNicolson(dt=0.1)
+    assert "CUDA" in gpu_kernel.supported(cell, cn, "cpu")
+    assert "CrankNicolson" in gpu_kernel.supported(cell, CrankNicolson(backend="torch"), "cuda")
+    g = torch.ones(6, requires_grad=True)
+    assert "adjoint" in gpu_kernel.supported(cell, cn, "cuda", params=[g])
+    with torch.no_grad():  # no gradient wanted: the kernel takes it
+        assert gpu_kernel.supported(cell, cn, "cuda", params=[g]) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_forward_runs_the_kernel_and_matches_the_cpu(dtype):
+    from bayesneuron import step_current
+
+    cell = hh_tree_cell()
+    stim = step_current([0.2, 0.5], 0, 6, delay=0.5, duration=4.0, t_stop=6.0, dt=0.5)
+    g0 = torch.as_tensor(cell.params["g_na"], dtype=torch.float64)
+    g = {"g_na": g0 * (0.8 + 0.4 * torch.rand(50, 1, 6, dtype=torch.float64))}
+    cpu = simulate(cell, g, stim, solver=CrankNicolson(dt=0.025)).v
+    with torch.no_grad():
+        gc = {k: x.cuda() for k, x in g.items()}
+        gpu = simulate(cell, gc, stim, solver=CrankNicolson(dt=0.025), dtype=dtype).v
+    assert gpu.device.type == "cuda" and gpu.dtype == dtype
+    assert torch.allclose(gpu.cpu().double(), cpu, atol=1e-8 if dtype == torch.float64 else 0.05)
