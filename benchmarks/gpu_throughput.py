@@ -12,7 +12,7 @@ Two problems (issue "184-compartment experiment … scale", GPU part):
 Rows: ``fused-cpu`` (the C kernel, float64, ``--threads`` threads), ``torch-cuda`` (the
 torch backend on the GPU, float64 and float32, and float32 with every step fused by
 ``torch.compile``: its warm-up call compiles) and ``triton-cuda`` (the whole-trajectory Triton
-kernel, :mod:`bayesneuron.simulation.gpu_kernel`, forward only: no gradient column).
+kernels, :mod:`bayesneuron.simulation.gpu_kernel`: forward, and the adjoint for gradients).
 Every row's forward voltages are compared with the CPU kernel's (``max_abs_vs_cpu_mv``). Times are best of ``--repeat`` after a warm-up;
 the ratio column is fused-cpu time / row time (> 1: faster than the CPU kernel).
 
@@ -60,9 +60,8 @@ def _l23(device, dtype):
 def _measure(
     case: str, device: str, dtype, backend: str, repeat: int, args, compile_=False, ref_v=None
 ) -> tuple[dict, torch.Tensor]:
-    """Best-of-``repeat`` times of the forward and (unless the row is the forward-only GPU
-    kernel) forward + gradient; the forward's voltages (CPU, float64) and their largest
-    difference from ``ref_v`` (mV)."""
+    """Best-of-``repeat`` times of the forward and the forward + gradient; the forward's
+    voltages (CPU, float64) and their largest difference from ``ref_v`` (mV)."""
     from bayesneuron import CrankNicolson, simulate
 
     dev = torch.device(device)
@@ -84,16 +83,13 @@ def _measure(
         return p
 
     out = {}
-    if dev.type == "cuda" and backend == "auto":  # the Triton kernel: forward only
+    if dev.type == "cuda" and backend == "auto":  # the Triton kernels must take this row
         from bayesneuron.simulation.gpu_kernel import supported
 
-        with torch.no_grad():
-            reason = supported(cell, solver, dev, None, list(params.values()))
+        reason = supported(cell, solver, dev, None, [x.requires_grad_() for x in params.values()])
         if reason is not None:
             raise RuntimeError(reason)
-        jobs = (("fwd_s", fwd),)
-    else:
-        jobs = (("fwd_s", fwd), ("fwd_bwd_s", fwd_bwd))
+    jobs = (("fwd_s", fwd), ("fwd_bwd_s", fwd_bwd))
     v = fwd().detach().to("cpu", torch.float64)
     if ref_v is not None:
         out["max_abs_vs_cpu_mv"] = float((v - ref_v).abs().max())
@@ -146,14 +142,13 @@ def main() -> None:
                 ref, ref_v = r, v
             if ref is not None and "error" not in r:
                 r["speedup_fwd"] = ref["fwd_s"] / r["fwd_s"]
-                if "fwd_bwd_s" in r:
-                    r["speedup_fwd_bwd"] = ref["fwd_bwd_s"] / r["fwd_bwd_s"]
+                r["speedup_fwd_bwd"] = ref["fwd_bwd_s"] / r["fwd_bwd_s"]
             rows.append(r)
             _write(args.json, rows, args)
             print(
                 f"{case:16s} {impl:15s} "
                 + (
-                    f"fwd {r['fwd_s']:8.3f} s  fwd+bwd {r.get('fwd_bwd_s', float('nan')):8.3f} s  "
+                    f"fwd {r['fwd_s']:8.3f} s  fwd+bwd {r['fwd_bwd_s']:8.3f} s  "
                     f"speedup {r.get('speedup_fwd', float('nan')):6.2f} / "
                     f"{r.get('speedup_fwd_bwd', float('nan')):6.2f}  "
                     f"max|ΔV| vs cpu {r.get('max_abs_vs_cpu_mv', float('nan')):.1e} mV"

@@ -1,6 +1,7 @@
-"""The Triton whole-trajectory kernel (``bayesneuron.simulation.gpu_kernel``): on the CPU in
-Triton's interpreter against the fused C kernel (same scheme: agreement to rounding), and on
-CUDA (marked ``gpu``) against the CPU through ``simulate``."""
+"""The Triton whole-trajectory kernels (``bayesneuron.simulation.gpu_kernel``): forward and
+adjoint on the CPU in Triton's interpreter against the fused C kernel (same scheme:
+voltages and gradients agree to rounding), and on CUDA (marked ``gpu``) against the CPU
+through ``simulate``."""
 
 import importlib.util
 import json
@@ -8,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,17 +45,24 @@ else:  # classic HH: linoid, exponential and sigmoid rates; nA at one site; a re
     cell, solver = hh_tree_cell(), CrankNicolson(dt=0.1)
     stim = step_current([0.2, 0.5], 0, 6, delay=0.5, duration=4.0, t_stop=6.0, dt=0.5)
     g0 = torch.as_tensor(cell.params["g_na"], dtype=torch.float64)
-    g = {"g_na": g0 * (0.8 + 0.4 * torch.rand(2, 1, 6, generator=gen, dtype=torch.float64))}
+    g = {"g_na": g0 * (0.8 + 0.4 * torch.rand(2, 1, 6, generator=gen, dtype=torch.float64)),
+         "e_k": torch.as_tensor(cell.params["e_k"], dtype=torch.float64) + torch.rand(6)}
     t_eval = np.arange(0.0, 6.0 + 1e-9, 0.2)
     held = torch.full((2, 6, len(t_eval)), float("nan"), dtype=torch.float64)
     held[:, 0] = -60.0
     reset = Reset(held, 10)
+g = {k: x.requires_grad_() for k, x in g.items()}
 ref = simulate(cell, g, stim, t_eval, solver, reset=reset).v
-g = {k: x.to(dtype) for k, x in g.items()}
+weights = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+ref_grad = torch.autograd.grad((ref * weights).sum(), list(g.values()))
+g = {k: x.detach().to(dtype).requires_grad_() for k, x in g.items()}
 s2, p, cur, st, te, rs, dev = api._prepare(cell, g, stim, t_eval, solver, dtype, None, reset)
 v, n = gpu_kernel.run(cell, p, cur, st, te, s2, rs)
+grad = torch.autograd.grad((v.double() * weights).sum(), list(g.values()))
+rel = max(float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(grad, ref_grad))
 print(json.dumps({"shape": list(v.shape), "ref_shape": list(ref.shape), "dtype": str(v.dtype),
-                  "max_abs": float((v.double() - ref).abs().max()),
+                  "max_abs": float((v.double() - ref).abs().max()), "grad_rel": rel,
+                  "grad_shapes": [list(x.shape) for x in grad],
                   "v_range": [float(ref.min()), float(ref.max())], "steps": n}))
 """
 
@@ -76,6 +83,9 @@ def test_interpreted_kernel_matches_the_c_kernel(case):
     assert r["shape"] == r["ref_shape"] and r["dtype"] == "torch.float64"
     assert r["v_range"][1] > 0.0  # the traces spike: a scheme error would show
     assert r["max_abs"] < 1e-8
+    shapes = [[3, 1, 6], [3, 1, 6]] if case == "paper" else [[2, 1, 6], [6]]  # g_na and e_k
+    assert r["grad_shapes"] == shapes
+    assert r["grad_rel"] < 1e-8  # the adjoint: the C kernel's gradient
 
 
 @needs_triton
@@ -83,6 +93,7 @@ def test_interpreted_kernel_in_float32():
     r = _interpret("paper", "float32")
     assert r["dtype"] == "torch.float32"
     assert r["max_abs"] < 0.05  # mV over spiking traces, float32 rounding only
+    assert r["grad_rel"] < 0.05
 
 
 @needs_triton
@@ -91,24 +102,32 @@ def test_what_the_gpu_kernel_does_not_take():
     cn = CrankNicolson(dt=0.1)
     assert "CUDA" in gpu_kernel.supported(cell, cn, "cpu")
     assert "CrankNicolson" in gpu_kernel.supported(cell, CrankNicolson(backend="torch"), "cuda")
-    g = torch.ones(6, requires_grad=True)
-    assert "adjoint" in gpu_kernel.supported(cell, cn, "cuda", params=[g])
-    with torch.no_grad():  # no gradient wanted: the kernel takes it
-        assert gpu_kernel.supported(cell, cn, "cuda", params=[g]) is None
+    g, i = torch.ones(6, requires_grad=True), torch.ones(3, 6, requires_grad=True)
+    assert gpu_kernel.supported(cell, cn, "cuda", params=[g]) is None
+    assert "currents" in gpu_kernel.supported(cell, cn, "cuda", params=[g], currents=i)
+    with torch.no_grad():  # no gradient wanted
+        assert gpu_kernel.supported(cell, cn, "cuda", params=[g], currents=i) is None
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_forward_runs_the_kernel_and_matches_the_cpu(dtype):
+def test_cuda_runs_the_kernels_and_matches_the_cpu(dtype):
     from bayesneuron import step_current
 
     cell = hh_tree_cell()
     stim = step_current([0.2, 0.5], 0, 6, delay=0.5, duration=4.0, t_stop=6.0, dt=0.5)
     g0 = torch.as_tensor(cell.params["g_na"], dtype=torch.float64)
-    g = {"g_na": g0 * (0.8 + 0.4 * torch.rand(50, 1, 6, dtype=torch.float64))}
-    cpu = simulate(cell, g, stim, solver=CrankNicolson(dt=0.025)).v
-    with torch.no_grad():
-        gc = {k: x.cuda() for k, x in g.items()}
-        gpu = simulate(cell, gc, stim, solver=CrankNicolson(dt=0.025), dtype=dtype).v
+    g = g0 * (0.8 + 0.4 * torch.rand(50, 1, 6, dtype=torch.float64))
+    cn = CrankNicolson(dt=0.025)
+    assert gpu_kernel.supported(cell, cn, "cuda", params=[g]) is None
+    gc = g.clone().requires_grad_()
+    cpu = simulate(cell, {"g_na": gc}, stim, solver=cn).v
+    (grad_cpu,) = torch.autograd.grad(cpu.pow(2).mean(), gc)
+    gg = g.to("cuda", dtype).requires_grad_()
+    gpu = simulate(cell, {"g_na": gg}, stim, solver=cn, dtype=dtype).v
+    (grad_gpu,) = torch.autograd.grad(gpu.pow(2).mean(), gg)
     assert gpu.device.type == "cuda" and gpu.dtype == dtype
-    assert torch.allclose(gpu.cpu().double(), cpu, atol=1e-8 if dtype == torch.float64 else 0.05)
+    tol = 1e-8 if dtype == torch.float64 else 0.05
+    assert torch.allclose(gpu.detach().cpu().double(), cpu.detach(), atol=tol)
+    rel = (grad_gpu.cpu().double() - grad_cpu).abs().max() / grad_cpu.abs().max()
+    assert rel < (1e-8 if dtype == torch.float64 else 0.05)

@@ -101,7 +101,7 @@ def simulate(
     if isinstance(solver, Torchdiffeq):
         v = run_torchdiffeq(cell, p, cur, stimulus, t_eval, solver)
         n_steps = None
-    elif _gpu_kernel_runs(cell, solver, device, reset, p):
+    elif _gpu_kernel_runs(cell, solver, device, reset, p, cur):
         v, n_steps = gpu_kernel.run(cell, p, cur, stimulus, t_eval, solver, reset)
     elif runs_fused(cell, solver, dtype, device, stimulus, reset, p.values(), tuple(p)):
         v, n_steps = fused.run(cell, p, cur, stimulus, t_eval, solver, reset)
@@ -111,11 +111,12 @@ def simulate(
     return Trace(t=t, v=v, names=cell.morphology.names, solver=solver, n_steps=n_steps)
 
 
-def _gpu_kernel_runs(cell, solver, device, reset, p) -> bool:
-    """Whether the Triton kernel takes this (CUDA, no gradient, no varying ``cm``/``ra``)."""
+def _gpu_kernel_runs(cell, solver, device, reset, p, cur) -> bool:
+    """Whether the Triton kernel takes this (CUDA, :func:`.gpu_kernel.supported`, no varying
+    ``cm`` or ``ra``)."""
     if set(PASSIVE) & set(p):
         return False
-    return gpu_kernel.supported(cell, solver, device, reset, p.values()) is None
+    return gpu_kernel.supported(cell, solver, device, reset, p.values(), cur.values) is None
 
 
 def runs_fused(

@@ -63,7 +63,7 @@ from torch.autograd.function import once_differentiable
 
 from bayesneuron.channels.base import RateChannel
 from bayesneuron.simulation import _ckernels
-from bayesneuron.simulation.grid import broadcast_shapes, step_grid
+from bayesneuron.simulation.grid import broadcast_shapes, channel_param_grads, step_grid
 from bayesneuron.simulation.hines import tree_system
 from bayesneuron.simulation.solvers import AUTO_CHECKPOINT_BYTES, CrankNicolson
 
@@ -491,10 +491,6 @@ class _Fused(torch.autograd.Function):
         grad, gcur = prob.adjoint(ctx.par, ctx.hist, gout, want_cur=ctx.needs_input_grad[1])
         grad = torch.from_numpy(grad)
         grads = [None if gcur is None else torch.from_numpy(np.ascontiguousarray(gcur))]
-        for idx, shape in enumerate(ctx.shapes):  # reduce over the dims the parameter broadcast
-            if not ctx.needs_input_grad[2 + idx]:
-                grads.append(None)
-                continue
-            gx = grad[:, idx // 2, idx % 2].reshape(prob.batch + (prob.n_comp,))
-            grads.append(gx.sum_to_size(shape[:-1] + (1, prob.n_comp)).reshape(shape))
+        need = ctx.needs_input_grad[2:]
+        grads += channel_param_grads(grad, prob.batch, prob.n_comp, ctx.shapes, need)
         return (None, *grads)

@@ -1,6 +1,6 @@
-"""The whole trajectory in one GPU kernel (Triton): staggered Crank–Nicolson forward passes
-for many independent simulations at once — the particles × traces that SMC, importance
-sampling and design criteria evaluate without gradients.
+"""The whole trajectory in one GPU kernel (Triton): staggered Crank–Nicolson for many
+independent simulations at once — the particles × traces that SMC, importance sampling,
+batched SVI and design criteria evaluate — with the discrete adjoint for gradients.
 
 The torch backend on a GPU launches a few hundred small kernels per time step (and one per
 tree level), so a 6-compartment cell with 20 000 particle-traces runs no faster on an H200
@@ -12,14 +12,17 @@ Crank–Nicolson voltage system, ``v ← 2w − v``, output and reset at output 
 same tables (:class:`~.fused.KernelProblem`). The state of every lane lives in scratch
 arrays ``[node or compartment, lane]`` (lanes contiguous, so each access is coalesced); the
 tables are read as scalars, so any tree and any channel declared from rate forms runs.
+Gradients with respect to the channels' ``g`` and ``e``: the forward pass stores ``w``, the
+gates, ``∂y'/∂y`` and ``∂y'/∂v`` per step (``8·steps·lanes·(nodes + 3·gates·comps)`` bytes in
+float64, no checkpointing yet) and :func:`~._triton.cn_adjoint` runs the C kernel's adjoint.
 
-Forward only: :func:`~bayesneuron.simulate` takes it on CUDA for :class:`CrankNicolson`
-(``backend`` ``"auto"`` or ``"fused"``) when no gradient is wanted, the morphology has no
-loops and the channels fit the tables (:func:`supported`); gradients on a GPU stay with the
-torch backend. Float32 or float64, as asked.
+:func:`~bayesneuron.simulate` takes it on CUDA for :class:`CrankNicolson` (``backend``
+``"auto"`` or ``"fused"``) where the morphology has no loops and the channels fit the tables
+(:func:`supported`); gradients with respect to currents, reset values or ``cm``/``ra`` stay
+with the torch backend. Float32 or float64, as asked.
 
-Tests run the kernel on the CPU in Triton's interpreter (``TRITON_INTERPRET=1``), against the
-C kernel (``tests/test_gpu_kernel.py``).
+Tests run both kernels on the CPU in Triton's interpreter (``TRITON_INTERPRET=1``), against
+the C kernel (``tests/test_gpu_kernel.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import math
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch.autograd.function import once_differentiable
 
 from bayesneuron.simulation.fused import KernelProblem, unsupported_channel
-from bayesneuron.simulation.grid import Currents
+from bayesneuron.simulation.grid import Currents, channel_param_grads
 from bayesneuron.simulation.hines import tree_system
 from bayesneuron.simulation.solvers import CrankNicolson
 
@@ -40,7 +45,7 @@ __all__ = ["run", "supported"]
 BLOCK = 128  # lanes per program
 
 
-def supported(cell, solver, device, reset=None, params=()) -> str | None:
+def supported(cell, solver, device, reset=None, params=(), currents=None) -> str | None:
     """``None`` if :func:`run` can take this simulation, else why not (a message)."""
     if not isinstance(solver, CrankNicolson) or solver.backend == "torch" or solver.compile:
         return "the GPU kernel runs CrankNicolson with backend 'auto' or 'fused'"
@@ -48,10 +53,12 @@ def supported(cell, solver, device, reset=None, params=()) -> str | None:
         return f"the GPU kernel runs on CUDA; got device {device}"
     if importlib.util.find_spec("triton") is None:
         return "the GPU kernel needs Triton (pip install triton)"
-    if torch.is_grad_enabled() and any(x.requires_grad for x in params):
-        return "the GPU kernel has no adjoint: gradients need the torch backend"
+    if torch.is_grad_enabled() and currents is not None and currents.requires_grad:
+        return "gradients with respect to currents need the torch backend on a GPU"
     if reset is not None and reset.values.requires_grad and torch.is_grad_enabled():
-        return "the GPU kernel has no adjoint: gradients need the torch backend"
+        return "gradients with respect to reset values need the torch backend"
+    if any(fwAD.unpack_dual(x).tangent is not None for x in params):
+        return "forward-mode AD needs the torch backend"
     if tree_system(cell.morphology).n_loops:
         return "the GPU kernel solves trees; a morphology with loops needs the torch backend"
     return unsupported_channel(cell)
@@ -59,44 +66,125 @@ def supported(cell, solver, device, reset=None, params=()) -> str | None:
 
 def run(cell, p, cur: Currents, stimulus, t_eval, solver, reset=None):
     """Voltages ``[batch…, comp, time]`` (mV, the dtype and device of ``cur.values``) and the
-    number of steps, as :func:`.fused.run` without gradients. ``p``: every cell parameter
-    ``{name: [sample…, comp]}``."""
-    from bayesneuron.simulation import _triton
-
-    dev, dt = cur.values.device, cur.values.dtype
-    flat = [p[f"{k}_{ch.name}"].detach() for ch in cell.channels for k in ("g", "e")]
+    number of steps, as :func:`.fused.run`: differentiable in the channels' ``g`` and ``e``
+    (the discrete adjoint, from a stored history). ``p``: every cell parameter ``{name:
+    [sample…, comp]}``."""
+    flat = [p[f"{k}_{ch.name}"] for ch in cell.channels for k in ("g", "e")]
+    store = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
     host = Currents(cur.values.detach().to("cpu", torch.float64), cur.sites.cpu())
-    prob = KernelProblem(cell, flat, host, stimulus, t_eval, solver.dt, reset, store=False)
-    n_ch, nc = len(cell.channels), prob.n_comp
-    par = torch.stack([t.to(dev, dt).expand(prob.pshape + (nc,)) for t in flat], -2)
-    par = par.reshape(-1, n_ch, 2, nc).contiguous()
-    e_shift = torch.as_tensor(prob.e_shift, dtype=dt, device=dev)
+    prob = KernelProblem(cell, flat, host, stimulus, t_eval, solver.dt, reset, store)
+    launch = _Launch(prob, len(cell.channels), cur.values.device, cur.values.dtype)
+    return _GpuCN.apply(launch, *flat), launch.n_steps
 
-    def f(x):  # floats in the compute dtype
-        return torch.as_tensor(np.ascontiguousarray(x), device=dev).to(dt).contiguous()
 
-    def i(x):
-        return torch.as_tensor(np.ascontiguousarray(x), device=dev).to(torch.int64).contiguous()
+class _Launch:
+    """A :class:`~.fused.KernelProblem`'s tables on the device, and the two kernel calls."""
 
-    parent, ta, tb, diag, cm, pub, pos = prob.tree[:7]
-    spec, gcf = prob.rates
-    ga, pa, gb, pb = (i(x) for x in prob.gates) if n_ch else (i(np.zeros(1)),) * 4
-    k_dt, neg_h, cols, out_at, reset_at = prob.steps
-    n_gx = max(prob.n_gates, 1)
-    y0 = prob.y0 if prob.n_gates else np.ones(1)
-    B, n, n_steps = prob.n_batch, prob.n, len(k_dt)
-    out = torch.empty((B, nc, prob.n_time), dtype=dt, device=dev)
-    scratch = torch.empty((3 * n + (n_gx + 3) * nc) * B, dtype=dt, device=dev)
-    _triton.cn_forward[(math.ceil(B / BLOCK),)](
-        i(parent), f(ta), f(tb), f(diag), f(cm), i(pub), i(pos),
-        f(spec.reshape(-1) if prob.n_gates else np.zeros(12)),
-        f(gcf.reshape(-1) if prob.n_gates else np.zeros(4)),
-        ga, pa, gb, pb, f(y0),
-        f(k_dt), f(neg_h), i(cols), i(out_at), i(reset_at.astype(np.int64)),
-        f(prob.cur), i(prob.sites), i(prob.sidx), f(prob.rv), i(prob.ridx),
-        par, i(prob.pidx), e_shift, f(np.array([prob.v0])), out, scratch,
-        B, n, nc, prob.n_gates, n_gx, n_ch, n_steps, prob.cur.shape[1], prob.n_time,
-        prob.rv.shape[1], len(prob.sites),
-        BLOCK=BLOCK,
-    )  # fmt: skip
-    return out.view(prob.batch + out.shape[1:]), n_steps
+    def __init__(self, prob: KernelProblem, n_ch: int, dev, dt):
+        self.prob, self.n_ch, self.dev, self.dt = prob, n_ch, dev, dt
+        f, i = self._floats, self._ints
+        self.tree = (i(prob.tree[0]), f(prob.tree[1]), f(prob.tree[2]), f(prob.tree[3]))
+        self.tree += (f(prob.tree[4]), i(prob.tree[5]), i(prob.tree[6]))
+        gated = prob.n_gates > 0
+        self.rates = (
+            f(prob.rates[0] if gated else np.zeros(12)),
+            f(prob.rates[1] if gated else np.zeros(4)),
+        )
+        self.gates = tuple(i(x) for x in prob.gates) if n_ch else (i(np.zeros(1)),) * 4
+        k_dt, neg_h, cols, out_at, reset_at = prob.steps
+        self.steps = (f(k_dt), f(neg_h), i(cols), i(out_at), i(reset_at.astype(np.int64)))
+        self.n_steps, self.n_gx = len(k_dt), max(prob.n_gates, 1)
+        self.y0 = f(prob.y0 if gated else np.ones(1))
+        self.rows = (i(prob.sidx), f(prob.rv), i(prob.ridx), i(prob.pidx))
+        self.e_shift = f(prob.e_shift)
+        self.grid = (math.ceil(prob.n_batch / BLOCK),)
+
+    def _floats(self, x):
+        return torch.as_tensor(np.ascontiguousarray(x), device=self.dev).to(self.dt).contiguous()
+
+    def _ints(self, x):
+        x = torch.as_tensor(np.ascontiguousarray(x), device=self.dev)
+        return x.to(torch.int64).contiguous()
+
+    def pack(self, flat) -> torch.Tensor:
+        """Parameters ``[g, e]`` per channel → ``[P, channel, 2, comp]`` on the device."""
+        nc, shape = self.prob.n_comp, self.prob.pshape
+        x = torch.stack([t.detach().to(self.dev, self.dt).expand(shape + (nc,)) for t in flat], -2)
+        return x.reshape(-1, self.n_ch, 2, nc).contiguous()
+
+    def history(self, store: bool):
+        """``W``, ``X``, ``A``, ``D`` and their per-step sizes (empty without ``store``)."""
+        pr, B = self.prob, self.prob.n_batch
+        sizes = (pr.n * B, self.n_gx * pr.n_comp * B, pr.n_gates * pr.n_comp * B)
+        if not store:
+            return (torch.empty(1, dtype=self.dt, device=self.dev),) * 4, self._ints([0, 0, 0])
+        s = self.n_steps
+        w = torch.empty(s * sizes[0], dtype=self.dt, device=self.dev)
+        x = torch.full((s * sizes[1],), 1.0, dtype=self.dt, device=self.dev)  # no gate: 1
+        a, d = (torch.empty(max(s * sizes[2], 1), dtype=self.dt, device=self.dev) for _ in "ad")
+        return (w, x, a, d), self._ints(sizes)
+
+    def forward(self, par, store: bool):
+        """Voltages ``[B, comp, time]`` and the history (``None`` without ``store``)."""
+        from bayesneuron.simulation import _triton
+
+        pr, B = self.prob, self.prob.n_batch
+        out = torch.empty((B, pr.n_comp, pr.n_time), dtype=self.dt, device=self.dev)
+        scratch = torch.empty(
+            (3 * pr.n + (self.n_gx + 3) * pr.n_comp) * B, dtype=self.dt, device=self.dev
+        )
+        hist, strides = self.history(store)
+        sidx, rv, ridx, pidx = self.rows
+        _triton.cn_forward[self.grid](
+            *self.tree, *self.rates, *self.gates, self.y0, *self.steps,
+            self._floats(pr.cur), self._ints(pr.sites), sidx, rv, ridx,
+            par, pidx, self.e_shift, self._floats(np.array([pr.v0])), out, scratch,
+            *hist, strides,
+            B, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, self.n_steps,
+            pr.cur.shape[1], pr.n_time, pr.rv.shape[1], len(pr.sites),
+            BLOCK=BLOCK, STORE=store,
+        )  # fmt: skip
+        return out, ((hist, strides) if store else None)
+
+    def adjoint(self, par, hist, gout):
+        """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
+        from bayesneuron.simulation import _triton
+
+        pr, B, nc = self.prob, self.prob.n_batch, self.prob.n_comp
+        grad = torch.empty((B, self.n_ch, 2, nc), dtype=self.dt, device=self.dev)
+        n_scratch = 3 * pr.n + (self.n_gx + 2 * self.n_ch + 1) * nc
+        scratch = torch.empty(n_scratch * B, dtype=self.dt, device=self.dev)
+        k_dt, _, _, out_at, reset_at = self.steps
+        _, rv, ridx, pidx = self.rows
+        _triton.cn_adjoint[self.grid](
+            *self.tree, *self.gates, k_dt, out_at, reset_at, rv, ridx,
+            par, pidx, self.e_shift, gout.to(self.dt).contiguous(), *hist[0], hist[1],
+            scratch, grad,
+            B, pr.n, nc, pr.n_gates, self.n_gx, self.n_ch, self.n_steps, pr.n_time,
+            pr.rv.shape[1],
+            BLOCK=BLOCK,
+        )  # fmt: skip
+        return grad
+
+
+class _GpuCN(torch.autograd.Function):
+    """``V = simulate(params)`` by :func:`~._triton.cn_forward`; backward by the adjoint."""
+
+    @staticmethod
+    def forward(ctx, launch: _Launch, *flat):
+        par = launch.pack(flat)
+        out, hist = launch.forward(par, launch.prob.store)
+        if hist is not None:
+            ctx.launch, ctx.par, ctx.hist = launch, par, hist
+            ctx.shapes = [x.shape for x in flat]
+        return out.view(launch.prob.batch + out.shape[1:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv):
+        launch = ctx.launch
+        gout = gv.reshape((-1,) + gv.shape[-2:])
+        grad = launch.adjoint(ctx.par, ctx.hist, gout)
+        pr = launch.prob
+        need = ctx.needs_input_grad[1:]
+        return (None, *channel_param_grads(grad, pr.batch, pr.n_comp, ctx.shapes, need))

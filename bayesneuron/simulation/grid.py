@@ -48,6 +48,20 @@ def broadcast_shapes(*shapes) -> torch.Size:
     return torch.Size(np.broadcast_shapes(*(tuple(x) for x in shapes)))
 
 
+def channel_param_grads(grad: Tensor, batch, n_comp: int, shapes, needs) -> list:
+    """The kernels' ``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` as one gradient per parameter
+    tensor ``[g_0, e_0, g_1, …]`` of shape ``shapes[i]`` (summed over the dims it was
+    broadcast along), ``None`` where ``needs[i]`` is false."""
+    out = []
+    for idx, shape in enumerate(shapes):
+        if not needs[idx]:
+            out.append(None)
+            continue
+        gx = grad[:, idx // 2, idx % 2].reshape(tuple(batch) + (n_comp,))
+        out.append(gx.sum_to_size(tuple(shape[:-1]) + (1, n_comp)).reshape(shape))
+    return out
+
+
 def step_grid(stimulus: Stimulus, t_eval: np.ndarray, dt_max: float):
     """Step boundaries through every output time and bin edge; sub-steps of at most ``dt_max``.
 
