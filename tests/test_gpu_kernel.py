@@ -109,6 +109,16 @@ def test_what_the_gpu_kernel_does_not_take():
         assert gpu_kernel.supported(cell, cn, "cuda", params=[g], currents=i) is None
 
 
+@needs_triton
+def test_a_kernel_that_fails_is_reported_once_and_not_used_again(monkeypatch):
+    monkeypatch.setattr(gpu_kernel, "_FAILED", [])
+    with pytest.warns(UserWarning, match="torch backend"):
+        with pytest.raises(gpu_kernel.KernelFailed, match="no_such_kernel"):
+            gpu_kernel._launch("no_such_kernel", (1,))
+    reason = gpu_kernel.supported(paper_toy_cell(), CrankNicolson(), "cuda")
+    assert "failed here" in reason and "no_such_kernel" in reason
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cuda_runs_the_kernels_and_matches_the_cpu(dtype):

@@ -102,7 +102,10 @@ def simulate(
         v = run_torchdiffeq(cell, p, cur, stimulus, t_eval, solver)
         n_steps = None
     elif _gpu_kernel_runs(cell, solver, device, reset, p, cur):
-        v, n_steps = gpu_kernel.run(cell, p, cur, stimulus, t_eval, solver, reset)
+        try:
+            v, n_steps = gpu_kernel.run(cell, p, cur, stimulus, t_eval, solver, reset)
+        except gpu_kernel.KernelFailed:  # warned once; the torch backend from now on
+            v, n_steps = run_fixed(cell, p, cur, stimulus, t_eval, solver, reset)
     elif runs_fused(cell, solver, dtype, device, stimulus, reset, p.values(), tuple(p)):
         v, n_steps = fused.run(cell, p, cur, stimulus, t_eval, solver, reset)
     else:

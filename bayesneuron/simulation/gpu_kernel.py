@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -40,9 +41,15 @@ from bayesneuron.simulation.grid import Currents, channel_param_grads
 from bayesneuron.simulation.hines import tree_system
 from bayesneuron.simulation.solvers import CrankNicolson
 
-__all__ = ["run", "supported"]
+__all__ = ["KernelFailed", "run", "supported"]
 
 BLOCK = 128  # lanes per program
+_FAILED: list[str] = []  # why Triton could not build or launch the kernels in this process
+
+
+class KernelFailed(RuntimeError):
+    """Triton could not compile or launch the kernels here (:func:`simulate` then uses the
+    torch backend, with one warning)."""
 
 
 def supported(cell, solver, device, reset=None, params=(), currents=None) -> str | None:
@@ -53,6 +60,8 @@ def supported(cell, solver, device, reset=None, params=(), currents=None) -> str
         return f"the GPU kernel runs on CUDA; got device {device}"
     if importlib.util.find_spec("triton") is None:
         return "the GPU kernel needs Triton (pip install triton)"
+    if _FAILED:
+        return f"the GPU kernel failed here: {_FAILED[0]}"
     if torch.is_grad_enabled() and currents is not None and currents.requires_grad:
         return "gradients with respect to currents need the torch backend on a GPU"
     if reset is not None and reset.values.requires_grad and torch.is_grad_enabled():
@@ -126,8 +135,6 @@ class _Launch:
 
     def forward(self, par, store: bool):
         """Voltages ``[B, comp, time]`` and the history (``None`` without ``store``)."""
-        from bayesneuron.simulation import _triton
-
         pr, B = self.prob, self.prob.n_batch
         out = torch.empty((B, pr.n_comp, pr.n_time), dtype=self.dt, device=self.dev)
         scratch = torch.empty(
@@ -135,7 +142,9 @@ class _Launch:
         )
         hist, strides = self.history(store)
         sidx, rv, ridx, pidx = self.rows
-        _triton.cn_forward[self.grid](
+        _launch(
+            "cn_forward",
+            self.grid,
             *self.tree, *self.rates, *self.gates, self.y0, *self.steps,
             self._floats(pr.cur), self._ints(pr.sites), sidx, rv, ridx,
             par, pidx, self.e_shift, self._floats(np.array([pr.v0])), out, scratch,
@@ -148,15 +157,15 @@ class _Launch:
 
     def adjoint(self, par, hist, gout):
         """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
-        from bayesneuron.simulation import _triton
-
         pr, B, nc = self.prob, self.prob.n_batch, self.prob.n_comp
         grad = torch.empty((B, self.n_ch, 2, nc), dtype=self.dt, device=self.dev)
         n_scratch = 3 * pr.n + (self.n_gx + 2 * self.n_ch + 1) * nc
         scratch = torch.empty(n_scratch * B, dtype=self.dt, device=self.dev)
         k_dt, _, _, out_at, reset_at = self.steps
         _, rv, ridx, pidx = self.rows
-        _triton.cn_adjoint[self.grid](
+        _launch(
+            "cn_adjoint",
+            self.grid,
             *self.tree, *self.gates, k_dt, out_at, reset_at, rv, ridx,
             par, pidx, self.e_shift, gout.to(self.dt).contiguous(), *hist[0], hist[1],
             scratch, grad,
@@ -165,6 +174,23 @@ class _Launch:
             BLOCK=BLOCK,
         )  # fmt: skip
         return grad
+
+
+def _launch(name: str, grid, *args, **meta) -> None:
+    """``_triton.<name>[grid](*args, **meta)``; a failure to import, compile or launch is
+    remembered (the kernels are then not used again in this process) and raised as
+    :class:`KernelFailed`."""
+    try:
+        from bayesneuron.simulation import _triton
+
+        getattr(_triton, name)[grid](*args, **meta)
+    except Exception as e:  # noqa: BLE001 — Triton raises many kinds; all mean "not here"
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        _FAILED.append(msg)
+        warnings.warn(
+            f"the Triton GPU kernel failed ({msg}); using the torch backend", stacklevel=3
+        )
+        raise KernelFailed(msg) from e
 
 
 class _GpuCN(torch.autograd.Function):
