@@ -36,8 +36,9 @@ from bayesneuron.simulation.solvers import CrankNicolson
 case, dtype = sys.argv[1], getattr(torch, sys.argv[2])
 gen = torch.Generator().manual_seed(0)
 reset = None
-if case == "paper":  # softplus rates; 3 particles x 2 of the paper's traces, every site
-    cell, solver = paper_toy_cell(), CrankNicolson(dt=0.05)
+if case.startswith("paper"):  # softplus rates; 3 particles x 2 of the paper's traces
+    every = 7 if case == "paper_checkpointed" else None  # 45 steps: 7 segments
+    cell, solver = paper_toy_cell(), CrankNicolson(dt=0.05, checkpoint_every=every)
     stim, t_eval = paper_currents(n_traces=2, n_comp=6), paper_time_grid()[:16]
     g = {"g_na": 100 + 40 * torch.rand(3, 1, 6, generator=gen, dtype=torch.float64),
          "g_k": 30 + 20 * torch.rand(3, 1, 6, generator=gen, dtype=torch.float64)}
@@ -57,12 +58,14 @@ weights = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
 ref_grad = torch.autograd.grad((ref * weights).sum(), list(g.values()))
 g = {k: x.detach().to(dtype).requires_grad_() for k, x in g.items()}
 s2, p, cur, st, te, rs, dev = api._prepare(cell, g, stim, t_eval, solver, dtype, None, reset)
+seen, segments = [], gpu_kernel._Launch.segments
+gpu_kernel._Launch.segments = lambda self: seen.append(len(segments(self))) or segments(self)
 v, n = gpu_kernel.run(cell, p, cur, st, te, s2, rs)
 grad = torch.autograd.grad((v.double() * weights).sum(), list(g.values()))
 rel = max(float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(grad, ref_grad))
 print(json.dumps({"shape": list(v.shape), "ref_shape": list(ref.shape), "dtype": str(v.dtype),
                   "max_abs": float((v.double() - ref).abs().max()), "grad_rel": rel,
-                  "grad_shapes": [list(x.shape) for x in grad],
+                  "grad_shapes": [list(x.shape) for x in grad], "segments": max(seen),
                   "v_range": [float(ref.min()), float(ref.max())], "steps": n}))
 """
 
@@ -77,15 +80,16 @@ def _interpret(case: str, dtype: str) -> dict:
 
 
 @needs_triton
-@pytest.mark.parametrize("case", ["paper", "hh"])
+@pytest.mark.parametrize("case", ["paper", "hh", "paper_checkpointed"])
 def test_interpreted_kernel_matches_the_c_kernel(case):
     r = _interpret(case, "float64")
     assert r["shape"] == r["ref_shape"] and r["dtype"] == "torch.float64"
     assert r["v_range"][1] > 0.0  # the traces spike: a scheme error would show
     assert r["max_abs"] < 1e-8
-    shapes = [[3, 1, 6], [3, 1, 6]] if case == "paper" else [[2, 1, 6], [6]]  # g_na and e_k
+    shapes = [[2, 1, 6], [6]] if case == "hh" else [[3, 1, 6], [3, 1, 6]]  # hh: g_na, e_k
     assert r["grad_shapes"] == shapes
     assert r["grad_rel"] < 1e-8  # the adjoint: the C kernel's gradient
+    assert r["segments"] == (7 if case == "paper_checkpointed" else 1)
 
 
 @needs_triton

@@ -192,13 +192,15 @@ def cn_forward(
     cur, sites, sidx, rv, ridx,
     par, pidx, e_shift, v0_ptr, out, scratch,
     W, X, AA, DD, strides,
-    B, n, nc, n_g, n_gx, n_ch, n_steps, bins, n_time, rv_time, n_sites,
-    BLOCK: tl.constexpr, STORE: tl.constexpr,
+    B, n, nc, n_g, n_gx, n_ch, s_lo, s_hi, bins, n_time, rv_time, n_sites,
+    BLOCK: tl.constexpr, STORE: tl.constexpr, INIT: tl.constexpr,
 ):  # fmt: skip
-    """Every step of ``BLOCK`` lanes (module doc of :mod:`.gpu_kernel`); with ``STORE``, the
-    history the adjoint reads: ``W`` ``[step, node, lane]``, ``X`` ``[step, gate, comp,
-    lane]`` (gates after the step), ``AA``, ``DD`` ``[step, gate, comp, lane]``; ``strides``
-    (int64): the elements per step of ``W``, ``X``, ``AA``/``DD``."""
+    """Steps ``s_lo … s_hi − 1`` of ``BLOCK`` lanes (module doc of :mod:`.gpu_kernel`), from
+    the initial state (``INIT``) or from the state the scratch holds (a resumed segment);
+    with ``STORE``, the history the adjoint reads, indexed from ``s_lo``: ``W`` ``[step, node,
+    lane]``, ``X`` ``[step, gate, comp, lane]`` (gates after the step), ``AA``, ``DD``
+    ``[step, gate, comp, lane]``; ``strides`` (int64): the elements per step of ``W``, ``X``,
+    ``AA``/``DD``."""
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = lanes < B
     lanes64 = lanes.to(tl.int64)
@@ -214,15 +216,16 @@ def cn_forward(
     rrow = tl.load(ridx + lanes, mask=mask, other=0)
     v0 = tl.load(v0_ptr)
     zero = tl.zeros([BLOCK], dtype=out.dtype.element_ty)
-    for i in range(n):
-        tl.store(v_s + i * B + lanes, zero + v0, mask=mask)
-    for j in range(n_gx):
-        y0j = tl.load(y0 + j)
+    if INIT:
+        for i in range(n):
+            tl.store(v_s + i * B + lanes, zero + v0, mask=mask)
+        for j in range(n_gx):
+            y0j = tl.load(y0 + j)
+            for c in range(nc):
+                tl.store(y_s + (j * nc + c) * B + lanes, zero + y0j, mask=mask)
         for c in range(nc):
-            tl.store(y_s + (j * nc + c) * B + lanes, zero + y0j, mask=mask)
-    for c in range(nc):
-        tl.store(out + (lanes64 * nc + c) * n_time, zero + v0, mask=mask)
-    for s in range(n_steps):
+            tl.store(out + (lanes64 * nc + c) * n_time, zero + v0, mask=mask)
+    for s in range(s_lo, s_hi):
         h = tl.load(neg_h + s)
         kdt = tl.load(k_dt + s)
         col = tl.load(cols + s)
@@ -231,13 +234,13 @@ def cn_forward(
         for j in range(n_sites):
             x = tl.load(cur + (srow * bins + col) * n_sites + j, mask=mask, other=0.0)
             tl.store(ii_s + tl.load(sites + j) * B + lanes, x, mask=mask)
-        x_at = X + s * tl.load(strides + 1)
-        a_at = AA + s * tl.load(strides + 2)
-        d_at = DD + s * tl.load(strides + 2)
+        x_at = X + (s - s_lo) * tl.load(strides + 1)
+        a_at = AA + (s - s_lo) * tl.load(strides + 2)
+        d_at = DD + (s - s_lo) * tl.load(strides + 2)
         _channels(spec, gcf, ga, pa, gb, pb, par, e_shift, prow, v_s, y_s, gs_s, ge_s, pos, h,
                   x_at, a_at, d_at, nc, n_g, n_ch, B, lanes, mask, zero, STORE)  # fmt: skip
         _voltage(parent, ta, tb, diag, cm, pub, v_s, d_s, w_s, gs_s, ge_s, ii_s, kdt,
-                 W + s * tl.load(strides), n, nc, B, lanes, mask, STORE)  # fmt: skip
+                 W + (s - s_lo) * tl.load(strides), n, nc, B, lanes, mask, STORE)  # fmt: skip
         jo = tl.load(out_at + s)
         if jo >= 0:
             reset = tl.load(reset_at + s)
@@ -286,12 +289,13 @@ def cn_adjoint(
     parent, ta, tb, diag, cm, pub, pos,
     ga, pa, gb, pb, k_dt, out_at, reset_at, rv, ridx,
     par, pidx, e_shift, gout, W, X, AA, DD, strides, scratch, grad,
-    B, n, nc, n_g, n_gx, n_ch, n_steps, n_time, rv_time,
-    BLOCK: tl.constexpr,
+    B, n, nc, n_g, n_gx, n_ch, s_lo, s_hi, n_time, rv_time,
+    BLOCK: tl.constexpr, INIT: tl.constexpr,
 ):  # fmt: skip
     """The discrete adjoint of :func:`cn_forward` (the C kernel's ``adjoint_chunk``): steps
-    backwards from ``∂L/∂V`` ``gout`` ``[lane, comp, time]`` through the stored history to
-    ``grad`` ``[lane, channel, 2, comp]`` (``∂L/∂g``, ``∂L/∂e``)."""
+    ``s_hi − 1 … s_lo`` back from ``∂L/∂V`` ``gout`` ``[lane, comp, time]`` through their
+    history (from ``s_lo``), the state zeroed (``INIT``) or carried in the scratch from the
+    later segment; the sums so far to ``grad`` ``[lane, channel, 2, comp]`` (g, e)."""
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = lanes < B
     lanes64 = lanes.to(tl.int64)
@@ -304,12 +308,13 @@ def cn_adjoint(
     prow = tl.load(pidx + lanes, mask=mask, other=0)
     rrow = tl.load(ridx + lanes, mask=mask, other=0)
     zero = tl.zeros([BLOCK], dtype=grad.dtype.element_ty)
-    for i in range(n):
-        tl.store(lv_s + i * B + lanes, zero, mask=mask)
-    for x in range((n_gx + 2 * n_ch) * nc):  # λ_y and the gradient sums (contiguous)
-        tl.store(ly_s + x * B + lanes, zero, mask=mask)
-    for q in range(n_steps):
-        s = n_steps - 1 - q
+    if INIT:
+        for i in range(n):
+            tl.store(lv_s + i * B + lanes, zero, mask=mask)
+        for x in range((n_gx + 2 * n_ch) * nc):  # λ_y and the gradient sums (contiguous)
+            tl.store(ly_s + x * B + lanes, zero, mask=mask)
+    for q in range(s_hi - s_lo):
+        s = s_hi - 1 - q
         jo = tl.load(out_at + s)
         if jo >= 0:
             reset = tl.load(reset_at + s)
@@ -321,11 +326,9 @@ def cn_adjoint(
                     lam = tl.where(x == x, 0.0, lam)
                 g = tl.load(gout + (lanes64 * nc + c) * n_time + jo, mask=mask, other=0.0)
                 tl.store(at, lam + g, mask=mask)
-        kdt = tl.load(k_dt + s)
-        x_at = X + s * tl.load(strides + 1)
-        a_at = AA + s * tl.load(strides + 2)
-        d_at = DD + s * tl.load(strides + 2)
-        w_at = W + s * tl.load(strides)
+        kdt, x_at = tl.load(k_dt + s), X + (s - s_lo) * tl.load(strides + 1)
+        a_at, d_at = AA + (s - s_lo) * tl.load(strides + 2), DD + (s - s_lo) * tl.load(strides + 2)
+        w_at = W + (s - s_lo) * tl.load(strides)
         for c in range(nc):  # Σ G_c at the step's gates
             g_sum = zero
             for k in range(n_ch):

@@ -14,7 +14,10 @@ arrays ``[node or compartment, lane]`` (lanes contiguous, so each access is coal
 tables are read as scalars, so any tree and any channel declared from rate forms runs.
 Gradients with respect to the channels' ``g`` and ``e``: the forward pass stores ``w``, the
 gates, ``∂y'/∂y`` and ``∂y'/∂v`` per step (``8·steps·lanes·(nodes + 3·gates·comps)`` bytes in
-float64, no checkpointing yet) and :func:`~._triton.cn_adjoint` runs the C kernel's adjoint.
+float64) and :func:`~._triton.cn_adjoint` runs the C kernel's adjoint. Where that history
+would be large (``CrankNicolson.checkpoint_every``, as on the CPU: above 1 GB with
+``"auto"``), the forward keeps the state at the start of every segment and the adjoint
+recomputes one segment's history at a time (one more forward pass, identical gradients).
 
 :func:`~bayesneuron.simulate` takes it on CUDA for :class:`CrankNicolson` (``backend``
 ``"auto"`` or ``"fused"``) where the morphology has no loops and the channels fit the tables
@@ -82,6 +85,7 @@ def run(cell, p, cur: Currents, stimulus, t_eval, solver, reset=None):
     store = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
     host = Currents(cur.values.detach().to("cpu", torch.float64), cur.sites.cpu())
     prob = KernelProblem(cell, flat, host, stimulus, t_eval, solver.dt, reset, store)
+    prob.checkpoint(solver.checkpoint_every)
     launch = _Launch(prob, len(cell.channels), cur.values.device, cur.values.dtype)
     return _GpuCN.apply(launch, *flat), launch.n_steps
 
@@ -121,27 +125,32 @@ class _Launch:
         x = torch.stack([t.detach().to(self.dev, self.dt).expand(shape + (nc,)) for t in flat], -2)
         return x.reshape(-1, self.n_ch, 2, nc).contiguous()
 
-    def history(self, store: bool):
-        """``W``, ``X``, ``A``, ``D`` and their per-step sizes (empty without ``store``)."""
+    def history(self, n_steps: int):
+        """``W``, ``X``, ``A``, ``D`` for ``n_steps`` steps (one float each for none) and
+        their per-step sizes."""
         pr, B = self.prob, self.prob.n_batch
         sizes = (pr.n * B, self.n_gx * pr.n_comp * B, pr.n_gates * pr.n_comp * B)
-        if not store:
-            return (torch.empty(1, dtype=self.dt, device=self.dev),) * 4, self._ints([0, 0, 0])
-        s = self.n_steps
-        w = torch.empty(s * sizes[0], dtype=self.dt, device=self.dev)
-        x = torch.full((s * sizes[1],), 1.0, dtype=self.dt, device=self.dev)  # no gate: 1
-        a, d = (torch.empty(max(s * sizes[2], 1), dtype=self.dt, device=self.dev) for _ in "ad")
+        w = torch.empty(max(n_steps * sizes[0], 1), dtype=self.dt, device=self.dev)
+        x = torch.full((max(n_steps * sizes[1], 1),), 1.0, dtype=self.dt, device=self.dev)
+        a, d = (
+            torch.empty(max(n_steps * sizes[2], 1), dtype=self.dt, device=self.dev) for _ in "ad"
+        )
         return (w, x, a, d), self._ints(sizes)
 
-    def forward(self, par, store: bool):
-        """Voltages ``[B, comp, time]`` and the history (``None`` without ``store``)."""
-        pr, B = self.prob, self.prob.n_batch
-        out = torch.empty((B, pr.n_comp, pr.n_time), dtype=self.dt, device=self.dev)
-        scratch = torch.empty(
-            (3 * pr.n + (self.n_gx + 3) * pr.n_comp) * B, dtype=self.dt, device=self.dev
-        )
-        hist, strides = self.history(store)
-        sidx, rv, ridx, pidx = self.rows
+    def segments(self) -> list[tuple[int, int]]:
+        """Step ranges of the checkpointed segments (:meth:`.fused.KernelProblem.checkpoint`:
+        one, the whole run, unless its history would be large)."""
+        k = self.prob.segment or self.n_steps
+        return [(s0, min(s0 + k, self.n_steps)) for s0 in range(0, max(self.n_steps, 1), k)]
+
+    def _state(self, scratch):
+        """Views of ``v`` ``[node·lane]`` and the gates ``[gate·comp·lane]`` in a forward
+        scratch."""
+        nb, B = self.prob.n * self.prob.n_batch, self.prob.n_batch
+        return scratch[:nb], scratch[3 * nb : 3 * nb + self.n_gx * self.prob.n_comp * B]
+
+    def _forward(self, par, out, scratch, s_lo, s_hi, hist, strides, store, init):
+        pr, sidx, rv, ridx, pidx = self.prob, *self.rows
         _launch(
             "cn_forward",
             self.grid,
@@ -149,31 +158,68 @@ class _Launch:
             self._floats(pr.cur), self._ints(pr.sites), sidx, rv, ridx,
             par, pidx, self.e_shift, self._floats(np.array([pr.v0])), out, scratch,
             *hist, strides,
-            B, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, self.n_steps,
+            pr.n_batch, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, s_lo, s_hi,
             pr.cur.shape[1], pr.n_time, pr.rv.shape[1], len(pr.sites),
-            BLOCK=BLOCK, STORE=store,
+            BLOCK=BLOCK, STORE=store, INIT=init,
         )  # fmt: skip
-        return out, ((hist, strides) if store else None)
 
-    def adjoint(self, par, hist, gout):
-        """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``."""
+    def _buffers(self):
+        """An output ``[B, comp, time]`` and a forward scratch."""
+        pr, B = self.prob, self.prob.n_batch
+        out = torch.empty((B, pr.n_comp, pr.n_time), dtype=self.dt, device=self.dev)
+        size = (3 * pr.n + (self.n_gx + 3) * pr.n_comp) * B
+        return out, torch.empty(size, dtype=self.dt, device=self.dev)
+
+    def forward(self, par, store: bool):
+        """Voltages ``[B, comp, time]`` and what the adjoint needs (``None`` without
+        ``store``): the whole history, or the state at the start of every segment."""
+        out, scratch = self._buffers()
+        segs = self.segments()
+        if not store or len(segs) == 1:
+            hist, strides = self.history(self.n_steps if store else 0)
+            self._forward(par, out, scratch, 0, self.n_steps, hist, strides, store, True)
+            return out, ((hist, strides) if store else None)
+        none, checkpoints = self.history(0), []
+        for j, (s_lo, s_hi) in enumerate(segs):
+            checkpoints.append(tuple(x.clone() for x in self._state(scratch)) if j else None)
+            self._forward(par, out, scratch, s_lo, s_hi, *none, False, j == 0)
+        return out, checkpoints
+
+    def adjoint(self, par, saved, gout):
+        """``∂L/∂(g, e)`` ``[B, channel, 2, comp]`` from ``∂L/∂V`` ``[B, comp, time]``;
+        checkpointed segments are recomputed from their start, last first, each into one
+        segment's history, then run backwards."""
         pr, B, nc = self.prob, self.prob.n_batch, self.prob.n_comp
         grad = torch.empty((B, self.n_ch, 2, nc), dtype=self.dt, device=self.dev)
         n_scratch = 3 * pr.n + (self.n_gx + 2 * self.n_ch + 1) * nc
         scratch = torch.empty(n_scratch * B, dtype=self.dt, device=self.dev)
-        k_dt, _, _, out_at, reset_at = self.steps
-        _, rv, ridx, pidx = self.rows
+        gout = gout.to(self.dt).contiguous()
+        segs = self.segments()
+        if isinstance(saved, tuple):  # the whole history
+            self._adjoint(par, gout, *saved, scratch, grad, 0, self.n_steps, True)
+            return grad
+        out, fscratch = self._buffers()  # out: rewritten with the same values, not read
+        hist, strides = self.history(segs[0][1] - segs[0][0])
+        for j in reversed(range(len(segs))):
+            s_lo, s_hi = segs[j]
+            if j:
+                for dst, src in zip(self._state(fscratch), saved[j]):
+                    dst.copy_(src)
+            self._forward(par, out, fscratch, s_lo, s_hi, hist, strides, True, j == 0)
+            self._adjoint(par, gout, hist, strides, scratch, grad, s_lo, s_hi, j == len(segs) - 1)
+        return grad
+
+    def _adjoint(self, par, gout, hist, strides, scratch, grad, s_lo, s_hi, init):
+        pr, (k_dt, _, _, out_at, reset_at), (_, rv, ridx, pidx) = self.prob, self.steps, self.rows
         _launch(
             "cn_adjoint",
             self.grid,
             *self.tree, *self.gates, k_dt, out_at, reset_at, rv, ridx,
-            par, pidx, self.e_shift, gout.to(self.dt).contiguous(), *hist[0], hist[1],
-            scratch, grad,
-            B, pr.n, nc, pr.n_gates, self.n_gx, self.n_ch, self.n_steps, pr.n_time,
-            pr.rv.shape[1],
-            BLOCK=BLOCK,
+            par, pidx, self.e_shift, gout, *hist, strides, scratch, grad,
+            pr.n_batch, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, s_lo, s_hi,
+            pr.n_time, pr.rv.shape[1],
+            BLOCK=BLOCK, INIT=init,
         )  # fmt: skip
-        return grad
 
 
 def _launch(name: str, grid, *args, **meta) -> None:
