@@ -286,6 +286,7 @@ INFER = '[study]\nname = "x"\n[[infer]]\ndesigns = ["all|all"]\n'
         ("particles = 4\n", "unknown key 'particles'"),
         ("map_horizons = [0]\n", "map_horizons must list integers"),
         ('map_windows = ["8"]\n', "map_windows must list integers"),
+        ('smc_kernel = "nuts"\n', "smc_kernel must be 'walk' or 'hmc'"),
     ],
 )
 def test_infer_config_errors(tmp_path, capsys, extra, match):
@@ -314,6 +315,8 @@ def test_infer_map_horizons_reach_the_map(tmp_path):
     assert _horizons(load_study(d).infers[0], None) == (2, 8)
     (d / "config.toml").write_text(INFER)
     assert _horizons(load_study(d).infers[0], None) is None
+    (d / "config.toml").write_text(INFER + 'smc_kernel = "hmc"\n')
+    assert load_study(d).infers[0].smc_kernel == "hmc"
 
 
 @pytest.mark.gpu

@@ -28,6 +28,7 @@ INFER_KEYS = {
     "map_horizons": list,
     "psis_samples": int,
     "smc_particles": int,
+    "smc_kernel": str,
 }
 METHODS = ("svi", "laplace", "nuts")
 DESIGN_COLUMNS = (
@@ -67,6 +68,7 @@ class Infer:
     map_horizons: tuple[int, ...] | None = None  # None: the fit's default continuation
     psis_samples: int = 2000  # fresh draws for each method's k̂ check (importance: twice)
     smc_particles: int = 512  # per population of the "smc" rung (two populations)
+    smc_kernel: str = "walk"  # its move beside the independence sampler: "walk" or "hmc"
 
     def methods(self) -> tuple[str, ...]:
         """The posterior methods tried in turn (:mod:`bayesneuron.inference.posterior`):
@@ -95,6 +97,8 @@ def infer_problem(r: dict) -> str | None:
             return f"{key} must be ≥ 1"
     if r.get("smc_particles", 2) < 2:
         return "smc_particles must be ≥ 2"
+    if r.get("smc_kernel", "walk") not in ("walk", "hmc"):
+        return "smc_kernel must be 'walk' or 'hmc'"
     if r.get("map_init", "starts") not in ("starts", "truth"):
         return "map_init must be 'starts' or 'truth'"
     if r.get("noise_sigma", 0) < 0 or r.get("warmup_steps", 0) < 0:

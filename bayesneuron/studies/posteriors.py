@@ -82,7 +82,7 @@ def _posterior(inf, model, v, mp, seed: int, progress: bool):
             window=min(50, max(1, inf.max_steps // 2)),
         ),
         nuts=dict(warmup_steps=inf.warmup_steps, num_chains=inf.num_chains),
-        smc=dict(n_particles=inf.smc_particles),
+        smc=dict(n_particles=inf.smc_particles, kernel=inf.smc_kernel),
         seed=seed,
         progress=progress,
     )
