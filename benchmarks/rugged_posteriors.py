@@ -6,8 +6,9 @@ study's reported posterior compared with them.
         [--chains 2 --warmup 200 --samples 250] [--particles 512 --settle 60]
         [--kernel walk|hmc --leapfrog 8 --max-moves 20] [--population J]
         [--out benchmarks/results/rugged_posteriors]
-    python benchmarks/rugged_posteriors.py compare --reference smc|nuts
-        [--against nuts|smc | --study-out DIR] [--json FILE]
+    python benchmarks/rugged_posteriors.py settle --kernel hmc --rounds 12   # after run --population
+    python benchmarks/rugged_posteriors.py compare --reference smc|nuts|smc_settled
+        [--against nuts|smc | --study-out DIR | --study-reference DIR] [--json FILE]
 
 ``run``: per design, the study's data (its seed, noise and dt) and its MAP (the base values
 and prior draws, the continuation windows — never the truth); then NUTS (dense mass matrix,
@@ -16,9 +17,14 @@ tempered SMC from the prior (two populations, :func:`bayesneuron.inference.smc.t
 Writes ``<method>/<design>.npz`` (draws ``[chain, draw, comp]``) and ``<method>/<design>.json``
 (R̂, ESS, divergences or stages, |z| of the truth, wall time).
 
+``settle``: the populations of ``run --population J`` continued at β = 1 with ``--kernel``
+sweeps, 5 per round, until R̂ and ESS pass or ``--rounds`` are done (``smc_settled/``).
+
 ``compare``: per parameter ``|mean − mean_ref| / sd_ref`` (agreement: ≤ 0.3) and
 ``sd / sd_ref`` (agreement: within 25 %) of the other method's draws, or of a study run's
-posterior (``DIR/idata/<run>/<design>.nc``), against the reference's; with the reference's
+posterior (``DIR/idata/<run>/<design>.nc``) or its tables (``--study-reference``: its
+``parameters.csv``/``designs.csv``, then also the mean contraction, the reference's against
+the study's), against the reference's; with the reference's
 own checks beside them (a reference that fails R̂ or ESS is not a reference, and the table
 says so).
 """
@@ -183,6 +189,56 @@ def merge(args) -> None:
         )
 
 
+def settle(args) -> None:
+    """Continue the populations of ``smc/<design>.pop*`` (``run --population J``) at β = 1:
+    ``--rounds`` rounds of 5 ``--kernel`` sweeps of every population, R̂ and ESS over them
+    after each round, until they pass; the result to ``smc_settled/<design>.*``."""
+    import torch
+
+    from bayesneuron.inference import smc
+    from bayesneuron.inference.diagnostics import chain_diagnostics
+    from bayesneuron.inference.whitened import WhitenedModel
+    from bayesneuron.studies.config import load_study
+
+    torch.set_num_threads(args.threads)
+    study = load_study(args.study, smoke=args.smoke)
+    for label in args.designs:
+        t0 = time.perf_counter()
+        parts = sorted((args.out / "smc").glob(_file(label) + ".pop*.npz"))
+        model, v, truth, _, laps = _setup(study, label)
+        wm = WhitenedModel(model, v, laps[0])
+        runs = []
+        for f in parts:
+            g = {k: torch.as_tensor(a[0]) for k, a in np.load(f).items() if k in model.free}
+            z = wm.whiten(wm.space.unconstrain(g))
+            with torch.no_grad():
+                lp, ll = wm.log_prior(z), smc._loglik(wm, z)
+            scale = smc._Kernel(args.kernel, args.leapfrog).initial_scale(z.shape[1])
+            runs.append({"z": z, "lp": lp, "ll": ll, "beta": 1.0, "scale": scale, "n_sim": 0})
+        kern = smc._Kernel(args.kernel, args.leapfrog)
+        target, sweeps = (wm.log_prior, lambda z, wm=wm: smc._loglik(wm, z)), 0
+        for r in range(args.rounds):
+            sweeps += smc._settle(runs, target, kern, args.seed + 100 + r, 5)
+            with torch.no_grad():
+                z = torch.stack([x["z"] for x in runs])
+                samples = {k: x.cpu().numpy() for k, x in wm.params(z).items()}
+            diag = chain_diagnostics(samples) | {
+                "num_chains": len(runs), "kernel": args.kernel, "settle_sweeps": sweeps,
+                "accept_final": float(np.mean([x["accept"] for x in runs])),
+                "max_abs_z": _max_abs_z(samples, truth), "wall_s": time.perf_counter() - t0,
+                "populations": [f.name for f in parts],
+            }  # fmt: skip
+            _save(args.out / "smc_settled" / _file(label), samples, diag)
+            print(
+                f"{label:>16}  settle round {r + 1}: {sweeps} sweeps  R̂ {diag['rhat_max']:.3f}"
+                f"  ESS bulk {diag['ess_bulk_min']:.0f} tail {diag['ess_tail_min']:.0f}  "
+                f"max|z| truth {diag['max_abs_z']:.2f}  {diag['wall_s']:.0f} s",
+                flush=True,
+            )
+            if diag["rhat_max"] <= 1.01 and min(diag["ess_bulk_min"], diag["ess_tail_min"]) >= 100:
+                break
+
+
 def reweight(args) -> None:
     """Importance sampling from a Student-t mixture fitted to a ``run``'s draws (the
     populations pooled), refitted to its own weighted draws for ``--rounds`` rounds: can a
@@ -257,6 +313,36 @@ def _draws_of(args, method: str, label: str) -> tuple[dict, dict] | None:
     return dict(np.load(stem.with_suffix(".npz"))), diag
 
 
+def _moments(x, n_comp: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, sd)`` per compartment of draws ``[…, comp]`` or of a ``(mean, sd)`` pair."""
+    if isinstance(x, tuple):
+        return x
+    x = x.reshape(-1, n_comp)
+    return x.mean(0), x.std(0)
+
+
+def _study_table(folder: Path, label: str) -> tuple[dict, dict] | None:
+    """A study's reported posterior for ``label`` from its result tables (``parameters.csv``,
+    ``designs.csv`` of a run or of its committed ``reference/``): name → ``(mean, sd)`` per
+    compartment, and its design row with the prior variances (``prior_var``)."""
+    import pandas as pd
+
+    par, des = pd.read_csv(folder / "parameters.csv"), pd.read_csv(folder / "designs.csv")
+    par = par[par.design == label]
+    stim, rec = label.split("|")
+    rows = des[(des.stim == stim) & (des.rec == rec)]
+    if par.empty or rows.empty:
+        return None
+    name = par.parameter.str.split("[").str[0]
+    comp = par.parameter.str.extract(r"\[(\d+)\]")[0].astype(int)
+    out, prior_var = {}, {}
+    for k in name.unique():
+        sel = par[name == k].assign(c=comp[name == k]).sort_values("c")
+        out[k] = (sel["mean"].to_numpy(), sel["sd"].to_numpy())
+        prior_var[k] = sel["prior_sd"].to_numpy() ** 2
+    return out, rows.iloc[0].to_dict() | {"prior_var": prior_var}
+
+
 def _study_draws(args, label: str) -> tuple[dict, dict] | None:
     """The study run's reported posterior draws and its design row."""
     from bayesneuron import reports
@@ -276,20 +362,24 @@ def compare(args) -> dict:
     out = {}
     for label in args.designs:
         ref = _draws_of(args, args.reference, label)
-        other = (
-            _study_draws(args, label) if args.study_out else _draws_of(args, args.against, label)
-        )
+        if args.study_reference:
+            other = _study_table(args.study_reference, label)
+        elif args.study_out:
+            other = _study_draws(args, label)
+        else:
+            other = _draws_of(args, args.against, label)
         if ref is None or other is None:
             print(f"{label:>16}  missing a run", file=sys.stderr)
             continue
-        (x_ref, d_ref), (x_oth, _) = ref, other
-        dz, ratio = [], []
+        (x_ref, d_ref), (x_oth, row) = ref, other
+        dz, ratio, contraction = [], [], []
         for k, x in x_ref.items():
             x = x.reshape(-1, x.shape[-1])
-            y = x_oth[k].reshape(-1, x.shape[-1])
-            sd = x.std(0)
-            dz += list(np.abs(y.mean(0) - x.mean(0)) / sd)
-            ratio += list(y.std(0) / sd)
+            mean, sd = _moments(x_oth[k], x.shape[-1])
+            dz += list(np.abs(mean - x.mean(0)) / x.std(0))
+            ratio += list(sd / x.std(0))
+            if args.study_reference:
+                contraction += list(1 - x.var(0) / row["prior_var"][k])
         ref_ok = (
             d_ref["rhat_max"] <= RHAT_MAX
             and min(d_ref["ess_bulk_min"], d_ref["ess_tail_min"]) >= min_ess(d_ref["num_chains"])
@@ -297,7 +387,7 @@ def compare(args) -> dict:
         )
         res = {
             "reference": args.reference,
-            "against": "study" if args.study_out else args.against,
+            "against": "study" if args.study_out or args.study_reference else args.against,
             "max_mean_diff_sd": float(np.max(dz)),
             "sd_ratio_min": float(np.min(ratio)),
             "sd_ratio_max": float(np.max(ratio)),
@@ -307,6 +397,13 @@ def compare(args) -> dict:
             "reference_ess_bulk_min": d_ref["ess_bulk_min"],
             "reference_max_abs_z": d_ref.get("max_abs_z"),
         }
+        if contraction:  # the study's reported mean contraction against the reference's
+            res |= {
+                "reference_mean_contraction": float(np.mean(contraction)),
+                "study_mean_contraction": row["mean_contraction"],
+                "study_posterior_method": row["posterior_method"],
+                "study_max_abs_z": row["max_abs_z"],
+            }
         out[label] = res
         print(
             f"{label:>16}  {res['against']} vs {args.reference}: |Δmean|/sd ≤ "
@@ -323,13 +420,16 @@ def compare(args) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["run", "merge", "compare", "reweight"])
+    p.add_argument("what", choices=["run", "merge", "settle", "compare", "reweight"])
     p.add_argument("--method", choices=["nuts", "smc"], default="smc")
-    p.add_argument("--reference", choices=["nuts", "smc"], default="smc")
+    p.add_argument("--reference", choices=["nuts", "smc", "smc_settled"], default="smc")
     p.add_argument("--against", choices=["nuts", "smc"], default="nuts")
     p.add_argument("--designs", nargs="+", default=RUGGED)
     p.add_argument("--study", type=Path, default=Path(STUDY))
     p.add_argument("--study-out", type=Path, help="a study run's --out (for compare)")
+    p.add_argument(
+        "--study-reference", type=Path, help="compare: a study's tables (e.g. its reference/)"
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/rugged_posteriors"))
     p.add_argument("--particles", type=int, default=512, help="SMC particles per population")
     p.add_argument("--settle", type=int, default=60, help="SMC sweeps at β = 1, at most")
@@ -343,13 +443,16 @@ def main(argv=None) -> None:
     p.add_argument("--population", type=int, help="SMC: run this population alone (merge)")
     p.add_argument("--components", type=int, default=8, help="reweight: mixture components")
     p.add_argument("--proposals", type=int, default=4000, help="reweight: draws per round")
-    p.add_argument("--rounds", type=int, default=4, help="reweight: rounds")
+    p.add_argument(
+        "--rounds", type=int, default=4, help="reweight: rounds; settle: rounds of 5 sweeps"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--smoke", action="store_true", help="the study's [smoke] sizes (a test)")
     args = p.parse_args(argv)
-    {"run": run, "merge": merge, "compare": compare, "reweight": reweight}[args.what](args)
+    whats = {"run": run, "merge": merge, "settle": settle, "compare": compare}
+    (whats | {"reweight": reweight})[args.what](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Smoke test of ``benchmarks/rugged_posteriors.py``: single-population SMC runs, merged into
-one checked run, reweighted, compared with NUTS — on the study's smoke sizes."""
+one checked run, settled with HMC, reweighted, compared with NUTS and with the study's
+reference tables — on the study's smoke sizes."""
 
 import json
 import subprocess
@@ -31,6 +32,10 @@ def test_populations_merge_reweight_and_compare(tmp_path):
     assert merged["n_simulations"] > 2 * 16 and merged["beta_final"] == 1.0
     log_z = [float(x) for x in merged["log_evidence"].split()]
     assert len(log_z) == 2 and all(map(lambda x: x == x, log_z))  # two finite estimates
+    out = _run(tmp_path, "settle", "--kernel", "hmc", "--leapfrog", "2", "--rounds", "1")
+    settled = json.loads((tmp_path / "smc_settled" / "0__all.json").read_text())
+    assert "settle round 1" in out and settled["settle_sweeps"] in (0, 5)  # 0: passed already
+    assert settled["kernel"] == "hmc" and settled["num_chains"] == 2
     report = tmp_path / "reweight.json"
     out = _run(tmp_path, "reweight", "--method", "smc", "--rounds", "2", "--proposals", "200",
                "--components", "2", "--json", str(report))  # fmt: skip
@@ -39,3 +44,10 @@ def test_populations_merge_reweight_and_compare(tmp_path):
     _run(tmp_path, "run", "--method", "nuts", "--chains", "2", "--warmup", "5", "--samples", "5")
     out = _run(tmp_path, "compare", "--reference", "smc", "--against", "nuts")
     assert "vs smc" in out
+    tables = ROOT / "studies" / "paper_toy_identifiability" / "reference"
+    report = tmp_path / "vs_study.json"
+    _run(tmp_path, "compare", "--reference", "smc_settled", "--study-reference", str(tables),
+         "--json", str(report))  # fmt: skip
+    row = json.loads(report.read_text())[DESIGN]
+    assert row["against"] == "study" and 0 < row["sd_ratio_min"] <= row["sd_ratio_max"]
+    assert row["reference_mean_contraction"] < 1 and row["study_mean_contraction"] > 0
