@@ -207,15 +207,14 @@ def settle(args) -> None:
         parts = sorted((args.out / "smc").glob(_file(label) + ".pop*.npz"))
         model, v, truth, _, laps = _setup(study, label)
         wm = WhitenedModel(model, v, laps[0])
-        runs = []
+        runs, kern = [], smc._Kernel(args.kernel, args.leapfrog)
         for f in parts:
             g = {k: torch.as_tensor(a[0]) for k, a in np.load(f).items() if k in model.free}
             z = wm.whiten(wm.space.unconstrain(g))
             with torch.no_grad():
                 lp, ll = wm.log_prior(z), smc._loglik(wm, z)
-            scale = smc._Kernel(args.kernel, args.leapfrog).initial_scale(z.shape[1])
+            scale = kern.initial_scale(z.shape[1])
             runs.append({"z": z, "lp": lp, "ll": ll, "beta": 1.0, "scale": scale, "n_sim": 0})
-        kern = smc._Kernel(args.kernel, args.leapfrog)
         target, sweeps = (wm.log_prior, lambda z, wm=wm: smc._loglik(wm, z)), 0
         for r in range(args.rounds):
             sweeps += smc._settle(runs, target, kern, args.seed + 100 + r, 5)

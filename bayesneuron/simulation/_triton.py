@@ -101,6 +101,24 @@ def _gates(spec, gcf, y_s, x_at, a_at, d_at, j, c, vc, h, nc, B, lanes, mask, ST
 
 
 @triton.jit
+def _conductance(ga, pa, gb, pb, par, e_shift, prow, y, c, nc, n_ch, B, lanes, mask, zero):
+    """``Σ G_c`` and ``Σ G_c e_c`` of compartment ``c`` for the gates ``y`` ``[gate, comp,
+    lane]`` (the C kernel's ``conductance``)."""
+    g_sum = zero
+    ge_sum = zero
+    for k in range(n_ch):
+        ya = tl.load(y + (tl.load(ga + k) * nc + c) * B + lanes, mask=mask, other=0.0)
+        yb = tl.load(y + (tl.load(gb + k) * nc + c) * B + lanes, mask=mask, other=0.0)
+        row = (prow * n_ch + k) * 2 * nc + c
+        gm = tl.load(par + row, mask=mask, other=0.0)
+        ee = tl.load(par + row + nc, mask=mask, other=0.0) - tl.load(e_shift + k)
+        gg = gm * (_pow(ya, tl.load(pa + k)) * _pow(yb, tl.load(pb + k)))
+        g_sum += gg
+        ge_sum += gg * ee
+    return g_sum, ge_sum
+
+
+@triton.jit
 def _channels(spec, gcf, ga, pa, gb, pb, par, e_shift, prow, v_s, y_s, gs_s, ge_s, pos, h,
               x_at, a_at, d_at, nc, n_g, n_ch, B, lanes, mask, zero,
               STORE: tl.constexpr):  # fmt: skip
@@ -110,17 +128,8 @@ def _channels(spec, gcf, ga, pa, gb, pb, par, e_shift, prow, v_s, y_s, gs_s, ge_
         vc = tl.load(v_s + tl.load(pos + c) * B + lanes, mask=mask, other=0.0)
         for j in range(n_g):
             _gates(spec, gcf, y_s, x_at, a_at, d_at, j, c, vc, h, nc, B, lanes, mask, STORE)
-        g_sum = zero
-        ge_sum = zero
-        for k in range(n_ch):
-            ya = tl.load(y_s + (tl.load(ga + k) * nc + c) * B + lanes, mask=mask, other=0.0)
-            yb = tl.load(y_s + (tl.load(gb + k) * nc + c) * B + lanes, mask=mask, other=0.0)
-            row = (prow * n_ch + k) * 2 * nc + c
-            gm = tl.load(par + row, mask=mask, other=0.0)
-            ee = tl.load(par + row + nc, mask=mask, other=0.0) - tl.load(e_shift + k)
-            gg = gm * (_pow(ya, tl.load(pa + k)) * _pow(yb, tl.load(pb + k)))
-            g_sum += gg
-            ge_sum += gg * ee
+        g_sum, ge_sum = _conductance(ga, pa, gb, pb, par, e_shift, prow, y_s, c, nc, n_ch,
+                                     B, lanes, mask, zero)  # fmt: skip
         tl.store(gs_s + c * B + lanes, g_sum, mask=mask)
         tl.store(ge_s + c * B + lanes, ge_sum, mask=mask)
 
@@ -151,13 +160,13 @@ def _tree_solve(parent, lo, up, d_s, r_s, n, B, lanes, mask):
 @triton.jit
 def _diagonal(cm, diag, pub, gs_s, kdt, i, nc, B, lanes, mask):
     """``k·cm + Σ G_c + diag`` of node ``i`` (no channels on a node without compartment),
-    and ``k·cm``."""
+    ``k·cm``, whether it has a compartment and that compartment's row (0 if none)."""
     c_i = kdt * tl.load(cm + i)
     kk = tl.load(pub + i)
     has = kk < nc
     kc = tl.where(has, kk, 0)
     gsum = tl.where(has, tl.load(gs_s + kc * B + lanes, mask=mask, other=0.0), 0.0)
-    return c_i + gsum + tl.load(diag + i), c_i
+    return c_i + gsum + tl.load(diag + i), c_i, has, kc
 
 
 @triton.jit
@@ -166,10 +175,7 @@ def _voltage(parent, ta, tb, diag, cm, pub, v_s, d_s, w_s, gs_s, ge_s, ii_s, kdt
     """The Crank–Nicolson half step: assemble ``M w = i + Σ G_c e_c + k·cm·v``, solve it on
     the tree, ``v ← 2w − v`` (with ``STORE``, ``w`` to the step's history row ``w_at``)."""
     for i in range(n):
-        d_i, c_i = _diagonal(cm, diag, pub, gs_s, kdt, i, nc, B, lanes, mask)
-        kk = tl.load(pub + i)
-        has = kk < nc
-        kc = tl.where(has, kk, 0)
+        d_i, c_i, has, kc = _diagonal(cm, diag, pub, gs_s, kdt, i, nc, B, lanes, mask)
         gesum = tl.where(has, tl.load(ge_s + kc * B + lanes, mask=mask, other=0.0), 0.0)
         inj = tl.where(has, tl.load(ii_s + kc * B + lanes, mask=mask, other=0.0), 0.0)
         vi = tl.load(v_s + i * B + lanes, mask=mask, other=0.0)
@@ -330,15 +336,11 @@ def cn_adjoint(
         a_at, d_at = AA + (s - s_lo) * tl.load(strides + 2), DD + (s - s_lo) * tl.load(strides + 2)
         w_at = W + (s - s_lo) * tl.load(strides)
         for c in range(nc):  # Σ G_c at the step's gates
-            g_sum = zero
-            for k in range(n_ch):
-                ya = tl.load(x_at + (tl.load(ga + k) * nc + c) * B + lanes, mask=mask, other=0.0)
-                yb = tl.load(x_at + (tl.load(gb + k) * nc + c) * B + lanes, mask=mask, other=0.0)
-                gm = tl.load(par + (prow * n_ch + k) * 2 * nc + c, mask=mask, other=0.0)
-                g_sum += gm * (_pow(ya, tl.load(pa + k)) * _pow(yb, tl.load(pb + k)))
+            g_sum, _ = _conductance(ga, pa, gb, pb, par, e_shift, prow, x_at, c, nc, n_ch,
+                                    B, lanes, mask, zero)  # fmt: skip
             tl.store(gs_s + c * B + lanes, g_sum, mask=mask)
         for i in range(n):  # Mᵀμ = 2λ_v
-            d_i, c_i = _diagonal(cm, diag, pub, gs_s, kdt, i, nc, B, lanes, mask)
+            d_i, c_i, has, kc = _diagonal(cm, diag, pub, gs_s, kdt, i, nc, B, lanes, mask)
             tl.store(d_s + i * B + lanes, d_i, mask=mask)
             lam = tl.load(lv_s + i * B + lanes, mask=mask, other=0.0)
             tl.store(mu_s + i * B + lanes, 2.0 * lam, mask=mask)

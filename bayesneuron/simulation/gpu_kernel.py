@@ -110,6 +110,8 @@ class _Launch:
         self.y0 = f(prob.y0 if gated else np.ones(1))
         self.rows = (i(prob.sidx), f(prob.rv), i(prob.ridx), i(prob.pidx))
         self.e_shift = f(prob.e_shift)
+        self.stim = (f(prob.cur), i(prob.sites))  # currents [S, bins, site], their sites
+        self.v0 = f(np.array([prob.v0]))
         self.grid = (math.ceil(prob.n_batch / BLOCK),)
 
     def _floats(self, x):
@@ -155,8 +157,8 @@ class _Launch:
             "cn_forward",
             self.grid,
             *self.tree, *self.rates, *self.gates, self.y0, *self.steps,
-            self._floats(pr.cur), self._ints(pr.sites), sidx, rv, ridx,
-            par, pidx, self.e_shift, self._floats(np.array([pr.v0])), out, scratch,
+            *self.stim, sidx, rv, ridx,
+            par, pidx, self.e_shift, self.v0, out, scratch,
             *hist, strides,
             pr.n_batch, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, s_lo, s_hi,
             pr.cur.shape[1], pr.n_time, pr.rv.shape[1], len(pr.sites),
