@@ -107,6 +107,7 @@ def _posterior(args, study, model, v, fit, truth) -> dict:
         model, v, fit.modes(), ladder=args.ladder.split(","), seed=study.seed,
         svi={"num_particles": args.svi_particles, "max_steps": args.svi_steps},
         nuts={"num_samples": args.nuts_draws, "warmup_steps": args.nuts_draws},
+        adaptive={"rounds": args.ais_rounds},
     )  # fmt: skip
     ident = identifiability(post.draws, model, truth).summary()
     keep = ("max_abs_z", "coverage_90", "mean_contraction", "min_contraction")
@@ -177,6 +178,9 @@ def main(argv=None) -> int:
     ap.add_argument("--svi-steps", type=int, default=300, help="SVI steps at most, with --noise")
     ap.add_argument("--svi-particles", type=int, default=2, help="ELBO particles, with --noise")
     ap.add_argument("--nuts-draws", type=int, default=300, help="NUTS warm-up and draws per chain")
+    ap.add_argument(
+        "--ais-rounds", type=int, default=4, help="adaptive importance rounds at most, with --noise"
+    )
     ap.add_argument(
         "--ladder", default="laplace,svi:mvn,importance", help="posterior methods, with --noise"
     )

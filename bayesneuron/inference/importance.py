@@ -8,10 +8,11 @@ Both work in the whitened coordinates of the best mode's Laplace approximation
   (:data:`T_DF` degrees of freedom) centred on every mode's Laplace approximation, weighted
   by its Laplace evidence.
 * :func:`adaptive_importance` — mixture population Monte Carlo (Cappé, Douc, Guillin, Marin &
-  Robert 2008): from that proposal, each round fits a new Student-t mixture to the weighted
-  draws by weighted EM (``n_components`` components, the covariances shrunk towards the
-  Laplace geometry where the effective sample size is small), keeps a defensive share of the
-  first proposal, and draws afresh. The reported draws, k̂ and ESS are those of the last
+  Robert 2008): from that proposal, each round fits a new Student-t mixture by weighted EM
+  (``n_components`` components, the covariances shrunk towards the Laplace geometry where
+  the effective sample size is small) to the draws of every round so far, weighted against
+  the equal mixture of the proposals that drew them (AMIS, Cornuet, Marin, Mira & Robert
+  2012), keeps a defensive share of the first proposal, and draws afresh. The reported draws, k̂ and ESS are those of the last
   round alone — plain importance sampling from one fixed proposal — so the checks mean what
   they mean for :func:`importance_resample`. A proposal that has learned a skewed or curved
   posterior's shape from the previous round passes where a Gaussian or Laplace mixture fails.
@@ -30,7 +31,14 @@ from torch import Tensor
 from bayesneuron.inference.diagnostics import khat_threshold, psis_weights
 from bayesneuron.inference.whitened import WhitenedModel
 
-__all__ = ["T_DF", "StudentTMixture", "adaptive_importance", "importance_resample", "log_target"]
+__all__ = [
+    "T_DF",
+    "StudentTMixture",
+    "adapt_mixture",
+    "adaptive_importance",
+    "importance_resample",
+    "log_target",
+]
 
 T_DF = 5
 """Degrees of freedom of the proposals' Student-t components (an integer: χ² from normals)."""
@@ -165,14 +173,37 @@ def adaptive_importance(
     wm = WhitenedModel(model, v, laps[0])
     gen = torch.Generator().manual_seed(seed)
     first = laplace_mixture(wm, laps)
-    q, ks = first, []
+    z, lw, ks = adapt_mixture(
+        lambda x: log_target(wm, x), first, n_prop, gen, seed, rounds, n_components
+    )
+    samples, diag = _resample(wm, z, lw, ks[-1], num_samples, seed)
+    return samples, diag | {"rounds": len(ks), "khat_rounds": " ".join(f"{x:.2f}" for x in ks)}
+
+
+def adapt_mixture(log_p, first: StudentTMixture, n_prop: int, gen, seed: int, rounds: int,
+                  n_components: int):  # fmt: skip
+    """The rounds of :func:`adaptive_importance` on a log density ``log_p`` (``[n, P] → [n]``)
+    from the proposal ``first``, ``n_prop`` draws a round by ``gen``, EM seeded by ``seed``:
+    ``(z [n_prop, P], PSIS log weights [n_prop], [k̂ of every round])``, ``z`` and the
+    weights from the last round alone (one fixed proposal). Each new proposal is fitted to
+    the draws of *every* round so far, weighted by the balance heuristic (``p / mean_j q_j``
+    over the proposals used), so it rests on all the effective draws gathered, not on the last
+    round's few; with k̂ near 1 a round's own weights sit on a handful of draws."""
+    q, ks, used, pool_z, pool_lp = first, [], [], [], []
+    n_comp = max(n_components, first.locs.shape[0])
     for r in range(rounds):
-        z, lw, k = _weights(wm, q, n_prop, gen)
+        z = q.sample(n_prop, gen)
+        lp = log_p(z)
+        lw, k = psis_weights(lp - q.log_prob(z))
         ks.append(k)
         ess = float(1.0 / np.sum(np.exp(2 * (lw - np.logaddexp.reduce(lw)))))
         if (k <= khat_threshold(n_prop) and ess >= 100) or r == rounds - 1:
             break
-        n_comp = max(n_components, first.locs.shape[0])
-        q = fit_mixture(z, lw, n_comp, seed + r).mix(first, _DEFENSIVE)
-    samples, diag = _resample(wm, z, lw, k, num_samples, seed)
-    return samples, diag | {"rounds": len(ks), "khat_rounds": " ".join(f"{x:.2f}" for x in ks)}
+        used.append(q)
+        pool_z.append(z)
+        pool_lp.append(lp)
+        zs, lps = torch.cat(pool_z), torch.cat(pool_lp)
+        log_mix = torch.logsumexp(torch.stack([p.log_prob(zs) for p in used]), 0)
+        pooled, _ = psis_weights(lps - (log_mix - math.log(len(used))))
+        q = fit_mixture(zs, pooled, n_comp, seed + r).mix(first, _DEFENSIVE)
+    return z, lw, ks

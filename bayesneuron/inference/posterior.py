@@ -11,8 +11,8 @@ result is checked, and where it fails the next, more expensive method is tried (
                    Student-t mixture on every mode's  ESS ≥ 100
                    Laplace approximation
     "adaptive_importance"  the same proposal, refitted  passes: as "importance", on the
-                   to the weighted draws for up to 4  last round's draws alone
-                   rounds (mixture PMC)
+                   to every round's weighted draws    last round's draws alone
+                   for up to 4 rounds (AMIS)
     "nuts"         NUTS, chains started at the modes  passes: R̂ ≤ 1.01, bulk and tail
                                                       ESS ≥ 100 per chain, no divergences
     "smc"          tempered SMC from the prior, 2     passes: R̂ ≤ 1.01, bulk and tail
@@ -133,6 +133,7 @@ def checked_posterior(
     svi: Mapping | None = None,
     nuts: Mapping | None = None,
     smc: Mapping | None = None,
+    adaptive: Mapping | None = None,
     laplace: UnconstrainedLaplace | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -148,8 +149,9 @@ def checked_posterior(
             :data:`~.svi.GUIDES`), ``"importance"``, ``"adaptive_importance"``, ``"nuts"``.
         num_samples: posterior draws reported (per chain for NUTS).
         psis_samples: fresh draws for k̂ (SVI, Laplace); twice as many for ``"importance"``.
-        svi, nuts, smc: keyword arguments for :func:`~.svi.fit_svi` /
-            :func:`~.nuts.run_nuts` / :func:`~.smc.tempered_smc`.
+        svi, nuts, smc, adaptive: keyword arguments for :func:`~.svi.fit_svi` /
+            :func:`~.nuts.run_nuts` / :func:`~.smc.tempered_smc` /
+            :func:`~.importance.adaptive_importance` (``rounds``, ``n_components``).
         laplace: a precomputed :func:`~.laplace.laplace_map` at the best mode.
         seed: seeds every method (locally; the global RNGs are left as they were).
     """
@@ -172,7 +174,15 @@ def checked_posterior(
     for method in ladder:
         t0 = time.perf_counter()
         samples, stats, diag, hist = _run(
-            method, model, v_obs, laps, num_samples, psis_samples, (svi, nuts, smc), seed, progress
+            method,
+            model,
+            v_obs,
+            laps,
+            num_samples,
+            psis_samples,
+            (svi, nuts, smc, adaptive),
+            seed,
+            progress,
         )
         ok, reason = _passes(method, diag)
         attempts.append(Attempt(method, ok, reason, diag, time.perf_counter() - t0))
@@ -208,13 +218,18 @@ def _misfit_reason(fit: dict) -> str:
 
 def _run(method, model, v, laps, num_samples, psis_samples, options, seed, progress):
     """``(samples [chain, draw, …], sample_stats, diagnostics, elbo)`` of one method;
-    ``options``: the ``svi``, ``nuts`` and ``smc`` keyword arguments."""
-    svi, nuts, smc = options
+    ``options``: the ``svi``, ``nuts``, ``smc`` and ``adaptive`` keyword arguments."""
+    svi, nuts, smc, adaptive = options
     if method == "laplace":
         return _laplace_checked(model, v, laps[0], num_samples, psis_samples, seed)
-    if method in IMPORTANCE:
-        run = importance_resample if method == "importance" else adaptive_importance
-        samples, diag = run(model, v, laps, num_samples, 2 * psis_samples, seed)
+    if method == "importance":
+        samples, diag = importance_resample(model, v, laps, num_samples, 2 * psis_samples, seed)
+        return samples, {}, diag, None
+    if method == "adaptive_importance":
+        kw = dict(adaptive or {})
+        samples, diag = adaptive_importance(
+            model, v, laps, num_samples, 2 * psis_samples, seed, **kw
+        )
         return samples, {}, diag, None
     if method == "smc":
         kw = dict(num_samples=num_samples, seed=seed, progress=progress) | dict(smc or {})
