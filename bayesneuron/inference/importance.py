@@ -12,10 +12,11 @@ Both work in the whitened coordinates of the best mode's Laplace approximation
   (``n_components`` components, the covariances shrunk towards the Laplace geometry where
   the effective sample size is small) to the draws of every round so far, weighted against
   the equal mixture of the proposals that drew them (AMIS, Cornuet, Marin, Mira & Robert
-  2012), keeps a defensive share of the first proposal, and draws afresh. The reported draws, k̂ and ESS are those of the last
-  round alone — plain importance sampling from one fixed proposal — so the checks mean what
-  they mean for :func:`importance_resample`. A proposal that has learned a skewed or curved
-  posterior's shape from the previous round passes where a Gaussian or Laplace mixture fails.
+  2012), keeps a defensive share of the first proposal, and draws afresh. The reported
+  draws, k̂ and ESS are those of the last round alone — plain importance sampling from one
+  fixed proposal — so the checks mean what they mean for :func:`importance_resample`. A
+  proposal that has learned a skewed or curved posterior's shape from the previous rounds
+  passes where a Gaussian or Laplace mixture fails.
 """
 
 from __future__ import annotations
@@ -128,11 +129,13 @@ def log_target(wm: WhitenedModel, z: Tensor, chunk: int = 500) -> Tensor:
         return torch.cat([wm.log_joint(z[i : i + chunk]) for i in range(0, z.shape[0], chunk)])
 
 
-def _weights(wm: WhitenedModel, q: StudentTMixture, n: int, gen):
-    """``(z [n, P], PSIS-smoothed log weights [n], k̂)`` of ``n`` draws from ``q``."""
+def _weights(log_p, q: StudentTMixture, n: int, gen):
+    """``(z [n, P], log p(z) [n], PSIS-smoothed log weights [n], k̂)`` of ``n`` draws from
+    ``q`` against the log density ``log_p``."""
     z = q.sample(n, gen)
-    lw, k = psis_weights(log_target(wm, z) - q.log_prob(z))
-    return z, lw, k
+    lp = log_p(z)
+    lw, k = psis_weights(lp - q.log_prob(z))
+    return z, lp, lw, k
 
 
 def _resample(wm: WhitenedModel, z: Tensor, lw: np.ndarray, k: float, num_samples, seed):
@@ -158,7 +161,7 @@ def importance_resample(model, v, laps, num_samples: int, n_prop: int, seed: int
     ``ess``, ``unique_draws``, ``n_proposals``."""
     wm = WhitenedModel(model, v, laps[0])
     gen = torch.Generator().manual_seed(seed)
-    z, lw, k = _weights(wm, laplace_mixture(wm, laps), n_prop, gen)
+    z, _, lw, k = _weights(lambda x: log_target(wm, x), laplace_mixture(wm, laps), n_prop, gen)
     return _resample(wm, z, lw, k, num_samples, seed)
 
 
@@ -192,9 +195,7 @@ def adapt_mixture(log_p, first: StudentTMixture, n_prop: int, gen, seed: int, ro
     q, ks, used, pool_z, pool_lp = first, [], [], [], []
     n_comp = max(n_components, first.locs.shape[0])
     for r in range(rounds):
-        z = q.sample(n_prop, gen)
-        lp = log_p(z)
-        lw, k = psis_weights(lp - q.log_prob(z))
+        z, lp, lw, k = _weights(log_p, q, n_prop, gen)
         ks.append(k)
         ess = float(1.0 / np.sum(np.exp(2 * (lw - np.logaddexp.reduce(lw)))))
         if (k <= khat_threshold(n_prop) and ess >= 100) or r == rounds - 1:
