@@ -110,7 +110,7 @@ def test_a_mode_that_does_not_fit_the_data_is_not_ok(problem):
     assert d["map_fit_p"] < 1e-3
 
 
-def test_adaptive_importance_learns_a_proposal_that_plain_importance_lacks(problem):
+def test_adaptive_importance_learns_a_proposal_that_plain_importance_lacks(problem, monkeypatch):
     import dataclasses
 
     model, v, mp, lap = problem
@@ -132,6 +132,24 @@ def test_adaptive_importance_learns_a_proposal_that_plain_importance_lacks(probl
     u = lap.space.unconstrain({k: torch.as_tensor(adapted.draws[k]) for k in model.free})
     assert tuple(u.shape) == (200, 4)
     assert np.abs((u.mean(0).numpy() - lap.center.numpy()) / sd).max() < 0.5
+    # after plain importance in one ladder, adaptive importance takes importance's draws as
+    # its first round instead of simulating them again: the same posterior, fewer simulations
+    import bayesneuron.inference.importance as imp
+
+    evaluated, log_target = [], imp.log_target
+
+    def counted(wm, z, chunk=500):
+        evaluated.append(z.shape[0])
+        return log_target(wm, z, chunk)
+
+    monkeypatch.setattr(imp, "log_target", counted)
+    both = checked_posterior(
+        model, v, mp.params, **kw | {"ladder": ("importance", "adaptive_importance")}
+    )
+    assert both.method == "adaptive_importance" and both.ok
+    for k in model.free:
+        np.testing.assert_array_equal(both.samples[k], adapted.samples[k])
+    assert sum(evaluated) == 2000 * d["rounds"], evaluated  # not 2000 * (rounds + 1)
 
 
 def test_failed_methods_escalate_and_the_last_is_flagged(problem):

@@ -129,11 +129,13 @@ def log_target(wm: WhitenedModel, z: Tensor, chunk: int = 500) -> Tensor:
         return torch.cat([wm.log_joint(z[i : i + chunk]) for i in range(0, z.shape[0], chunk)])
 
 
-def _weights(log_p, q: StudentTMixture, n: int, gen):
+def _weights(log_p, q: StudentTMixture, n: int, gen, known: dict | None = None):
     """``(z [n, P], log p(z) [n], PSIS-smoothed log weights [n], k̂)`` of ``n`` draws from
-    ``q`` against the log density ``log_p``."""
+    ``q`` against the log density ``log_p``. ``known``: ``{"z", "log_p"}`` of draws already
+    evaluated; where they are exactly this call's draws, ``log_p`` is not called again."""
     z = q.sample(n, gen)
-    lp = log_p(z)
+    same = known is not None and known["z"].shape == z.shape and torch.equal(known["z"], z)
+    lp = known["log_p"] if same else log_p(z)
     lw, k = psis_weights(lp - q.log_prob(z))
     return z, lp, lw, k
 
@@ -155,38 +157,47 @@ def _resample(wm: WhitenedModel, z: Tensor, lw: np.ndarray, k: float, num_sample
     return samples, diag
 
 
-def importance_resample(model, v, laps, num_samples: int, n_prop: int, seed: int):
+def importance_resample(
+    model, v, laps, num_samples: int, n_prop: int, seed: int, draws: dict | None = None
+):
     """Importance resampling from the Student-t mixture on every mode's Laplace approximation
     (``laps``, best first): ``(samples, diagnostics)`` with ``khat``, ``khat_threshold``,
-    ``ess``, ``unique_draws``, ``n_proposals``."""
+    ``ess``, ``unique_draws``, ``n_proposals``. ``draws``: a dict that receives the
+    proposals ``"z"`` and their ``"log_p"`` — :func:`adaptive_importance` with the same
+    arguments draws the same first round and takes them instead of simulating it again."""
     wm = WhitenedModel(model, v, laps[0])
     gen = torch.Generator().manual_seed(seed)
-    z, _, lw, k = _weights(lambda x: log_target(wm, x), laplace_mixture(wm, laps), n_prop, gen)
+    z, lp, lw, k = _weights(lambda x: log_target(wm, x), laplace_mixture(wm, laps), n_prop, gen)
+    if draws is not None:
+        draws.update(z=z, log_p=lp)
     return _resample(wm, z, lw, k, num_samples, seed)
 
 
 def adaptive_importance(
     model, v, laps, num_samples: int, n_prop: int, seed: int, rounds: int = 4,
-    n_components: int = 4,
+    n_components: int = 4, first_draws: dict | None = None,
 ):  # fmt: skip
     """Adaptive importance sampling (module docstring): at most ``rounds`` rounds of
     ``n_prop`` draws; stops at the first round whose draws pass (k̂ ≤ the threshold for
     ``n_prop`` draws, ESS ≥ 100). ``(samples, diagnostics)`` as :func:`importance_resample`,
-    plus ``rounds`` (used) and ``khat_rounds`` (k̂ of every round, e.g. ``"0.97 0.74 0.52"``)."""
+    plus ``rounds`` (used) and ``khat_rounds`` (k̂ of every round, e.g. ``"0.97 0.74 0.52"``).
+    ``first_draws``: the ``draws`` of :func:`importance_resample` with the same arguments
+    (its draws are this first round's: they are not simulated again)."""
     wm = WhitenedModel(model, v, laps[0])
     gen = torch.Generator().manual_seed(seed)
     first = laplace_mixture(wm, laps)
     z, lw, ks = adapt_mixture(
-        lambda x: log_target(wm, x), first, n_prop, gen, seed, rounds, n_components
+        lambda x: log_target(wm, x), first, n_prop, gen, seed, rounds, n_components, first_draws
     )
     samples, diag = _resample(wm, z, lw, ks[-1], num_samples, seed)
     return samples, diag | {"rounds": len(ks), "khat_rounds": " ".join(f"{x:.2f}" for x in ks)}
 
 
 def adapt_mixture(log_p, first: StudentTMixture, n_prop: int, gen, seed: int, rounds: int,
-                  n_components: int):  # fmt: skip
+                  n_components: int, known: dict | None = None):  # fmt: skip
     """The rounds of :func:`adaptive_importance` on a log density ``log_p`` (``[n, P] → [n]``)
-    from the proposal ``first``, ``n_prop`` draws a round by ``gen``, EM seeded by ``seed``:
+    from the proposal ``first``, ``n_prop`` draws a round by ``gen``, EM seeded by ``seed``
+    (``known``: already evaluated draws, as in :func:`_weights`):
     ``(z [n_prop, P], PSIS log weights [n_prop], [k̂ of every round])``, ``z`` and the
     weights from the last round alone (one fixed proposal). Each new proposal is fitted to
     the draws of *every* round so far, weighted by the balance heuristic (``p / mean_j q_j``
@@ -195,7 +206,7 @@ def adapt_mixture(log_p, first: StudentTMixture, n_prop: int, gen, seed: int, ro
     q, ks, used, pool_z, pool_lp = first, [], [], [], []
     n_comp = max(n_components, first.locs.shape[0])
     for r in range(rounds):
-        z, lp, lw, k = _weights(log_p, q, n_prop, gen)
+        z, lp, lw, k = _weights(log_p, q, n_prop, gen, known if r == 0 else None)
         ks.append(k)
         ess = float(1.0 / np.sum(np.exp(2 * (lw - np.logaddexp.reduce(lw)))))
         if (k <= khat_threshold(n_prop) and ess >= 100) or r == rounds - 1:

@@ -12,7 +12,9 @@ result is checked, and where it fails the next, more expensive method is tried (
                    Laplace approximation
     "adaptive_importance"  the same proposal, refitted  passes: as "importance", on the
                    to every round's weighted draws    last round's draws alone
-                   for up to 4 rounds (AMIS)
+                   for up to 4 rounds (AMIS; after
+                   "importance", its draws are the
+                   first round, not simulated again)
     "nuts"         NUTS, chains started at the modes  passes: R̂ ≤ 1.01, bulk and tail
                                                       ESS ≥ 100 per chain, no divergences
     "smc"          tempered SMC from the prior, 2     passes: R̂ ≤ 1.01, bulk and tail
@@ -170,7 +172,7 @@ def checked_posterior(
     v_obs = model.check_data(v_obs)
     lap = laplace or laplace_map(model, v_obs, modes[0], progress=progress)
     laps = [lap] + [laplace_map(model, v_obs, m, progress=False) for m in modes[1:]]
-    attempts, result, elbo = [], None, None
+    attempts, result, elbo, memo = [], None, None, {}
     for method in ladder:
         t0 = time.perf_counter()
         samples, stats, diag, hist = _run(
@@ -183,6 +185,7 @@ def checked_posterior(
             (svi, nuts, smc, adaptive),
             seed,
             progress,
+            memo,
         )
         ok, reason = _passes(method, diag)
         attempts.append(Attempt(method, ok, reason, diag, time.perf_counter() - t0))
@@ -216,19 +219,23 @@ def _misfit_reason(fit: dict) -> str:
     )
 
 
-def _run(method, model, v, laps, num_samples, psis_samples, options, seed, progress):
+def _run(method, model, v, laps, num_samples, psis_samples, options, seed, progress, memo):
     """``(samples [chain, draw, …], sample_stats, diagnostics, elbo)`` of one method;
-    ``options``: the ``svi``, ``nuts``, ``smc`` and ``adaptive`` keyword arguments."""
+    ``options``: the ``svi``, ``nuts``, ``smc`` and ``adaptive`` keyword arguments;
+    ``memo``: what one rung leaves the next (importance's draws: adaptive importance's first
+    round, the same draws, is not simulated twice)."""
     svi, nuts, smc, adaptive = options
     if method == "laplace":
         return _laplace_checked(model, v, laps[0], num_samples, psis_samples, seed)
     if method == "importance":
-        samples, diag = importance_resample(model, v, laps, num_samples, 2 * psis_samples, seed)
+        samples, diag = importance_resample(
+            model, v, laps, num_samples, 2 * psis_samples, seed, draws=memo.setdefault("iw", {})
+        )
         return samples, {}, diag, None
     if method == "adaptive_importance":
         kw = dict(adaptive or {})
         samples, diag = adaptive_importance(
-            model, v, laps, num_samples, 2 * psis_samples, seed, **kw
+            model, v, laps, num_samples, 2 * psis_samples, seed, first_draws=memo.get("iw"), **kw
         )
         return samples, {}, diag, None
     if method == "smc":
