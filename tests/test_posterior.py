@@ -287,6 +287,7 @@ INFER = '[study]\nname = "x"\n[[infer]]\ndesigns = ["all|all"]\n'
         ("map_horizons = [0]\n", "map_horizons must list integers"),
         ('map_windows = ["8"]\n', "map_windows must list integers"),
         ('smc_kernel = "nuts"\n', "smc_kernel must be 'walk' or 'hmc'"),
+        ("adaptive_rounds = 0\n", "adaptive_rounds must be ≥ 1"),
     ],
 )
 def test_infer_config_errors(tmp_path, capsys, extra, match):
@@ -317,6 +318,33 @@ def test_infer_map_horizons_reach_the_map(tmp_path):
     assert _horizons(load_study(d).infers[0], None) is None
     (d / "config.toml").write_text(INFER + 'smc_kernel = "hmc"\n')
     assert load_study(d).infers[0].smc_kernel == "hmc"
+
+
+def test_infer_adaptive_rounds_reach_the_checked_posterior(tmp_path, monkeypatch):
+    import bayesneuron.studies.posteriors as posteriors
+    from bayesneuron.studies.config import load_study
+
+    d = tmp_path / "study"
+    d.mkdir()
+    (d / "config.toml").write_text(INFER)
+    assert load_study(d).infers[0].adaptive_rounds == 4
+    (d / "config.toml").write_text(INFER + "adaptive_rounds = 7\n")
+    inf = load_study(d).infers[0]
+    seen = {}
+
+    def fake(*args, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(posteriors, "checked_posterior", fake)
+
+    class Mp:
+        def modes(self, **kw):
+            return [{}]
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        posteriors._posterior(inf, None, None, Mp(), 0, False)
+    assert seen["adaptive"] == {"rounds": 7}
 
 
 @pytest.mark.gpu

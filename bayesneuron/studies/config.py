@@ -31,8 +31,9 @@ The config (every key checked; unknown keys are errors)::
                   (the MAP's continuation over time windows, as [[run]] windows),
                   map_horizons (its multiple-shooting horizons; [] fits the plain objective),
                   psis_samples (draws for each method's k̂ check, default 2000),
-                  smc_particles (per population of the "smc" rung, default 512) and
-                  smc_kernel (its move: "walk", the default, or "hmc")
+                  smc_particles (per population of the "smc" rung, default 512),
+                  smc_kernel (its move: "walk", the default, or "hmc") and adaptive_rounds
+                  (the most rounds of the "adaptive_importance" rung, default 4)
     [laplace]     designs: designs whose Fisher/Laplace analysis at the ground truth to report;
                   variants: the preset's variants to analyse (default its first)
     [expected]    designs ranked in expectation over stimulus and prior draws (:mod:`.expected`)

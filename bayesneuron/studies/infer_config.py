@@ -29,6 +29,7 @@ INFER_KEYS = {
     "psis_samples": int,
     "smc_particles": int,
     "smc_kernel": str,
+    "adaptive_rounds": int,
 }
 METHODS = ("svi", "laplace", "nuts")
 DESIGN_COLUMNS = (
@@ -69,6 +70,7 @@ class Infer:
     psis_samples: int = 2000  # fresh draws for each method's k̂ check (importance: twice)
     smc_particles: int = 512  # per population of the "smc" rung (two populations)
     smc_kernel: str = "walk"  # its move beside the independence sampler: "walk" or "hmc"
+    adaptive_rounds: int = 4  # the most rounds of the "adaptive_importance" rung
 
     def methods(self) -> tuple[str, ...]:
         """The posterior methods tried in turn (:mod:`bayesneuron.inference.posterior`):
@@ -92,7 +94,7 @@ def infer_problem(r: dict) -> str | None:
     if r.get("guide", "mvn") not in GUIDES:
         return f"guide {r['guide']!r} unknown; use one of {sorted(GUIDES)}"
     counts = ("num_particles", "max_steps", "num_samples", "map_starts", "map_steps")
-    for key in (*counts, "num_chains", "psis_samples"):
+    for key in (*counts, "num_chains", "psis_samples", "adaptive_rounds"):
         if key in r and r[key] < 1:
             return f"{key} must be ≥ 1"
     if r.get("smc_particles", 2) < 2:

@@ -83,6 +83,7 @@ def _posterior(inf, model, v, mp, seed: int, progress: bool):
         ),
         nuts=dict(warmup_steps=inf.warmup_steps, num_chains=inf.num_chains),
         smc=dict(n_particles=inf.smc_particles, kernel=inf.smc_kernel),
+        adaptive=dict(rounds=inf.adaptive_rounds),
         seed=seed,
         progress=progress,
     )
