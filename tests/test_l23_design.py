@@ -156,3 +156,27 @@ def test_region_shared_map_recovers_the_truth_with_the_study_settings():
     width of the truth (measured: 3.4e-11; ``benchmarks/map_recovery.py``, 124 s)."""
     row = _region_recovery(n_traces=10, n_starts=4, max_steps=30)
     assert row["max_err_prior_width"] <= 0.05 and row["recovered"], row
+
+
+@pytest.mark.parametrize("ok", ["True", "False"])
+def test_a_failed_posterior_says_so_in_its_morphology_figures_title(tmp_path, monkeypatch, ok):
+    from types import SimpleNamespace
+
+    import bayesneuron.studies.morphology as morphology
+    from bayesneuron.protocol.design import Design
+
+    design = Design(["soma(0.5)"], ["soma(0.5)"])
+    model = SimpleNamespace(free=("g_na",), sizes={"g_na": 2})
+    monkeypatch.setattr(morphology, "build_experiment", lambda *a: (model, None, None))
+    drawn = []
+    monkeypatch.setattr(morphology, "morphology_figure", lambda *a: drawn.append(a) or True)
+    inf = SimpleNamespace(name="placements", designs=[design], priors=None)
+    study = SimpleNamespace(preset="l23", infers=[inf], priors="paper")
+    row = dict(run="placements", stim="[soma(0.5)]", rec="[soma(0.5)]", posterior_ok=ok)
+    row |= {"contraction_g_na_0": 0.5, "contraction_g_na_1": 0.9}
+    assert len(morphology.infer_morphology(study, tmp_path, [row])) == 1
+    _, _, per, what, title, _ = drawn[0]
+    np.testing.assert_array_equal(per["g_na"], [0.5, 0.9])
+    assert what == "posterior contraction"
+    assert title.startswith("placements: [soma(0.5)]|[soma(0.5)]")
+    assert ("posterior NOT ok" in title) == (ok == "False")

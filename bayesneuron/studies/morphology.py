@@ -51,11 +51,11 @@ def infer_morphology(study, out: Path, rows: list[dict], device: str = "cpu") ->
                 k: np.array([row[f"contraction_{k}_{i}"] for i in range(model.sizes[k])])
                 for k in model.free
             }
-            flag = "" if str(row.get("posterior_ok", True)) == "True" else " (posterior NOT ok)"
+            ok = str(row.get("posterior_ok", True)) == "True"
+            flag = "" if ok else " — posterior NOT ok: its checks failed (not a result)"
             path = out / f"{inf.name}_morphology_{safe_label(d.label)}.png"
-            if morphology_figure(
-                study, model, per, "posterior contraction" + flag, f"{inf.name}: {d.label}", path
-            ):
+            title = f"{inf.name}: {d.label}{flag}"  # the figure's title: room for the flag
+            if morphology_figure(study, model, per, "posterior contraction", title, path):
                 paths.append(path)
     return paths
 
