@@ -77,3 +77,34 @@ def test_bad_sections(tmp_path):
         write_html_report(path, "t", [Figure("fake", tmp_path / "x.png")])
     assert not path.exists()  # nothing is written when a section fails
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+@pytest.mark.parametrize("preset", ["paper_toy", "l23"])
+def test_a_study_reports_setting_keeps_the_presets_units_and_names(preset):
+    from types import SimpleNamespace
+
+    from bayesneuron.reference.presets import get_preset
+    from bayesneuron.studies.report import _describe
+
+    text = _describe(SimpleNamespace(preset=preset))
+    description = get_preset(preset).description
+    assert text[0].isupper() and text[1:] == description[1:]  # only the first letter changes
+    if preset == "paper_toy":
+        assert "Jones & Kording" in text and "mV" in text
+    assert _describe(SimpleNamespace(preset="mine")) == "Preset mine"
+
+
+@pytest.mark.parametrize("method", ["svi:mvn", "adaptive_importance", None])
+def test_an_elbo_figure_says_when_the_posterior_is_not_svis(tmp_path, monkeypatch, fig, method):
+    from bayesneuron import reports
+    from bayesneuron.studies.report import _design_figures
+
+    monkeypatch.setattr(reports, "plot_posterior_vs_prior", lambda idata, path: fig)
+    monkeypatch.setattr(reports, "plot_ppc_traces", lambda idata, path: fig)
+    sections = _design_figures("post", "[0]|all", None, [3.0, 2.0, 1.5], tmp_path, method)
+    titles = [s.heading for s in sections]
+    assert titles[:2] == ["post [0]|all: posterior vs prior", "post [0]|all: posterior predictive"]
+    flagged = "ELBO of the SVI guide tried (the posterior reported is adaptive_importance's)"
+    assert titles[2] == (
+        "post [0]|all: " + (flagged if method == "adaptive_importance" else "ELBO")
+    )

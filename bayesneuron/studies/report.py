@@ -66,7 +66,12 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
         labels = [lab for (r, lab) in idatas if r == run]
         sections += _forests(run, {lab: idatas[(run, lab)] for lab in labels}, out)
         for lab in _highlights(labels):
-            sections += _design_figures(run, lab, idatas[(run, lab)], elbos.get((run, lab)), out)
+            method = next(
+                (r.get("posterior_method") for r in rows if _label(r) == lab and r["run"] == run),
+                None,
+            )
+            elbo = elbos.get((run, lab))
+            sections += _design_figures(run, lab, idatas[(run, lab)], elbo, out, method)
         sections += _morphologies(out, f"{run}_morphology_*.png", f"{run}: posterior contraction")
     sections += _morphologies(out, "laplace_morphology_*.png", "Laplace contraction at the truth")
     reports.write_html_report(out / "report.html", f"{study.name}: identifiability", sections)
@@ -125,8 +130,14 @@ def _forests(run: str, idatas: dict, out: Path) -> list:
     return sections
 
 
-def _design_figures(run: str, lab: str, idata, elbo, out: Path) -> list:
-    """Posterior vs prior, posterior predictive and (SVI) ELBO of one design."""
+def _label(row: dict) -> str:
+    return f"{row.get('stim')}|{row.get('rec')}"
+
+
+def _design_figures(run: str, lab: str, idata, elbo, out: Path, method=None) -> list:
+    """Posterior vs prior, posterior predictive and (SVI) ELBO of one design; where the
+    reported posterior is not SVI's (``method``), the ELBO's title says it is the SVI
+    attempt's."""
 
     from bayesneuron import reports
     from bayesneuron.reports import Figure
@@ -144,7 +155,10 @@ def _design_figures(run: str, lab: str, idata, elbo, out: Path) -> list:
         ax.plot(elbo)
         ax.set(xlabel="SVI step", ylabel="ELBO (nats)", title=f"{run} {lab}")
         fig.tight_layout()
-        sections.append(Figure(f"{run} {lab}: ELBO", fig))
+        name = "ELBO"
+        if method and not str(method).startswith("svi"):
+            name = f"ELBO of the SVI guide tried (the posterior reported is {method}'s)"
+        sections.append(Figure(f"{run} {lab}: {name}", fig))
     return sections
 
 
@@ -152,7 +166,10 @@ def _describe(study) -> str:
     from bayesneuron.reference.presets import PRESETS, get_preset
 
     name = getattr(study, "preset", "paper_toy")
-    return get_preset(name).description.capitalize() if name in PRESETS else f"Preset {name}"
+    if name not in PRESETS:
+        return f"Preset {name}"
+    text = get_preset(name).description  # the first letter up; the rest as written (mV, µA)
+    return text[:1].upper() + text[1:]
 
 
 def _highlights(labels: list[str]) -> list[str]:
