@@ -47,6 +47,7 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
     from bayesneuron.reports import Text
 
     table = pd.DataFrame(rows)
+    methods = {(r["run"], _label(r)): r.get("posterior_method") for r in rows}
     free = free_parameters(idatas.values())
     sections = [
         Text("Question", study.question or study.name),
@@ -66,11 +67,7 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
         labels = [lab for (r, lab) in idatas if r == run]
         sections += _forests(run, {lab: idatas[(run, lab)] for lab in labels}, out)
         for lab in _highlights(labels):
-            method = next(
-                (r.get("posterior_method") for r in rows if _label(r) == lab and r["run"] == run),
-                None,
-            )
-            elbo = elbos.get((run, lab))
+            elbo, method = elbos.get((run, lab)), methods.get((run, lab))
             sections += _design_figures(run, lab, idatas[(run, lab)], elbo, out, method)
         sections += _morphologies(out, f"{run}_morphology_*.png", f"{run}: posterior contraction")
     sections += _morphologies(out, "laplace_morphology_*.png", "Laplace contraction at the truth")
@@ -131,7 +128,8 @@ def _forests(run: str, idatas: dict, out: Path) -> list:
 
 
 def _label(row: dict) -> str:
-    return f"{row.get('stim')}|{row.get('rec')}"
+    """The design label ``stim|rec`` of a ``designs.csv`` row."""
+    return f"{row['stim']}|{row['rec']}"
 
 
 def _design_figures(run: str, lab: str, idata, elbo, out: Path, method=None) -> list:
@@ -255,7 +253,7 @@ def _read_ranking(results: Path, rows: list[dict]) -> list[dict]:
         if ranking is not None and not (
             all(f"rank_{c}" in rk for c, _, _ in CRITERIA)
             and sorted((str(r["run"]), str(r["design"])) for r in ranking)
-            == sorted((str(r["run"]), f"{r['stim']}|{r['rec']}") for r in rows)
+            == sorted((str(r["run"]), _label(r)) for r in rows)
         ):
             ranking = None  # another set of designs than designs.csv: rank them again
     if ranking is None:
@@ -271,7 +269,7 @@ def _read_idatas(results: Path, rows: list[dict]) -> dict:
 
     idatas = {}
     for r in rows:
-        label = f"{r['stim']}|{r['rec']}"
+        label = _label(r)
         files = [results / "idata" / str(r["run"]) / f"{safe_label(label)}.nc"]
         if len(rows) == 1:
             files.append(results / "posterior.nc")
@@ -311,4 +309,4 @@ def _read_elbos(results: Path, rows: list[dict]):
         hist = np.loadtxt(results / "elbo.csv", skiprows=1, ndmin=1)
     except ValueError:
         return None
-    return {(rows[0]["run"], f"{rows[0]['stim']}|{rows[0]['rec']}"): hist}
+    return {(rows[0]["run"], _label(rows[0])): hist}
