@@ -27,6 +27,7 @@ from bayesneuron import (
     paper_toy_cell,
     synthetic_data,
 )
+from bayesneuron.protocol.design import row_label
 
 SOLVER = CrankNicolson(dt=0.02)
 
@@ -44,6 +45,10 @@ def test_design_labels_round_trip():
         assert Design.from_label(d.label) == d
     assert Design([0, -1], None).label == "[0,-1]|all"
     assert len(design_grid([[0], None], full=False)) == 3
+    # a results-table row's stim and rec columns give back the design's label
+    for d in grid:
+        stim, rec = d.label.split("|")
+        assert row_label({"stim": stim, "rec": rec, "run": "x"}) == d.label
 
 
 def test_model_sites_and_shapes():

@@ -23,7 +23,7 @@ import numpy as np
 from bayesneuron.errors import DesignError, MorphologyError
 from bayesneuron.morphology.tree import Morphology
 
-__all__ = ["Design", "design_grid", "format_sites", "parse_sites", "split_labels"]
+__all__ = ["Design", "design_grid", "format_sites", "parse_sites", "row_label", "split_labels"]
 
 Sites = tuple[int | str, ...] | None
 
@@ -60,6 +60,12 @@ def _balanced(name: str) -> bool:
         elif c in "])" and (not stack or stack.pop() != c):
             return False
     return not stack
+
+
+def row_label(row) -> str:
+    """The design label ``stim|rec`` of a results-table row (a mapping with the ``stim`` and
+    ``rec`` columns of ``designs.csv``, ``table.csv``, …, written as :attr:`Design.label`)."""
+    return f"{row['stim']}|{row['rec']}"
 
 
 def split_labels(text: str) -> list[str]:

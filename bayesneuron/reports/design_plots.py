@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bayesneuron.protocol.design import row_label
 from bayesneuron.reports.figures import subplots
 
 __all__ = ["plot_expected_ranking"]
@@ -23,7 +24,7 @@ def plot_expected_ranking(rows: Sequence[dict], title: str = ""):
     """
     crits = list(dict.fromkeys(r["criterion"] for r in rows))
     n_des = max(sum(r["criterion"] == c for r in rows) for c in crits)
-    long = max(len(f"{r['stim']}|{r['rec']}") for r in rows) > 32  # compartment names
+    long = max(len(row_label(r)) for r in rows) > 32  # compartment names
     if long:  # panels stacked, labels wrapped at the bar
         fig, axes = subplots(
             len(crits), 1, figsize=(10.0, len(crits) * (0.8 + 0.42 * n_des)), squeeze=False

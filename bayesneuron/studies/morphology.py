@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bayesneuron.protocol.design import row_label
 from bayesneuron.studies.experiment import build_experiment
 from bayesneuron.studies.output import safe_label
 
@@ -41,7 +42,7 @@ def infer_morphology(study, out: Path, rows: list[dict], device: str = "cpu") ->
     for inf in study.infers:
         for d in inf.designs:
             row = next(
-                (r for r in rows if r["run"] == inf.name and f"{r['stim']}|{r['rec']}" == d.label),
+                (r for r in rows if r["run"] == inf.name and row_label(r) == d.label),
                 None,
             )
             if row is None:

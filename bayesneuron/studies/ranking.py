@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayesneuron.protocol.design import row_label
+
 __all__ = ["CRITERIA", "rank_designs"]
 
 CRITERIA = (  # column, better, what it measures
@@ -26,10 +28,7 @@ def _ok(row: dict) -> bool:
 def rank_designs(rows: list[dict]) -> list[dict]:
     """Per design its rank (1 = most informative) under each criterion of :data:`CRITERIA`;
     designs whose posterior is not ok rank last under :data:`POSTERIOR_CRITERIA`."""
-    out = [
-        {"design": f"{r['stim']}|{r['rec']}", "run": r.get("run", ""), "posterior_ok": _ok(r)}
-        for r in rows
-    ]
+    out = [{"design": row_label(r), "run": r.get("run", ""), "posterior_ok": _ok(r)} for r in rows]
     for col, better, _ in CRITERIA:
         vals = np.array(
             [float(r[col]) if _ok(r) or col not in POSTERIOR_CRITERIA else np.nan for r in rows]

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from bayesneuron.protocol.design import row_label
 from bayesneuron.studies.expected import expected_sections
 from bayesneuron.studies.output import safe_label
 from bayesneuron.studies.ranking import CRITERIA, rank_designs
@@ -47,7 +48,7 @@ def write_report(study, out: Path, rows, ranking, idatas, elbos) -> None:
     from bayesneuron.reports import Text
 
     table = pd.DataFrame(rows)
-    methods = {(r["run"], _label(r)): r.get("posterior_method") for r in rows}
+    methods = {(r["run"], row_label(r)): r.get("posterior_method") for r in rows}
     free = free_parameters(idatas.values())
     sections = [
         Text("Question", study.question or study.name),
@@ -125,11 +126,6 @@ def _forests(run: str, idatas: dict, out: Path) -> list:
         fig = reports.plot_forest_designs(idatas, var, path=out / f"{run}_forest_{var}.png")
         sections.append(Figure(f"{run}: {var} across designs", fig))
     return sections
-
-
-def _label(row: dict) -> str:
-    """The design label ``stim|rec`` of a ``designs.csv`` row."""
-    return f"{row['stim']}|{row['rec']}"
 
 
 def _design_figures(run: str, lab: str, idata, elbo, out: Path, method=None) -> list:
@@ -253,7 +249,7 @@ def _read_ranking(results: Path, rows: list[dict]) -> list[dict]:
         if ranking is not None and not (
             all(f"rank_{c}" in rk for c, _, _ in CRITERIA)
             and sorted((str(r["run"]), str(r["design"])) for r in ranking)
-            == sorted((str(r["run"]), _label(r)) for r in rows)
+            == sorted((str(r["run"]), row_label(r)) for r in rows)
         ):
             ranking = None  # another set of designs than designs.csv: rank them again
     if ranking is None:
@@ -269,7 +265,7 @@ def _read_idatas(results: Path, rows: list[dict]) -> dict:
 
     idatas = {}
     for r in rows:
-        label = _label(r)
+        label = row_label(r)
         files = [results / "idata" / str(r["run"]) / f"{safe_label(label)}.nc"]
         if len(rows) == 1:
             files.append(results / "posterior.nc")
@@ -309,4 +305,4 @@ def _read_elbos(results: Path, rows: list[dict]):
         hist = np.loadtxt(results / "elbo.csv", skiprows=1, ndmin=1)
     except ValueError:
         return None
-    return {(rows[0]["run"], _label(rows[0])): hist}
+    return {(rows[0]["run"], row_label(rows[0])): hist}
