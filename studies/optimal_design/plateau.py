@@ -12,7 +12,7 @@ same points as the paper's first 20 traces it is compared with:
    what the best prior-robust 5-trace stimulus this optimiser finds can do on them.
 3. ``local``: from ``robust``, optimised for one parameter point only (the paper's ground
    truth), scored there, then on the 20 held-out draws, and on 8 points drawn from the Gaussian
-   posterior of a 2-trace pilot at the truth (sds ≈ 1 % of the values).
+   posterior of a 2-trace pilot at the truth (sds 0.7–3.5 % of the values, mean 2 %).
 4. ``sequential``: the pilot (``robust``'s first 2 traces) plus 3 traces optimised on draws
    from that pilot posterior, scored at the truth — a design adapted to what 2 sweeps told.
 
