@@ -308,3 +308,49 @@ def test_cli_design_sites_greedy_exchange_and_grid(tmp_path, capsys):
     meta = json.loads((out / "sites.json").read_text())
     assert meta["finished"] and meta["spec"]["candidates"] == [0, 1, 5]
     assert meta["history"][0]["round"] == 0 and "torch" in str(meta["environment"])
+
+
+def test_design_for_one_fitted_cell_from_its_posterior(tmp_path, capsys):
+    """``[design] theta = "cell.nc"`` (relative to the config): the cell's posterior draws
+    replace the prior's, for the optimiser and the held-out judgement; errors name the key."""
+    from bayesneuron import Design
+    from bayesneuron.reference.paper import paper_experiment, paper_ground_truth
+    from bayesneuron.reports.arviz import (
+        load_inference_data,
+        save_inference_data,
+        to_inference_data,
+    )
+
+    model = paper_experiment(Design.from_label("all|all"), n_traces=2)[0]
+    truth, gen = paper_ground_truth(), np.random.default_rng(0)
+    post = {
+        k: torch.as_tensor(np.asarray(truth[k]) * (1 + 0.005 * gen.standard_normal((1, 20, 6))))
+        for k in model.free
+    }
+    save_inference_data(to_inference_data(model, post), tmp_path / "cell.nc")
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'theta = "cell.nc"\n')  # the last section is [design]
+    out, prior_out = tmp_path / "cell", tmp_path / "prior"
+    assert main(["design", "optimize", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    argv = ["design", "optimize", "--config", str(cfg), "--out", str(prior_out), "--quiet"]
+    assert main([*argv, "--theta", "prior"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["theta"] == str(tmp_path / "cell.nc")
+    cell, prior = _rows(out)[0], _rows(prior_out)[0]
+    # judged on draws within 0.5 % of the truth, the paper's currents score as at the truth;
+    # on the prior's draws they do not
+    gap = abs(float(cell["crit_paper"]) - float(cell["crit_paper_truth"]))
+    assert gap < 0.2 * abs(float(prior["crit_paper"]) - float(prior["crit_paper_truth"]))
+    assert cell["crit_paper_truth"] == prior["crit_paper_truth"]
+    # errors, each before any result is written: no such file; a posterior without the free
+    # parameters; fewer draws than theta_opt + theta_eval
+    few = {k: v[:, :3] for k, v in post.items()}
+    save_inference_data(to_inference_data(model, few), tmp_path / "few.nc")
+    no_gk = load_inference_data(tmp_path / "cell.nc")
+    no_gk.posterior = no_gk.posterior.drop_vars("g_k")
+    save_inference_data(no_gk, tmp_path / "na.nc")
+    for name, match in (("nope", "no such file"), ("few", "3 draws"), ("na", "no variable 'g_k'")):
+        bad = ["design", "optimize", "--config", str(cfg), "--out", str(tmp_path / f"o_{name}")]
+        assert main([*bad, "--quiet", "--theta", str(tmp_path / f"{name}.nc")]) == 1
+        assert match in capsys.readouterr().err
+        assert not (tmp_path / f"o_{name}" / "optimal_design.csv").exists()

@@ -370,3 +370,26 @@ def test_exchange_sites_leaves_a_bad_start_and_checks_its_inputs():
         exchange_sites(problem, make, (0, 0, 1), (0,), cfg)
     with pytest.raises(FitError, match="max_rounds"):
         exchange_sites(problem, make, cand, (0,), cfg, max_rounds=-1)
+
+
+def test_problem_from_posterior_draws_uses_only_those_points():
+    """``draws=`` (a fitted cell's posterior): the optimiser's points, first and resampled,
+    are rows of the draws; bad draws are refused, naming what is wrong."""
+    from bayesneuron.inference.space import prior_draws
+
+    model, _ = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+    pool = prior_draws(model, 12, seed=5)
+    rows = {tuple(torch.cat([pool[k][i] for k in model.free]).tolist()) for i in range(12)}
+    p = problem_from_model(model, 3, 0, draws=pool)
+    later = p.sampler(11)
+    for q in (p, later):
+        got = {tuple(torch.cat([q.theta[k][i] for k in model.free]).tolist()) for i in range(3)}
+        assert len(got) == 3 and got <= rows  # without replacement, from the pool only
+    assert not torch.equal(p.theta["g_na"], later.theta["g_na"])
+    assert torch.equal(problem_from_model(model, 3, 0, draws=pool).theta["g_k"], p.theta["g_k"])
+    with pytest.raises(FitError, match="lack the free parameters"):
+        problem_from_model(model, 3, 0, draws={"g_na": pool["g_na"]})
+    with pytest.raises(FitError, match="do not match"):
+        problem_from_model(model, 3, 0, draws={k: v[:, :2] for k, v in pool.items()})
+    with pytest.raises(FitError, match="fewer than"):
+        problem_from_model(model, 20, 0, draws=pool)

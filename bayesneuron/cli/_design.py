@@ -61,6 +61,14 @@ def add_design(sub) -> None:
         default=None,
         help="steps of a second stage on the mean posterior contraction (0: none)",
     )
+    o.add_argument(
+        "--theta",
+        default=None,
+        metavar="NC",
+        help="design for one fitted cell: a posterior .nc of the preset's free parameters "
+        "(written by 'bayesneuron posterior' or a study run) whose draws replace the prior "
+        "draws; 'prior' (the config's default) designs for every cell of the prior",
+    )
     o.add_argument("--quiet", action="store_true", help="no progress output")
     o.set_defaults(func=cmd_design_optimize)
     _add_sites(d_sub)
@@ -138,7 +146,7 @@ def cmd_design_optimize(args) -> int:
     out, config = _paths(args)
     study = load_design_study(
         config, designs=args.designs, steps=args.steps, workers=args.workers,
-        n_traces=args.n_traces, refine_steps=args.refine_steps,
+        n_traces=args.n_traces, refine_steps=args.refine_steps, theta=args.theta,
     )  # fmt: skip
     say(args, f"[design] {len(study.designs)} designs of {study.preset} → {out}/")
     start = time.perf_counter()

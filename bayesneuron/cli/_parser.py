@@ -147,8 +147,8 @@ def _add_infer(sub) -> None:
         help="posterior of the paper's cell under one design (synthetic data)",
         formatter_class=Help,
         description="The posterior of the per-compartment conductances of the paper's toy cell "
-        "(g_na and g_k by default) under one design: a MAP fit (started at the ground truth by "
-        "default, as the studies do for synthetic data), the Laplace approximation there, then "
+        "(g_na and g_k by default) under one design: a MAP fit (from the base values and prior "
+        "draws; the truth only scores), the Laplace approximation there, then "
         "SVI, the Laplace draws or NUTS; identifiability metrics (contraction = 1 - "
         "Var_post/Var_prior, z of the truth, 90 % coverage) and the log-det Fisher "
         "information.\n\n"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,24 +250,56 @@ def objective(problem: DesignProblem, stimulus: Stimulus) -> tuple[Tensor, Tenso
     return (per.mean() if problem.robust == "mean" else per.min()), per
 
 
+def _pick(draws: Mapping, free: Sequence[str], n: int, seed: int, like: Mapping) -> dict:
+    """``n`` of ``draws``' points (name → ``[S, comp]``), without replacement, seeded; checked
+    against the names and shapes of ``like`` (prior draws of the same model)."""
+    missing = [k for k in free if k not in draws]
+    if missing:
+        raise FitError(f"draws lack the free parameters {missing}; they have {sorted(draws)}")
+    pool = {k: torch.as_tensor(draws[k], dtype=torch.float64) for k in free}
+    sizes = {int(v.shape[0]) for v in pool.values()}
+    bad = [k for k in free if tuple(pool[k].shape[1:]) != tuple(like[k].shape[1:])]
+    if bad or len(sizes) != 1:
+        shapes = {k: tuple(v.shape) for k, v in pool.items()}
+        raise FitError(f"draws {shapes} do not match the model's parameters {_shapes(like)}")
+    (size,) = sizes
+    if size < n:
+        raise FitError(f"{size} draws are fewer than the {n} points asked for")
+    idx = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))[:n]
+    return {k: v[idx] for k, v in pool.items()}
+
+
+def _shapes(theta: Mapping) -> dict:
+    """name → shape without the leading draw axis (for messages)."""
+    return {k: ("S", *tuple(v.shape[1:])) for k, v in theta.items()}
+
+
 def problem_from_model(
-    model, n_theta: int = 4, seed: int = 0, *, rec=None, solver=None, **kw
+    model, n_theta: int = 4, seed: int = 0, *, rec=None, solver=None, draws=None, **kw
 ) -> DesignProblem:
     """A :class:`DesignProblem` for ``model`` (:class:`~bayesneuron.inference.NeuronModel`
     with a fixed ``sigma`` and per-compartment free conductances): its cell, times, recorded
     compartments (or ``rec``), noise sd and priors; ``n_theta`` points drawn from the prior
-    with ``seed``. ``solver``: default ``CrankNicolson(dt=0.02)``; other
-    :class:`DesignProblem` fields as keywords."""
+    with ``seed`` — or, with ``draws`` (name → ``[S, comp]``, e.g. a fitted cell's posterior
+    draws), ``n_theta`` of those points, chosen with ``seed`` (a stimulus designed for that
+    cell; the criteria stay relative to the prior, and ``eig_laplace`` becomes the mean of its
+    per-point terms over those points rather than an expectation under the prior).
+    ``solver``: default ``CrankNicolson(dt=0.02)``; other :class:`DesignProblem` fields as
+    keywords."""
     if model.sigma is None:
         raise FitError("problem_from_model needs a model with a fixed sigma (mV)")
     if not model.parametrisation.per_compartment:
         raise FitError("problem_from_model supports per-compartment free conductances only")
     space = ParameterSpace(model)
     theta = prior_draws(model, n_theta, seed)
+    if draws is not None:
+        theta = _pick(draws, tuple(model.free), n_theta, seed, theta)
     _, dg_du, hess = prior_geometry(space, theta)
 
     def sampler(new_seed: int) -> DesignProblem:
-        return problem_from_model(model, n_theta, new_seed, rec=rec, solver=solver, **kw)
+        return problem_from_model(
+            model, n_theta, new_seed, rec=rec, solver=solver, draws=draws, **kw
+        )
 
     return DesignProblem(
         cell=model.cell,

@@ -57,6 +57,7 @@ with warnings.catch_warnings():
 
 __all__ = [
     "load_inference_data",
+    "posterior_draws",
     "save_inference_data",
     "stack_channels",
     "summary",
@@ -365,6 +366,27 @@ def stack_channels(idata: az.InferenceData, group: str = "posterior", var_names=
     out = xr.concat([ds[k] for k in names], dim="channel")
     out = out.assign_coords(channel=np.array(list(names), dtype=str))
     return out.transpose("chain", "draw", "channel", "compartment").rename("g")
+
+
+def posterior_draws(idata: az.InferenceData, names, group: str = "posterior") -> dict:
+    """The draws of variables ``names`` with chains and draws flattened: name → ``[S, …]``
+    float64 arrays (``S`` = chains × draws), e.g. ``g_na [S, comp]`` of a posterior written by
+    :func:`save_inference_data`.
+
+    Raises:
+        DataError: ``group`` or one of ``names`` is missing, or a variable has no
+            ``chain``/``draw`` dims.
+    """
+    ds = _group(idata, group)
+    out = {}
+    for k in names:
+        if k not in ds.data_vars:
+            raise DataError(f"{group} has no variable {k!r}; it has {list(ds.data_vars)}")
+        if ds[k].dims[:2] != ("chain", "draw"):
+            raise DataError(f"{group} {k!r} has dims {ds[k].dims}; need (chain, draw, …)")
+        a = np.asarray(ds[k].values, dtype=np.float64)
+        out[k] = a.reshape(-1, *a.shape[2:])
+    return out
 
 
 def _group(idata, group: str) -> xr.Dataset:

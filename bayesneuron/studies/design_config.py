@@ -17,7 +17,11 @@ every key checked before any work starts, unknown keys and sections are errors.
                   theta_eval (prior draws the optimiser sees / the
                   held-out ones the result is judged on), resample (fresh draws every step),
                   dt_opt, dt_eval (ms), step_draws (fresh draws of the preset's protocol),
-                  seed (of the optimiser: prior draws, random starts), workers (processes)
+                  seed (of the optimiser: prior draws, random starts), workers (processes),
+                  theta ("prior", the default: design for every cell of the prior | the
+                  path of a posterior .nc of the preset's free parameters, relative to the
+                  config file: design for that fitted cell, its draws in place of prior
+                  draws)
     [output]      figures ("all" | "none" | a list of design labels)
     [sites]       optional, for ``bayesneuron design sites``: n_electrodes (stimulating
                   electrodes to place), candidates ("all" | compartment indices), rec (the
@@ -88,6 +92,7 @@ _SCHEMA = {
         "step_draws": int,
         "seed": int,
         "workers": int,
+        "theta": str,
     },
     "output": {"figures": (str, list)},
     "sites": {
@@ -161,6 +166,7 @@ class DesignStudy:
     workers: int = 1
     figures: tuple[str, ...] = ()
     sites: SiteSelection | None = None
+    theta: str = "prior"
 
     def settings(self) -> dict:
         """The fields that change the numbers (a resumed run must match them)."""
@@ -183,6 +189,9 @@ def load_design_study(path, **overrides) -> DesignStudy:
         raise StudyError(f"--config {p}: no such file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise StudyError(f"{p}: not a readable TOML file ({e})") from None
+    theta = raw.get("design", {}).get("theta") if isinstance(raw.get("design"), dict) else None
+    if isinstance(theta, str) and theta != "prior":  # a posterior file next to the config
+        raw["design"] = raw["design"] | {"theta": str(p.parent / Path(theta).expanduser())}
     return design_study_from_dict(raw, str(p), **overrides)
 
 
@@ -318,6 +327,11 @@ def _check(s: DesignStudy, where: str) -> None:
         bad("[design] init", f"give distinct starts among {list(INITS)}")
     if s.family != "bins" and set(s.init) - {"random"}:
         bad("[design] init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")
+    if s.theta != "prior" and not Path(s.theta).is_file():
+        bad(
+            "[design] theta",
+            "no such file; give 'prior' or a posterior .nc (bayesneuron fit/posterior)",
+        )
 
 
 def _site_selection(vals: dict, study: DesignStudy, where: str) -> SiteSelection:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bayesneuron.errors import BayesneuronError
 from bayesneuron.inference.criteria import posterior_contraction, prior_geometry
 from bayesneuron.inference.space import ParameterSpace
 from bayesneuron.io import write_stimulus_nwb
@@ -61,6 +62,7 @@ from bayesneuron.studies.output import environment, write_csv, write_json
 __all__ = [
     "CSV",
     "best_subset",
+    "cell_draws",
     "criteria",
     "design_problems",
     "design_tag",
@@ -183,27 +185,53 @@ def _truth_problem(held_out, model, truth):
     return dataclasses.replace(held_out, theta=theta, dg_du=dg, prior_hessian_u=hess)
 
 
+def cell_draws(study: DesignStudy, model) -> tuple[dict | None, dict | None]:
+    """``(optimiser's pool, held-out points)`` of ``study.theta``'s posterior draws (name →
+    ``[S, comp]``; split once with ``opt_seed``: ``theta_eval`` held out, the rest the pool
+    the optimiser draws from), or ``(None, None)`` for ``theta = "prior"``."""
+    if study.theta == "prior":
+        return None, None
+    from bayesneuron.reports.arviz import load_inference_data, posterior_draws
+
+    try:
+        draws = posterior_draws(load_inference_data(study.theta), model.free)
+    except (OSError, ValueError, BayesneuronError) as e:
+        raise StudyError(f"[design] theta = {study.theta!r}: {e}") from None
+    n = len(next(iter(draws.values())))
+    if n < study.theta_eval + study.theta_opt:
+        raise StudyError(
+            f"[design] theta = {study.theta!r}: {n} draws; need at least theta_eval + "
+            f"theta_opt = {study.theta_eval + study.theta_opt}"
+        )
+    perm = np.random.default_rng(study.opt_seed).permutation(n)
+    held, pool = perm[: study.theta_eval], perm[study.theta_eval :]
+    return {k: v[pool] for k, v in draws.items()}, {k: v[held] for k, v in draws.items()}
+
+
 def design_problems(study: DesignStudy, model, eval_solver):
     """``(problem, held_out)``: ``model``'s design problem at ``study.theta_opt`` prior draws
     (seed ``opt_seed``, ``CrankNicolson(dt_opt)``), the one the optimiser sees, and at
-    ``theta_eval`` held-out draws (seed ``opt_seed + 1000``, ``eval_solver``)."""
+    ``theta_eval`` held-out draws (seed ``opt_seed + 1000``, ``eval_solver``) — or, with a
+    posterior as ``study.theta``, its draws split by :func:`cell_draws`."""
     kw = dict(criterion=study.criterion)
+    pool, held = cell_draws(study, model)
     problem = problem_from_model(
-        model, study.theta_opt, study.opt_seed, solver=CrankNicolson(dt=study.dt_opt), **kw
-    )
+        model, study.theta_opt, study.opt_seed, solver=CrankNicolson(dt=study.dt_opt),
+        draws=pool, **kw,
+    )  # fmt: skip
     held_out = problem_from_model(
-        model, study.theta_eval, study.opt_seed + 1000, solver=eval_solver, **kw
+        model, study.theta_eval, study.opt_seed + 1000, solver=eval_solver, draws=held, **kw
     )
     return problem, held_out
 
 
 def refine_on_contraction(
     model, fam, cfg: OptimizeConfig, first, *, steps: int, n_theta: int, seed: int, solver,
-    checkpoint=None,
+    checkpoint=None, draws=None,
 ):  # fmt: skip
     """The second stage: from ``first``'s best point, ``steps`` steps on the mean posterior
     contraction (Gaussian surrogate) at ``n_theta`` prior draws of ``model`` (``seed``,
-    ``solver``). Bayesian D-optimality from several starts finds an informative stimulus; the
+    ``solver``; of ``draws`` instead, if given, as :func:`problem_from_model`). Bayesian D-optimality from several starts finds an informative stimulus; the
     contraction, set by the worst-determined conductances, then moves information into them
     (on all|all of the paper's cell, 5 traces: 1 − contraction 3.2e-4 → 1.5e-4 on held-out
     draws, where contraction alone from the same starts gave 3.8e-4).
@@ -212,7 +240,7 @@ def refine_on_contraction(
         ``(result, problem)``: the refined :class:`DesignResult` and the contraction problem.
     """
     problem = problem_from_model(  # not dataclasses.replace: the sampler must keep the criterion
-        model, n_theta, seed, solver=solver, criterion="contraction"
+        model, n_theta, seed, solver=solver, criterion="contraction", draws=draws
     )
     cfg = dataclasses.replace(cfg, steps=steps, n_starts=1, checkpoint=checkpoint)
     return optimize_stimulus(problem, fam, cfg, init=[first.z]), problem
@@ -248,7 +276,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         res, _ = refine_on_contraction(
             model, fam, cfg, res, steps=study.refine_steps, n_theta=study.theta_opt,
             seed=study.opt_seed, solver=problem.solver,
-            checkpoint=out / f"checkpoint_{tag}_refine.pt",
+            checkpoint=out / f"checkpoint_{tag}_refine.pt", draws=cell_draws(study, model)[0],
         )  # fmt: skip
     d_paper, c_paper, _ = criteria(held_out, proto, eval_solver)
     d_opt, c_opt, f_opt = criteria(held_out, res.stimulus, eval_solver)

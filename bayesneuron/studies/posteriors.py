@@ -405,9 +405,9 @@ def make_study(
     num_particles: int = 4,
     max_steps: int = 300,
     num_samples: int = 200,
-    map_starts: int = 1,
+    map_starts: int = 4,
     map_steps: int = 20,
-    map_init: str = "truth",
+    map_init: str = "starts",
     warmup_steps: int = 100,
     num_chains: int = 1,
 ):
@@ -420,7 +420,8 @@ def make_study(
     preset's. ``free``: the parameters to infer (e.g. ``["g_na", "g_k", "g_l"]``; default the
     preset's, ``g_na`` and ``g_k``). ``sigma``: the model's noise sd in mV, or ``"infer"``.
     The other defaults are the quickstart's: 20 noisy traces, SVI with a multivariate-normal
-    guide, the MAP started at the ground truth (synthetic data).
+    guide, the MAP from the base values and 3 prior draws (``map_init="truth"`` starts it at
+    the ground truth instead, for local analyses only).
 
     Example:
         >>> study = make_study(["all|all"], method="laplace", n_traces=5)
