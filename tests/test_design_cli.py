@@ -74,6 +74,8 @@ def _rows(out):
         ({"experiment": {"preset": "paper_toy"}, "design": {"dt_eval": -1.0}}, r"dt_eval"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"refine_steps": -1}}, r"refine_steps"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"max_charge": 0.0}}, r"max_charge"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"lr_final": 0.0}}, r"lr_final"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"theta": "x.nc"}}, r"no such file"),
     ],
 )
 def test_config_errors_name_the_key(raw, match):
@@ -354,3 +356,28 @@ def test_design_for_one_fitted_cell_from_its_posterior(tmp_path, capsys):
         assert main([*bad, "--quiet", "--theta", str(tmp_path / f"{name}.nc")]) == 1
         assert match in capsys.readouterr().err
         assert not (tmp_path / f"o_{name}" / "optimal_design.csv").exists()
+
+
+def test_start_from_an_earlier_run_is_one_more_start(tmp_path, capsys):
+    """``--start-from DIR``: the earlier run's stimulus of the design is the start
+    ``previous``; with ``init = []`` the only one. A folder without it is refused."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    cfg = _config(tmp_path)
+    assert main(["design", "optimize", "--config", str(cfg), "--out", str(first), "--quiet"]) == 0
+    only = tmp_path / "only.toml"
+    only.write_text(cfg.read_text() + "init = []\nlr_final = 0.01\n")
+    argv = ["design", "optimize", "--config", str(only), "--out", str(again), "--quiet"]
+    assert main([*argv, "--start-from", str(first)]) == 0
+    row = _rows(again)[0]
+    assert row["best_start"] == "previous"
+    cfg_run = json.loads((again / "run.json").read_text())["config"]
+    assert cfg_run["start_from"] == str(first) and cfg_run["lr_final"] == 0.01
+    v0 = torch.load(first / "stimulus_all_all_bins.pt")["values"]
+    v1 = torch.load(again / "stimulus_all_all_bins.pt")["values"]
+    assert v1.shape == v0.shape and not torch.equal(v0, v1)  # moved on from the start
+    (tmp_path / "empty").mkdir()
+    bad = ["design", "optimize", "--config", str(only), "--out", str(tmp_path / "o")]
+    assert main([*bad, "--quiet", "--start-from", str(tmp_path / "empty")]) == 1
+    assert "no stimulus_all_all_bins.pt there" in capsys.readouterr().err
+    assert main([*bad, "--quiet"]) == 1  # init = [] needs start_from
+    assert "or [] with start_from" in capsys.readouterr().err

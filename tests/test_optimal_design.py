@@ -393,3 +393,30 @@ def test_problem_from_posterior_draws_uses_only_those_points():
         problem_from_model(model, 3, 0, draws={k: v[:, :2] for k, v in pool.items()})
     with pytest.raises(FitError, match="fewer than"):
         problem_from_model(model, 20, 0, draws=pool)
+
+
+def test_learning_rate_decays_geometrically_to_lr_final(monkeypatch):
+    """``lr_final``: Adam's rate goes from ``lr`` at a start's first step to ``lr_final`` at
+    its last, geometrically; ``None`` keeps it constant; bad values are refused."""
+    import bayesneuron.optimal_design.optimize as opt_mod
+
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+    fam = PiecewiseConstant(n_traces=1, sites=(0,))
+    seen = []
+    real = torch.optim.Adam.step
+
+    def spy(self, closure=None):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, closure)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = OptimizeConfig(steps=5, lr=0.1, lr_final=0.001, progress=False)
+    optimize_stimulus(problem, fam, cfg)
+    assert seen == pytest.approx([0.1 * 0.01 ** (k / 4) for k in range(5)], rel=1e-12)
+    seen.clear()
+    optimize_stimulus(problem, fam, dataclasses.replace(cfg, lr_final=None))
+    assert seen == pytest.approx([0.1] * 5)
+    assert opt_mod._learning_rate(dataclasses.replace(cfg, steps=1), 0) == 0.1
+    for bad in (0.0, -1.0, "x"):
+        with pytest.raises(FitError, match="lr_final"):
+            OptimizeConfig(lr_final=bad)

@@ -62,12 +62,25 @@ def add_design(sub) -> None:
         help="steps of a second stage on the mean posterior contraction (0: none)",
     )
     o.add_argument(
+        "--lr-final",
+        type=float,
+        default=None,
+        help="Adam's learning rate at each start's last step (geometric decay from lr)",
+    )
+    o.add_argument(
         "--theta",
         default=None,
         metavar="NC",
         help="design for one fitted cell: a posterior .nc of the preset's free parameters "
         "(written by 'bayesneuron posterior' or a study run) whose draws replace the prior "
         "draws; 'prior' (the config's default) designs for every cell of the prior",
+    )
+    o.add_argument(
+        "--start-from",
+        default=None,
+        metavar="DIR",
+        help="the --out folder of an earlier run: its stimulus of each design is one more "
+        "start (e.g. a design for the prior, refined here for a fitted cell with --theta)",
     )
     o.add_argument("--quiet", action="store_true", help="no progress output")
     o.set_defaults(func=cmd_design_optimize)
@@ -147,6 +160,7 @@ def cmd_design_optimize(args) -> int:
     study = load_design_study(
         config, designs=args.designs, steps=args.steps, workers=args.workers,
         n_traces=args.n_traces, refine_steps=args.refine_steps, theta=args.theta,
+        lr_final=args.lr_final, start_from=args.start_from,
     )  # fmt: skip
     say(args, f"[design] {len(study.designs)} designs of {study.preset} → {out}/")
     start = time.perf_counter()

@@ -51,6 +51,9 @@ class OptimizeConfig:
     Args:
         steps: optimiser steps per start (L-BFGS: iterations, each with a line search).
         lr: Adam's learning rate in ``z`` units (L-BFGS: its initial step).
+        lr_final: if given, the learning rate decays geometrically from ``lr`` at a start's
+            first step to ``lr_final`` at its last (a stochastic objective — ``resample_theta``
+            — settles into its optimum instead of hopping around it); ``None``: constant.
         n_starts: starts; start ``k`` is ``init[k]`` where given, else random with
             ``seed + k``.
         seed: base seed of the random starts.
@@ -70,6 +73,7 @@ class OptimizeConfig:
 
     steps: int = 100
     lr: float = 0.1
+    lr_final: float | None = None
     n_starts: int = 1
     seed: int = 0
     optimizer: str = "adam"
@@ -87,6 +91,10 @@ class OptimizeConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= (0 if name == "steps" else 1)):
                 raise FitError(f"{name} = {v!r} must be a positive int")
+        for name in ("lr", "lr_final"):
+            v = getattr(self, name)
+            if (v is not None or name == "lr") and not (isinstance(v, (int, float)) and v > 0):
+                raise FitError(f"{name} = {v!r} must be a number > 0")
         if self.theta_chunk is not None and self.theta_chunk < 1:
             raise FitError(f"theta_chunk = {self.theta_chunk} must be ≥ 1 or None")
 
@@ -145,7 +153,8 @@ def _value_and_grad(problem: DesignProblem, family, z: Tensor, chunk: int | None
 
 
 def _fingerprint(problem: DesignProblem, family: StimulusFamily, cfg: OptimizeConfig) -> str:
-    skip = ("progress", "steps", "checkpoint", "checkpoint_every")
+    skip = ("progress", "checkpoint", "checkpoint_every")
+    skip += ("steps",) if cfg.lr_final is None else ()  # a decay's schedule depends on steps
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     key = json.dumps(
         {
@@ -197,6 +206,8 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
         return torch.tensor(-v)
 
     while state["step"] < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = _learning_rate(cfg, state["step"])
         if cfg.resample_theta:
             at = _resampled(problem, cfg.seed, k, state["step"])
         loss = opt.step(closure)
@@ -212,6 +223,13 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
     hist.append(v)
     if v > state["best_value"]:
         state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+
+
+def _learning_rate(cfg: OptimizeConfig, step: int) -> float:
+    """``cfg.lr``, or with ``lr_final`` the geometric decay's rate at ``step``."""
+    if cfg.lr_final is None or cfg.steps < 2:
+        return cfg.lr
+    return cfg.lr * (cfg.lr_final / cfg.lr) ** (step / (cfg.steps - 1))
 
 
 def _resampled(problem: DesignProblem, seed: int, start: int, step: int) -> DesignProblem:

@@ -8,7 +8,9 @@ every key checked before any work starts, unknown keys and sections are errors.
                   ground truth), n_traces
     [design]      designs ("grid": the preset's 25 stim × rec pairs | "grid25" | "paper9"
                   (paper_toy) | ["all|all", "[0]|all", …]), family ("bins" | "sines"),
-                  criterion ("bayes_d_opt" | "contraction" | "eig_laplace"), bounds
+                  criterion ("bayes_d_opt" | "contraction" | "eig_laplace"), lr and
+                  lr_final (optional: Adam's rate decays geometrically from lr to it over
+                  each start's steps), bounds
                   ([lo, hi] current density in µA/cm²; on a geometric cell nA per site through
                   the compartment's area), max_charge (optional: the largest charge
                   Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps, lr, init (starts among "paper", "ladder",
@@ -21,7 +23,9 @@ every key checked before any work starts, unknown keys and sections are errors.
                   theta ("prior", the default: design for every cell of the prior | the
                   path of a posterior .nc of the preset's free parameters, relative to the
                   config file: design for that fitted cell, its draws in place of prior
-                  draws)
+                  draws), start_from (optional: the --out folder of an earlier run whose
+                  stimulus of each design is one more start, "previous", e.g. a design for
+                  the prior refined for a fitted cell)
     [output]      figures ("all" | "none" | a list of design labels)
     [sites]       optional, for ``bayesneuron design sites``: n_electrodes (stimulating
                   electrodes to place), candidates ("all" | compartment indices), rec (the
@@ -83,6 +87,7 @@ _SCHEMA = {
         "steps": int,
         "refine_steps": int,
         "lr": float,
+        "lr_final": float,
         "init": list,
         "theta_opt": int,
         "theta_eval": int,
@@ -93,6 +98,7 @@ _SCHEMA = {
         "seed": int,
         "workers": int,
         "theta": str,
+        "start_from": str,
     },
     "output": {"figures": (str, list)},
     "sites": {
@@ -155,6 +161,7 @@ class DesignStudy:
     steps: int = 80
     refine_steps: int = 0
     lr: float = 0.1
+    lr_final: float | None = None
     init: tuple[str, ...] = INITS
     theta_opt: int = 8
     theta_eval: int = 10
@@ -167,6 +174,7 @@ class DesignStudy:
     figures: tuple[str, ...] = ()
     sites: SiteSelection | None = None
     theta: str = "prior"
+    start_from: str | None = None
 
     def settings(self) -> dict:
         """The fields that change the numbers (a resumed run must match them)."""
@@ -189,9 +197,13 @@ def load_design_study(path, **overrides) -> DesignStudy:
         raise StudyError(f"--config {p}: no such file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise StudyError(f"{p}: not a readable TOML file ({e})") from None
-    theta = raw.get("design", {}).get("theta") if isinstance(raw.get("design"), dict) else None
-    if isinstance(theta, str) and theta != "prior":  # a posterior file next to the config
-        raw["design"] = raw["design"] | {"theta": str(p.parent / Path(theta).expanduser())}
+    table = raw.get("design") if isinstance(raw.get("design"), dict) else {}
+    for key in ("theta", "start_from"):  # files and folders named relative to the config
+        value = table.get(key)
+        if isinstance(value, str) and value != "prior":
+            table = table | {key: str(p.parent / Path(value).expanduser())}
+    if table:
+        raw["design"] = table
     return design_study_from_dict(raw, str(p), **overrides)
 
 
@@ -323,10 +335,15 @@ def _check(s: DesignStudy, where: str) -> None:
     for key in ("lr", "dt_opt", "dt_eval"):
         if not (math.isfinite(getattr(s, key)) and getattr(s, key) > 0):
             bad(f"[design] {key}", "must be > 0")
-    if not s.init or any(i not in INITS for i in s.init) or len(set(s.init)) != len(s.init):
-        bad("[design] init", f"give distinct starts among {list(INITS)}")
+    if s.lr_final is not None and not (math.isfinite(s.lr_final) and s.lr_final > 0):
+        bad("[design] lr_final", "must be > 0 (the learning rate at a start's last step)")
+    empty = not s.init and s.start_from is None  # start_from alone is a start
+    if empty or any(i not in INITS for i in s.init) or len(set(s.init)) != len(s.init):
+        bad("[design] init", f"give distinct starts among {list(INITS)} (or [] with start_from)")
     if s.family != "bins" and set(s.init) - {"random"}:
         bad("[design] init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")
+    if s.start_from is not None and not Path(s.start_from).is_dir():
+        bad("[design] start_from", "no such folder; give the --out folder of an earlier run")
     if s.theta != "prior" and not Path(s.theta).is_file():
         bad(
             "[design] theta",

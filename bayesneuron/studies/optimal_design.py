@@ -73,6 +73,7 @@ __all__ = [
     "run_design",
     "run_design_study",
     "site_scale",
+    "starts",
 ]
 
 CSV = "optimal_design.csv"
@@ -152,6 +153,30 @@ def initial_parameters(
         else:
             raise StudyError(f"init {name!r}: use random, paper or ladder")
     return out
+
+
+def starts(study: DesignStudy, fam, proto: Stimulus, tag: str) -> tuple[list[str], list]:
+    """``(names, parameters)`` of the starts: ``study.init``'s, after ``"previous"`` — the
+    stimulus ``stimulus_<tag>.pt`` of the earlier run in ``study.start_from`` — if given."""
+    names, init = (
+        list(study.init),
+        initial_parameters(fam, study.init, study.opt_seed, proto, study.bounds),
+    )
+    if study.start_from is None:
+        return names, init
+    path = Path(study.start_from) / f"stimulus_{tag}.pt"
+    if not path.is_file():
+        raise StudyError(
+            f"[design] start_from = {study.start_from!r}: no {path.name} there (a 'design "
+            "optimize' run of this design, family and preset writes it)"
+        )
+    saved = torch.load(path, weights_only=True)
+    stim = Stimulus(saved["values"].double(), saved["dt"], 0.0, saved["unit"], saved["sites"])
+    try:
+        z = fam.fit(stim)
+    except BayesneuronError as e:
+        raise StudyError(f"[design] start_from: {path}: {e}") from None
+    return ["previous", *names], [z, *init]
 
 
 def criteria(problem, stimulus: Stimulus, solver) -> tuple[float, float, torch.Tensor]:
@@ -259,17 +284,18 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
     problem, held_out = design_problems(study, model, eval_solver)
     fam = make_family(study, model)
     tag = f"{design_tag(design.label)}_{study.family}"
+    proto = model.stimulus  # the protocol's currents at the stimulated sites
+    names, init = starts(study, fam, proto, tag)
     cfg = OptimizeConfig(
         steps=study.steps,
         lr=study.lr,
-        n_starts=len(study.init),
+        lr_final=study.lr_final,
+        n_starts=len(init),
         seed=study.opt_seed,
         resample_theta=study.resample,
         checkpoint=out / f"checkpoint_{tag}.pt",
         progress=progress,
     )
-    proto = model.stimulus  # the protocol's currents at the stimulated sites
-    init = initial_parameters(fam, study.init, study.opt_seed, proto, study.bounds)
     res = optimize_stimulus(problem, fam, cfg, init=init)
     value_opt = res.value
     if study.refine_steps:
@@ -307,7 +333,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         "crit_opt5": float(criterion_values(held_out, f5).mean()),
         "contraction_opt5": float(posterior_contraction(f5, held_out.prior_var).mean()),
         "crit_steps_sd": float(np.std(steps, ddof=1)) if len(steps) > 1 else 0.0,
-        "best_start": study.init[res.best_start],
+        "best_start": names[res.best_start],
         "wall_s": time.perf_counter() - t0,
     }
 

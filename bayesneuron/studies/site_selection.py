@@ -81,6 +81,7 @@ class _Selection:
         self.config = OptimizeConfig(
             steps=run.steps,
             lr=run.lr,
+            lr_final=run.lr_final,
             n_starts=len(run.init) + 1,  # the last: a warm start (:meth:`init`)
             seed=run.opt_seed,
             resample_theta=run.resample,
