@@ -51,7 +51,7 @@ from bayesneuron.optimal_design import (
     optimize_stimulus,
     problem_from_model,
 )
-from bayesneuron.protocol.design import Design
+from bayesneuron.protocol.design import Design, row_label
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.presets import get_preset
 from bayesneuron.simulation.solvers import CrankNicolson
@@ -77,6 +77,7 @@ __all__ = [
 ]
 
 CSV = "optimal_design.csv"
+_SHOWN = ("crit_paper", "crit_steps", "crit_optimised")  # in the line per finished design
 
 
 def design_tag(label: str) -> str:
@@ -472,17 +473,18 @@ def run_design_study(
     try:
         for label, row in _results(study, todo, out, progress and study.workers == 1):
             rows.append(row)
-            rows.sort(key=lambda r: order.get(r["stim"] + "|" + r["rec"], len(order)))
+            rows.sort(key=lambda r: order.get(row_label(r), len(order)))
             write_csv(out / CSV, rows)
             for end in ("", "_refine"):
                 ckpt = out / f"checkpoint_{design_tag(label)}_{study.family}{end}.pt"
                 ckpt.unlink(missing_ok=True)
             bar.update(1)
+            c = study.criterion == "contraction"  # near 1: show 1 − contraction
+            v = {k: f"1−c {1 - row[k]:.2e}" if c else f"{row[k]:7.2f}" for k in _SHOWN}
             line = (
-                f"{label:>16} paper {row['crit_paper']:7.2f}  steps {row['crit_steps']:7.2f}  "
-                f"optimised {row['crit_optimised']:7.2f}  gain/trace "
-                f"{row['gain_nats_per_trace']:+.2f}  best start {row['best_start']}  "
-                f"({row['wall_s']:.0f} s)"
+                f"{label:>16} paper {v['crit_paper']}  steps {v['crit_steps']}  optimised "
+                f"{v['crit_optimised']}  gain/trace {row['gain_nats_per_trace']:+.2{'e' if c else 'f'}}"
+                f"  best start {row['best_start']}  ({row['wall_s']:.0f} s)"
             )
             (echo or bar.write)(line)
     finally:

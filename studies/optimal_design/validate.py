@@ -32,6 +32,11 @@ checks), ``validation_contraction.png``, ``stimulus_<design>_opt<n>.pt``, ``vali
         --out studies/optimal_design/reference/validation
     python studies/optimal_design/validate.py --out /tmp/odv --designs "all|all" \
         --replicates 0 --n-opt 1 --n-paper 1 --steps 2 --dt 0.05   # smoke, seconds
+
+``--stimulus FILE.pt`` validates a stimulus designed elsewhere (``design optimize``'s
+``stimulus_<design>_<family>.pt``) instead of optimising one; ``--paper-noise K`` makes the
+paper's ground truth K replicates, each with fresh noise (a design for that one cell, e.g.
+``for_a_cell.toml``, is validated on new recordings of the same cell).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from bayesneuron.optimal_design import (
     optimize_stimulus,
     problem_from_model,
 )
+from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import paper_experiment, paper_ground_truth, preset_priors
 from bayesneuron.reports.figures import subplots
 from bayesneuron.simulation.solvers import CrankNicolson
@@ -101,6 +107,8 @@ class Settings:
     psis_samples: int = 2000
     seed: int = 0
     progress: bool = False
+    stimulus: str = ""
+    paper_noise: int = 1
 
 
 def _args() -> Settings:
@@ -122,6 +130,16 @@ def optimised_model(design: Design, s: Settings, out: Path | None = None):
     stimuli on the optimiser's fixed prior draws and the optimiser's best start."""
     solver = CrankNicolson(dt=s.dt)
     paper, _, _ = paper_experiment(design, n_traces=s.n_paper, solver=solver)
+    if s.stimulus:  # a stimulus designed elsewhere (design optimize's stimulus_<design>.pt)
+        saved = torch.load(s.stimulus, weights_only=True)
+        stim = Stimulus(saved["values"].double(), saved["dt"], 0.0, saved["unit"], saved["sites"])
+        if stim.values.shape[0] != s.n_opt:
+            raise SystemExit(f"--stimulus has {stim.values.shape[0]} traces; pass --n-opt to match")
+        model = NeuronModel(
+            paper.cell, stim, paper.t_eval, design, priors=preset_priors("paper"), sigma=1.0,
+            solver=solver,
+        )  # fmt: skip
+        return model, paper, {"stimulus": s.stimulus, "n_traces": stim.values.shape[0]}
     base, _, _ = paper_experiment(design, n_traces=max(s.n_opt, 1), solver=solver)
     problem = problem_from_model(
         base,
@@ -175,8 +193,9 @@ def replicate_truths(model, s: Settings) -> list[tuple[str, dict[str, np.ndarray
     paper's ground truth when ``s.paper_truth``."""
     draws = prior_draws(model, s.replicates, seed=s.truth_seed)
     out = [(f"prior{r}", {k: draws[k][r].numpy() for k in model.free}) for r in range(s.replicates)]
-    if s.paper_truth:
-        out.append(("paper", {k: v.numpy() for k, v in paper_ground_truth().items()}))
+    if s.paper_truth:  # ``paper_noise`` datasets of it, each with fresh noise
+        truth = {k: v.numpy() for k, v in paper_ground_truth().items()}
+        out += [("paper" if j == 0 else f"paper_n{j}", truth) for j in range(s.paper_noise)]
     return out
 
 
