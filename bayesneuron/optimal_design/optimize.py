@@ -64,7 +64,8 @@ class OptimizeConfig:
         resample_theta: draw fresh parameter points from the prior at every step
             (``problem.sampler``, seeded by start and step): stochastic gradient ascent on the
             expected criterion, which does not over-fit the few points of one draw. The best
-            point is then chosen among the starts' final points on ``problem``'s own points.
+            point is then chosen among the starts' first and final points on ``problem``'s
+            own points (a start its steps made worse there is kept as it was).
         checkpoint: a file to save the state to every ``checkpoint_every`` steps and to
             resume from (only a run with the same problem, family and settings resumes).
         checkpoint_every: steps between checkpoints.
@@ -197,6 +198,11 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
         opt.load_state_dict(state["opt"])
     hist = state["history"][k]
     at = problem
+    if cfg.resample_theta and state["step"] == 0:  # the start is a candidate too
+        with torch.no_grad():
+            v = float(objective(problem, family(z.detach()))[0])
+        if v > state["best_value"]:
+            state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
 
     def closure():
         opt.zero_grad()
