@@ -343,6 +343,18 @@ def test_fresh_data_validation_runs_end_to_end(tmp_path):
     assert [r["n_replicates"] for r in summary] == [2, 2]
     verdicts = val.verdict(summary, 1, 1)
     assert verdicts[0]["design"] == "[0,-1]|all" and isinstance(verdicts[0]["pass"], bool)
+    # a stimulus designed elsewhere, on 2 new recordings of the paper's cell
+    given = dataclasses.replace(
+        s, stimulus=str(tmp_path / "stimulus_0-1_all_opt1.pt"), replicates=0, paper_noise=2
+    )
+    rows2, info2 = val.validate_design(Design([0, -1], None), given)
+    assert info2 == {"stimulus": given.stimulus, "n_traces": 1}
+    assert [(r["stimulus"], r["replicate"]) for r in rows2] == [
+        ("opt1", "paper"), ("paper1", "paper"), ("opt1", "paper_n1"), ("paper1", "paper_n1"),
+    ]  # fmt: skip
+    assert rows2[0]["mean_contraction"] != rows2[2]["mean_contraction"]  # fresh noise
+    with pytest.raises(SystemExit, match="--n-opt"):
+        val.validate_design(Design([0, -1], None), dataclasses.replace(given, n_opt=2))
     lo, hi = val.clopper_pearson(9, 10)
     assert lo == pytest.approx(0.5550, abs=1e-4) and hi == pytest.approx(0.99747, abs=1e-4)
 
