@@ -72,7 +72,7 @@ def add_design(sub) -> None:
         default=None,
         metavar="NC",
         help="design for one fitted cell: a posterior .nc of the preset's free parameters "
-        "(written by 'bayesneuron posterior' or a study run) whose draws replace the prior "
+        "(written by 'bayesneuron infer' or a study run) whose draws replace the prior "
         "draws; 'prior' (the config's default) designs for every cell of the prior",
     )
     o.add_argument(

@@ -199,10 +199,7 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
     hist = state["history"][k]
     at = problem
     if cfg.resample_theta and state["step"] == 0:  # the start is a candidate too
-        with torch.no_grad():
-            v = float(objective(problem, family(z.detach()))[0])
-        if v > state["best_value"]:
-            state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+        _consider(problem, family, state, z, k)
 
     def closure():
         opt.zero_grad()
@@ -224,11 +221,17 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
         bar.set_postfix(value=f"{hist[-1]:.3f}", start=k)
         if ckpt is not None and state["step"] % cfg.checkpoint_every == 0:
             _save(ckpt, state)
-    with torch.no_grad():  # the point after the last step
+    hist.append(_consider(problem, family, state, z, k))  # the point after the last step
+
+
+def _consider(problem, family, state, z: Tensor, k: int) -> float:
+    """The robust criterion of ``z`` on ``problem``'s own points; ``z`` becomes the best point
+    (of start ``k``) in ``state`` where it beats it."""
+    with torch.no_grad():
         v = float(objective(problem, family(z.detach()))[0])
-    hist.append(v)
     if v > state["best_value"]:
         state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+    return v
 
 
 def _learning_rate(cfg: OptimizeConfig, step: int) -> float:

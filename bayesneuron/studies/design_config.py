@@ -347,7 +347,7 @@ def _check(s: DesignStudy, where: str) -> None:
     if s.theta != "prior" and not Path(s.theta).is_file():
         bad(
             "[design] theta",
-            "no such file; give 'prior' or a posterior .nc (bayesneuron fit/posterior)",
+            "no such file; give 'prior' or a posterior .nc (bayesneuron infer, a study run)",
         )
 
 

@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bayesneuron.errors import BayesneuronError
 from bayesneuron.inference.criteria import posterior_contraction, prior_geometry
 from bayesneuron.inference.space import ParameterSpace
 from bayesneuron.io import write_stimulus_nwb
@@ -57,23 +56,21 @@ from bayesneuron.reference.presets import get_preset
 from bayesneuron.simulation.solvers import CrankNicolson
 from bayesneuron.studies.config import StudyError
 from bayesneuron.studies.design_config import DesignStudy
+from bayesneuron.studies.design_inputs import cell_draws, starts
 from bayesneuron.studies.output import environment, write_csv, write_json
 
 __all__ = [
     "CSV",
     "best_subset",
-    "cell_draws",
     "criteria",
     "design_problems",
     "design_tag",
-    "initial_parameters",
     "make_family",
     "protocol_currents",
     "refine_on_contraction",
     "run_design",
     "run_design_study",
     "site_scale",
-    "starts",
 ]
 
 CSV = "optimal_design.csv"
@@ -131,55 +128,6 @@ def make_family(study: DesignStudy, model, sites=None) -> StimulusFamily:
     )
 
 
-def initial_parameters(
-    fam: StimulusFamily, init, seed: int, protocol: Stimulus, bounds=(0.0, 19.0)
-) -> list[torch.Tensor]:
-    """Starting parameters per entry of ``init``: ``"paper"`` (the protocol's currents),
-    ``"ladder"`` (one constant level per trace, evenly spaced inside ``bounds`` µA/cm²,
-    scaled per site like the family's bounds) or ``"random"`` (``fam.init(seed + k)``)."""
-    out = []
-    for k, name in enumerate(init):
-        if name == "random":
-            out.append(fam.init(seed=seed + k))
-        elif name == "paper":
-            out.append(fam.fit(protocol))
-        elif name == "ladder":
-            lo, hi = fam.bounds()
-            scale = (hi - lo) / (bounds[1] - bounds[0])  # µA/cm² → the family's unit, per site
-            margin = (bounds[1] - bounds[0]) / 38.0  # [0, 19] µA/cm² → levels 0.5 … 18.5
-            b = (bounds[0] + margin, bounds[1] - margin)
-            density = torch.linspace(*b, fam.n_traces, dtype=torch.float64)[:, None, None]
-            levels = (density * scale).expand(-1, len(fam.sites), fam.n_bins)
-            out.append(fam.fit(Stimulus(levels.clone(), fam.dt, fam.t0, fam.unit, fam.sites)))
-        else:
-            raise StudyError(f"init {name!r}: use random, paper or ladder")
-    return out
-
-
-def starts(study: DesignStudy, fam, proto: Stimulus, tag: str) -> tuple[list[str], list]:
-    """``(names, parameters)`` of the starts: ``study.init``'s, after ``"previous"`` — the
-    stimulus ``stimulus_<tag>.pt`` of the earlier run in ``study.start_from`` — if given."""
-    names, init = (
-        list(study.init),
-        initial_parameters(fam, study.init, study.opt_seed, proto, study.bounds),
-    )
-    if study.start_from is None:
-        return names, init
-    path = Path(study.start_from) / f"stimulus_{tag}.pt"
-    if not path.is_file():
-        raise StudyError(
-            f"[design] start_from = {study.start_from!r}: no {path.name} there (a 'design "
-            "optimize' run of this design, family and preset writes it)"
-        )
-    saved = torch.load(path, weights_only=True)
-    stim = Stimulus(saved["values"].double(), saved["dt"], 0.0, saved["unit"], saved["sites"])
-    try:
-        z = fam.fit(stim)
-    except BayesneuronError as e:
-        raise StudyError(f"[design] start_from: {path}: {e}") from None
-    return ["previous", *names], [z, *init]
-
-
 def criteria(problem, stimulus: Stimulus, solver) -> tuple[float, float, torch.Tensor]:
     """(mean criterion, mean contraction, per-trace Fisher ``[n, trace, P, P]``) at
     ``problem``'s θ, by exact sensitivities with ``solver``."""
@@ -211,36 +159,14 @@ def _truth_problem(held_out, model, truth):
     return dataclasses.replace(held_out, theta=theta, dg_du=dg, prior_hessian_u=hess)
 
 
-def cell_draws(study: DesignStudy, model) -> tuple[dict | None, dict | None]:
-    """``(optimiser's pool, held-out points)`` of ``study.theta``'s posterior draws (name →
-    ``[S, comp]``; split once with ``opt_seed``: ``theta_eval`` held out, the rest the pool
-    the optimiser draws from), or ``(None, None)`` for ``theta = "prior"``."""
-    if study.theta == "prior":
-        return None, None
-    from bayesneuron.reports.arviz import load_inference_data, posterior_draws
-
-    try:
-        draws = posterior_draws(load_inference_data(study.theta), model.free)
-    except (OSError, ValueError, BayesneuronError) as e:
-        raise StudyError(f"[design] theta = {study.theta!r}: {e}") from None
-    n = len(next(iter(draws.values())))
-    if n < study.theta_eval + study.theta_opt:
-        raise StudyError(
-            f"[design] theta = {study.theta!r}: {n} draws; need at least theta_eval + "
-            f"theta_opt = {study.theta_eval + study.theta_opt}"
-        )
-    perm = np.random.default_rng(study.opt_seed).permutation(n)
-    held, pool = perm[: study.theta_eval], perm[study.theta_eval :]
-    return {k: v[pool] for k, v in draws.items()}, {k: v[held] for k, v in draws.items()}
-
-
-def design_problems(study: DesignStudy, model, eval_solver):
+def design_problems(study: DesignStudy, model, eval_solver, cell=None):
     """``(problem, held_out)``: ``model``'s design problem at ``study.theta_opt`` prior draws
     (seed ``opt_seed``, ``CrankNicolson(dt_opt)``), the one the optimiser sees, and at
     ``theta_eval`` held-out draws (seed ``opt_seed + 1000``, ``eval_solver``) — or, with a
-    posterior as ``study.theta``, its draws split by :func:`cell_draws`."""
+    posterior as ``study.theta``, its draws split by :func:`cell_draws` (``cell``: that split,
+    if already made)."""
     kw = dict(criterion=study.criterion)
-    pool, held = cell_draws(study, model)
+    pool, held = cell_draws(study, model) if cell is None else cell
     problem = problem_from_model(
         model, study.theta_opt, study.opt_seed, solver=CrankNicolson(dt=study.dt_opt),
         draws=pool, **kw,
@@ -257,8 +183,9 @@ def refine_on_contraction(
 ):  # fmt: skip
     """The second stage: from ``first``'s best point, ``steps`` steps on the mean posterior
     contraction (Gaussian surrogate) at ``n_theta`` prior draws of ``model`` (``seed``,
-    ``solver``; of ``draws`` instead, if given, as :func:`problem_from_model`). Bayesian D-optimality from several starts finds an informative stimulus; the
-    contraction, set by the worst-determined conductances, then moves information into them
+    ``solver``; of ``draws`` instead, if given, as :func:`problem_from_model`). Bayesian
+    D-optimality from several starts finds an informative stimulus; the contraction, set by
+    the worst-determined conductances, then moves information into them
     (on all|all of the paper's cell, 5 traces: 1 − contraction 3.2e-4 → 1.5e-4 on held-out
     draws, where contraction alone from the same starts gave 3.8e-4).
 
@@ -282,7 +209,8 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
     model, _, truth = experiment(
         design, n_traces=study.n_traces, seed=study.seed, solver=eval_solver
     )
-    problem, held_out = design_problems(study, model, eval_solver)
+    cell = cell_draws(study, model)  # (None, None) for the prior
+    problem, held_out = design_problems(study, model, eval_solver, cell)
     fam = make_family(study, model)
     tag = f"{design_tag(design.label)}_{study.family}"
     proto = model.stimulus  # the protocol's currents at the stimulated sites
@@ -303,7 +231,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         res, _ = refine_on_contraction(
             model, fam, cfg, res, steps=study.refine_steps, n_theta=study.theta_opt,
             seed=study.opt_seed, solver=problem.solver,
-            checkpoint=out / f"checkpoint_{tag}_refine.pt", draws=cell_draws(study, model)[0],
+            checkpoint=out / f"checkpoint_{tag}_refine.pt", draws=cell[0],
         )  # fmt: skip
     d_paper, c_paper, _ = criteria(held_out, proto, eval_solver)
     d_opt, c_opt, f_opt = criteria(held_out, res.stimulus, eval_solver)

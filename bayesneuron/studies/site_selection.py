@@ -37,10 +37,10 @@ from bayesneuron.protocol.design import Design, format_sites, parse_sites
 from bayesneuron.reference.presets import get_preset
 from bayesneuron.simulation.solvers import CrankNicolson
 from bayesneuron.studies.design_config import DesignStudy, SiteSelection
+from bayesneuron.studies.design_inputs import initial_parameters
 from bayesneuron.studies.optimal_design import (
     criteria,
     design_problems,
-    initial_parameters,
     make_family,
 )
 from bayesneuron.studies.output import environment, write_csv, write_json

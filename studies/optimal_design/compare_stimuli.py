@@ -21,11 +21,10 @@ import torch
 from bayesneuron import Design
 from bayesneuron.inference.criteria import bayesian_d_optimality
 from bayesneuron.optimal_design import criterion_values, exact_fisher, problem_from_model
-from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import paper_experiment, paper_ground_truth
 from bayesneuron.simulation.solvers import CrankNicolson
 from bayesneuron.studies.design_config import load_design_study
-from bayesneuron.studies.optimal_design import cell_draws
+from bayesneuron.studies.design_inputs import cell_draws, load_stimulus
 from bayesneuron.studies.output import write_csv
 
 FINE = CrankNicolson(dt=0.004)
@@ -67,9 +66,7 @@ def main():
         stimuli[f"paper {n}"] = paper_experiment(design, n_traces=n, solver=FINE)[0].stimulus
     for item in a.stimulus:
         name, path = item.split("=", 1)
-        s = torch.load(path, weights_only=True)
-        sites = tuple(int(k) for k in s["sites"])
-        stimuli[name] = Stimulus(s["values"].double(), s["dt"], 0.0, s["unit"], sites)
+        stimuli[name] = load_stimulus(path)
     rows = []
     for where, problem in points(design, a.theta).items():
         for name, stim in stimuli.items():

@@ -43,6 +43,7 @@ from bayesneuron.optimal_design import (
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import paper_experiment, paper_ground_truth
 from bayesneuron.simulation.solvers import CrankNicolson
+from bayesneuron.studies.design_inputs import load_stimulus
 from bayesneuron.studies.output import write_csv
 
 HERE = Path(__file__).parent
@@ -110,10 +111,10 @@ def main():
         if k in held.free
     }
     at_truth = _at(held, truth)
-    ref = torch.load(START)
-    sites = tuple(int(s) for s in ref["sites"])
+    ref = load_stimulus(START)
+    sites = ref.sites
     fam = PiecewiseConstant(n_traces=5, sites=sites, lo=0.0, hi=19.0)
-    z = fam.fit(Stimulus(ref["values"].double(), 0.1, 0.0, "uA/cm2", sites))
+    z = fam.fit(ref)
     rows = []
 
     def row(name, stim, scored_on, problem, note=""):

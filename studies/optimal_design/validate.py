@@ -67,11 +67,11 @@ from bayesneuron.optimal_design import (
     optimize_stimulus,
     problem_from_model,
 )
-from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import paper_experiment, paper_ground_truth, preset_priors
 from bayesneuron.reports.figures import subplots
 from bayesneuron.simulation.solvers import CrankNicolson
-from bayesneuron.studies.optimal_design import design_tag, initial_parameters, refine_on_contraction
+from bayesneuron.studies.design_inputs import initial_parameters, load_stimulus
+from bayesneuron.studies.optimal_design import design_tag, refine_on_contraction
 from bayesneuron.studies.output import write_csv
 
 TWO = "all|all;[0,1,-1]|all"
@@ -131,8 +131,7 @@ def optimised_model(design: Design, s: Settings, out: Path | None = None):
     solver = CrankNicolson(dt=s.dt)
     paper, _, _ = paper_experiment(design, n_traces=s.n_paper, solver=solver)
     if s.stimulus:  # a stimulus designed elsewhere (design optimize's stimulus_<design>.pt)
-        saved = torch.load(s.stimulus, weights_only=True)
-        stim = Stimulus(saved["values"].double(), saved["dt"], 0.0, saved["unit"], saved["sites"])
+        stim = load_stimulus(s.stimulus)
         if stim.values.shape[0] != s.n_opt:
             raise SystemExit(f"--stimulus has {stim.values.shape[0]} traces; pass --n-opt to match")
         model = NeuronModel(
