@@ -76,6 +76,24 @@ def _rows(out):
         ({"experiment": {"preset": "paper_toy"}, "design": {"max_charge": 0.0}}, r"max_charge"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"lr_final": 0.0}}, r"lr_final"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"theta": "x.nc"}}, r"no such file"),
+        (
+            {"experiment": {"preset": "paper_toy"}, "design": {"family_options": {"n_epochs": 2}}},
+            r"family_options \['n_epochs'\] unknown to family 'bins'; allowed: none",
+        ),
+        (
+            {
+                "experiment": {"preset": "paper_toy"},
+                "design": {"family": "steps", "family_options": {"n_epochs": 0}},
+            },
+            r"family_options: n_epochs = 0",
+        ),
+        (
+            {
+                "experiment": {"preset": "paper_toy"},
+                "design": {"family": "sines", "family_options": {"lo": 1.0}},
+            },
+            r"\['lo'\] unknown to family 'sines'; allowed: \['f_max', 'f_min', 'n_sines'\]",
+        ),
     ],
 )
 def test_config_errors_name_the_key(raw, match):
@@ -237,6 +255,24 @@ def test_family_per_site_bounds():
         PiecewiseConstant(n_traces=1, sites=(0, 5), lo=(0.0,), hi=1.0)
     with pytest.raises(Exception, match="lo < hi"):
         PiecewiseConstant(n_traces=1, sites=(0, 5), lo=0.0, hi=(1.0, 0.0))
+
+
+def test_cli_steps_family_from_the_paper_and_ladder_starts(tmp_path, capsys):
+    """An amplifier-style family (steps, its epoch count from the config) starts from its
+    least-squares fits to the paper's currents and the ladder, and writes its stimulus."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + "family_options = {n_epochs = 2}\n")
+    out = tmp_path / "out"
+    argv = ["design", "optimize", "--config", str(cfg), "--out", str(out), "--family", "steps"]
+    assert main([*argv, "--quiet"]) == 0
+    (row,) = _rows(out)
+    assert row["family"] == "steps" and row["best_start"] in ("paper", "ladder", "random")
+    assert math.isfinite(float(row["crit_optimised"]))
+    values = torch.load(out / "stimulus_all_all_steps.pt")["values"]  # [trace, site, bins]
+    jumps = (values[..., 2:-1] - values[..., 1:-2]).abs() > 1e-6  # inside the zero ends
+    assert int(jumps.sum(-1).max()) <= 2  # two epochs: one boundary, at most two bins move
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["family_options"] == {"n_epochs": 2}
 
 
 SITES = """

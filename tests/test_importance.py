@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from bayesneuron.inference.diagnostics import khat_threshold
+from bayesneuron.inference.diagnostics import importance_ess, khat_threshold
 from bayesneuron.inference.importance import StudentTMixture, adapt_mixture
 
 P, ALPHA = 6, 4.0
@@ -39,3 +39,10 @@ def test_adapted_draws_have_the_targets_mean_where_the_first_proposal_fails():
     assert 1.0 / np.sum(w**2) >= 100
     mean = torch.as_tensor(w) @ z
     assert torch.allclose(mean, _exact_mean(), atol=0.1), (mean, _exact_mean())
+
+
+def test_importance_ess_is_kish_on_unnormalised_log_weights():
+    assert math.isclose(importance_ess(np.full(50, -3.0)), 50.0)  # equal weights: all count
+    assert math.isclose(importance_ess(torch.tensor([0.0, -math.inf, -math.inf])), 1.0)
+    w = np.array([0.5, 0.25, 0.25])  # 1 / (0.25 + 0.0625 + 0.0625)
+    assert math.isclose(importance_ess(np.log(w) + 1234.5), 1 / 0.375)

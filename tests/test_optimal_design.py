@@ -17,10 +17,13 @@ from bayesneuron.inference.criteria import compartment_fisher, linear_gaussian_e
 from bayesneuron.inference.priors import ScaledUniformPrior
 from bayesneuron.optimal_design import (
     FAMILIES,
+    Chirp,
     DesignProblem,
     OptimizeConfig,
     PiecewiseConstant,
+    Ramps,
     SineSum,
+    Steps,
     criterion_values,
     exact_fisher,
     exchange_sites,
@@ -77,6 +80,77 @@ def test_family_errors_and_fit_to_the_paper_currents():
     assert float((got - want).abs().max()) <= 19.0 * 1e-3 + 1e-12  # the clamp off the bounds
     with pytest.raises(StimulusError, match="shape"):
         fam(torch.zeros(2, 3, 48, dtype=F64))
+
+
+def _fine_average(knots, levels, linear: bool, n_bins=48, dt=0.1, sub=2000):
+    """Bin averages of a piecewise-constant (or piecewise-linear) current with epoch
+    boundaries ``knots`` (from 0 to the sweep's end), on ``sub`` midpoints per bin."""
+    import numpy as np
+
+    t = (np.arange(n_bins * sub) + 0.5) * dt / sub
+    if linear:
+        cur = np.interp(t, knots, levels)
+    else:
+        cur = np.asarray(levels)[np.clip(np.searchsorted(knots[1:], t), 0, len(levels) - 1)]
+    return cur.reshape(n_bins, sub).mean(1)
+
+
+@pytest.mark.parametrize("cls", [Steps, Ramps])
+def test_epoch_families_hold_the_exact_bin_average_of_their_current(cls):
+    """Steps and ramps against an independent fine-grid average of the same current (the
+    levels and epoch boundaries read off ``z``); each epoch boundary may fall inside a bin."""
+    fam = cls(n_traces=2, sites=(0, 3), lo=-5.0, hi=19.0, zero_ends=False, n_epochs=4)
+    z = fam.init(seed=7, scale=1.5)
+    got = fam.values(z)
+    n = fam.n_levels
+    levels = -5.0 + 24.0 * torch.sigmoid(z[..., :n])
+    dur = 4.8 * torch.softmax(z[..., n:], -1)
+    for i in range(2):
+        for k in range(2):
+            knots = torch.cat([torch.zeros(1, dtype=F64), torch.cumsum(dur[i, k], 0)]).numpy()
+            want = _fine_average(knots, levels[i, k].numpy(), linear=cls is Ramps)
+            err = float(abs(got[i, k].numpy() - want).max())
+            # the midpoint rule: O(1/sub²) at a ramp's kink, 1/sub of a step's jump
+            assert err < (1e-6 if cls is Ramps else 24.0 / 2000 + 1e-9), err
+    assert torch.autograd.gradcheck(
+        lambda x: cls(n_traces=1, sites=(0,), n_bins=6, n_epochs=2).values(x),
+        (cls(n_traces=1, sites=(0,), n_bins=6, n_epochs=2).init(seed=1).requires_grad_(),),
+    )
+
+
+def test_chirp_at_one_frequency_is_a_sine_and_sweeps_otherwise():
+    fam = Chirp(n_traces=1, sites=(0,), f_min=0.1, f_max=5.0)
+    sine = SineSum(n_traces=1, sites=(0,), n_sines=1, f_min=0.1, f_max=5.0)
+    c, a, fz, phase = 0.3, 2.0, 0.4, 1.1
+    z = torch.tensor([[[c, a, fz, fz, phase]]], dtype=F64)
+    zs = torch.tensor([[[c, a, fz, phase]]], dtype=F64)
+    assert torch.allclose(fam.waveform(z), sine.waveform(zs), atol=1e-12)
+    up = fam.waveform(torch.tensor([[[0.0, 1.0, -3.0, 3.0, 0.0]]], dtype=F64))[0, 0]
+    crossings = (torch.sign(up[1:]) != torch.sign(up[:-1])).nonzero().flatten()
+    gaps = torch.diff(crossings)
+    assert int(gaps[0]) > int(gaps[-1])  # the frequency rises: zero crossings come faster
+    assert torch.autograd.gradcheck(
+        lambda x: Chirp(n_traces=1, sites=(0,), n_bins=8).values(x),
+        (Chirp(n_traces=1, sites=(0,), n_bins=8).init(seed=2).requires_grad_(),),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_fits_a_constant_and_steps_fit_the_paper_currents(name):
+    """``fit`` (least squares; exact for bins) reaches a constant level per trace, which the
+    "ladder" start asks of every family; the paper's currents — two change points per trace,
+    the quirk of ``paper-model.md`` §4.2 — are three-epoch steps, which ``Steps`` fits."""
+    fam = FAMILIES[name](n_traces=3, sites=(0, 5))
+    levels = torch.tensor([2.0, 9.5, 17.0], dtype=F64)[:, None, None].expand(3, 2, 48).clone()
+    got = fam(fam.fit(Stimulus(levels, 0.1, 0.0, "uA/cm2", (0, 5)))).values[..., 1:-1]
+    assert float((got - levels[..., 1:-1]).abs().max()) < 0.05, name
+    if name == "steps":
+        paper = paper_currents(n_traces=3)
+        want = paper.values[:, [0, 5]]
+        fitted = fam(fam.fit(paper)).values
+        flat = want[..., 1:-1].mean(-1, keepdim=True).expand_as(want[..., 1:-1])
+        rms = float((fitted - want).pow(2).mean().sqrt())
+        assert rms < 0.5 * float((flat - want[..., 1:-1]).pow(2).mean().sqrt()), rms
 
 
 def test_max_charge_caps_each_waveform_and_keeps_the_rest():
@@ -147,6 +221,7 @@ def test_forward_mode_tangents_are_exact():
         ("bayes_d_opt", "mean", "bins", 3e-4, "torch"),
         ("contraction", "worst", "bins", 3e-4, "fused"),
         ("eig_laplace", "mean", "sines", 3e-5, "fused"),  # phases move fast: a smaller step
+        ("bayes_d_opt", "mean", "steps", 3e-4, "fused"),  # epoch boundaries inside bins
     ],
 )
 def test_criterion_gradient_matches_central_differences(criterion, robust, family, eps, backend):

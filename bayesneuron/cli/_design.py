@@ -56,6 +56,12 @@ def add_design(sub) -> None:
     o.add_argument("--workers", type=int, default=None, help="processes, one design each")
     o.add_argument("--n-traces", type=int, default=None, help="traces per stimulus")
     o.add_argument(
+        "--family",
+        default=None,
+        help="stimulus family: bins (one level per bin), steps or ramps (an amplifier's "
+        "epochs), sines, chirp; its own settings from the config's [design] family_options",
+    )
+    o.add_argument(
         "--refine-steps",
         type=int,
         default=None,
@@ -160,7 +166,7 @@ def cmd_design_optimize(args) -> int:
     study = load_design_study(
         config, designs=args.designs, steps=args.steps, workers=args.workers,
         n_traces=args.n_traces, refine_steps=args.refine_steps, theta=args.theta,
-        lr_final=args.lr_final, start_from=args.start_from,
+        lr_final=args.lr_final, start_from=args.start_from, family=args.family,
     )  # fmt: skip
     say(args, f"[design] {len(study.designs)} designs of {study.preset} → {out}/")
     start = time.perf_counter()

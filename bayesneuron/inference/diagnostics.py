@@ -3,6 +3,7 @@
 * :func:`psis_khat` / :func:`psis_weights` — Pareto-smoothed importance sampling (Vehtari,
   Simpson, Gelman, Yao & Gabry 2024): the shape ``k̂`` of the importance weights' tail, and
   the smoothed weights themselves.
+* :func:`importance_ess` — the effective sample size ``1 / Σ w²`` of normalised weights.
 * :func:`khat_threshold` — the sample-size-aware bound on ``k̂``: ``min(1 − 1/log10 S, 0.7)``
   (0.585 for 256 draws, 0.697 for 2000). Above it, ``S`` draws cannot give a reliable
   importance-sampling estimate, so the approximation does not pass.
@@ -29,6 +30,7 @@ __all__ = [
     "FIT_P_MIN",
     "RHAT_MAX",
     "chain_diagnostics",
+    "importance_ess",
     "khat_threshold",
     "map_fit",
     "min_ess",
@@ -49,6 +51,13 @@ def _arviz():
         warnings.simplefilter("ignore", FutureWarning)
         import arviz as az
     return az
+
+
+def importance_ess(log_w: Tensor | np.ndarray) -> float:
+    """Effective sample size ``1 / Σ wᵢ²`` of the weights ``wᵢ ∝ exp(log_wᵢ)`` (Kish), from
+    unnormalised log weights ``[n]`` (numpy or torch; ``-inf`` entries weigh 0)."""
+    lw = torch.as_tensor(log_w, dtype=torch.float64)
+    return float(1.0 / (torch.softmax(lw, 0) ** 2).sum())
 
 
 def khat_threshold(n_draws: int) -> float:

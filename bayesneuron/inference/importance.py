@@ -29,7 +29,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from bayesneuron.inference.diagnostics import khat_threshold, psis_weights
+from bayesneuron.inference.diagnostics import importance_ess, khat_threshold, psis_weights
 from bayesneuron.inference.whitened import WhitenedModel
 
 __all__ = [
@@ -150,7 +150,7 @@ def _resample(wm: WhitenedModel, z: Tensor, lw: np.ndarray, k: float, num_sample
     diag = {
         "khat": k,
         "khat_threshold": khat_threshold(len(w)),
-        "ess": float(1.0 / np.sum(w**2)),
+        "ess": importance_ess(lw),
         "unique_draws": int(np.unique(pick.cpu().numpy()).size),
         "n_proposals": len(w),
     }
@@ -208,8 +208,7 @@ def adapt_mixture(log_p, first: StudentTMixture, n_prop: int, gen, seed: int, ro
     for r in range(rounds):
         z, lp, lw, k = _weights(log_p, q, n_prop, gen, known if r == 0 else None)
         ks.append(k)
-        ess = float(1.0 / np.sum(np.exp(2 * (lw - np.logaddexp.reduce(lw)))))
-        if (k <= khat_threshold(n_prop) and ess >= 100) or r == rounds - 1:
+        if (k <= khat_threshold(n_prop) and importance_ess(lw) >= 100) or r == rounds - 1:
             break
         used.append(q)
         pool_z.append(z)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from bayesneuron.errors import FitError
-from bayesneuron.inference.diagnostics import RHAT_MAX, chain_diagnostics
+from bayesneuron.inference.diagnostics import RHAT_MAX, chain_diagnostics, importance_ess
 from bayesneuron.inference.importance import fit_mixture
 from bayesneuron.inference.laplace import log_likelihood
 from bayesneuron.inference.space import prior_draws
@@ -264,8 +264,7 @@ def _next_beta(ll: Tensor, beta: float, target_ess: float) -> float:
     ll = torch.nan_to_num(ll, nan=-math.inf)
 
     def ess(b):
-        w = torch.softmax((b - beta) * ll, 0)
-        return float(1.0 / (w**2).sum())
+        return importance_ess((b - beta) * ll)
 
     if ess(1.0) >= target_ess * n:
         return 1.0

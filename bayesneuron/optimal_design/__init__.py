@@ -13,7 +13,15 @@ Example:
     >>> result = optimize_stimulus(problem, fam)
 """
 
-from bayesneuron.optimal_design.families import FAMILIES, PiecewiseConstant, SineSum, StimulusFamily
+from bayesneuron.optimal_design.families import (
+    FAMILIES,
+    Chirp,
+    PiecewiseConstant,
+    Ramps,
+    SineSum,
+    Steps,
+    StimulusFamily,
+)
 from bayesneuron.optimal_design.objective import (
     CRITERIA,
     DesignProblem,
@@ -35,11 +43,14 @@ from bayesneuron.optimal_design.optimize import (
 __all__ = [
     "CRITERIA",
     "FAMILIES",
+    "Chirp",
     "DesignProblem",
     "DesignResult",
     "OptimizeConfig",
     "PiecewiseConstant",
+    "Ramps",
     "SineSum",
+    "Steps",
     "SiteResults",
     "StimulusFamily",
     "criterion_values",

@@ -13,7 +13,18 @@ paper's currents have them zero; it needs ``lo ≤ 0 ≤ hi``). ``max_charge`` c
 
 * :class:`PiecewiseConstant` — one free level per bin (the paper's grid: 48 bins of 0.1 ms);
 * :class:`SineSum` — ``w(t) = c + Σₖ aₖ sin(2π fₖ t + φₖ)``, a smooth waveform of ``n_sines``
-  sines with frequencies kept in ``[f_min, f_max]`` kHz, sampled at the bin centres.
+  sines with frequencies kept in ``[f_min, f_max]`` kHz, sampled at the bin centres;
+* :class:`Chirp` — one sine whose frequency sweeps linearly from ``f₀`` to ``f₁`` over the
+  sweep (a ZAP current, the usual probe of resonance), with an offset;
+* :class:`Steps` and :class:`Ramps` — what an amplifier's epoch table delivers: ``n_epochs``
+  epochs of free durations (they fill the sweep) and free levels, the current constant in
+  each epoch (steps) or linear from one epoch boundary's level to the next (ramps). Each
+  bin holds the exact bin average of that current, so an epoch boundary moves smoothly
+  through a bin and the currents stay inside the bounds without a sigmoid on the waveform.
+
+Every family can :meth:`~StimulusFamily.fit` a given stimulus (its parameters whose currents
+are closest in least squares; exact for :class:`PiecewiseConstant`): the paper's currents or
+an earlier design as a start.
 
 Example:
     >>> fam = PiecewiseConstant(n_traces=2, sites=(0, 5), lo=0.0, hi=19.0)
@@ -34,7 +45,15 @@ from torch import Tensor
 from bayesneuron.errors import StimulusError
 from bayesneuron.protocol.stimulus import Stimulus
 
-__all__ = ["FAMILIES", "PiecewiseConstant", "SineSum", "StimulusFamily"]
+__all__ = [
+    "FAMILIES",
+    "Chirp",
+    "PiecewiseConstant",
+    "Ramps",
+    "SineSum",
+    "Steps",
+    "StimulusFamily",
+]
 
 _LOGIT_MARGIN = 1e-3  # fraction of the range kept off the bounds when fitting z to values
 
@@ -60,6 +79,11 @@ def _check_sites(sites) -> tuple[int, ...]:
     if not out or len(set(out)) != len(out) or min(out) < 0:
         raise StimulusError(f"sites {list(out)} must be ≥ 1 distinct compartment indices ≥ 0")
     return out
+
+
+def _check_band(f_min: float, f_max: float) -> None:
+    if not 0.0 <= f_min < f_max:
+        raise StimulusError(f"frequencies [{f_min}, {f_max}] kHz need 0 ≤ min < max")
 
 
 @dataclass(frozen=True)
@@ -139,13 +163,19 @@ class StimulusFamily:
         """The unbounded waveform ``w`` ``[trace, site, bins]`` of parameters ``z``."""
         raise NotImplementedError
 
-    def values(self, z: Tensor) -> Tensor:
-        """Bounded currents ``[trace, site, bins]``: ``lo + (hi − lo)·sigmoid(w)``, ends zeroed."""
-        if tuple(z.shape) != self.shape:
-            raise StimulusError(f"z has shape {tuple(z.shape)}; this family takes {self.shape}")
+    def currents(self, z: Tensor) -> Tensor:
+        """Currents ``[trace, site, bins]`` inside the bounds, before ``zero_ends`` and
+        ``max_charge``: ``lo + (hi − lo)·sigmoid(w)`` of the waveform ``w``."""
         w = self.waveform(z)
         lo, hi = self.bounds(w.dtype, w.device)
-        i = lo + (hi - lo) * torch.sigmoid(w)
+        return lo + (hi - lo) * torch.sigmoid(w)
+
+    def values(self, z: Tensor) -> Tensor:
+        """Bounded currents ``[trace, site, bins]`` (:meth:`currents`), ends zeroed, charge
+        capped."""
+        if tuple(z.shape) != self.shape:
+            raise StimulusError(f"z has shape {tuple(z.shape)}; this family takes {self.shape}")
+        i = self.currents(z)
         if self.zero_ends:
             keep = torch.ones(self.n_bins, dtype=i.dtype, device=i.device)
             keep[0] = keep[-1] = 0.0
@@ -164,6 +194,31 @@ class StimulusFamily:
         """Random parameters ``N(0, scale²)`` of ``shape`` from a private generator."""
         gen = torch.Generator().manual_seed(int(seed))
         return scale * torch.randn(self.shape, generator=gen, dtype=dtype)
+
+    def fit(self, stimulus: Stimulus, steps: int = 200, seed: int = 0) -> Tensor:
+        """Parameters whose currents are closest (least squares, L-BFGS for at most ``steps``
+        iterations from :meth:`init` with ``seed``) to ``stimulus``'s at ``sites`` (its first
+        ``n_traces`` traces): a start near a given stimulus, not an identity — a family of
+        few parameters cannot hold 48 random levels."""
+        target = self._target(stimulus)
+        lo, hi = self.bounds()
+        z = self.init(seed=seed, scale=0.5).requires_grad_()
+        opt = torch.optim.LBFGS([z], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (((self.values(z) - target) / (hi - lo)) ** 2).mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return z.detach()
+
+    def _target(self, stimulus: Stimulus) -> Tensor:
+        v = self.dense_index(stimulus)[: self.n_traces]
+        if v.shape[0] < self.n_traces:
+            raise StimulusError(f"stimulus has {v.shape[0]} traces; need {self.n_traces}")
+        return torch.as_tensor(v, dtype=torch.float64).detach()
 
     def _logit(self, values: Tensor) -> Tensor:
         """``w`` with ``lo + (hi − lo)·sigmoid(w) = values`` (clamped just inside the bounds)."""
@@ -199,13 +254,11 @@ class PiecewiseConstant(StimulusFamily):
     def waveform(self, z: Tensor) -> Tensor:
         return z
 
-    def fit(self, stimulus: Stimulus) -> Tensor:
+    def fit(self, stimulus: Stimulus, steps: int = 0, seed: int = 0) -> Tensor:
         """Parameters whose currents are ``stimulus``'s at ``sites`` (the first ``n_traces``
-        traces), up to a clamp of ``1e-3`` of the range inside the bounds."""
-        v = self.dense_index(stimulus)[: self.n_traces]
-        if v.shape[0] < self.n_traces:
-            raise StimulusError(f"stimulus has {v.shape[0]} traces; need {self.n_traces}")
-        return self._logit(v.detach())
+        traces), up to a clamp of ``1e-3`` of the range inside the bounds (exact: ``steps``
+        and ``seed`` are unused)."""
+        return self._logit(self._target(stimulus))
 
     def moved_from(self, z: Tensor, sites) -> Tensor:
         """Parameters on this family's sites from ``z`` ``[trace, len(sites), bins]`` of the
@@ -243,8 +296,7 @@ class SineSum(StimulusFamily):
         super().__post_init__()
         if not (isinstance(self.n_sines, int) and self.n_sines >= 1):
             raise StimulusError(f"n_sines = {self.n_sines!r} must be an int ≥ 1")
-        if not 0.0 <= self.f_min < self.f_max:
-            raise StimulusError(f"frequencies [{self.f_min}, {self.f_max}] kHz need 0 ≤ min < max")
+        _check_band(self.f_min, self.f_max)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -269,5 +321,102 @@ class SineSum(StimulusFamily):
         return torch.cat([z[..., :1], rest.flatten(-2)], -1)
 
 
-FAMILIES = {"bins": PiecewiseConstant, "sines": SineSum}
+@dataclass(frozen=True)
+class Chirp(StimulusFamily):
+    """``w(t) = c + a·sin(2π (f₀ τ + (f₁ − f₀) τ² / 2T) + φ)``, ``τ = t − t0`` at the bin
+    centres, ``T`` the sweep: the frequency runs linearly from ``f₀`` to ``f₁`` (each kept in
+    ``[f_min, f_max]`` kHz by a sigmoid; ``f₁ < f₀`` sweeps down).
+
+    ``z`` ``[trace, site, 5]``: offset ``c``, amplitude ``a``, the two frequency coordinates,
+    phase ``φ``.
+    """
+
+    f_min: float = 0.1
+    f_max: float = 5.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_band(self.f_min, self.f_max)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_traces, len(self.sites), 5)
+
+    def waveform(self, z: Tensor) -> Tensor:
+        tau = (torch.arange(self.n_bins, dtype=z.dtype, device=z.device) + 0.5) * self.dt
+        c, a, f0z, f1z, phase = (x[..., None] for x in z.unbind(-1))
+        f0, f1 = (self.f_min + (self.f_max - self.f_min) * torch.sigmoid(f) for f in (f0z, f1z))
+        sweep = self.n_bins * self.dt
+        return c + a * torch.sin(
+            2 * math.pi * (f0 * tau + (f1 - f0) * tau**2 / (2 * sweep)) + phase
+        )
+
+
+@dataclass(frozen=True)
+class Steps(StimulusFamily):
+    """``n_epochs`` epochs per trace and electrode, each a constant level (an amplifier's
+    step epochs): durations ``T·softmax(·)`` fill the sweep ``T``, levels
+    ``lo + (hi − lo)·sigmoid(·)``; bin ``j`` holds the current's exact average over the bin.
+
+    ``z`` ``[trace, site, n_levels + n_epochs]``: the level coordinates, then the duration
+    coordinates.
+    """
+
+    n_epochs: int = 3
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.n_epochs, int) and self.n_epochs >= 1):
+            raise StimulusError(f"n_epochs = {self.n_epochs!r} must be an int ≥ 1")
+
+    @property
+    def n_levels(self) -> int:
+        """Levels per waveform: one per epoch."""
+        return self.n_epochs
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_traces, len(self.sites), self.n_levels + self.n_epochs)
+
+    def currents(self, z: Tensor) -> Tensor:
+        lo, hi = self.bounds(z.dtype, z.device)
+        levels = lo + (hi - lo) * torch.sigmoid(z[..., : self.n_levels])
+        sweep = self.n_bins * self.dt
+        dur = sweep * torch.softmax(z[..., self.n_levels :], -1)  # [trace, site, epoch]
+        start = torch.cumsum(dur, -1) - dur
+        edges = torch.arange(self.n_bins + 1, dtype=z.dtype, device=z.device) * self.dt
+        inside = edges[:, None] - start[..., None, :]  # [trace, site, edge, epoch]
+        u = torch.minimum(inside.clamp_min(0.0), dur[..., None, :])  # time spent in epoch
+        charge = self._integral(levels, u, dur).sum(-1)  # ∫₀^edge I dt, [trace, site, edge]
+        mean = (charge[..., 1:] - charge[..., :-1]) / self.dt
+        return torch.minimum(torch.maximum(mean, lo), hi)  # an average: off only by rounding
+
+    def _integral(self, levels: Tensor, u: Tensor, dur: Tensor) -> Tensor:
+        """Per epoch, ``∫`` of the current over its first ``u`` ms."""
+        return levels[..., None, :] * u
+
+
+@dataclass(frozen=True)
+class Ramps(Steps):
+    """``n_epochs`` epochs per trace and electrode, the current linear in each from the level
+    at its start to the level at its end (``n_epochs + 1`` levels: a piecewise-linear
+    current with free knot times, an amplifier's ramp epochs); otherwise as :class:`Steps`."""
+
+    @property
+    def n_levels(self) -> int:
+        """Levels per waveform: one per epoch boundary, the sweep's ends included."""
+        return self.n_epochs + 1
+
+    def _integral(self, levels: Tensor, u: Tensor, dur: Tensor) -> Tensor:
+        a, b = levels[..., None, :-1], levels[..., None, 1:]  # each epoch's start and end
+        return a * u + (b - a) * u**2 / (2 * dur[..., None, :].clamp_min(1e-300))
+
+
+FAMILIES = {
+    "bins": PiecewiseConstant,
+    "sines": SineSum,
+    "chirp": Chirp,
+    "steps": Steps,
+    "ramps": Ramps,
+}
 """Family name (as the study's ``family`` column writes it) → class."""

@@ -7,7 +7,10 @@ every key checked before any work starts, unknown keys and sections are errors.
     [experiment]  preset ("paper_toy" | "hh_tree"), seed (of the preset's random protocol and
                   ground truth), n_traces
     [design]      designs ("grid": the preset's 25 stim × rec pairs | "grid25" | "paper9"
-                  (paper_toy) | ["all|all", "[0]|all", …]), family ("bins" | "sines"),
+                  (paper_toy) | ["all|all", "[0]|all", …]), family ("bins" | "sines" |
+                  "chirp" | "steps" | "ramps"; "paper" and "ladder" starts are fitted to it),
+                  family_options (optional table of the family's own settings, e.g.
+                  {n_epochs = 5} for steps/ramps, {n_sines = 2, f_max = 2.0} for sines),
                   criterion ("bayes_d_opt" | "contraction" | "eig_laplace"), lr and
                   lr_final (optional: Adam's rate decays geometrically from lr to it over
                   each start's steps), bounds
@@ -81,6 +84,7 @@ _SCHEMA = {
     "design": {
         "designs": (str, list),
         "family": str,
+        "family_options": dict,
         "criterion": str,
         "bounds": list,
         "max_charge": float,
@@ -155,6 +159,7 @@ class DesignStudy:
     seed: int = 20230619
     n_traces: int = 20
     family: str = "bins"
+    family_options: dict = dataclasses.field(default_factory=dict)
     criterion: str = "bayes_d_opt"
     bounds: tuple[float, float] = (0.0, 19.0)
     max_charge: float | None = None
@@ -309,6 +314,28 @@ def _figures(spec, designs: tuple[str, ...], where: str) -> tuple[str, ...]:
     return tuple(lab for lab in labels if lab in designs)  # those of this run
 
 
+def _check_family_options(s: DesignStudy, where: str) -> None:
+    """The family's own settings: known to it (not the bounds, grid or sites the study sets)
+    and valid (the family's checks, on a one-trace instance)."""
+    from bayesneuron.errors import StimulusError
+    from bayesneuron.optimal_design import FAMILIES, StimulusFamily
+
+    cls = FAMILIES[s.family]
+    own = {f.name for f in dataclasses.fields(cls)} - {
+        f.name for f in dataclasses.fields(StimulusFamily)
+    }
+    unknown = sorted(set(s.family_options) - own)
+    if unknown:
+        raise StudyError(
+            f"{where}: [design] family_options {unknown} unknown to family {s.family!r}; "
+            f"allowed: {sorted(own) or 'none'}"
+        )
+    try:
+        cls(n_traces=1, sites=(0,), **s.family_options)
+    except (StimulusError, TypeError) as e:
+        raise StudyError(f"{where}: [design] family_options: {e}") from None
+
+
 def _check(s: DesignStudy, where: str) -> None:
     from bayesneuron.optimal_design import CRITERIA, FAMILIES
 
@@ -317,6 +344,7 @@ def _check(s: DesignStudy, where: str) -> None:
 
     if s.family not in FAMILIES:
         bad("[design] family", f"use one of {sorted(FAMILIES)}")
+    _check_family_options(s, where)
     if s.criterion not in CRITERIA:
         bad("[design] criterion", f"use one of {list(CRITERIA)}")
     lo_hi = s.bounds
@@ -340,8 +368,6 @@ def _check(s: DesignStudy, where: str) -> None:
     empty = not s.init and s.start_from is None  # start_from alone is a start
     if empty or any(i not in INITS for i in s.init) or len(set(s.init)) != len(s.init):
         bad("[design] init", f"give distinct starts among {list(INITS)} (or [] with start_from)")
-    if s.family != "bins" and set(s.init) - {"random"}:
-        bad("[design] init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")
     if s.start_from is not None and not Path(s.start_from).is_dir():
         bad("[design] start_from", "no such folder; give the --out folder of an earlier run")
     if s.theta != "prior" and not Path(s.theta).is_file():
@@ -394,8 +420,6 @@ def _site_selection(vals: dict, study: DesignStudy, where: str) -> SiteSelection
     init = tuple(vals.get("init", ("ladder",)))
     if not init or any(i not in INITS for i in init) or len(set(init)) != len(init):
         bad("init", f"give distinct starts among {list(INITS)}")
-    if study.family != "bins" and set(init) - {"random"}:
-        bad("init", "'paper' and 'ladder' starts need family 'bins'; use ['random']")
     return SiteSelection(
         n_electrodes=n,
         candidates=tuple(cand),

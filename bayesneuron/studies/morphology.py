@@ -103,7 +103,11 @@ def morphology_figure(study, model, per: dict, what: str, title: str, path: Path
     marks = {"stim": [section_of[i] for i in model.stim_index]}
     if len(model.rec_index) < len(section_of):
         marks["rec"] = [section_of[i] for i in model.rec_index]
-    fig, axes = reports.subplots(1, len(comp), figsize=(6.0 * len(comp), 6.0), squeeze=False)
+    xy = np.concatenate([np.asarray(s.points, dtype=float)[:, :2] for s in secs])
+    aspect = float(np.clip(np.ptp(xy[:, 1]) / max(np.ptp(xy[:, 0]), 1e-9), 0.4, 2.5))
+    size = (6.0 * len(comp), 4.6 * aspect + 1.4)  # panels as tall as the cell is (xy plane)
+    fig, axes = reports.subplots(1, len(comp), figsize=size, squeeze=False)
+    fig.set_layout_engine("constrained")  # the title sits on the panels, not above a gap
     for ax, (k, c) in zip(axes[0], comp.items()):
         vals: dict[str, list[float]] = {}
         for sec, x in zip(section_of, c):
@@ -119,7 +123,8 @@ def morphology_figure(study, model, per: dict, what: str, title: str, path: Path
         )
         if k in regions:  # the regions' own numbers (the soma and axon are small to see)
             text = "\n".join(f"{r}: {float(x):.2f}" for r, x in zip(regions[k], per[k]))
-            ax.text(0.02, 0.98, text, transform=ax.transAxes, fontsize=8, va="top")
+            box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none"}
+            ax.text(0.02, 0.98, text, transform=ax.transAxes, fontsize=8, va="top", bbox=box)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # equal axes leave the rest of a panel empty
     return True

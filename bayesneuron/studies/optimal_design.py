@@ -125,6 +125,7 @@ def make_family(study: DesignStudy, model, sites=None) -> StimulusFamily:
         dt=proto.dt,
         t0=proto.t0,
         unit=proto.unit,
+        **study.family_options,
     )
 
 
