@@ -5,7 +5,7 @@ study's reported posterior compared with them.
     python benchmarks/rugged_posteriors.py run --method nuts|smc [--designs "[0,-1]|[0]" ...]
         [--chains 2 --warmup 200 --samples 250] [--particles 512 --settle 60]
         [--kernel walk|hmc --leapfrog 8 --max-moves 20] [--population J]
-        [--out benchmarks/results/rugged_posteriors]
+        [--device cuda] [--out benchmarks/results/rugged_posteriors]
     python benchmarks/rugged_posteriors.py settle --kernel hmc --rounds 12   # after run --population
     python benchmarks/rugged_posteriors.py compare --reference smc|nuts|smc_settled
         [--against nuts|smc | --study-out DIR | --study-reference DIR] [--json FILE]
@@ -74,6 +74,28 @@ def _setup(study, label: str):
     return model, v, truth, modes, [laplace_map(model, v, m, progress=False) for m in modes]
 
 
+def _on_device(study, label: str, v, laps, device: str):
+    """The sampler's ``(model, v, laps)`` on ``device``: the same data and Laplace
+    approximations (found on the CPU) with the model built there (on CUDA, ``simulate``
+    runs the Triton kernel); ``None`` without ``--device``."""
+    import dataclasses
+
+    from bayesneuron.inference.space import ParameterSpace
+    from bayesneuron.studies.experiment import build_experiment
+
+    if device is None:
+        return None
+    inf = study.infers[0]
+    design = next(d for d in inf.designs if d.label == label)
+    model = build_experiment(study, design, study.priors, device, inf.noise_sigma)[0]
+    space = ParameterSpace(model)
+    moved = [
+        dataclasses.replace(lp, space=space, center=lp.center.to(device), cov=lp.cov.to(device))
+        for lp in laps
+    ]
+    return model, v.to(device), moved
+
+
 def run(args) -> None:
     """Run ``args.method`` on every design; write its draws and diagnostics. With
     ``--population J`` (SMC): population ``J`` alone (seed ``seed + J``, no settling at β = 1),
@@ -91,6 +113,7 @@ def run(args) -> None:
     for label in args.designs:
         t0 = time.perf_counter()
         model, v, truth, modes, laps = _setup(study, label)
+        model, v, laps = _on_device(study, label, v, laps, args.device) or (model, v, laps)
         if args.method == "nuts":
             res = run_nuts(
                 model,
@@ -446,6 +469,9 @@ def main(argv=None) -> None:
         "--rounds", type=int, default=4, help="reweight: rounds; settle: rounds of 5 sweeps"
     )
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--device", help="run: where the sampler simulates, e.g. cuda (the MAP: on the CPU)"
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--smoke", action="store_true", help="the study's [smoke] sizes (a test)")

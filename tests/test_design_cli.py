@@ -417,3 +417,17 @@ def test_start_from_an_earlier_run_is_one_more_start(tmp_path, capsys):
     assert "no stimulus_all_all_bins.pt there" in capsys.readouterr().err
     assert main([*bad, "--quiet"]) == 1  # init = [] needs start_from
     assert "or [] with start_from" in capsys.readouterr().err
+
+
+def test_site_selection_warm_starts_any_family(tmp_path):
+    """With steps (not bins) the second electrode also starts from the first's stimulus,
+    fitted to the family with the new electrode silent: greedy does not lose by adding it."""
+    from bayesneuron.studies.design_config import load_design_study
+    from bayesneuron.studies.site_selection import run_site_selection
+
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'family = "steps"\n' + SITES + "exchange = false\n")
+    study = load_design_study(cfg)
+    rows = run_site_selection(study, study.sites, tmp_path / "out", progress=False)
+    one, two = (float(r["crit_opt_theta"]) for r in rows if r["method"] == "greedy")
+    assert two >= one - 0.05, (one, two)

@@ -186,6 +186,20 @@ def test_moved_from_keeps_shared_electrodes_and_silences_new_ones():
         new.moved_from(z, (0, 3, 5))
 
 
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"bins"}))
+def test_every_family_moves_to_a_site_set_one_electrode_away(name):
+    """The warm start of site selection: shared electrodes keep their currents, a new one
+    carries ≤ 1e-10 µA/cm² (the criterion changes by ~1e-3 nats for 1e-6 near a threshold)."""
+    old = FAMILIES[name](n_traces=2, sites=(0, 5))
+    new = FAMILIES[name](n_traces=2, sites=(0, 3, 5))
+    z = old.init(seed=3, scale=2.0)
+    v_old, v_new = old(z).values, new(new.moved_from(z, old.sites)).values
+    assert torch.equal(v_new[:, [0, 2]], v_old)
+    assert float(v_new[:, 1].abs().max()) < 1e-10
+    with pytest.raises(StimulusError, match="shape"):
+        new.moved_from(z, (0, 3, 5))
+
+
 def test_fisher_equals_the_fused_exact_sensitivities():
     """Central-difference tangents (fused kernel) give the fused kernel's exact
     Fisher information (same scheme, same steps), per trace and as compartment_fisher sums

@@ -214,6 +214,36 @@ class StimulusFamily:
         opt.step(closure)
         return z.detach()
 
+    def moved_from(self, z: Tensor, sites) -> Tensor:
+        """Parameters on this family's sites from ``z`` ``[trace, len(sites), …]`` of the same
+        family on electrodes ``sites``: an electrode in both keeps its parameters (every
+        family's are per electrode), a new one is silent (zero current up to 1e-12 of the
+        range, 1e-3 for bins) — a warm start for a site set one electrode away."""
+        sites = tuple(int(k) for k in sites)
+        want = (self.n_traces, len(sites), *self.shape[2:])
+        if tuple(z.shape) != want:
+            raise StimulusError(f"z has shape {tuple(z.shape)}; need {want}")
+        out = self._silent().to(z.dtype)
+        for i, k in enumerate(self.sites):
+            if k in sites:
+                out[:, i] = z[:, sites.index(k)]
+        return out
+
+    def _silent(self) -> Tensor:
+        """Parameters ``z`` of (nearly) zero current on every electrode: by default the
+        waveform ``w`` constant at :meth:`_zero_logit`, the first coordinate an offset and
+        the others 0 (a family whose ``z`` differs overrides this)."""
+        z = torch.zeros(self.shape, dtype=torch.float64)
+        z[..., 0] = self._zero_logit()[:, 0]
+        return z
+
+    def _zero_logit(self, margin: float = 1e-12) -> Tensor:
+        """``[site, 1]``: the ``w`` of zero current (``margin`` of the range inside a bound,
+        1e-11 µA/cm² for the paper's: the design criterion notices 1e-6 near a threshold)."""
+        lo, hi = self.bounds()
+        zero = (-lo / (hi - lo)).clamp(margin, 1.0 - margin)
+        return torch.logit(zero).expand(len(self.sites), 1)
+
     def _target(self, stimulus: Stimulus) -> Tensor:
         v = self.dense_index(stimulus)[: self.n_traces]
         if v.shape[0] < self.n_traces:
@@ -260,23 +290,8 @@ class PiecewiseConstant(StimulusFamily):
         and ``seed`` are unused)."""
         return self._logit(self._target(stimulus))
 
-    def moved_from(self, z: Tensor, sites) -> Tensor:
-        """Parameters on this family's sites from ``z`` ``[trace, len(sites), bins]`` of the
-        same grid on electrodes ``sites``: an electrode in both keeps its waveform, a new one
-        is silent (zero current, up to the clamp just inside the bounds) — a warm start for a
-        site set one electrode away."""
-        sites = tuple(int(k) for k in sites)
-        if tuple(z.shape) != (self.n_traces, len(sites), self.n_bins):
-            raise StimulusError(
-                f"z has shape {tuple(z.shape)}; need {(self.n_traces, len(sites), self.n_bins)}"
-            )
-        lo, hi = self.bounds(z.dtype)
-        zero = (-lo / (hi - lo)).clamp(_LOGIT_MARGIN, 1.0 - _LOGIT_MARGIN)
-        out = torch.logit(zero).expand(len(self.sites), 1).expand(self.shape).clone()
-        for i, k in enumerate(self.sites):
-            if k in sites:
-                out[:, i] = z[:, sites.index(k)]
-        return out
+    def _silent(self) -> Tensor:  # the clamp of ``fit``: these warm starts predate the others
+        return self._zero_logit(_LOGIT_MARGIN).expand(self.shape).clone()
 
 
 @dataclass(frozen=True)
@@ -390,6 +405,11 @@ class Steps(StimulusFamily):
         charge = self._integral(levels, u, dur).sum(-1)  # ∫₀^edge I dt, [trace, site, edge]
         mean = (charge[..., 1:] - charge[..., :-1]) / self.dt
         return torch.minimum(torch.maximum(mean, lo), hi)  # an average: off only by rounding
+
+    def _silent(self) -> Tensor:
+        z = torch.zeros(self.shape, dtype=torch.float64)
+        z[..., : self.n_levels] = self._zero_logit()
+        return z
 
     def _integral(self, levels: Tensor, u: Tensor, dur: Tensor) -> Tensor:
         """Per epoch, ``∫`` of the current over its first ``u`` ms."""

@@ -99,16 +99,13 @@ class _Selection:
         set one electrode away (one fewer, or one swapped), the new electrode silent. So
         adding an electrode starts where the smaller set ended and cannot lose by it, as it
         could from the cold starts alone (an optimiser short of convergence on more
-        parameters). Without such a set (or for a family other than bins) the extra start is
-        a random one."""
+        parameters). Without such a set the extra start is a random one."""
         proto = self.model.stimulus
         starts = initial_parameters(fam, self.run.init, self.run.opt_seed, proto, self.run.bounds)
         warm = self._warm(fam)
         return starts + ([warm] if warm is not None else [])
 
     def _warm(self, fam):
-        if self.run.family != "bins":
-            return None
         new = set(fam.sites)
         near = [
             (res.value, sites)
