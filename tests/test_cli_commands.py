@@ -275,3 +275,14 @@ def test_backend_numba_is_a_deprecated_alias_of_fused(tmp_path, capsys):
     assert run(["fit", "--help"]) == 0
     text = capsys.readouterr().out
     assert "{auto,fused,torch}" in text and "'numba' is a deprecated alias of fused" in text
+
+
+def test_nuts_chains_run_side_by_side_where_cores_allow(monkeypatch):
+    from argparse import Namespace
+
+    from bayesneuron.cli._posterior import chain_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert chain_workers(Namespace(chains=4, chain_workers=None)) == 2  # the cores
+    assert chain_workers(Namespace(chains=1, chain_workers=None)) == 1  # the chains
+    assert chain_workers(Namespace(chains=4, chain_workers=1)) == 1  # as asked

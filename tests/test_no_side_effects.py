@@ -24,6 +24,7 @@ from bayesneuron import (
     paper_time_grid,
     synthetic_data,
 )
+from bayesneuron.errors import FitError
 from bayesneuron.inference import (
     expected_information_gain,
     laplace_map,
@@ -145,6 +146,25 @@ def test_run_nuts_changes_nothing_global_and_repeats(problem, users_state):
     for k in run.samples:
         np.testing.assert_array_equal(run.samples[k], again.samples[k])
     assert not np.array_equal(run.samples["g_na"][0], run.samples["g_na"][1])  # seed + chain
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_nuts_chains_side_by_side_give_the_same_draws(problem, users_state, progress):
+    """Chains in forked processes (``workers``) are the chains run one after another, bit for
+    bit, with the caller's state untouched; the progress bar over them does not change that."""
+    model, v = problem
+    lap = laplace_map(model, v, TRUTH, progress=False)
+    kw = dict(num_samples=12, warmup_steps=10, num_chains=3, laplace=lap, seed=4)
+    one = run_nuts(model, v, TRUTH, **kw, progress=False)
+    users_state.assert_unchanged()
+    side = run_nuts(model, v, TRUTH, **kw, progress=progress, workers=2)
+    users_state.assert_unchanged()
+    for k in one.samples:
+        np.testing.assert_array_equal(one.samples[k], side.samples[k])
+    for k in one.sample_stats:
+        np.testing.assert_array_equal(one.sample_stats[k], side.sample_stats[k])
+    with pytest.raises(FitError, match="workers"):
+        run_nuts(model, v, TRUTH, **kw, workers=0)
 
 
 def test_eig_sbc_and_prior_draws_change_nothing_global(problem, users_state):

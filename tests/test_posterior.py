@@ -288,6 +288,7 @@ INFER = '[study]\nname = "x"\n[[infer]]\ndesigns = ["all|all"]\n'
         ('map_windows = ["8"]\n', "map_windows must list integers"),
         ('smc_kernel = "nuts"\n', "smc_kernel must be 'walk' or 'hmc'"),
         ("adaptive_rounds = 0\n", "adaptive_rounds must be ≥ 1"),
+        ("chain_workers = 0\n", "chain_workers must be ≥ 1"),
     ],
 )
 def test_infer_config_errors(tmp_path, capsys, extra, match):

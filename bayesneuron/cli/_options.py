@@ -196,7 +196,14 @@ def add_posterior(p, methods, method: str) -> None:
     )
     if "nuts" in methods:
         g.add_argument("--warmup", type=int, default=100, help="NUTS warm-up steps")
-        g.add_argument("--chains", type=int, default=1, help="NUTS chains (run one after another)")
+        g.add_argument("--chains", type=int, default=1, help="NUTS chains")
+        g.add_argument(
+            "--chain-workers",
+            type=int,
+            default=None,
+            help="NUTS chains run side by side, one process each (default: as many as chains "
+            "and this machine's cores allow; 1: one after another); the draws do not change",
+        )
 
 
 def add_executor(parser, what: str) -> None:

@@ -3,6 +3,7 @@ posteriors, ranked)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -68,7 +69,16 @@ def _study_from_args(args, designs, name: str, question: str):
         map_init=args.map_init,
         warmup_steps=getattr(args, "warmup", 100),
         num_chains=getattr(args, "chains", 1),
+        chain_workers=chain_workers(args),
     )
+
+
+def chain_workers(args) -> int:
+    """``--chain-workers``, or as many NUTS chains side by side as this machine's cores."""
+    if getattr(args, "chain_workers", None) is not None:
+        return args.chain_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(1, min(getattr(args, "chains", 1), cores))
 
 
 def _posterior_config(args, study, wall: float) -> dict:

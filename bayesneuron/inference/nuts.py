@@ -1,6 +1,8 @@
 """NUTS (Pyro's MCMC) on the whitened model: the reference posterior for small cells.
 
-Chains run one after another (the simulator already uses the cores). Sampling ``z`` with
+Chains run one after another, or ``workers`` at a time in forked processes (the fused kernel
+simulates on one core: on a machine with cores to spare, chains side by side finish sooner,
+with the same draws). Sampling ``z`` with
 ``u = c + L z`` from a Laplace approximation (:class:`~.whitened.WhitenedModel`) is a fixed
 linear preconditioning: the chain targets the same posterior, with a mass matrix that starts
 right. The draws are returned in the model's own names (``g_na``, ``g_k``, …), so
@@ -12,6 +14,8 @@ the sampler runs on a private Pyro parameter store.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,8 +93,11 @@ def run_nuts(
     inits: Sequence[Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
+    workers: int | str = 1,
 ) -> NutsRun:
-    """Sample the posterior of ``model`` given ``v_obs`` with NUTS, chains one after another.
+    """Sample the posterior of ``model`` given ``v_obs`` with NUTS, chains one after another
+    (``workers`` > 1: that many at a time, each in a process forked from this one;
+    ``"auto"``: as many as chains and usable cores allow; the draws do not change).
 
     ``init`` is a mode (e.g. a MAP), name → ``[comp]``; the chains start near it (whitened
     coordinates z drawn from N(0, 0.5²)) and adapt step size and a diagonal mass matrix
@@ -100,7 +107,8 @@ def run_nuts(
     modes' Laplace approximations); chain ``c`` starts at ``inits[c % len(inits)]``, so
     chains started in different modes show a multi-modal posterior in R̂.
     Chain ``c`` is seeded with ``seed + c`` (locally: the global RNGs are restored).
-    ``progress``: Pyro's progress bar per chain (``False``: silent).
+    ``progress``: Pyro's progress bar per chain, or one bar over the chains' iterations
+    when they run side by side (``False``: silent).
     """
     for key, val, low in (
         ("num_samples", num_samples, 1),
@@ -109,6 +117,7 @@ def run_nuts(
     ):
         if not isinstance(val, (int, np.integer)) or val < low:
             raise FitError(f"{key} = {val!r} must be an integer ≥ {low}")
+    n_proc = _workers(workers, num_chains, model.device)
     t0 = time.perf_counter()
     lap = laplace_map(model, v_obs, init, progress=progress) if laplace is None else laplace
     wm = WhitenedModel(model, v_obs, lap)
@@ -120,12 +129,13 @@ def run_nuts(
         full_mass=full_mass,
         progress=progress,
     )
-    draws, stats = [], {"diverging": [], "step_size": []}
+    stats = {"diverging": [], "step_size": []}
     starts = [None] if not inits else [wm.whiten(torch.as_tensor(u)) for u in inits]
-    for c in range(num_chains):
-        with seeded(seed + c, model.device), private_param_store():
-            z, diverging, step_size = _chain(wm, starts[c % len(starts)], **kw)
-        draws.append(z)
+    jobs = [(wm, starts[c % len(starts)], seed + c, kw) for c in range(num_chains)]
+    chains = _side_by_side(jobs, n_proc, progress) if n_proc > 1 else map(_seeded_chain, jobs)
+    draws = []
+    for z, diverging, step_size in chains:
+        draws.append(torch.as_tensor(z, device=wm.center.device))
         stats["diverging"].append(diverging)
         stats["step_size"].append(step_size)
     with torch.no_grad():
@@ -140,6 +150,56 @@ def run_nuts(
     )
 
 
+def _workers(workers, num_chains: int, device) -> int:
+    """Processes for the chains: 1 on a GPU (one device) or for one chain."""
+    if workers == "auto":
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise FitError(f"workers = {workers!r} must be an integer ≥ 1 or 'auto'")
+    return 1 if torch.device(device).type != "cpu" else int(min(workers, num_chains))
+
+
+def _seeded_chain(job, report=None):
+    """One chain of ``(wm, start, seed, kw)``, seeded locally, on a private parameter store."""
+    wm, start, seed, kw = job
+    with seeded(seed, wm.center.device), private_param_store():
+        return _chain(wm, start, **kw, report=report)
+
+
+_JOBS: list = []  # the chains a forked worker runs (inherited, not pickled: a model with
+_QUEUE = None  # compiled kernels and closures does not pickle) and its progress channel
+
+
+def _forked_chain(c: int):
+    torch.set_num_threads(1)  # no OpenMP pool in a forked child
+    z, flags, steps = _seeded_chain(_JOBS[c], report=_QUEUE)
+    return z.cpu().numpy(), flags, steps
+
+
+def _side_by_side(jobs, n_proc: int, progress: bool) -> list:
+    """The chains of ``jobs`` in ``n_proc`` forked processes, in order; one progress bar."""
+    global _JOBS, _QUEUE
+    from tqdm.auto import tqdm
+
+    ctx = multiprocessing.get_context("fork")
+    _JOBS = [(wm, start, seed, kw | {"progress": False}) for wm, start, seed, kw in jobs]
+    _QUEUE = ctx.SimpleQueue() if progress else None
+    total = sum(kw["num_samples"] + kw["warmup_steps"] for *_, kw in jobs)
+    try:
+        with ctx.Pool(n_proc) as pool:
+            pending = pool.map_async(_forked_chain, range(len(jobs)))
+            with tqdm(
+                total=total, desc=f"NUTS, {n_proc} chains at a time", disable=not progress
+            ) as bar:
+                while not pending.ready():
+                    pending.wait(0.5)
+                    while _QUEUE is not None and not _QUEUE.empty():
+                        bar.update(_QUEUE.get())
+            return pending.get()
+    finally:
+        _JOBS, _QUEUE = [], None
+
+
 def _chain(
     wm: WhitenedModel,
     start,
@@ -150,9 +210,11 @@ def _chain(
     max_tree_depth,
     full_mass,
     progress,
+    report=None,
 ):
     """One chain from ``start + N(0, 0.1²)`` (``start`` ``z``; None: ``z ~ N(0, 0.5²)``):
-    draws ``[draw, P]``, divergence flags and the step size per draw."""
+    draws ``[draw, P]``, divergence flags and the step size per draw (``report``: a queue
+    that receives the count of iterations done, every 10)."""
     z0 = torch.randn(wm.size, dtype=wm.center.dtype).to(wm.center.device)
     z0 = 0.5 * z0 if start is None else start + 0.1 * z0
     kernel = NUTS(
@@ -166,6 +228,8 @@ def _chain(
     def hook(kernel, samples, stage, i):
         if stage == "Sample":
             steps.append(float(kernel.step_size))
+        if report is not None and (i + 1) % 10 == 0:
+            report.put(10)
 
     mcmc = MCMC(
         kernel,

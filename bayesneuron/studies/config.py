@@ -25,7 +25,8 @@ The config (every key checked; unknown keys are errors)::
                   "lowrank" | "iaf"), designs, num_particles, max_steps (SVI), num_samples,
                   map_starts, map_steps, map_init ("starts": base values and prior draws;
                   "truth": the ground truth and prior draws) — the MAP each posterior
-                  starts from; warmup_steps, num_chains (NUTS), priors, noise_sigma, ladder
+                  starts from; warmup_steps, num_chains, chain_workers (NUTS; chains
+                  side by side in processes), priors, noise_sigma, ladder
                   (methods tried until one passes its checks, default [guide, "svi:iaf",
                   "importance"] for SVI; see bayesneuron.inference.posterior), map_windows
                   (the MAP's continuation over time windows, as [[run]] windows),

@@ -21,6 +21,7 @@ INFER_KEYS = {
     "map_init": str,
     "warmup_steps": int,
     "num_chains": int,
+    "chain_workers": int,
     "priors": str,
     "noise_sigma": float,
     "ladder": list,
@@ -62,6 +63,7 @@ class Infer:
     map_init: str = "starts"
     warmup_steps: int = 200
     num_chains: int = 2
+    chain_workers: int = 1  # NUTS chains side by side (processes); 1 where designs already are
     priors: str | None = None
     noise_sigma: float | None = None
     ladder: tuple[str, ...] | None = None
@@ -94,7 +96,7 @@ def infer_problem(r: dict) -> str | None:
     if r.get("guide", "mvn") not in GUIDES:
         return f"guide {r['guide']!r} unknown; use one of {sorted(GUIDES)}"
     counts = ("num_particles", "max_steps", "num_samples", "map_starts", "map_steps")
-    for key in (*counts, "num_chains", "psis_samples", "adaptive_rounds"):
+    for key in (*counts, "num_chains", "chain_workers", "psis_samples", "adaptive_rounds"):
         if key in r and r[key] < 1:
             return f"{key} must be ≥ 1"
     if r.get("smc_particles", 2) < 2:

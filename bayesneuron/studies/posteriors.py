@@ -81,7 +81,9 @@ def _posterior(inf, model, v, mp, seed: int, progress: bool):
             min_steps=min(100, inf.max_steps),
             window=min(50, max(1, inf.max_steps // 2)),
         ),
-        nuts=dict(warmup_steps=inf.warmup_steps, num_chains=inf.num_chains),
+        nuts=dict(
+            warmup_steps=inf.warmup_steps, num_chains=inf.num_chains, workers=inf.chain_workers
+        ),
         smc=dict(n_particles=inf.smc_particles, kernel=inf.smc_kernel),
         adaptive=dict(rounds=inf.adaptive_rounds),
         seed=seed,
@@ -410,6 +412,7 @@ def make_study(
     map_init: str = "starts",
     warmup_steps: int = 100,
     num_chains: int = 1,
+    chain_workers: int = 1,
 ):
     """A :class:`~bayesneuron.studies.config.Study` with one ``[[infer]]`` run, built in code
     instead of from a ``config.toml`` and checked by the same rules (a
@@ -452,15 +455,11 @@ def make_study(
         map_init=map_init,
         warmup_steps=warmup_steps,
         num_chains=num_chains,
+        chain_workers=chain_workers,
     )
     raw = {
         "study": {"name": name, "question": question},
-        "experiment": {
-            "preset": preset,
-            "seed": seed,
-            "n_traces": n_traces,
-            "noise_sigma": noise_sigma,
-        },
+        "experiment": dict(preset=preset, seed=seed, n_traces=n_traces, noise_sigma=noise_sigma),
         "model": model,
         "infer": [infer],
     }
