@@ -151,12 +151,14 @@ def run_nuts(
 
 
 def _workers(workers, num_chains: int, device) -> int:
-    """Processes for the chains: 1 on a GPU (one device) or for one chain."""
+    """Processes for the chains: at most one per chain; 1 on a GPU or without ``fork``."""
     if workers == "auto":
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise FitError(f"workers = {workers!r} must be an integer ≥ 1 or 'auto'")
-    return 1 if torch.device(device).type != "cpu" else int(min(workers, num_chains))
+    if torch.device(device).type != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # one GPU; or no fork (Windows): the chains one after another
+    return int(min(workers, num_chains))
 
 
 def _seeded_chain(job, report=None):
