@@ -12,8 +12,9 @@ paper's currents have them zero; it needs ``lo ≤ 0 ≤ hi``). ``max_charge`` c
 (differentiable; inside the bounds because ``lo ≤ 0 ≤ hi``), one under it is left as it is.
 
 * :class:`PiecewiseConstant` — one free level per bin (the paper's grid: 48 bins of 0.1 ms);
-* :class:`SineSum` — ``w(t) = c + Σₖ aₖ sin(2π fₖ t + φₖ)``, a smooth waveform of ``n_sines``
-  sines with frequencies kept in ``[f_min, f_max]`` kHz, sampled at the bin centres;
+* :class:`SineSum` — ``w(t) = c + Σₖ aₖ sin(2π fₖ t + φₖ)``, ``n_sines`` sines with
+  frequencies kept in ``[f_min, f_max]`` kHz, sampled at the bin centres (smooth while the
+  amplitudes are small; large ones the sigmoid squares into pulse trains);
 * :class:`Chirp` — one sine whose frequency sweeps linearly from ``f₀`` to ``f₁`` over the
   sweep (a ZAP current, the usual probe of resonance), with an offset;
 * :class:`Steps` and :class:`Ramps` — what an amplifier's epoch table delivers: ``n_epochs``
