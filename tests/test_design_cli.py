@@ -107,6 +107,7 @@ def test_config_defaults_are_the_reference_run_and_the_preset_grid():
     assert (paper.steps, paper.theta_opt, paper.theta_eval, paper.step_draws) == (80, 8, 10, 5)
     assert (paper.dt_opt, paper.dt_eval, paper.opt_seed, paper.bounds) == (0.02, 0.004, 0, (0, 19))
     assert paper.init == ("paper", "ladder", "random") and paper.figures == paper.designs
+    assert "family_options" not in paper.settings()  # runs from before the key still resume
     hh = design_study_from_dict({"experiment": {"preset": "hh_tree"}}, designs="all|all,[0]|all")
     assert hh.designs == ("all|all", "[0]|all") and (hh.dt_opt, hh.bounds) == (0.025, (0, 20))
 

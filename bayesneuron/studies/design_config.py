@@ -182,8 +182,12 @@ class DesignStudy:
     start_from: str | None = None
 
     def settings(self) -> dict:
-        """The fields that change the numbers (a resumed run must match them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_RESULTS}
+        """The fields that change the numbers (a resumed run must match them; empty
+        ``family_options`` are left out, so a run started before they existed resumes)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_RESULTS}
+        if not out["family_options"]:
+            del out["family_options"]
+        return out
 
 
 def load_design_study(path, **overrides) -> DesignStudy:
