@@ -1057,9 +1057,11 @@ DESIGN_COMPARISON = [
           among them by cost (an extra electrode), not by these numbers.
         * **Expected and realised information agree here.** The ranks from one noisy
           experiment per design (section 4) follow the expected ranks closely, and the 90 %
-          Laplace intervals cover most of the true conductances. A contraction slightly below
-          0 there (a conductance the data do not inform) is an artefact of a Gaussian in the
-          prior's logit coordinates: read it as 0.
+          Laplace intervals cover most of the true conductances (full mode, MAP from the base
+          values and prior draws: the truth within 2.6 sd everywhere). A contraction below 0
+          there (a conductance the data do not inform; down to −0.35 on `[0,1,-1]|[0]` in
+          full mode) is an artefact of a Gaussian in the prior's logit coordinates: read it
+          as 0.
         * **The analysis is local and model-based.** It assumes the cell model, the noise
           level and a parameter value near the truth; the data check (section 4) shows whether
           the expected ranking survives one noisy experiment, and whether the Laplace
