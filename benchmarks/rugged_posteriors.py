@@ -74,17 +74,18 @@ def _setup(study, label: str):
     return model, v, truth, modes, [laplace_map(model, v, m, progress=False) for m in modes]
 
 
-def _on_device(study, label: str, v, laps, device: str):
+def _on_device(study, label: str, model, v, laps, device: str | None):
     """The sampler's ``(model, v, laps)`` on ``device``: the same data and Laplace
     approximations (found on the CPU) with the model built there (on CUDA, ``simulate``
-    runs the Triton kernel); ``None`` without ``--device``."""
+    runs the Triton kernel; building it simulates the data once more, unused); as given
+    without ``--device``."""
     import dataclasses
 
     from bayesneuron.inference.space import ParameterSpace
     from bayesneuron.studies.experiment import build_experiment
 
     if device is None:
-        return None
+        return model, v, laps
     inf = study.infers[0]
     design = next(d for d in inf.designs if d.label == label)
     model = build_experiment(study, design, study.priors, device, inf.noise_sigma)[0]
@@ -113,7 +114,7 @@ def run(args) -> None:
     for label in args.designs:
         t0 = time.perf_counter()
         model, v, truth, modes, laps = _setup(study, label)
-        model, v, laps = _on_device(study, label, v, laps, args.device) or (model, v, laps)
+        model, v, laps = _on_device(study, label, model, v, laps, args.device)
         if args.method == "nuts":
             res = run_nuts(
                 model,

@@ -3,7 +3,6 @@ posteriors, ranked)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -75,10 +74,11 @@ def _study_from_args(args, designs, name: str, question: str):
 
 def chain_workers(args) -> int:
     """``--chain-workers``, or as many NUTS chains side by side as this machine's cores."""
+    from bayesneuron.inference.nuts import usable_cores
+
     if getattr(args, "chain_workers", None) is not None:
         return args.chain_workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return max(1, min(getattr(args, "chains", 1), cores))
+    return max(1, min(getattr(args, "chains", 1), usable_cores()))
 
 
 def _posterior_config(args, study, wall: float) -> dict:

@@ -31,7 +31,7 @@ from bayesneuron.inference.laplace import UnconstrainedLaplace, laplace_map
 from bayesneuron.inference.model import NeuronModel
 from bayesneuron.inference.whitened import WhitenedModel
 
-__all__ = ["NutsRun", "run_nuts"]
+__all__ = ["NutsRun", "run_nuts", "usable_cores"]
 
 
 @dataclass
@@ -150,10 +150,15 @@ def run_nuts(
     )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; 1 where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
 def _workers(workers, num_chains: int, device) -> int:
     """Processes for the chains: at most one per chain; 1 on a GPU or without ``fork``."""
     if workers == "auto":
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        workers = usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise FitError(f"workers = {workers!r} must be an integer ≥ 1 or 'auto'")
     if torch.device(device).type != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
