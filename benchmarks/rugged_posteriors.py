@@ -148,6 +148,7 @@ def run(args) -> None:
                 leapfrog_steps=args.leapfrog,
                 max_moves=args.max_moves,
                 seed=args.seed + (args.population or 0),
+                max_seconds=args.max_seconds,
                 progress=not args.quiet,
             )
         diag |= {
@@ -162,7 +163,8 @@ def run(args) -> None:
             f"{label:>16}  {args.method}{tag}  R̂ {diag['rhat_max']:.3f}  ESS bulk "
             f"{diag['ess_bulk_min']:.0f} tail {diag['ess_tail_min']:.0f}  "
             f"divergences {diag.get('num_divergences', '-')}  max|z| truth "
-            f"{diag['max_abs_z']:.2f}  {diag['wall_s']:.0f} s",
+            f"{diag['max_abs_z']:.2f}  {diag['wall_s']:.0f} s"
+            + (f"  OUT OF TIME at β {diag['beta_final']:.3g}" if diag.get("out_of_time") else ""),
             flush=True,
         )
 
@@ -459,6 +461,9 @@ def main(argv=None) -> None:
     p.add_argument("--kernel", choices=["walk", "hmc"], default="walk", help="SMC move")
     p.add_argument("--leapfrog", type=int, default=8, help="SMC: leapfrog steps per HMC sweep")
     p.add_argument("--max-moves", type=int, default=20, help="SMC: sweeps per stage, at most")
+    p.add_argument(
+        "--max-seconds", type=float, help="SMC: wall-time budget; stops where it is, not ok"
+    )
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--samples", type=int, default=250)

@@ -140,3 +140,24 @@ def test_smc_in_the_ladder_is_checked_like_nuts(problem):
         tempered_smc(model, v, lap, target_ess=1.5)
     with pytest.raises(FitError, match="'walk' or 'hmc'"):
         tempered_smc(model, v, lap, kernel="nuts")
+
+
+def test_a_spent_time_budget_stops_where_it_is_and_fails_the_checks(problem):
+    """``max_seconds``: on a lent GPU a run ends with what it reached rather than being killed;
+    it is never ok. A budget that is never reached changes nothing."""
+    model, v, mp, lap = problem
+    res = checked_posterior(
+        model, v, mp.params, ladder=("smc",), laplace=lap, num_samples=50,
+        smc=dict(n_particles=50, max_seconds=0.0), seed=4,
+    )  # fmt: skip
+    d = res.diagnostics
+    assert d["out_of_time"] and d["beta_final"] < 1.0 and d["n_stages"] == 0
+    assert not res.ok and "out of time" in d["attempts"]
+    assert res.samples["g_na"].shape == (2, 50, 2)  # the particles where they stopped
+    kw = dict(num_samples=40, n_particles=40, max_settle=0, seed=5)
+    a = tempered_smc(model, v, lap, **kw)
+    b = tempered_smc(model, v, lap, **kw, max_seconds=1e6)
+    assert not b[1]["out_of_time"] and b[1]["beta_final"] == 1.0
+    assert all(np.array_equal(a[0][k], b[0][k]) for k in a[0])
+    with pytest.raises(FitError, match="max_seconds"):
+        tempered_smc(model, v, lap, max_seconds=-1.0)

@@ -284,6 +284,7 @@ def _passes(method: str, d: dict) -> tuple[bool, str]:
             else "",
             f"{d['num_divergences']} divergences" if d.get("num_divergences") else "",
             f"stopped at β {d['beta_final']:.3g} < 1" if d.get("beta_final", 1.0) < 1 else "",
+            "out of time" if d.get("out_of_time") else "",
         ]
     else:
         k, thr = d["khat"], d["khat_threshold"]

@@ -76,6 +76,7 @@ def tempered_smc(
     kernel: str = "walk",
     leapfrog_steps: int = 8,
     seed: int = 0,
+    max_seconds: float | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Posterior draws of ``model`` given ``v`` by likelihood-tempered SMC (module doc).
@@ -94,14 +95,19 @@ def tempered_smc(
         kernel, leapfrog_steps: ``"walk"`` (random-walk Metropolis) or ``"hmc"`` with that
             many leapfrog steps per sweep (module doc), each beside the independence sampler.
         seed: population ``j`` is seeded with ``seed + j`` (private generators).
+        max_seconds: a wall-time budget (s): each population tempers until its share of
+            what is left runs out, settling stops when all is spent; a run stopped by it is
+            not ok (``beta_final`` < 1 or R̂ unmet) and says so (``out_of_time``), with what
+            it reached — on a lent GPU, a result rather than a killed process.
 
     Returns ``(samples name → [population, draw, …], diagnostics)``: ``rhat_max``,
     ``ess_bulk_min``, ``ess_tail_min`` over populations, ``num_chains`` (populations),
-    ``beta_final`` (1 unless ``max_stages`` stopped it), ``n_stages``, ``log_evidence`` (per
+    ``beta_final`` (1 unless ``max_stages`` or ``max_seconds`` stopped it), ``n_stages``, ``log_evidence`` (per
     population, ``"a b"``) and ``log_evidence_spread``, ``accept_final`` (the last sweeps'
     acceptance), ``settle_sweeps``, ``stage_correlation_max`` (the worst end-of-stage
     correlation: above 0.1, ``max_moves`` cut a stage short and the particles had not explored
-    their basins), ``kernel``, ``n_simulations`` (each gradient counted as one) and ``wall_s``.
+    their basins), ``kernel``, ``n_simulations`` (each gradient counted as one), ``wall_s``
+    and ``out_of_time``.
     """
     if not 0 < target_ess < 1:
         raise FitError(f"target_ess = {target_ess} must be in (0, 1)")
@@ -109,19 +115,33 @@ def tempered_smc(
         raise FitError(f"kernel {kernel!r} must be 'walk' or 'hmc', leapfrog_steps ≥ 1")
     if n_particles < 2 or n_populations < 1:
         raise FitError("tempered_smc needs n_particles ≥ 2 and n_populations ≥ 1")
+    if max_seconds is not None and not max_seconds >= 0:
+        raise FitError(f"max_seconds = {max_seconds} must be ≥ 0 (or None: no budget)")
     wm = WhitenedModel(model, v, laplace)
     t0 = time.perf_counter()
+    end = None if max_seconds is None else t0 + max_seconds
     opts = dict(kernel=kernel, leapfrog_steps=leapfrog_steps, target_ess=target_ess)
     opts |= dict(max_moves=max_moves, max_stages=max_stages, n_components=n_components)
     runs = []
     for j in range(n_populations):
         gen = torch.Generator().manual_seed(int(seed + j))
         z0 = wm.whiten(wm.space.unconstrain(prior_draws(model, n_particles, generator=gen)))
+        now = time.perf_counter()  # this population's share of the time left
+        deadline = None if end is None else now + (end - now) / (n_populations - j)
         runs.append(
-            temper(z0, wm.log_prior, lambda z: _loglik(wm, z), gen, **opts, progress=progress)
+            temper(
+                z0,
+                wm.log_prior,
+                lambda z: _loglik(wm, z),
+                gen,
+                **opts,
+                deadline=deadline,
+                progress=progress,
+            )  # fmt: skip
         )
     kern = _Kernel(kernel, leapfrog_steps)
-    settled = _settle(runs, (wm.log_prior, lambda z: _loglik(wm, z)), kern, seed, max_settle)
+    target = (wm.log_prior, lambda z: _loglik(wm, z))
+    settled = _settle(runs, target, kern, seed, max_settle, deadline=end)
     z = torch.stack([r["z"][: min(num_samples, n_particles)] for r in runs])  # [pop., draw, P]
     with torch.no_grad():
         samples = {k: x.cpu().numpy() for k, x in wm.params(z).items()}
@@ -138,6 +158,8 @@ def tempered_smc(
         "n_simulations": sum(r["n_sim"] for r in runs),
         "wall_s": time.perf_counter() - t0,
     }
+    unfinished = diag["beta_final"] < 1.0 or not diag["rhat_max"] <= RHAT_MAX
+    diag["out_of_time"] = bool(_past(end) and unfinished)  # the budget cut it short
     return samples, diag
 
 
@@ -153,6 +175,7 @@ def temper(
     max_moves: int = 20,
     max_stages: int = 200,
     n_components: int = 4,
+    deadline: float | None = None,
     progress: bool = False,
 ) -> dict:
     """One population from prior draws ``z`` ``[n, P]`` to β = 1 (module doc), for any
@@ -161,14 +184,15 @@ def temper(
     final particles ``z`` ``[n, P]`` (in random order), ``beta``, ``stages``, ``log_z`` (the
     estimate of ``log ∫ p L``), ``accept`` (the last walk or HMC acceptance), ``correlation``
     (the worst end-of-stage correlation), ``lp``, ``ll``, ``scale`` (the kernel's step) and
-    ``n_sim`` (evaluations of ``log_lik``, a gradient counted as one)."""
+    ``n_sim`` (evaluations of ``log_lik``, a gradient counted as one). Past ``deadline`` (a
+    ``time.perf_counter()`` value) it stops moving and tempering where it is (β < 1)."""
     kern = _Kernel(kernel, leapfrog_steps)
     n, dev = z.shape[0], z.device
     with torch.no_grad():
         lp, ll = log_prior(z), log_lik(z)
     beta, log_z, stages, n_sim, acc, worst = 0.0, 0.0, 0, n, 1.0, 0.0
     scale = kern.initial_scale(z.shape[1])
-    while beta < 1.0 and stages < max_stages:
+    while beta < 1.0 and stages < max_stages and not _past(deadline):
         new = _next_beta(ll, beta, target_ess)
         lw = (new - beta) * ll
         log_z += float(torch.logsumexp(lw, 0)) - math.log(n)
@@ -181,6 +205,8 @@ def temper(
         target = (log_prior, log_lik, beta)
         start, moves, acc_i = z, 0, 1.0
         while moves < max_moves and (moves < 2 or _correlation(start, z) > _DECORRELATED):
+            if _past(deadline):
+                break
             if acc_i >= _IMH_MIN:  # an independence sampler that is never accepted is dropped
                 with torch.no_grad():
                     z, lp, ll, acc_i = _independence(target, z, lp, ll, q, gen)
@@ -210,14 +236,18 @@ def temper(
     }
 
 
-def _settle(runs: list[dict], target, kern: _Kernel, seed: int, max_sweeps: int):
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
+def _settle(runs: list[dict], target, kern: _Kernel, seed: int, max_sweeps: int, deadline=None):
     """Sweeps of ``kern`` at β = 1 (``target = (log_prior, log_lik)``) of every population
     that reached it (in place), 5 at a time, until R̂ of ``z`` over the populations is ≤
-    1.01: the sweeps done."""
+    1.01 or ``deadline`` passes: the sweeps done."""
     done = [r for r in runs if r["beta"] >= 1.0]
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     rhat, sweeps = _rhat(done), 0
-    while len(done) > 1 and sweeps < max_sweeps and not rhat <= RHAT_MAX:
+    while len(done) > 1 and sweeps < max_sweeps and not rhat <= RHAT_MAX and not _past(deadline):
         for r in done:
             chol = _proposal_chol(r["z"])
             for _ in range(5):
