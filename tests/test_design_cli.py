@@ -23,7 +23,7 @@ from bayesneuron.studies.design_config import design_study_from_dict
 REQUIRED = (
     "stim rec family crit_paper crit_steps crit_optimised gain_nats_per_trace crit_paper_truth "
     "crit_optimised_truth crit_optimised_on_opt_theta contraction_paper contraction_optimised "
-    "crit_opt5 contraction_opt5 crit_steps_sd best_start wall_s"
+    "crit_opt5 contraction_opt5 crit_steps_sd best_start wall_s gain_se_nats_per_trace"
 ).split()
 TINY = """
 [experiment]
@@ -76,6 +76,14 @@ def _rows(out):
         ({"experiment": {"preset": "paper_toy"}, "design": {"max_charge": 0.0}}, r"max_charge"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"lr_final": 0.0}}, r"lr_final"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"theta": "x.nc"}}, r"no such file"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"theta_select": -1}}, r"theta_select"),
+        (
+            {
+                "experiment": {"preset": "paper_toy"},
+                "design": {"theta_select": 4, "resample": False},
+            },
+            r"theta_select = 4: needs resample = true",
+        ),
         (
             {"experiment": {"preset": "paper_toy"}, "design": {"family_options": {"n_epochs": 2}}},
             r"family_options \['n_epochs'\] unknown to family 'bins'; allowed: none",
@@ -108,6 +116,7 @@ def test_config_defaults_are_the_reference_run_and_the_preset_grid():
     assert (paper.dt_opt, paper.dt_eval, paper.opt_seed, paper.bounds) == (0.02, 0.004, 0, (0, 19))
     assert paper.init == ("paper", "ladder", "random") and paper.figures == paper.designs
     assert "family_options" not in paper.settings()  # runs from before the key still resume
+    assert "theta_select" not in paper.settings() and paper.theta_select == 0
     hh = design_study_from_dict({"experiment": {"preset": "hh_tree"}}, designs="all|all,[0]|all")
     assert hh.designs == ("all|all", "[0]|all") and (hh.dt_opt, hh.bounds) == (0.025, (0, 20))
 
@@ -167,6 +176,25 @@ def test_refine_stage_moves_the_stimulus_on_the_contraction(tmp_path):
     assert bool((v1 >= 0).all() and (v1 <= 19.0).all())
     assert json.loads((out1 / "run.json").read_text())["config"]["refine_steps"] == 3
     assert not list(out1.glob("checkpoint_*"))
+
+
+def test_theta_select_chooses_on_other_draws_and_the_gain_has_a_standard_error(tmp_path):
+    out0, out1 = tmp_path / "s0", tmp_path / "s1"
+    cfg = _config(tmp_path)
+    chosen = tmp_path / "select.toml"
+    extra = "steps = 2\ntheta_select = 3\nrefine_steps = 2"
+    chosen.write_text(
+        cfg.read_text().replace("steps = 2", extra).replace("theta_eval = 2", "theta_eval = 1")
+    )
+    for c, out in ((cfg, out0), (chosen, out1)):
+        assert main(["design", "optimize", "--config", str(c), "--out", str(out), "--quiet"]) == 0
+    r0, r1 = _rows(out0)[0], _rows(out1)[0]
+    assert float(r0["gain_se_nats_per_trace"]) > 0  # two held-out draws: a paired spread
+    assert float(r1["gain_se_nats_per_trace"]) == 0.0  # one: no spread to speak of
+    assert json.loads((out1 / "run.json").read_text())["config"]["theta_select"] == 3
+    assert "theta_select" not in json.loads((out0 / "run.json").read_text())["settings"]
+    v1 = torch.load(out1 / "stimulus_all_all_bins.pt")["values"]
+    assert bool((v1 >= 0).all() and (v1 <= 19.0).all())
 
 
 def test_cli_smoke_hh_tree_in_nA_inside_per_site_bounds(tmp_path):

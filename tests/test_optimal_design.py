@@ -397,6 +397,32 @@ def test_resampled_theta_is_deterministic_and_judged_on_the_problems_points():
         optimize_stimulus(dataclasses.replace(problem, sampler=None), fam, cfg)
 
 
+def test_the_best_start_is_chosen_on_the_select_points():
+    """``select``: the starts' first and final points are compared on points the optimiser
+    never sees; the result's value stays on the problem's own points."""
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+    select = problem.sampler(99)
+    fam = PiecewiseConstant(n_traces=1, sites=(0,))
+    cfg = OptimizeConfig(steps=3, lr=0.1, n_starts=2, resample_theta=True, progress=False)
+    res = optimize_stimulus(problem, fam, cfg, select=select)
+    firsts = [fam.init(seed=k) for k in (0, 1)]
+    on_select = [float(objective(select, fam(z))[0]) for z in firsts]
+    candidates = on_select + [float(v) for v in res.history[:, -1]]  # finals: on select
+    best = float(objective(select, fam(res.z))[0])
+    assert best == pytest.approx(max(candidates))
+    assert res.value == pytest.approx(float(objective(problem, fam(res.z))[0]))
+    plain = optimize_stimulus(problem, fam, cfg)  # same steps, finals judged elsewhere
+    assert (plain.history[:, -1] != res.history[:, -1]).any()
+    with pytest.raises(FitError, match="resample_theta"):
+        optimize_stimulus(
+            problem, fam, dataclasses.replace(cfg, resample_theta=False), select=select
+        )
+    with pytest.raises(FitError, match="criterion"):
+        optimize_stimulus(
+            problem, fam, cfg, select=dataclasses.replace(select, criterion="contraction")
+        )
+
+
 def test_fresh_data_validation_runs_end_to_end(tmp_path):
     """studies/optimal_design/validate.py on a tiny setting: an optimised stimulus inside
     its bounds at the design's stimulated sites only, one row per stimulus × replicate with

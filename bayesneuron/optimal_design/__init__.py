@@ -3,8 +3,8 @@
 A stimulus family (:mod:`.families`) maps unconstrained parameters to bounded currents; the
 criterion (:mod:`.objective`) is the Bayesian D-optimality (or contraction, or Laplace EIG)
 of the Fisher information at parameter points drawn from the prior, differentiable in the
-currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and electrode
-site selection around that (greedy, then exchange).
+currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and
+:mod:`.sites` selects electrode sites around that (greedy, then exchange).
 
 Example:
     >>> from bayesneuron.optimal_design import PiecewiseConstant, problem_from_model, optimize_stimulus
@@ -31,14 +31,8 @@ from bayesneuron.optimal_design.objective import (
     objective,
     problem_from_model,
 )
-from bayesneuron.optimal_design.optimize import (
-    DesignResult,
-    OptimizeConfig,
-    SiteResults,
-    exchange_sites,
-    greedy_sites,
-    optimize_stimulus,
-)
+from bayesneuron.optimal_design.optimize import DesignResult, OptimizeConfig, optimize_stimulus
+from bayesneuron.optimal_design.sites import SiteResults, exchange_sites, greedy_sites
 
 __all__ = [
     "CRITERIA",

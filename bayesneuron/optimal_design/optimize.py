@@ -1,6 +1,6 @@
 """Optimise a stimulus family's parameters for a design criterion: multi-start Adam or
-L-BFGS on the unconstrained parameters, a progress bar, checkpoint/resume, fixed seeds; and
-electrode-site selection over that continuous optimisation: greedy, then Fedorov exchange.
+L-BFGS on the unconstrained parameters, a progress bar, checkpoint/resume, fixed seeds
+(electrode-site selection over it: :mod:`.sites`).
 
 Constraints: amplitude bounds, trace count, sweep grid and electrode sites are the
 family's (:mod:`.families`); ``allowed_sites`` restricts which compartments may carry an
@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +32,7 @@ from bayesneuron.optimal_design.families import StimulusFamily
 from bayesneuron.optimal_design.objective import DesignProblem, criterion_values, fisher, objective
 from bayesneuron.protocol.stimulus import Stimulus
 
-__all__ = [
-    "DesignResult",
-    "OptimizeConfig",
-    "SiteResults",
-    "exchange_sites",
-    "greedy_sites",
-    "optimize_stimulus",
-]
+__all__ = ["DesignResult", "OptimizeConfig", "optimize_stimulus"]
 
 _OPTIMIZERS = ("adam", "lbfgs")
 
@@ -65,7 +58,8 @@ class OptimizeConfig:
             (``problem.sampler``, seeded by start and step): stochastic gradient ascent on the
             expected criterion, which does not over-fit the few points of one draw. The best
             point is then chosen among the starts' first and final points on ``problem``'s
-            own points (a start its steps made worse there is kept as it was).
+            own points, or on ``optimize_stimulus``'s ``select`` points (a start its steps
+            made worse there is kept as it was).
         checkpoint: a file to save the state to every ``checkpoint_every`` steps and to
             resume from (only a run with the same problem, family and settings resumes).
         checkpoint_every: steps between checkpoints.
@@ -153,7 +147,9 @@ def _value_and_grad(problem: DesignProblem, family, z: Tensor, chunk: int | None
     return total
 
 
-def _fingerprint(problem: DesignProblem, family: StimulusFamily, cfg: OptimizeConfig) -> str:
+def _fingerprint(
+    problem: DesignProblem, family: StimulusFamily, cfg: OptimizeConfig, select
+) -> str:
     skip = ("progress", "checkpoint", "checkpoint_every")
     skip += ("steps",) if cfg.lr_final is None else ()  # a decay's schedule depends on steps
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
@@ -167,7 +163,10 @@ def _fingerprint(problem: DesignProblem, family: StimulusFamily, cfg: OptimizeCo
         sort_keys=True,
         default=str,
     )
-    return hashlib.sha256(key.encode() + problem.flat_theta().numpy().tobytes()).hexdigest()
+    points = problem.flat_theta().numpy().tobytes()
+    if select is not None:  # a run choosing on other points is another run
+        points += b"select" + select.flat_theta().numpy().tobytes() + repr(select.solver).encode()
+    return hashlib.sha256(key.encode() + points).hexdigest()
 
 
 def _save(path: Path, state: dict) -> None:
@@ -189,8 +188,9 @@ def _make_optimizer(cfg: OptimizeConfig, z: Tensor):
     return torch.optim.LBFGS([z], lr=cfg.lr, max_iter=1, line_search_fn="strong_wolfe")
 
 
-def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
-    """One start from ``z0`` (or its checkpointed state), steps recorded in ``state``."""
+def _run_start(problem, family, cfg, state, z0, bar, ckpt, select) -> None:
+    """One start from ``z0`` (or its checkpointed state), steps recorded in ``state``; with
+    ``resample_theta`` its first and final points are candidates, compared on ``select``."""
     k = state["start"]
     z = (state["z"] if state["z"] is not None else z0).clone().requires_grad_()
     opt = _make_optimizer(cfg, z)
@@ -199,7 +199,7 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
     hist = state["history"][k]
     at = problem
     if cfg.resample_theta and state["step"] == 0:  # the start is a candidate too
-        _consider(problem, family, state, z, k)
+        _consider(select, family, state, z, k)
 
     def closure():
         opt.zero_grad()
@@ -221,12 +221,12 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt) -> None:
         bar.set_postfix(value=f"{hist[-1]:.3f}", start=k)
         if ckpt is not None and state["step"] % cfg.checkpoint_every == 0:
             _save(ckpt, state)
-    hist.append(_consider(problem, family, state, z, k))  # the point after the last step
+    hist.append(_consider(select, family, state, z, k))  # the point after the last step
 
 
 def _consider(problem, family, state, z: Tensor, k: int) -> float:
-    """The robust criterion of ``z`` on ``problem``'s own points; ``z`` becomes the best point
-    (of start ``k``) in ``state`` where it beats it."""
+    """The robust criterion of ``z`` on ``problem``'s points; ``z`` becomes the best point (of
+    start ``k``) in ``state`` where it beats it."""
     with torch.no_grad():
         v = float(objective(problem, family(z.detach()))[0])
     if v > state["best_value"]:
@@ -264,6 +264,7 @@ def optimize_stimulus(
     *,
     init: Sequence[Tensor] | None = None,
     allowed_sites: Sequence[int] | None = None,
+    select: DesignProblem | None = None,
 ) -> DesignResult:
     """Maximise ``problem``'s robust criterion over ``family``'s parameters.
 
@@ -273,9 +274,19 @@ def optimize_stimulus(
         config: optimiser settings (:class:`OptimizeConfig`).
         init: starting parameters for the first starts (e.g. ``family.fit(paper currents)``).
         allowed_sites: compartments that may carry an electrode; ``None``: any.
+        select: with ``resample_theta``, the problem (same criterion, other θ points) on
+            which the starts' first and final points are compared; ``None``: ``problem``
+            itself. Points the optimiser never saw keep the choice from favouring a stimulus
+            that happens to suit ``problem``'s few points (history's last entries are then
+            on these points).
 
     Returns:
-        The best point over all starts and steps as a :class:`DesignResult`.
+        The best point over all starts and steps as a :class:`DesignResult` (``value`` on
+        ``problem``'s points).
+
+    Raises:
+        FitError: sites outside the cell or ``allowed_sites``; ``select`` without
+            ``resample_theta``.
     """
     cfg = OptimizeConfig() if config is None else config
     bad = [s for s in family.sites if s >= problem.cell.n_comp]
@@ -283,9 +294,13 @@ def optimize_stimulus(
         bad += [s for s in family.sites if s not in {int(a) for a in allowed_sites}]
     if bad:
         raise FitError(f"electrode sites {bad} are not allowed (or not in the cell)")
+    if select is not None and not cfg.resample_theta:
+        raise FitError("select needs resample_theta (without it every step is a candidate)")
+    if select is not None and select.criterion != problem.criterion:
+        raise FitError(f"select's criterion {select.criterion!r} is not {problem.criterion!r}")
     t0 = time.perf_counter()
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
-    key = _fingerprint(problem, family, cfg)
+    key = _fingerprint(problem, family, cfg, select)
     state = _load(ckpt, key) or {
         "key": key,
         "start": 0,
@@ -305,7 +320,7 @@ def optimize_stimulus(
     try:
         while state["start"] < cfg.n_starts:
             z0 = _initial_z(family, cfg, init, state["start"])
-            _run_start(problem, family, cfg, state, z0, bar, ckpt)
+            _run_start(problem, family, cfg, state, z0, bar, ckpt, select or problem)
             state.update(start=state["start"] + 1, step=0, z=None, opt=None)
             if ckpt is not None:
                 _save(ckpt, state)
@@ -341,155 +356,3 @@ def _result(problem, family, cfg, state, wall_s) -> DesignResult:
         family=family,
         config=cfg,
     )
-
-
-SiteResults = dict[tuple[int, ...], DesignResult]
-"""Optimised results per electrode-site set (sorted compartment indices)."""
-
-
-def _candidates(candidates: Sequence[int]) -> tuple[int, ...]:
-    cand = tuple(int(c) for c in candidates)
-    if not cand:
-        raise FitError("candidates is empty; give the compartments that may carry an electrode")
-    if any(c < 0 for c in cand) or len(set(cand)) != len(cand):
-        raise FitError(f"candidates {list(cand)} must be distinct compartment indices ≥ 0")
-    return cand
-
-
-def _optimized_sites(problem, make_family, sites, cfg, make_init, cache, callback) -> DesignResult:
-    """``sites``' optimised result: from ``cache`` or by :func:`optimize_stimulus` (then
-    stored in ``cache`` and reported to ``callback``)."""
-    if sites in cache:
-        return cache[sites]
-    fam = make_family(sites)
-    init = None if make_init is None else make_init(fam)
-    res = optimize_stimulus(problem, fam, dataclasses.replace(cfg, checkpoint=None), init=init)
-    cache[sites] = res
-    if callback is not None:
-        callback(sites, res)
-    return res
-
-
-def greedy_sites(
-    problem: DesignProblem,
-    make_family: Callable[[tuple[int, ...]], StimulusFamily],
-    candidates: Sequence[int],
-    n_sites: int,
-    config: OptimizeConfig | None = None,
-    *,
-    make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
-    cache: SiteResults | None = None,
-    callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
-) -> list[tuple[tuple[int, ...], DesignResult]]:
-    """Greedy electrode placement: add, one at a time, the candidate compartment whose
-    optimised stimulus (``make_family(sites)``, :func:`optimize_stimulus` with ``config``)
-    scores best.
-
-    Args:
-        problem: the criterion.
-        make_family: sorted site tuple → the stimulus family on those electrodes.
-        candidates: compartments that may carry an electrode (distinct indices ≥ 0).
-        n_sites: electrodes to place (at most ``len(candidates)`` are).
-        config: optimiser settings (default: ``OptimizeConfig(progress=False)``).
-        make_init: family → starting parameters (``optimize_stimulus``'s ``init``).
-        cache: results per site set, read and filled (:func:`exchange_sites` reuses it:
-            the optimisation is deterministic, so a set is optimised once).
-        callback: called with ``(sites, result)`` after each optimisation actually run.
-
-    Returns:
-        ``[(sites, result)]`` per added electrode.
-
-    Raises:
-        FitError: empty, negative or repeated candidates.
-    """
-    cfg = OptimizeConfig(progress=False) if config is None else config
-    cand = _candidates(candidates)
-    memo: SiteResults = {} if cache is None else cache
-    chosen: tuple[int, ...] = ()
-    path = []
-    for _ in range(n_sites):
-        best = None
-        for c in cand:
-            if c in chosen:
-                continue
-            sites = tuple(sorted(chosen + (c,)))
-            res = _optimized_sites(problem, make_family, sites, cfg, make_init, memo, callback)
-            if best is None or res.value > best[1].value:
-                best = (sites, res)
-        if best is None:
-            break
-        chosen = best[0]
-        path.append(best)
-    return path
-
-
-def exchange_sites(
-    problem: DesignProblem,
-    make_family: Callable[[tuple[int, ...]], StimulusFamily],
-    candidates: Sequence[int],
-    sites: Sequence[int],
-    config: OptimizeConfig | None = None,
-    max_rounds: int = 5,
-    *,
-    make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
-    cache: SiteResults | None = None,
-    callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
-) -> tuple[tuple[int, ...], DesignResult, list[dict]]:
-    """Fedorov-style exchange of electrode sites: each round tries every swap of one chosen
-    electrode for one unused candidate (each set's stimulus optimised as in
-    :func:`greedy_sites`) and takes the best swap that raises the criterion; it stops when
-    none does or after ``max_rounds`` rounds. The result is never worse than the start.
-
-    Args:
-        problem, make_family, candidates, config, make_init, cache, callback: as in
-            :func:`greedy_sites` (pass greedy's ``cache`` to start from its result for free).
-        sites: the starting electrode set (distinct, among ``candidates``).
-        max_rounds: the most swaps made (≥ 0).
-
-    Returns:
-        ``(sites, result, history)``: the final sorted sites, their :class:`DesignResult`,
-        and per accepted round ``{"round", "sites", "value"}`` (round 0: the start).
-
-    Raises:
-        FitError: bad candidates, sites not among them or repeated, a bad ``max_rounds``.
-
-    Example:
-        >>> path = greedy_sites(problem, make, (0, 1, 5), 2, cfg, cache=cache)
-        >>> sites, res, hist = exchange_sites(problem, make, (0, 1, 5), path[-1][0], cfg,
-        ...                                   cache=cache)
-    """
-    cfg = OptimizeConfig(progress=False) if config is None else config
-    cand = _candidates(candidates)
-    start = tuple(int(s) for s in sites)
-    if not start:
-        raise FitError("sites is empty; give the starting electrode set")
-    if len(set(start)) != len(start):
-        raise FitError(f"sites {list(start)} list a compartment twice; give distinct sites")
-    if set(start) - set(cand):
-        outside = sorted(set(start) - set(cand))
-        raise FitError(f"sites {outside} are not among the candidates {list(cand)}")
-    if isinstance(max_rounds, bool) or not (isinstance(max_rounds, int) and max_rounds >= 0):
-        raise FitError(f"max_rounds = {max_rounds!r} must be an int ≥ 0")
-    memo: SiteResults = {} if cache is None else cache
-
-    def run(s):
-        return _optimized_sites(problem, make_family, s, cfg, make_init, memo, callback)
-
-    current = tuple(sorted(start))
-    best = run(current)
-    history = [{"round": 0, "sites": current, "value": best.value}]
-    for r in range(1, max_rounds + 1):
-        top = None
-        for out in current:
-            for c in cand:
-                if c in current:
-                    continue
-                s = tuple(sorted((set(current) - {out}) | {c}))
-                res = run(s)
-                if res.value > best.value and (top is None or res.value > top[1].value):
-                    top = (s, res)
-        if top is None:
-            break
-        current, best = top
-        history.append({"round": r, "sites": current, "value": best.value})
-    return current, best, history

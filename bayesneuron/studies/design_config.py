@@ -20,7 +20,10 @@ every key checked before any work starts, unknown keys and sections are errors.
                   "random"), refine_steps (> 0: a second stage of that many steps on the
                   mean posterior contraction from the first stage's best point), theta_opt,
                   theta_eval (prior draws the optimiser sees / the
-                  held-out ones the result is judged on), resample (fresh draws every step),
+                  held-out ones the result is judged on), theta_select (optional, default 0:
+                  prior draws, seen by neither, on which the best of the starts' first and
+                  final points is chosen; 0: on the optimiser's theta_opt draws),
+                  resample (fresh draws every step),
                   dt_opt, dt_eval (ms), step_draws (fresh draws of the preset's protocol),
                   seed (of the optimiser: prior draws, random starts), workers (processes),
                   theta ("prior", the default: design for every cell of the prior | the
@@ -95,6 +98,7 @@ _SCHEMA = {
         "init": list,
         "theta_opt": int,
         "theta_eval": int,
+        "theta_select": int,
         "resample": bool,
         "dt_opt": float,
         "dt_eval": float,
@@ -170,6 +174,7 @@ class DesignStudy:
     init: tuple[str, ...] = INITS
     theta_opt: int = 8
     theta_eval: int = 10
+    theta_select: int = 0
     resample: bool = True
     dt_opt: float = 0.02
     dt_eval: float = 0.004
@@ -183,10 +188,12 @@ class DesignStudy:
 
     def settings(self) -> dict:
         """The fields that change the numbers (a resumed run must match them; empty
-        ``family_options`` are left out, so a run started before they existed resumes)."""
+        ``family_options`` and ``theta_select = 0`` are left out, so a run started before
+        they existed resumes)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_RESULTS}
-        if not out["family_options"]:
-            del out["family_options"]
+        for key in ("family_options", "theta_select"):
+            if not out[key]:
+                del out[key]
         return out
 
 
@@ -364,6 +371,10 @@ def _check(s: DesignStudy, where: str) -> None:
         bad("[design] max_charge", "must be > 0 (nC/cm² per trace and electrode)")
     if not (isinstance(s.refine_steps, int) and s.refine_steps >= 0):
         bad("[design] refine_steps", "must be ≥ 0 (0: no second stage)")
+    if not (isinstance(s.theta_select, int) and s.theta_select >= 0):
+        bad("[design] theta_select", "must be ≥ 0 (0: choose on the optimiser's own draws)")
+    if s.theta_select and not s.resample:
+        bad("[design] theta_select", "needs resample = true (else every step is a candidate)")
     for key in ("lr", "dt_opt", "dt_eval"):
         if not (math.isfinite(getattr(s, key)) and getattr(s, key) > 0):
             bad(f"[design] {key}", "must be > 0")

@@ -17,7 +17,10 @@ Per design (``n_traces`` traces, σ = 1 mV, the prior base × U(0.7, 1.3)), the 
 all judged on ``theta_eval`` *held-out* prior draws (never the optimiser's, never the truth)
 with the fused kernel's exact sensitivities at ``dt_eval``. ``*_truth`` columns: the same at
 the preset's ground truth; ``contraction_*``: mean posterior contraction (Gaussian
-surrogate); ``*_opt5``: the best 5 optimised traces (greedy) against all the protocol's.
+surrogate); ``*_opt5``: the best 5 optimised traces (greedy) against all the protocol's;
+``gain_se_nats_per_trace``: the standard error of the gain, from the paired per-draw
+differences. The best of the starts is chosen on the optimiser's draws, or with
+``theta_select`` on as many further draws that neither the optimiser nor the judgement sees.
 
 Example:
     >>> study = load_design_study("studies/optimal_design/config.toml", designs="all|all")
@@ -70,6 +73,7 @@ __all__ = [
     "refine_on_contraction",
     "run_design",
     "run_design_study",
+    "selection_problem",
     "site_scale",
 ]
 
@@ -178,13 +182,27 @@ def design_problems(study: DesignStudy, model, eval_solver, cell=None):
     return problem, held_out
 
 
+def selection_problem(study: DesignStudy, model, criterion: str, pool=None):
+    """The ``study.theta_select`` points (seed ``opt_seed + 2000``, ``CrankNicolson(dt_opt)``;
+    from the optimiser's ``pool`` of posterior draws where given) on which the best of the
+    starts is chosen with ``criterion``; ``None`` for ``theta_select = 0`` (the optimiser's own
+    draws)."""
+    if not study.theta_select:
+        return None
+    return problem_from_model(
+        model, study.theta_select, study.opt_seed + 2000, solver=CrankNicolson(dt=study.dt_opt),
+        draws=pool, criterion=criterion,
+    )  # fmt: skip
+
+
 def refine_on_contraction(
     model, fam, cfg: OptimizeConfig, first, *, steps: int, n_theta: int, seed: int, solver,
-    checkpoint=None, draws=None,
+    checkpoint=None, draws=None, select=None,
 ):  # fmt: skip
     """The second stage: from ``first``'s best point, ``steps`` steps on the mean posterior
     contraction (Gaussian surrogate) at ``n_theta`` prior draws of ``model`` (``seed``,
-    ``solver``; of ``draws`` instead, if given, as :func:`problem_from_model`). Bayesian
+    ``solver``; of ``draws`` instead, if given, as :func:`problem_from_model`; the better of
+    the first and last point chosen on ``select``'s points if given). Bayesian
     D-optimality from several starts finds an informative stimulus; the contraction, set by
     the worst-determined conductances, then moves information into them
     (on all|all of the paper's cell, 5 traces: 1 − contraction 3.2e-4 → 1.5e-4 on held-out
@@ -197,7 +215,7 @@ def refine_on_contraction(
         model, n_theta, seed, solver=solver, criterion="contraction", draws=draws
     )
     cfg = dataclasses.replace(cfg, steps=steps, n_starts=1, checkpoint=checkpoint)
-    return optimize_stimulus(problem, fam, cfg, init=[first.z]), problem
+    return optimize_stimulus(problem, fam, cfg, init=[first.z], select=select), problem
 
 
 def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True) -> dict:
@@ -226,16 +244,19 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         checkpoint=out / f"checkpoint_{tag}.pt",
         progress=progress,
     )
-    res = optimize_stimulus(problem, fam, cfg, init=init)
+    select = selection_problem(study, model, study.criterion, cell[0])
+    res = optimize_stimulus(problem, fam, cfg, init=init, select=select)
     value_opt = res.value
     if study.refine_steps:
         res, _ = refine_on_contraction(
             model, fam, cfg, res, steps=study.refine_steps, n_theta=study.theta_opt,
             seed=study.opt_seed, solver=problem.solver,
             checkpoint=out / f"checkpoint_{tag}_refine.pt", draws=cell[0],
+            select=selection_problem(study, model, "contraction", cell[0]),
         )  # fmt: skip
-    d_paper, c_paper, _ = criteria(held_out, proto, eval_solver)
+    d_paper, c_paper, f_paper = criteria(held_out, proto, eval_solver)
     d_opt, c_opt, f_opt = criteria(held_out, res.stimulus, eval_solver)
+    gain = criterion_values(held_out, f_opt.sum(1)) - criterion_values(held_out, f_paper.sum(1))
     steps = []
     for s in range(study.seed + 1, study.seed + 1 + study.step_draws):
         cur = protocol_currents(study.preset, model.cell, s, study.n_traces)
@@ -255,6 +276,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         "crit_steps": float(np.mean(steps)),
         "crit_optimised": d_opt,
         "gain_nats_per_trace": (d_opt - d_paper) / study.n_traces,
+        "gain_se_nats_per_trace": _paired_se(gain) / study.n_traces,
         "crit_paper_truth": criteria(truth_problem, proto, eval_solver)[0],
         "crit_optimised_truth": criteria(truth_problem, res.stimulus, eval_solver)[0],
         "crit_optimised_on_opt_theta": value_opt,
@@ -266,6 +288,13 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         "best_start": names[res.best_start],
         "wall_s": time.perf_counter() - t0,
     }
+
+
+def _paired_se(diff: torch.Tensor) -> float:
+    """Standard error of the mean of per-θ differences (both stimuli on the same points);
+    0 for one point."""
+    n = diff.numel()
+    return float(diff.std(correction=1) / n**0.5) if n > 1 else 0.0
 
 
 def _save_stimulus(stim: Stimulus, stem: Path, label: str, study: DesignStudy) -> None:
@@ -410,10 +439,12 @@ def run_design_study(
             bar.update(1)
             c = study.criterion == "contraction"  # near 1: show 1 − contraction
             v = {k: f"1−c {1 - row[k]:.2e}" if c else f"{row[k]:7.2f}" for k in _SHOWN}
+            fmt = ".2e" if c else ".2f"
             line = (
                 f"{label:>16} paper {v['crit_paper']}  steps {v['crit_steps']}  optimised "
-                f"{v['crit_optimised']}  gain/trace {row['gain_nats_per_trace']:+.2{'e' if c else 'f'}}"
-                f"  best start {row['best_start']}  ({row['wall_s']:.0f} s)"
+                f"{v['crit_optimised']}  gain/trace {row['gain_nats_per_trace']:+{fmt}} ± "
+                f"{row['gain_se_nats_per_trace']:{fmt}}  best start {row['best_start']}  "
+                f"({row['wall_s']:.0f} s)"
             )
             (echo or bar.write)(line)
     finally:

@@ -1,0 +1,174 @@
+"""Electrode-site selection over the continuous stimulus optimisation (:mod:`.optimize`):
+greedy placement, one electrode at a time, then Fedorov exchange; every site set's stimulus
+optimised once (a cache keyed by the sorted sites).
+
+Example:
+    >>> make = lambda s: PiecewiseConstant(n_traces=5, sites=s, lo=0.0, hi=19.0)
+    >>> path = greedy_sites(problem, make, candidates=range(6), n_sites=2)
+    >>> [(sites, round(res.value, 2)) for sites, res in path]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+
+from bayesneuron.errors import FitError
+from bayesneuron.optimal_design.families import StimulusFamily
+from bayesneuron.optimal_design.objective import DesignProblem
+from bayesneuron.optimal_design.optimize import DesignResult, OptimizeConfig, optimize_stimulus
+
+__all__ = ["SiteResults", "exchange_sites", "greedy_sites"]
+
+SiteResults = dict[tuple[int, ...], DesignResult]
+"""Optimised results per electrode-site set (sorted compartment indices)."""
+
+
+def _candidates(candidates: Sequence[int]) -> tuple[int, ...]:
+    cand = tuple(int(c) for c in candidates)
+    if not cand:
+        raise FitError("candidates is empty; give the compartments that may carry an electrode")
+    if any(c < 0 for c in cand) or len(set(cand)) != len(cand):
+        raise FitError(f"candidates {list(cand)} must be distinct compartment indices ≥ 0")
+    return cand
+
+
+def _optimized_sites(problem, make_family, sites, cfg, make_init, cache, callback) -> DesignResult:
+    """``sites``' optimised result: from ``cache`` or by :func:`optimize_stimulus` (then
+    stored in ``cache`` and reported to ``callback``)."""
+    if sites in cache:
+        return cache[sites]
+    fam = make_family(sites)
+    init = None if make_init is None else make_init(fam)
+    res = optimize_stimulus(problem, fam, dataclasses.replace(cfg, checkpoint=None), init=init)
+    cache[sites] = res
+    if callback is not None:
+        callback(sites, res)
+    return res
+
+
+def greedy_sites(
+    problem: DesignProblem,
+    make_family: Callable[[tuple[int, ...]], StimulusFamily],
+    candidates: Sequence[int],
+    n_sites: int,
+    config: OptimizeConfig | None = None,
+    *,
+    make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
+    cache: SiteResults | None = None,
+    callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
+) -> list[tuple[tuple[int, ...], DesignResult]]:
+    """Greedy electrode placement: add, one at a time, the candidate compartment whose
+    optimised stimulus (``make_family(sites)``, :func:`optimize_stimulus` with ``config``)
+    scores best.
+
+    Args:
+        problem: the criterion.
+        make_family: sorted site tuple → the stimulus family on those electrodes.
+        candidates: compartments that may carry an electrode (distinct indices ≥ 0).
+        n_sites: electrodes to place (at most ``len(candidates)`` are).
+        config: optimiser settings (default: ``OptimizeConfig(progress=False)``).
+        make_init: family → starting parameters (``optimize_stimulus``'s ``init``).
+        cache: results per site set, read and filled (:func:`exchange_sites` reuses it:
+            the optimisation is deterministic, so a set is optimised once).
+        callback: called with ``(sites, result)`` after each optimisation actually run.
+
+    Returns:
+        ``[(sites, result)]`` per added electrode.
+
+    Raises:
+        FitError: empty, negative or repeated candidates.
+    """
+    cfg = OptimizeConfig(progress=False) if config is None else config
+    cand = _candidates(candidates)
+    memo: SiteResults = {} if cache is None else cache
+    chosen: tuple[int, ...] = ()
+    path = []
+    for _ in range(n_sites):
+        best = None
+        for c in cand:
+            if c in chosen:
+                continue
+            sites = tuple(sorted(chosen + (c,)))
+            res = _optimized_sites(problem, make_family, sites, cfg, make_init, memo, callback)
+            if best is None or res.value > best[1].value:
+                best = (sites, res)
+        if best is None:
+            break
+        chosen = best[0]
+        path.append(best)
+    return path
+
+
+def exchange_sites(
+    problem: DesignProblem,
+    make_family: Callable[[tuple[int, ...]], StimulusFamily],
+    candidates: Sequence[int],
+    sites: Sequence[int],
+    config: OptimizeConfig | None = None,
+    max_rounds: int = 5,
+    *,
+    make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
+    cache: SiteResults | None = None,
+    callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
+) -> tuple[tuple[int, ...], DesignResult, list[dict]]:
+    """Fedorov-style exchange of electrode sites: each round tries every swap of one chosen
+    electrode for one unused candidate (each set's stimulus optimised as in
+    :func:`greedy_sites`) and takes the best swap that raises the criterion; it stops when
+    none does or after ``max_rounds`` rounds. The result is never worse than the start.
+
+    Args:
+        problem, make_family, candidates, config, make_init, cache, callback: as in
+            :func:`greedy_sites` (pass greedy's ``cache`` to start from its result for free).
+        sites: the starting electrode set (distinct, among ``candidates``).
+        max_rounds: the most swaps made (≥ 0).
+
+    Returns:
+        ``(sites, result, history)``: the final sorted sites, their :class:`DesignResult`,
+        and per accepted round ``{"round", "sites", "value"}`` (round 0: the start).
+
+    Raises:
+        FitError: bad candidates, sites not among them or repeated, a bad ``max_rounds``.
+
+    Example:
+        >>> path = greedy_sites(problem, make, (0, 1, 5), 2, cfg, cache=cache)
+        >>> sites, res, hist = exchange_sites(problem, make, (0, 1, 5), path[-1][0], cfg,
+        ...                                   cache=cache)
+    """
+    cfg = OptimizeConfig(progress=False) if config is None else config
+    cand = _candidates(candidates)
+    start = tuple(int(s) for s in sites)
+    if not start:
+        raise FitError("sites is empty; give the starting electrode set")
+    if len(set(start)) != len(start):
+        raise FitError(f"sites {list(start)} list a compartment twice; give distinct sites")
+    if set(start) - set(cand):
+        outside = sorted(set(start) - set(cand))
+        raise FitError(f"sites {outside} are not among the candidates {list(cand)}")
+    if isinstance(max_rounds, bool) or not (isinstance(max_rounds, int) and max_rounds >= 0):
+        raise FitError(f"max_rounds = {max_rounds!r} must be an int ≥ 0")
+    memo: SiteResults = {} if cache is None else cache
+
+    def run(s):
+        return _optimized_sites(problem, make_family, s, cfg, make_init, memo, callback)
+
+    current = tuple(sorted(start))
+    best = run(current)
+    history = [{"round": 0, "sites": current, "value": best.value}]
+    for r in range(1, max_rounds + 1):
+        top = None
+        for out in current:
+            for c in cand:
+                if c in current:
+                    continue
+                s = tuple(sorted((set(current) - {out}) | {c}))
+                res = run(s)
+                if res.value > best.value and (top is None or res.value > top[1].value):
+                    top = (s, res)
+        if top is None:
+            break
+        current, best = top
+        history.append({"round": r, "sites": current, "value": best.value})
+    return current, best, history
