@@ -109,6 +109,34 @@ def tempered_smc(
     their basins), ``kernel``, ``n_simulations`` (each gradient counted as one), ``wall_s``
     and ``out_of_time``.
     """
+    _check(target_ess, kernel, leapfrog_steps, n_particles, n_populations, max_seconds)
+    wm = WhitenedModel(model, v, laplace)
+    t0 = time.perf_counter()
+    end = None if max_seconds is None else t0 + max_seconds
+    opts = dict(kernel=kernel, leapfrog_steps=leapfrog_steps, target_ess=target_ess)
+    opts |= dict(max_moves=max_moves, max_stages=max_stages, n_components=n_components)
+    runs = []
+
+    def loglik(z):
+        return _loglik(wm, z)
+
+    for j in range(n_populations):
+        gen = torch.Generator().manual_seed(int(seed + j))
+        z0 = wm.whiten(wm.space.unconstrain(prior_draws(model, n_particles, generator=gen)))
+        now = time.perf_counter()  # this population's share of the time left
+        deadline = None if end is None else now + (end - now) / (n_populations - j)
+        runs.append(
+            temper(z0, wm.log_prior, loglik, gen, **opts, deadline=deadline, progress=progress)
+        )
+    kern = _Kernel(kernel, leapfrog_steps)
+    settled = _settle(runs, (wm.log_prior, loglik), kern, seed, max_settle, deadline=end)
+    z = torch.stack([r["z"][: min(num_samples, n_particles)] for r in runs])  # [pop., draw, P]
+    with torch.no_grad():
+        samples = {k: x.cpu().numpy() for k, x in wm.params(z).items()}
+    return samples, _diagnostics(samples, runs, settled, kernel, t0, end)
+
+
+def _check(target_ess, kernel, leapfrog_steps, n_particles, n_populations, max_seconds):
     if not 0 < target_ess < 1:
         raise FitError(f"target_ess = {target_ess} must be in (0, 1)")
     if kernel not in ("walk", "hmc") or leapfrog_steps < 1:
@@ -117,36 +145,12 @@ def tempered_smc(
         raise FitError("tempered_smc needs n_particles ≥ 2 and n_populations ≥ 1")
     if max_seconds is not None and not max_seconds >= 0:
         raise FitError(f"max_seconds = {max_seconds} must be ≥ 0 (or None: no budget)")
-    wm = WhitenedModel(model, v, laplace)
-    t0 = time.perf_counter()
-    end = None if max_seconds is None else t0 + max_seconds
-    opts = dict(kernel=kernel, leapfrog_steps=leapfrog_steps, target_ess=target_ess)
-    opts |= dict(max_moves=max_moves, max_stages=max_stages, n_components=n_components)
-    runs = []
-    for j in range(n_populations):
-        gen = torch.Generator().manual_seed(int(seed + j))
-        z0 = wm.whiten(wm.space.unconstrain(prior_draws(model, n_particles, generator=gen)))
-        now = time.perf_counter()  # this population's share of the time left
-        deadline = None if end is None else now + (end - now) / (n_populations - j)
-        runs.append(
-            temper(
-                z0,
-                wm.log_prior,
-                lambda z: _loglik(wm, z),
-                gen,
-                **opts,
-                deadline=deadline,
-                progress=progress,
-            )  # fmt: skip
-        )
-    kern = _Kernel(kernel, leapfrog_steps)
-    target = (wm.log_prior, lambda z: _loglik(wm, z))
-    settled = _settle(runs, target, kern, seed, max_settle, deadline=end)
-    z = torch.stack([r["z"][: min(num_samples, n_particles)] for r in runs])  # [pop., draw, P]
-    with torch.no_grad():
-        samples = {k: x.cpu().numpy() for k, x in wm.params(z).items()}
+
+
+def _diagnostics(samples, runs: list[dict], settled: int, kernel: str, t0: float, end) -> dict:
+    """:func:`tempered_smc`'s diagnostics of its populations ``runs`` (``temper``'s dicts)."""
     diag = chain_diagnostics(samples) | {
-        "num_chains": n_populations,
+        "num_chains": len(runs),
         "beta_final": min(r["beta"] for r in runs),
         "n_stages": max(r["stages"] for r in runs),
         "log_evidence": " ".join(f"{r['log_z']:.1f}" for r in runs),
@@ -160,7 +164,7 @@ def tempered_smc(
     }
     unfinished = diag["beta_final"] < 1.0 or not diag["rhat_max"] <= RHAT_MAX
     diag["out_of_time"] = bool(_past(end) and unfinished)  # the budget cut it short
-    return samples, diag
+    return diag
 
 
 def temper(
