@@ -1,6 +1,6 @@
 """Write the tutorial notebooks from the cell sources below (no outputs, stable cell ids).
 
-    python notebooks/_build.py            # (re)write 01_quickstart.ipynb, 02_…, 03_…, 04_…
+    python notebooks/_build.py            # (re)write 01_quickstart.ipynb, 02_…, …, 05_…
     python notebooks/_build.py --check    # exit 1 if a committed notebook differs from this file
 
 Edit the notebooks here, not in Jupyter, and rebuild: the committed ``.ipynb`` files stay clean
@@ -1204,11 +1204,264 @@ REAL_RECORDING = [
 ]
 
 
+# =========================================================================== 05 designing stimuli
+DESIGN_STIMULUS = [
+    md(
+        r"""
+        # Designing the stimulus: optimise the currents, then check them on fresh data
+
+        Notebook 03 ranked the designs one could run with the paper's random step currents.
+        Here the currents themselves are designed. For a chosen design (where to inject, where
+        to record), bayesneuron optimises the injected waveforms to maximise the **Bayesian
+        D-optimality** of the experiment,
+
+        $$\tfrac12 \log\det\big(I + \Sigma_\mathrm{prior}^{1/2} F \,\Sigma_\mathrm{prior}^{1/2}\big),$$
+
+        the expected information gain (nats) of a Gaussian approximation, averaged over cells
+        drawn from the prior — the truth is unknown before the experiment, so a stimulus must
+        serve every plausible cell. The Fisher information $F$ comes from the fused kernel's
+        sensitivities and is differentiable in the currents, so Adam ascends it directly.
+
+        1. set up the design problem: the cell, the recording, the prior, the stimulus family;
+        2. optimise from two starts (the paper's currents and a ladder of constant levels),
+           fresh prior draws every step, the best start chosen on draws the optimiser never
+           saw;
+        3. judge both stimuli on *held-out* prior draws, paired, with a standard error;
+        4. record a new cell under each stimulus and compare the posteriors.
+
+        The design is `all|[0]`: every compartment stimulated, only the soma recorded — where
+        the paper's random steps tell the least (`studies/optimal_design`). Units: mV, ms,
+        µA/cm² (unit-area compartments), mS/cm².
+        """
+    ),
+    code(
+        SWITCH,
+        """
+        DESIGN = "all|[0]"  # stim|rec
+        N_TRACES = 4 if SMALL else 20  # sweeps per stimulus (the study: 20)
+        STEPS = 3 if SMALL else 80  # Adam steps per start
+        THETA_OPT = 2 if SMALL else 8  # prior draws per optimiser step (fresh every step)
+        THETA_SELECT = 3 if SMALL else 32  # further draws the best start is chosen on
+        THETA_EVAL = 3 if SMALL else 10  # held-out draws both stimuli are judged on
+        DT_OPT = 0.05 if SMALL else 0.02  # ms, while optimising
+        DT_EVAL = 0.05 if SMALL else 0.004  # ms, when judging and fitting
+        MAP_STEPS = 5 if SMALL else 15  # Levenberg–Marquardt iterations per window
+        WINDOWS = (24,) if SMALL else tuple(range(8, 48, 4))  # output times fitted first
+        print(f"{'small' if SMALL else 'full'} mode: {DESIGN}, {N_TRACES} sweeps, {STEPS} steps")
+        """,
+    ),
+    code(
+        """
+        import dataclasses
+        import math
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        import pandas as pd
+
+        from bayesneuron import CrankNicolson, Design, identifiability, paper_experiment
+        from bayesneuron.inference import checked_posterior
+        from bayesneuron.inference.fit import fit_map
+        from bayesneuron.inference.model import NeuronModel
+        from bayesneuron.inference.space import prior_draws
+        from bayesneuron.inference.synthetic import synthetic_data
+        from bayesneuron.optimal_design import (
+            OptimizeConfig,
+            PiecewiseConstant,
+            criterion_values,
+            exact_fisher,
+            optimize_stimulus,
+            problem_from_model,
+        )
+        from bayesneuron.reference.paper import preset_priors
+        from bayesneuron.studies.design_inputs import initial_parameters
+        """,
+        INLINE,
+    ),
+    md(
+        """
+        ## 1. The design problem
+
+        `paper_experiment` gives the model under the paper's currents (its `stimulus`, at the
+        stimulated compartments). `problem_from_model` turns it into a design problem at prior
+        draws: one set the optimiser starts from (and resamples every step), one it chooses
+        its best start on, one held out for the judgement — three seeds, never the truth.
+        The stimulus family has one free level per 0.1-ms bin, sweep and electrode, inside the
+        paper's bounds [0, 19] µA/cm² (a sigmoid), first and last bin at zero.
+        """
+    ),
+    code(
+        """
+        design = Design.from_label(DESIGN)
+        model, _, _ = paper_experiment(design, n_traces=N_TRACES, solver=CrankNicolson(dt=DT_EVAL))
+        paper = model.stimulus  # the paper's currents, [trace, site, bin]
+        problem = problem_from_model(model, THETA_OPT, seed=0, solver=CrankNicolson(dt=DT_OPT))
+        select = problem_from_model(model, THETA_SELECT, seed=2000, solver=CrankNicolson(dt=DT_OPT))
+        held_out = problem_from_model(model, THETA_EVAL, seed=1000, solver=CrankNicolson(dt=DT_EVAL))
+        family = PiecewiseConstant(n_traces=N_TRACES, sites=tuple(model.stim_index), lo=0.0, hi=19.0)
+        starts = initial_parameters(family, ["paper", "ladder"], 0, paper)
+        print(f"{family.n_traces} sweeps × {len(family.sites)} electrodes × {family.n_bins} bins")
+        """
+    ),
+    md(
+        """
+        ## 2. Optimise
+
+        Stochastic gradient ascent on the expected criterion: every step draws new cells from
+        the prior. Each start's first and last point are candidates; the one with the highest
+        criterion on the `select` draws wins (a start its steps made worse is kept as it was).
+        """
+    ),
+    code(
+        """
+        config = OptimizeConfig(steps=STEPS, lr=0.1, n_starts=len(starts), resample_theta=True)
+        result = optimize_stimulus(problem, family, config, init=starts, select=select)
+        print(f"best start: {['paper', 'ladder'][result.best_start]}, {result.wall_s:.0f} s")
+
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for k, name in enumerate(["paper", "ladder"]):
+            ax.plot(result.history[k, :-1], label=f"start: {name}")
+        ax.set(xlabel="Adam step", ylabel="D-optimality (nats)", title="on each step's fresh draws")
+        ax.legend()
+        plt.show()
+        """
+    ),
+    md(
+        """
+        ## 3. Judge on held-out cells, paired
+
+        Both stimuli on the same held-out prior draws, with exact sensitivities at the fine
+        step: the gain per draw, its mean per sweep and the standard error of that mean. A
+        gain within two standard errors of zero is no gain.
+        """
+    ),
+    code(
+        """
+        def per_draw(stimulus):
+            return criterion_values(held_out, exact_fisher(held_out, stimulus).sum(1)).numpy()
+
+
+        d_paper, d_opt = per_draw(paper), per_draw(result.stimulus)
+        diff = d_opt - d_paper
+        gain, se = diff.mean() / N_TRACES, diff.std(ddof=1) / math.sqrt(diff.size) / N_TRACES
+        print(f"paper {d_paper.mean():.2f} nats, optimised {d_opt.mean():.2f} nats")
+        print(f"gain {gain:+.3f} ± {se:.3f} nats per sweep over {diff.size} held-out cells")
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for a, b in zip(d_paper, d_opt):
+            ax.plot([0, 1], [a, b], "o-", color="tab:blue", alpha=0.6)
+        ax.set(
+            xticks=[0, 1],
+            xticklabels=["paper", "optimised"],
+            xlim=(-0.3, 1.3),
+            ylabel="D-optimality (nats)",
+            title="each held-out cell",
+        )
+        plt.show()
+        """
+    ),
+    code(
+        """
+        # the first three sweeps at the soma (0) and the distal end (5)
+        t = paper.t0 + paper.dt * np.arange(paper.n_bins + 1)  # bin edges, ms
+        fig, axes = plt.subplots(2, 2, figsize=(9, 4.5), sharex=True, sharey=True)
+        for row, comp in enumerate((0, 5)):
+            for col, (stim, name) in enumerate(((paper, "paper"), (result.stimulus, "optimised"))):
+                i = list(stim.site_index(6)).index(comp)
+                for sweep in stim.values.detach()[:3, i].numpy():
+                    axes[row, col].stairs(sweep, t)
+                axes[row, col].set_title(f"{name}, compartment {comp}")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("µA/cm²")
+        for ax in axes[1]:
+            ax.set_xlabel("t (ms)")
+        fig.tight_layout()
+        plt.show()
+        """
+    ),
+    md(
+        """
+        ## 4. A new cell, recorded under each stimulus
+
+        The criterion is a Gaussian surrogate; the proof is a posterior. One cell drawn from
+        the prior (a seed the optimiser and the judgement never used) is "recorded" under each
+        stimulus with 1 mV noise; each recording gets a MAP from the base values and prior
+        draws (never the truth) and a checked posterior. Its truth only scores.
+        """
+    ),
+    code(
+        """
+        stimulus = dataclasses.replace(result.stimulus, values=result.stimulus.values.detach())
+        designed = NeuronModel(
+            model.cell,
+            stimulus,
+            model.t_eval,
+            design,
+            priors=preset_priors("paper"),
+            sigma=1.0,
+            solver=CrankNicolson(dt=DT_EVAL),
+        )
+        cell = {k: v[0].numpy() for k, v in prior_draws(model, 1, seed=4242).items()}
+        rows = {}
+        for name, m in (("paper", model), ("optimised", designed)):
+            v = synthetic_data(m, cell, noise_sigma=1.0, seed=7)
+            fit = fit_map(
+                m, v, n_starts=2, max_steps=MAP_STEPS, windows=WINDOWS, horizons=(), seed=0, progress=False
+            )
+            post = checked_posterior(
+                m,
+                v,
+                fit.modes(),
+                ladder=("laplace", "svi:mvn", "importance"),
+                num_samples=500 if SMALL else 2000,
+                seed=1,
+            )
+            met = identifiability(post.samples, m, cell)
+            rows[name] = met.summary() | {"posterior": post.method, "ok": post.ok}
+            rows[name]["mean sd / prior sd"] = float(np.mean(met.sd / met.prior_sd))
+        pd.DataFrame(rows).T[
+            ["posterior", "ok", "mean_contraction", "mean sd / prior sd", "max_abs_z", "coverage_90"]
+        ]
+        """
+    ),
+    md(
+        """
+        Read the table by its columns: `mean sd / prior sd`, how much narrower each posterior
+        is than the prior (the designed sweeps should give the smaller); `max_abs_z`, how far
+        the truth lies from each posterior mean in posterior sds; `posterior` and `ok`, which
+        method of the ladder produced the draws and whether they passed their checks. The
+        `coverage_90` of *one* dataset is not a calibration test: its 12 conductances share
+        one noise draw, so their errors are correlated and several intervals can miss
+        together while every $|z|$ stays near 2. Calibration needs replicates
+        (`studies/optimal_design/validate.py`: 9 cells per stimulus, coverage pooled with a
+        binomial interval).
+        """
+    ),
+    md(
+        """
+        ## Where it does not deliver
+
+        * **One recording, one new cell, one noise draw**: section 4 is an illustration;
+          `studies/optimal_design/validate.py` does it over 9 cells, with every posterior
+          checked and the coverage pooled.
+        * **A stimulus for every cell of the prior is not a stimulus for yours.** On the
+          design `[0,1,−1]|all`, 5 designed sweeps do not reach 20 random ones over the prior;
+          5 sweeps designed for a cell fitted from a 5-sweep pilot beat them
+          (`design optimize --theta posterior.nc`; `studies/optimal_design/README.md`).
+        * **With the soma alone stimulated, nothing is gained** on held-out draws: a single
+          electrode's information depends too much on the cell. The study's table gives every
+          design's gain with its standard error.
+        """
+    ),
+]
+
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_identifiability.ipynb": IDENTIFIABILITY,
     "03_design_comparison.ipynb": DESIGN_COMPARISON,
     "04_real_recording.ipynb": REAL_RECORDING,
+    "05_designing_stimuli.ipynb": DESIGN_STIMULUS,
 }
 
 

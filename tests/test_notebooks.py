@@ -21,6 +21,7 @@ def test_notebooks_exist():
         "02_identifiability.ipynb",
         "03_design_comparison.ipynb",
         "04_real_recording.ipynb",
+        "05_designing_stimuli.ipynb",
     ]
 
 
