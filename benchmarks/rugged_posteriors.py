@@ -7,6 +7,7 @@ study's reported posterior compared with them.
         [--kernel walk|hmc --leapfrog 8 --max-moves 20] [--population J]
         [--device cuda] [--out benchmarks/results/rugged_posteriors]
     python benchmarks/rugged_posteriors.py settle --kernel hmc --rounds 12   # after run --population
+        [--resume]   # continue smc_settled/ where an earlier settle stopped
     python benchmarks/rugged_posteriors.py compare --reference smc|nuts|smc_settled
         [--against nuts|smc | --study-out DIR | --study-reference DIR] [--json FILE]
 
@@ -18,7 +19,9 @@ Writes ``<method>/<design>.npz`` (draws ``[chain, draw, comp]``) and ``<method>/
 (R̂, ESS, divergences or stages, |z| of the truth, wall time).
 
 ``settle``: the populations of ``run --population J`` continued at β = 1 with ``--kernel``
-sweeps, 5 per round, until R̂ and ESS pass or ``--rounds`` are done (``smc_settled/``).
+sweeps, 5 per round, until R̂ and ESS pass or ``--rounds`` are done (``smc_settled/``);
+``--resume`` continues the populations of ``smc_settled/`` instead (sweep count, wall time and
+R̂ of every round carried on; new seeds).
 
 ``compare``: per parameter ``|mean − mean_ref| / sd_ref`` (agreement: ≤ 0.3) and
 ``sd / sd_ref`` (agreement: within 25 %) of the other method's draws, or of a study run's
@@ -230,29 +233,37 @@ def settle(args) -> None:
     study = load_study(args.study, smoke=args.smoke)
     for label in args.designs:
         t0 = time.perf_counter()
-        parts = sorted((args.out / "smc").glob(_file(label) + ".pop*.npz"))
+        parts, before = _settle_sources(args, label)
         model, v, truth, _, laps = _setup(study, label)
         wm = WhitenedModel(model, v, laps[0])
         runs, kern = [], smc._Kernel(args.kernel, args.leapfrog)
-        for f in parts:
-            g = {k: torch.as_tensor(a[0]) for k, a in np.load(f).items() if k in model.free}
+        for f, j in parts:
+            g = {k: torch.as_tensor(a[j]) for k, a in np.load(f).items() if k in model.free}
             z = wm.whiten(wm.space.unconstrain(g))
             with torch.no_grad():
                 lp, ll = wm.log_prior(z), smc._loglik(wm, z)
             scale = kern.initial_scale(z.shape[1])
             runs.append({"z": z, "lp": lp, "ll": ll, "beta": 1.0, "scale": scale, "n_sim": 0})
-        target, sweeps = (wm.log_prior, lambda z, wm=wm: smc._loglik(wm, z)), 0
+        target, sweeps = (
+            (wm.log_prior, lambda z, wm=wm: smc._loglik(wm, z)),
+            before.get("settle_sweeps", 0),
+        )
+        trace = list(before.get("rhat_by_round", []))
         for r in range(args.rounds):
-            sweeps += smc._settle(runs, target, kern, args.seed + 100 + r, 5)
+            seed = args.seed + 100 + r + (10_000 if args.resume else 0)  # a resumed run: new draws
+            sweeps += smc._settle(runs, target, kern, seed, 5)
             with torch.no_grad():
                 z = torch.stack([x["z"] for x in runs])
                 samples = {k: x.cpu().numpy() for k, x in wm.params(z).items()}
             diag = chain_diagnostics(samples) | {
                 "num_chains": len(runs), "kernel": args.kernel, "settle_sweeps": sweeps,
                 "accept_final": float(np.mean([x["accept"] for x in runs])),
-                "max_abs_z": _max_abs_z(samples, truth), "wall_s": time.perf_counter() - t0,
-                "populations": [f.name for f in parts],
+                "max_abs_z": _max_abs_z(samples, truth),
+                "wall_s": before.get("wall_s", 0.0) + time.perf_counter() - t0,
+                "populations": before.get("populations", [f.name for f, _ in parts]),
             }  # fmt: skip
+            trace.append(round(float(diag["rhat_max"]), 4))
+            diag["rhat_by_round"] = trace
             _save(args.out / "smc_settled" / _file(label), samples, diag)
             print(
                 f"{label:>16}  settle round {r + 1}: {sweeps} sweeps  R̂ {diag['rhat_max']:.3f}"
@@ -262,6 +273,19 @@ def settle(args) -> None:
             )
             if diag["rhat_max"] <= 1.01 and min(diag["ess_bulk_min"], diag["ess_tail_min"]) >= 100:
                 break
+
+
+def _settle_sources(args, label: str) -> tuple[list[tuple[Path, int]], dict]:
+    """``([(npz, population index)], earlier diagnostics)``: the ``run --population J`` files,
+    or with ``--resume`` the populations of ``smc_settled/<design>`` and its diagnostics."""
+    if not args.resume:
+        return [(f, 0) for f in sorted((args.out / "smc").glob(_file(label) + ".pop*.npz"))], {}
+    stem = args.out / "smc_settled" / _file(label)
+    if not Path(str(stem) + ".npz").exists():
+        raise SystemExit(f"--resume: no {stem}.npz (run settle first)")
+    n = next(iter(np.load(str(stem) + ".npz").values())).shape[0]
+    before = json.loads(Path(str(stem) + ".json").read_text())
+    return [(Path(str(stem) + ".npz"), j) for j in range(n)], before
 
 
 def reweight(args) -> None:
@@ -480,6 +504,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("--json", type=Path)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true", help="settle: continue smc_settled/")
     p.add_argument("--smoke", action="store_true", help="the study's [smoke] sizes (a test)")
     args = p.parse_args(argv)
     whats = {"run": run, "merge": merge, "settle": settle, "compare": compare}

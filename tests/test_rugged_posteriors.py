@@ -36,6 +36,12 @@ def test_populations_merge_reweight_and_compare(tmp_path):
     settled = json.loads((tmp_path / "smc_settled" / "0__all.json").read_text())
     assert "settle round 1" in out and settled["settle_sweeps"] in (0, 5)  # 0: passed already
     assert settled["kernel"] == "hmc" and settled["num_chains"] == 2
+    _run(tmp_path, "settle", "--kernel", "hmc", "--leapfrog", "2", "--rounds", "1", "--resume")
+    resumed = json.loads((tmp_path / "smc_settled" / "0__all.json").read_text())
+    more = 5 if settled["rhat_max"] > 1.01 else 0  # settling sweeps only while R̂ fails
+    assert resumed["settle_sweeps"] == settled["settle_sweeps"] + more  # carried on
+    assert len(resumed["rhat_by_round"]) == len(settled["rhat_by_round"]) + 1
+    assert resumed["wall_s"] > settled["wall_s"] and resumed["num_chains"] == 2
     report = tmp_path / "reweight.json"
     out = _run(tmp_path, "reweight", "--method", "smc", "--rounds", "2", "--proposals", "200",
                "--components", "2", "--json", str(report))  # fmt: skip
