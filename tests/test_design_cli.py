@@ -410,7 +410,7 @@ def test_design_for_one_fitted_cell_from_its_posterior(tmp_path, capsys):
     assert gap < 0.2 * abs(float(prior["crit_paper"]) - float(prior["crit_paper_truth"]))
     assert cell["crit_paper_truth"] == prior["crit_paper_truth"]
     # errors, each before any result is written: no such file; a posterior without the free
-    # parameters; fewer draws than theta_opt + theta_eval
+    # parameters; fewer draws than theta_eval + max(theta_opt, theta_select)
     few = {k: v[:, :3] for k, v in post.items()}
     save_inference_data(to_inference_data(model, few), tmp_path / "few.nc")
     no_gk = load_inference_data(tmp_path / "cell.nc")

@@ -78,10 +78,11 @@ def cell_draws(study: DesignStudy, model) -> tuple[dict | None, dict | None]:
     except (OSError, ValueError, BayesneuronError) as e:
         raise StudyError(f"[design] theta = {study.theta!r}: {e}") from None
     n = len(next(iter(draws.values())))
-    if n < study.theta_eval + study.theta_opt:
+    need = study.theta_eval + max(study.theta_opt, study.theta_select)
+    if n < need:
         raise StudyError(
             f"[design] theta = {study.theta!r}: {n} draws; need at least theta_eval + "
-            f"theta_opt = {study.theta_eval + study.theta_opt}"
+            f"max(theta_opt, theta_select) = {need}"
         )
     perm = np.random.default_rng(study.opt_seed).permutation(n)
     held, pool = perm[: study.theta_eval], perm[study.theta_eval :]

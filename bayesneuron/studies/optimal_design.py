@@ -183,10 +183,11 @@ def design_problems(study: DesignStudy, model, eval_solver, cell=None):
 
 
 def selection_problem(study: DesignStudy, model, criterion: str, pool=None):
-    """The ``study.theta_select`` points (seed ``opt_seed + 2000``, ``CrankNicolson(dt_opt)``;
-    from the optimiser's ``pool`` of posterior draws where given) on which the best of the
-    starts is chosen with ``criterion``; ``None`` for ``theta_select = 0`` (the optimiser's own
-    draws)."""
+    """The ``study.theta_select`` points (seed ``opt_seed + 2000``, ``CrankNicolson(dt_opt)``)
+    on which the best of the starts is chosen with ``criterion``; ``None`` for
+    ``theta_select = 0`` (the optimiser's own draws). With a fitted cell's posterior they come
+    from the optimiser's ``pool`` of its draws (never the held-out ones), which the resampling
+    optimiser visits too; from the prior they are new draws."""
     if not study.theta_select:
         return None
     return problem_from_model(
