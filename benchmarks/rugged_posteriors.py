@@ -243,7 +243,17 @@ def settle(args) -> None:
             with torch.no_grad():
                 lp, ll = wm.log_prior(z), smc._loglik(wm, z)
             scale = kern.initial_scale(z.shape[1])
-            runs.append({"z": z, "lp": lp, "ll": ll, "beta": 1.0, "scale": scale, "n_sim": 0})
+            runs.append(
+                {
+                    "z": z,
+                    "lp": lp,
+                    "ll": ll,
+                    "beta": 1.0,
+                    "scale": scale,
+                    "n_sim": 0,
+                    "accept": np.nan,
+                }
+            )  # accept: NaN until a sweep (none where R̂ passes already)
         target, sweeps = (
             (wm.log_prior, lambda z, wm=wm: smc._loglik(wm, z)),
             before.get("settle_sweeps", 0),
