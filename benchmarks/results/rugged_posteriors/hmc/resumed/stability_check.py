@@ -1,4 +1,5 @@
-"""Stability check after the first pass: 3 more rounds of 5 HMC sweeps regardless of R-hat."""
+"""Stability check after the first pass (run from the repository root): 3 more rounds of 5 HMC
+sweeps of the passing populations regardless of R-hat (session 19; settle.log, "extra round")."""
 import sys, time, json, numpy as np, torch
 sys.path.insert(0, "benchmarks")
 import rugged_posteriors as rp
@@ -11,7 +12,7 @@ label = "[0,-1]|[0]"
 study = load_study(rp.STUDY)
 model, v, truth, _, laps = rp._setup(study, label)
 wm = WhitenedModel(model, v, laps[0])
-a = np.load("/tmp/settle_pass/smc_settled/0_-1__0.npz")
+a = np.load("benchmarks/results/rugged_posteriors/hmc/resumed/0_-1__0.npz")
 kern = smc._Kernel("hmc", 8)
 runs = []
 for j in range(2):
