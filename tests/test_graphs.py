@@ -4,6 +4,7 @@ against each other, and against torchdiffeq's dopri5; gradients by adjoint, auto
 and finite differences."""
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +30,6 @@ from bayesneuron import (
     simulate,
     step_current,
 )
-from bayesneuron.reference import paper_currents, paper_ground_truth, paper_time_grid
 from bayesneuron.reference.paper_l23 import paper_l23_graph
 from bayesneuron.simulation import runs_fused
 from bayesneuron.simulation.hines import reduced_edges, tree_solve, tree_system
@@ -53,9 +53,11 @@ def _graph_edges(m: Morphology) -> set:
     return tree | {(min(i, j), max(i, j)) for i, j in m.loops.tolist()}
 
 
-def _paper_graph() -> Morphology:
-    names, a = paper_l23_graph()
-    return Morphology.from_adjacency(a, ax=0.01, cm=0.45, names=names, tree_only=False)
+_spec = importlib.util.spec_from_file_location(
+    "dopri5_gen", Path(__file__).parent / "reference" / "generate_dopri5_references.py"
+)
+GEN = importlib.util.module_from_spec(_spec)  # the 184-node problem and its dopri5 reference
+_spec.loader.exec_module(GEN)
 
 
 def _laplacian(m: Morphology) -> np.ndarray:
@@ -96,7 +98,7 @@ def _random_graph(n: int, extra: int, parts: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------- morphology
 def test_paper_graph_is_a_spanning_tree_plus_one_loop_in_two_parts():
     names, a = paper_l23_graph()
-    m = _paper_graph()
+    m = GEN.paper_graph()
     assert _edges(a) == _graph_edges(m) and len(_graph_edges(m)) == 183
     assert m.n_loops == 1 and m.n_components == 2
     assert np.bincount(m.components).tolist() == [151, 33]
@@ -173,7 +175,7 @@ def test_a_loop_parallel_to_an_edge_or_a_loop_adds_its_conductance(backend):
 
 
 def test_reduced_edges_carry_the_loops_and_drop_detached_edges():
-    m = _paper_graph()
+    m = GEN.paper_graph()
     src, dst, cf = reduced_edges(m)
     got = {(min(i, j), max(i, j)) for i, j in zip(src.tolist(), dst.tolist())}
     assert got == _edges(paper_l23_graph()[1]) and np.allclose(cf, 0.01)
@@ -314,11 +316,8 @@ def test_geometric_cell_with_a_loop_fused_torch_and_dopri5_agree():
 
 # --------------------------------------------------------------------------- the paper graph
 def _paper_problem(n_traces=3):
-    cell = Cell(_paper_graph(), paper_channels(), v0=-60.0)
-    stim = paper_currents(
-        20230619, n_comp=184, i_max=10, stim=list(range(0, 184, 18)), n_traces=n_traces
-    )
-    return cell, stim, paper_time_grid(), paper_ground_truth(20230619, n_comp=184)
+    cell, truth, stim, t = GEN.graph_problem(n_traces)
+    return cell, stim, t, truth
 
 
 @needs_cc

@@ -4,40 +4,27 @@ Recorded setting (README, solvers table): ``CrankNicolson(dt=0.0015)`` keeps the
 over all traces, compartments and the 48 output times below 0.05 mV.
 """
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bayesneuron import (
-    CrankNicolson,
-    Torchdiffeq,
-    paper_currents,
-    paper_ground_truth,
-    paper_time_grid,
-    paper_toy_cell,
-    simulate,
-)
+from bayesneuron import CrankNicolson, Torchdiffeq, simulate
 
 PAPER_DT_005 = 0.0015  # ms: meets 0.05 mV on the paper protocol (0.044 mV measured, 100 traces)
-# dopri5 at rtol = atol = 1e-10 on the first 20 traces, truth and the paper's initial values
-# (tests/reference/generate_dopri5_references.py)
-REFERENCE = Path(__file__).parent / "reference" / "dopri5_paper.npz"
-
-
-def _problem(n_traces, stim=None):
-    cell, t = paper_toy_cell(), paper_time_grid()
-    cur = paper_currents(stim=stim)
-    cur = type(cur)(cur.values[:n_traces], dt=cur.dt)
-    gt = paper_ground_truth()
-    init = {k: torch.tensor(v) for k, v in cell.params.items() if k in gt}
-    params = {k: torch.stack([gt[k], init[k]]) for k in gt}  # ground truth and the paper's init
-    return cell, params, cur, t
+REF = Path(__file__).parent / "reference"
+# dopri5 at rtol = atol = 1e-10 on the first 20 traces, truth and the paper's initial values,
+# and the problem it solves (generate_dopri5_references.py)
+REFERENCE = REF / "dopri5_paper.npz"
+_spec = importlib.util.spec_from_file_location("dopri5_gen", REF / "generate_dopri5_references.py")
+GEN = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(GEN)
 
 
 def _max_error(n_traces, stim=None, ref=None):
-    cell, params, cur, t = _problem(n_traces, stim)
+    cell, params, cur, t = GEN.toy_problem(n_traces, stim)
     if ref is None:
         ref = simulate(cell, params, cur, t, Torchdiffeq("dopri5", rtol=1e-10, atol=1e-10)).v
     v = simulate(cell, params, cur, t, CrankNicolson(dt=PAPER_DT_005)).v
@@ -46,7 +33,7 @@ def _max_error(n_traces, stim=None, ref=None):
 
 def test_committed_dopri5_reference_is_what_dopri5_gives_now():
     """One trace at the truth, live: the committed reference below is not stale."""
-    cell, params, cur, t = _problem(n_traces=1)
+    cell, params, cur, t = GEN.toy_problem(n_traces=1)
     truth = {k: v[:1] for k, v in params.items()}
     live = simulate(cell, truth, cur, t, Torchdiffeq("dopri5", rtol=1e-10, atol=1e-10)).v
     ref = torch.as_tensor(np.load(REFERENCE)["toy_v"][:1, :1])

@@ -11,8 +11,9 @@ Two problems, both the paper's (``paper-model.md``), solved with torchdiffeq's d
   20230619), first 2 traces at its ground truth, rtol = atol = 1e-11
   (``tests/test_graphs.py``).
 
-A few minutes on one core. The tests check one trace of the first problem live, so a
-reference that no longer matches the code fails there.
+13 s on 2 cores. The tests build their problems with this file's ``toy_problem`` and
+``graph_problem`` and check one trace of the first live, so a reference that no longer matches
+the code fails there.
 
 Run from the repository root:  python tests/reference/generate_dopri5_references.py
 """
@@ -35,21 +36,26 @@ TOY_TRACES, TOY_TOL = 20, 1e-10
 GRAPH_TRACES, GRAPH_TOL = 2, 1e-11
 
 
-def toy_problem(n_traces: int = TOY_TRACES):
-    """``(cell, params [2: truth, init], currents, t)`` of the 6-compartment problem."""
+def toy_problem(n_traces: int = TOY_TRACES, stim=None):
+    """``(cell, params [2: truth, init], currents, t)`` of the 6-compartment problem
+    (``stim``: the stimulated compartments, default all)."""
     cell, t = paper_toy_cell(), paper_time_grid()
-    cur = paper_currents()
+    cur = paper_currents(stim=stim)
     cur = type(cur)(cur.values[:n_traces], dt=cur.dt)
     gt = paper_ground_truth()
     init = {k: torch.tensor(v) for k, v in cell.params.items() if k in gt}
     return cell, {k: torch.stack([gt[k], init[k]]) for k in gt}, cur, t
 
 
+def paper_graph() -> Morphology:
+    """The paper's 184-node graph (loops and detached parts) with its ax and cm."""
+    names, a = paper_l23_graph()
+    return Morphology.from_adjacency(a, ax=0.01, cm=0.45, names=names, tree_only=False)
+
+
 def graph_problem(n_traces: int = GRAPH_TRACES):
     """``(cell, params, currents, t)`` of the 184-compartment graph problem."""
-    names, a = paper_l23_graph()
-    morph = Morphology.from_adjacency(a, ax=0.01, cm=0.45, names=names, tree_only=False)
-    cell = Cell(morph, paper_channels(), v0=-60.0)
+    cell = Cell(paper_graph(), paper_channels(), v0=-60.0)
     stim = paper_currents(
         20230619, n_comp=184, i_max=10, stim=list(range(0, 184, 18)), n_traces=n_traces
     )
