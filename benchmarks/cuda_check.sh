@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks in one short script: the CUDA tests, then the simulator benchmark on the GPU.
+# The CUDA checks in one short script: the CUDA tests, then the GPU throughput and simulator benchmarks.
 # Usage (repository root, on a machine with a CUDA GPU and torch installed; on the lent
 # machines carry .whl from benchmarks/gpu_wheels.sh):
 #   bash benchmarks/cuda_check.sh [OUTDIR]
@@ -20,7 +20,8 @@ fi
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 python3 -m pytest -q -m gpu -p no:cacheprovider $(grep -l 'mark.gpu' tests/test_*.py) 2>&1 | tee "$out/pytest-gpu.log"
-python3 benchmarks/simulator.py --device cuda --cases paper_toy,l23_cell --repeat 2 --budget 10 \
-    --skip 'be-|rk4|compiled' --timeout 100 --json "$out/simulator-cuda.json" 2>&1 | tee "$out/bench.log"
+# the GPU must-show first (throughput against the CPU kernel), then the simulator table
 python3 benchmarks/gpu_throughput.py --threads 2 --repeat 2 --json "$out/gpu_throughput.json" \
-    2>&1 | tee -a "$out/bench.log"
+    2>&1 | tee "$out/bench.log"
+python3 benchmarks/simulator.py --device cuda --cases paper_toy,l23_cell --repeat 2 --budget 10 \
+    --skip 'be-|rk4|compiled' --timeout 100 --json "$out/simulator-cuda.json" 2>&1 | tee -a "$out/bench.log"

@@ -59,6 +59,9 @@ ref_grad = torch.autograd.grad((ref * weights).sum(), list(g.values()))
 g = {k: x.detach().to(dtype).requires_grad_() for k, x in g.items()}
 s2, p, cur, st, te, rs, dev = api._prepare(cell, g, stim, t_eval, solver, dtype, None, reset)
 seen, segments = [], gpu_kernel._Launch.segments
+batches = []
+if case == "paper":  # programs of 4 lanes: two programs, the second one's lanes half masked
+    gpu_kernel.lanes_per_program = lambda n, n_sm: batches.append(n) or 4
 gpu_kernel._Launch.segments = lambda self: seen.append(len(segments(self))) or segments(self)
 v, n = gpu_kernel.run(cell, p, cur, st, te, s2, rs)
 grad = torch.autograd.grad((v.double() * weights).sum(), list(g.values()))
@@ -66,6 +69,7 @@ rel = max(float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(gr
 print(json.dumps({"shape": list(v.shape), "ref_shape": list(ref.shape), "dtype": str(v.dtype),
                   "max_abs": float((v.double() - ref).abs().max()), "grad_rel": rel,
                   "grad_shapes": [list(x.shape) for x in grad], "segments": max(seen),
+                  "batches": batches,
                   "v_range": [float(ref.min()), float(ref.max())], "steps": n}))
 """
 
@@ -90,6 +94,15 @@ def test_interpreted_kernel_matches_the_c_kernel(case):
     assert r["grad_shapes"] == shapes
     assert r["grad_rel"] < 1e-8  # the adjoint: the C kernel's gradient
     assert r["segments"] == (7 if case == "paper_checkpointed" else 1)
+    if case == "paper":  # 3 particles x 2 traces = 6 lanes in programs of 4
+        assert r["batches"] == [6]
+
+
+def test_lanes_per_program_keep_every_multiprocessor_busy():
+    assert gpu_kernel.lanes_per_program(20_000, 132) == 128  # 157 programs
+    assert gpu_kernel.lanes_per_program(10_000, 132) == 64  # 157 programs of 64
+    assert gpu_kernel.lanes_per_program(10, 132) == 32  # one large cell's traces: one warp
+    assert gpu_kernel.lanes_per_program(6, 1) == 128  # Triton's interpreter: one program
 
 
 @needs_triton

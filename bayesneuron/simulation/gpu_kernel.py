@@ -6,7 +6,8 @@ The torch backend on a GPU launches a few hundred small kernels per time step (a
 tree level), so a 6-compartment cell with 20 000 particle-traces runs no faster on an H200
 than the fused C kernel on two CPU cores (``benchmarks/gpu_throughput.py``). Here one
 program owns ``BLOCK`` simulations ("lanes", one per GPU thread) for every step of the
-trajectory: the scheme, step for step, of the fused C kernel (:mod:`.fused`: exponential
+trajectory (:func:`lanes_per_program`: 128, or fewer where the batch would leave streaming
+multiprocessors idle): the scheme, step for step, of the fused C kernel (:mod:`.fused`: exponential
 Euler gates at the previous voltage, the channel conductances, the tree (Hines) solve of the
 Crank–Nicolson voltage system, ``v ← 2w − v``, output and reset at output times), reading the
 same tables (:class:`~.fused.KernelProblem`). The state of every lane lives in scratch
@@ -46,7 +47,7 @@ from bayesneuron.simulation.solvers import CrankNicolson
 
 __all__ = ["KernelFailed", "run", "supported"]
 
-BLOCK = 128  # lanes per program
+BLOCKS = (128, 64, 32)  # lanes per program, one lane per GPU thread (warps of 32)
 _FAILED: list[str] = []  # why Triton could not build or launch the kernels in this process
 
 
@@ -112,7 +113,9 @@ class _Launch:
         self.e_shift = f(prob.e_shift)
         self.stim = (f(prob.cur), i(prob.sites))  # currents [S, bins, site], their sites
         self.v0 = f(np.array([prob.v0]))
-        self.grid = (math.ceil(prob.n_batch / BLOCK),)
+        self.block = lanes_per_program(prob.n_batch, _processors(dev))
+        self.grid = (math.ceil(prob.n_batch / self.block),)
+        self.meta = {"BLOCK": self.block, "num_warps": max(self.block // 32, 1)}
 
     def _floats(self, x):
         return torch.as_tensor(np.ascontiguousarray(x), device=self.dev).to(self.dt).contiguous()
@@ -162,7 +165,7 @@ class _Launch:
             *hist, strides,
             pr.n_batch, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, s_lo, s_hi,
             pr.cur.shape[1], pr.n_time, pr.rv.shape[1], len(pr.sites),
-            BLOCK=BLOCK, STORE=store, INIT=init,
+            STORE=store, INIT=init, **self.meta,
         )  # fmt: skip
 
     def _buffers(self):
@@ -220,8 +223,27 @@ class _Launch:
             par, pidx, self.e_shift, gout, *hist, strides, scratch, grad,
             pr.n_batch, pr.n, pr.n_comp, pr.n_gates, self.n_gx, self.n_ch, s_lo, s_hi,
             pr.n_time, pr.rv.shape[1],
-            BLOCK=BLOCK, INIT=init,
+            INIT=init, **self.meta,
         )  # fmt: skip
+
+
+def lanes_per_program(n_batch: int, n_processors: int) -> int:
+    """Lanes per program: the largest of :data:`BLOCKS` that still gives each of the GPU's
+    ``n_processors`` streaming multiprocessors a program (a small batch — the 10 traces of one
+    large cell, a few hundred particle-traces — otherwise runs on a handful of them), else the
+    smallest, one warp."""
+    for block in BLOCKS[:-1]:
+        if math.ceil(n_batch / block) >= n_processors:
+            return block
+    return BLOCKS[-1]
+
+
+def _processors(dev) -> int:
+    """The streaming multiprocessors of a CUDA device (1 elsewhere: Triton's interpreter)."""
+    dev = torch.device(dev)
+    if dev.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(dev).multi_processor_count
 
 
 def _launch(name: str, grid, *args, **meta) -> None:
