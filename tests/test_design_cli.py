@@ -375,6 +375,20 @@ def test_cli_design_sites_greedy_exchange_and_grid(tmp_path, capsys):
     meta = json.loads((out / "sites.json").read_text())
     assert meta["finished"] and meta["spec"]["candidates"] == [0, 1, 5]
     assert meta["history"][0]["round"] == 0 and "torch" in str(meta["environment"])
+    assert {r["crit_select"] for r in rows} == {""}  # no theta_select: nothing held apart
+
+
+def test_cli_design_sites_compares_sets_on_the_select_draws(tmp_path):
+    from bayesneuron.studies.design_config import load_design_study
+    from bayesneuron.studies.site_selection import run_site_selection
+
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + "theta_select = 2\n" + SITES + "exchange = false\n")
+    study = load_design_study(cfg)
+    rows = run_site_selection(study, study.sites, tmp_path / "out", progress=False)
+    greedy = [r for r in rows if r["method"] == "greedy"]
+    assert all(math.isfinite(r["crit_select"]) for r in greedy)
+    assert greedy[0]["crit_select"] != greedy[0]["crit_opt_theta"]  # other draws
 
 
 def test_design_for_one_fitted_cell_from_its_posterior(tmp_path, capsys):

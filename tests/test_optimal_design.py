@@ -372,6 +372,27 @@ def test_greedy_sites_picks_one_electrode_at_a_time():
     )
     assert [len(s) for s, _ in path] == [1, 2]
     assert path[1][0] == (0, 5)
+    assert all(res.select_value is None and res.score == res.value for _, res in path)
+
+
+def test_site_sets_are_compared_on_the_select_points():
+    """With ``select``, greedy and exchange compare site sets by the criterion on points the
+    optimiser never saw (each result's ``select_value``), not on the optimiser's own."""
+    _, problem = _problem(Design([0], [0]), n_traces=1, dt=0.1)
+    select = problem.sampler(99)
+    cfg = OptimizeConfig(steps=2, lr=0.1, resample_theta=True, progress=False)
+
+    def make(sites):
+        return PiecewiseConstant(n_traces=1, sites=sites)
+
+    cache = {}
+    path = greedy_sites(problem, make, (0, 2, 5), 1, cfg, cache=cache, select=select)
+    for res in cache.values():
+        assert res.select_value == pytest.approx(float(objective(select, res.stimulus)[0]))
+    assert path[0][1].select_value == max(r.select_value for r in cache.values())
+    sites, res, hist = exchange_sites(problem, make, (0, 2, 5), (2,), cfg, select=select)
+    assert hist[0]["value"] == pytest.approx(float(objective(select, make((2,))(cache[(2,)].z))[0]))
+    assert res.select_value == max(h["value"] for h in hist)
 
 
 def test_resampled_theta_is_deterministic_and_judged_on_the_problems_points():
@@ -411,6 +432,7 @@ def test_the_best_start_is_chosen_on_the_select_points():
     best = float(objective(select, fam(res.z))[0])
     assert best == pytest.approx(max(candidates))
     assert res.value == pytest.approx(float(objective(problem, fam(res.z))[0]))
+    assert res.select_value == pytest.approx(best) and res.score == res.select_value
     plain = optimize_stimulus(problem, fam, cfg)  # same steps, finals judged elsewhere
     assert (plain.history[:, -1] != res.history[:, -1]).any()
     with pytest.raises(FitError, match="resample_theta"):

@@ -110,6 +110,8 @@ class DesignResult:
         start_values: the best value of each start ``[start]``.
         best_start: the start that gave ``stimulus``.
         wall_s: wall time of the optimisation (s).
+        select_value: the robust criterion of ``stimulus`` on ``optimize_stimulus``'s
+            ``select`` points, on which it was chosen (``None`` without ``select``).
     """
 
     stimulus: Stimulus
@@ -123,6 +125,13 @@ class DesignResult:
     wall_s: float
     family: StimulusFamily
     config: OptimizeConfig
+    select_value: float | None = None
+
+    @property
+    def score(self) -> float:
+        """What results are compared by: ``select_value`` where there is one, else ``value``
+        (the optimiser's own points)."""
+        return self.value if self.select_value is None else self.select_value
 
     @property
     def nats_per_trace(self) -> float:
@@ -326,7 +335,10 @@ def optimize_stimulus(
                 _save(ckpt, state)
     finally:
         bar.close()
-    return _result(problem, family, cfg, state, time.perf_counter() - t0)
+    res = _result(problem, family, cfg, state, time.perf_counter() - t0)
+    if select is None:
+        return res
+    return dataclasses.replace(res, select_value=float(state["best_value"]))
 
 
 def _result(problem, family, cfg, state, wall_s) -> DesignResult:

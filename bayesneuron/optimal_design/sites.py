@@ -1,6 +1,9 @@
 """Electrode-site selection over the continuous stimulus optimisation (:mod:`.optimize`):
 greedy placement, one electrode at a time, then Fedorov exchange; every site set's stimulus
-optimised once (a cache keyed by the sorted sites).
+optimised once (a cache keyed by the sorted sites). Site sets are compared by
+:attr:`DesignResult.score`: the criterion on ``select``'s points where given (θ draws the
+optimiser never saw: a set whose stimulus over-fits the optimiser's draws gains nothing by
+it), else on the optimiser's own.
 
 Example:
     >>> make = lambda s: PiecewiseConstant(n_traces=5, sites=s, lo=0.0, hi=19.0)
@@ -35,14 +38,17 @@ def _candidates(candidates: Sequence[int]) -> tuple[int, ...]:
     return cand
 
 
-def _optimized_sites(problem, make_family, sites, cfg, make_init, cache, callback) -> DesignResult:
+def _optimized_sites(
+    problem, make_family, sites, cfg, make_init, cache, callback, select
+) -> DesignResult:
     """``sites``' optimised result: from ``cache`` or by :func:`optimize_stimulus` (then
     stored in ``cache`` and reported to ``callback``)."""
     if sites in cache:
         return cache[sites]
     fam = make_family(sites)
     init = None if make_init is None else make_init(fam)
-    res = optimize_stimulus(problem, fam, dataclasses.replace(cfg, checkpoint=None), init=init)
+    cfg = dataclasses.replace(cfg, checkpoint=None)
+    res = optimize_stimulus(problem, fam, cfg, init=init, select=select)
     cache[sites] = res
     if callback is not None:
         callback(sites, res)
@@ -59,6 +65,7 @@ def greedy_sites(
     make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
     cache: SiteResults | None = None,
     callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
+    select: DesignProblem | None = None,
 ) -> list[tuple[tuple[int, ...], DesignResult]]:
     """Greedy electrode placement: add, one at a time, the candidate compartment whose
     optimised stimulus (``make_family(sites)``, :func:`optimize_stimulus` with ``config``)
@@ -74,6 +81,9 @@ def greedy_sites(
         cache: results per site set, read and filled (:func:`exchange_sites` reuses it:
             the optimisation is deterministic, so a set is optimised once).
         callback: called with ``(sites, result)`` after each optimisation actually run.
+        select: θ points (same criterion) on which each set's stimulus is chosen and the
+            sets compared (:func:`optimize_stimulus`'s ``select``; needs
+            ``config.resample_theta``); ``None``: the optimiser's own points.
 
     Returns:
         ``[(sites, result)]`` per added electrode.
@@ -92,8 +102,10 @@ def greedy_sites(
             if c in chosen:
                 continue
             sites = tuple(sorted(chosen + (c,)))
-            res = _optimized_sites(problem, make_family, sites, cfg, make_init, memo, callback)
-            if best is None or res.value > best[1].value:
+            res = _optimized_sites(
+                problem, make_family, sites, cfg, make_init, memo, callback, select
+            )
+            if best is None or res.score > best[1].score:
                 best = (sites, res)
         if best is None:
             break
@@ -113,6 +125,7 @@ def exchange_sites(
     make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
     cache: SiteResults | None = None,
     callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
+    select: DesignProblem | None = None,
 ) -> tuple[tuple[int, ...], DesignResult, list[dict]]:
     """Fedorov-style exchange of electrode sites: each round tries every swap of one chosen
     electrode for one unused candidate (each set's stimulus optimised as in
@@ -120,14 +133,15 @@ def exchange_sites(
     none does or after ``max_rounds`` rounds. The result is never worse than the start.
 
     Args:
-        problem, make_family, candidates, config, make_init, cache, callback: as in
+        problem, make_family, candidates, config, make_init, cache, callback, select: as in
             :func:`greedy_sites` (pass greedy's ``cache`` to start from its result for free).
         sites: the starting electrode set (distinct, among ``candidates``).
         max_rounds: the most swaps made (≥ 0).
 
     Returns:
         ``(sites, result, history)``: the final sorted sites, their :class:`DesignResult`,
-        and per accepted round ``{"round", "sites", "value"}`` (round 0: the start).
+        and per accepted round ``{"round", "sites", "value"}`` (round 0: the start; the
+        value is the :attr:`~DesignResult.score` sets are compared by).
 
     Raises:
         FitError: bad candidates, sites not among them or repeated, a bad ``max_rounds``.
@@ -152,11 +166,11 @@ def exchange_sites(
     memo: SiteResults = {} if cache is None else cache
 
     def run(s):
-        return _optimized_sites(problem, make_family, s, cfg, make_init, memo, callback)
+        return _optimized_sites(problem, make_family, s, cfg, make_init, memo, callback, select)
 
     current = tuple(sorted(start))
     best = run(current)
-    history = [{"round": 0, "sites": current, "value": best.value}]
+    history = [{"round": 0, "sites": current, "value": best.score}]
     for r in range(1, max_rounds + 1):
         top = None
         for out in current:
@@ -165,10 +179,10 @@ def exchange_sites(
                     continue
                 s = tuple(sorted((set(current) - {out}) | {c}))
                 res = run(s)
-                if res.value > best.value and (top is None or res.value > top[1].value):
+                if res.score > best.score and (top is None or res.score > top[1].score):
                     top = (s, res)
         if top is None:
             break
         current, best = top
-        history.append({"round": r, "sites": current, "value": best.value})
+        history.append({"round": r, "sites": current, "value": best.score})
     return current, best, history

@@ -4,7 +4,9 @@ compartments should carry ``n_electrodes`` stimulating electrodes, the recording
 Greedy placement (:func:`~bayesneuron.optimal_design.greedy_sites`) adds one electrode at a
 time; every candidate site set gets its own optimised stimulus (as ``bayesneuron design
 optimize`` makes one: Adam at ``dt_opt`` over ``theta_opt`` prior draws, the ``[sites]``
-starts) and is scored by the criterion on those draws. An exchange pass
+starts) and is scored by the criterion on those draws, or, with ``theta_select`` > 0, on
+that many further prior draws the optimiser never sees (the starts' best stimulus is chosen
+on them too, as ``design optimize`` does). An exchange pass
 (:func:`~bayesneuron.optimal_design.exchange_sites`) then swaps one electrode at a time while
 that raises the score. Each chosen set, and the preset's grid designs with as many
 electrodes and the same recording, optimised alike, is judged on ``theta_eval`` *held-out*
@@ -42,6 +44,7 @@ from bayesneuron.studies.optimal_design import (
     criteria,
     design_problems,
     make_family,
+    selection_problem,
 )
 from bayesneuron.studies.output import environment, write_csv, write_json
 
@@ -78,6 +81,7 @@ class _Selection:
             design, n_traces=run.n_traces, seed=run.seed, solver=self.eval_solver
         )
         self.problem, self.held_out = design_problems(run, self.model, self.eval_solver)
+        self.select = selection_problem(run, self.model, run.criterion)
         self.config = OptimizeConfig(
             steps=run.steps,
             lr=run.lr,
@@ -125,14 +129,19 @@ class _Selection:
         self.bar.set_postfix(sites=format_sites(sites), value=f"{res.value:.2f}")
 
     def hooks(self) -> dict:
-        return {"make_init": self.init, "cache": self.cache, "callback": self.done}
+        return {
+            "make_init": self.init,
+            "cache": self.cache,
+            "callback": self.done,
+            "select": self.select,
+        }
 
     def optimise(self, sites: tuple[int, ...]) -> DesignResult:
         """``sites``' result, optimised here unless greedy or exchange already did."""
         if sites not in self.cache:
             fam = self.family(sites)
             self.cache[sites] = optimize_stimulus(
-                self.problem, fam, self.config, init=self.init(fam)
+                self.problem, fam, self.config, init=self.init(fam), select=self.select
             )
             self.done(sites, self.cache[sites])
         return self.cache[sites]
@@ -154,6 +163,7 @@ class _Selection:
             "n_sites": len(sites),
             "n_traces": self.run.n_traces,
             "crit_opt_theta": res.value,
+            "crit_select": res.select_value,
             "crit_heldout": d,
             "contraction_heldout": c,
             "nats_per_trace_heldout": d / self.run.n_traces,
@@ -209,7 +219,8 @@ def run_site_selection(
     Returns:
         The CSV's rows: ``step`` (electrodes), ``method`` (greedy | exchange | grid),
         ``sites``, ``rec``, ``label``, ``n_traces``, ``crit_opt_theta`` (the optimiser's draws),
-        ``crit_heldout``, ``contraction_heldout``, ``n_optimised``, ``wall_s`` (the row's
+        ``crit_select`` (the ``theta_select`` draws the sets are compared on; empty without
+        them), ``crit_heldout``, ``contraction_heldout``, ``n_optimised``, ``wall_s`` (the row's
         optimisations and judging, s).
     """
     from tqdm.auto import tqdm
