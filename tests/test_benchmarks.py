@@ -1,5 +1,6 @@
 """Smoke tests of ``benchmarks/simulator.py``: the quick paper_toy run writes well-formed JSON;
-the quick l23_cell run's peers agree (slow)."""
+the quick l23_cell run's peers agree (slow); ``benchmarks/gpu_throughput.py`` runs its CPU rows
+(a GPU session should not find the script broken)."""
 
 import importlib.util
 import json
@@ -87,3 +88,27 @@ def test_quick_l23_cell_peers_agree(tmp_path):
     assert jaxley["grad_rel_diff_vs_bayesneuron_be"] < 1e-6
     fused = rows[("bayesneuron-cn-dt0.025-fused", fine)]
     assert fused["fwd_bwd_s"] > 0 and fused["fwd_bwd_vs_jaxley"]["median"] > 0
+
+
+def test_gpu_throughput_cpu_rows_write_json(tmp_path):
+    out = tmp_path / "gpu.json"
+    args = ["--cases", "paper_particles,l23_particles", "--particles", "2", "--traces", "2"]
+    args += ["--cpu-particles", "1", "--repeat", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["case"], r["impl"]) for r in rows] == [
+        ("paper_particles", "fused-cpu"),
+        ("l23_particles", "fused-cpu"),
+    ]
+    assert [r["traces"] for r in rows] == [4, 10]  # 2 particles x 2 traces; 1 x 10 steps
+    for r in rows:
+        assert "error" not in r, r
+        assert r["fwd_traces_per_s"] == r["traces"] / r["fwd_s"]
+        assert r["speedup_fwd"] == 1.0 and r["speedup_fwd_bwd"] == 1.0
