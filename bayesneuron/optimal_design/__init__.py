@@ -32,7 +32,12 @@ from bayesneuron.optimal_design.objective import (
     problem_from_model,
 )
 from bayesneuron.optimal_design.optimize import DesignResult, OptimizeConfig, optimize_stimulus
-from bayesneuron.optimal_design.sites import SiteResults, exchange_sites, greedy_sites
+from bayesneuron.optimal_design.sites import (
+    SiteResults,
+    exchange_sites,
+    greedy_sites,
+    optimized_site_set,
+)
 
 __all__ = [
     "CRITERIA",
@@ -52,6 +57,7 @@ __all__ = [
     "exchange_sites",
     "fisher",
     "greedy_sites",
+    "optimized_site_set",
     "objective",
     "optimize_stimulus",
     "problem_from_model",

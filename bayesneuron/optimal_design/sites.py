@@ -23,7 +23,7 @@ from bayesneuron.optimal_design.families import StimulusFamily
 from bayesneuron.optimal_design.objective import DesignProblem
 from bayesneuron.optimal_design.optimize import DesignResult, OptimizeConfig, optimize_stimulus
 
-__all__ = ["SiteResults", "exchange_sites", "greedy_sites"]
+__all__ = ["SiteResults", "exchange_sites", "greedy_sites", "optimized_site_set"]
 
 SiteResults = dict[tuple[int, ...], DesignResult]
 """Optimised results per electrode-site set (sorted compartment indices)."""
@@ -38,16 +38,26 @@ def _candidates(candidates: Sequence[int]) -> tuple[int, ...]:
     return cand
 
 
-def _optimized_sites(
-    problem, make_family, sites, cfg, make_init, cache, callback, select
+def optimized_site_set(
+    problem: DesignProblem,
+    make_family: Callable[[tuple[int, ...]], StimulusFamily],
+    sites: tuple[int, ...],
+    config: OptimizeConfig,
+    *,
+    make_init: Callable[[StimulusFamily], Sequence[Tensor]] | None = None,
+    cache: SiteResults,
+    callback: Callable[[tuple[int, ...], DesignResult], None] | None = None,
+    select: DesignProblem | None = None,
 ) -> DesignResult:
-    """``sites``' optimised result: from ``cache`` or by :func:`optimize_stimulus` (then
-    stored in ``cache`` and reported to ``callback``)."""
+    """The optimised result of one site set ``sites`` (sorted), as :func:`greedy_sites` and
+    :func:`exchange_sites` optimise each candidate: from ``cache``, or by
+    :func:`optimize_stimulus` (no checkpoint), then stored in ``cache`` and reported to
+    ``callback``. Arguments as in :func:`greedy_sites`."""
     if sites in cache:
         return cache[sites]
     fam = make_family(sites)
     init = None if make_init is None else make_init(fam)
-    cfg = dataclasses.replace(cfg, checkpoint=None)
+    cfg = dataclasses.replace(config, checkpoint=None)
     res = optimize_stimulus(problem, fam, cfg, init=init, select=select)
     cache[sites] = res
     if callback is not None:
@@ -94,6 +104,7 @@ def greedy_sites(
     cfg = OptimizeConfig(progress=False) if config is None else config
     cand = _candidates(candidates)
     memo: SiteResults = {} if cache is None else cache
+    hooks = dict(make_init=make_init, cache=memo, callback=callback, select=select)
     chosen: tuple[int, ...] = ()
     path = []
     for _ in range(n_sites):
@@ -102,9 +113,7 @@ def greedy_sites(
             if c in chosen:
                 continue
             sites = tuple(sorted(chosen + (c,)))
-            res = _optimized_sites(
-                problem, make_family, sites, cfg, make_init, memo, callback, select
-            )
+            res = optimized_site_set(problem, make_family, sites, cfg, **hooks)
             if best is None or res.score > best[1].score:
                 best = (sites, res)
         if best is None:
@@ -166,7 +175,10 @@ def exchange_sites(
     memo: SiteResults = {} if cache is None else cache
 
     def run(s):
-        return _optimized_sites(problem, make_family, s, cfg, make_init, memo, callback, select)
+        return optimized_site_set(
+            problem, make_family, s, cfg,
+            make_init=make_init, cache=memo, callback=callback, select=select,
+        )  # fmt: skip
 
     current = tuple(sorted(start))
     best = run(current)

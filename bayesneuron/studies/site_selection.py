@@ -33,7 +33,7 @@ from bayesneuron.optimal_design import (
     OptimizeConfig,
     exchange_sites,
     greedy_sites,
-    optimize_stimulus,
+    optimized_site_set,
 )
 from bayesneuron.protocol.design import Design, format_sites, parse_sites
 from bayesneuron.reference.presets import get_preset
@@ -137,14 +137,9 @@ class _Selection:
         }
 
     def optimise(self, sites: tuple[int, ...]) -> DesignResult:
-        """``sites``' result, optimised here unless greedy or exchange already did."""
-        if sites not in self.cache:
-            fam = self.family(sites)
-            self.cache[sites] = optimize_stimulus(
-                self.problem, fam, self.config, init=self.init(fam), select=self.select
-            )
-            self.done(sites, self.cache[sites])
-        return self.cache[sites]
+        """``sites``' result, optimised here (as greedy and exchange optimise theirs) unless
+        greedy or exchange already did."""
+        return optimized_site_set(self.problem, self.family, sites, self.config, **self.hooks())
 
     def row(self, step: int, method: str, sites, wall: float, n_opt: int, label=None) -> dict:
         """The CSV row of site set ``sites``, judged on the held-out draws (once per set)."""
