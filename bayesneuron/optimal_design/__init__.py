@@ -4,7 +4,8 @@ A stimulus family (:mod:`.families`) maps unconstrained parameters to bounded cu
 criterion (:mod:`.objective`) is the Bayesian D-optimality (or contraction, or Laplace EIG)
 of the Fisher information at parameter points drawn from the prior, differentiable in the
 currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and
-:mod:`.sites` selects electrode sites around that (greedy, then exchange).
+:mod:`.sites` selects electrode sites around that (greedy, then exchange); :mod:`.traces`
+chooses the most informative sweeps from a pool of candidate stimuli.
 
 Example:
     >>> from bayesneuron.optimal_design import PiecewiseConstant, problem_from_model, optimize_stimulus
@@ -38,6 +39,7 @@ from bayesneuron.optimal_design.sites import (
     greedy_sites,
     optimized_site_set,
 )
+from bayesneuron.optimal_design.traces import select_traces, set_value
 
 __all__ = [
     "CRITERIA",
@@ -61,4 +63,6 @@ __all__ = [
     "objective",
     "optimize_stimulus",
     "problem_from_model",
+    "select_traces",
+    "set_value",
 ]

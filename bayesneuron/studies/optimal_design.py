@@ -52,6 +52,7 @@ from bayesneuron.optimal_design import (
     exact_fisher,
     optimize_stimulus,
     problem_from_model,
+    select_traces,
 )
 from bayesneuron.protocol.design import Design, row_label
 from bayesneuron.protocol.stimulus import Stimulus
@@ -64,7 +65,6 @@ from bayesneuron.studies.output import environment, write_csv, write_json
 
 __all__ = [
     "CSV",
-    "best_subset",
     "criteria",
     "design_problems",
     "design_tag",
@@ -141,19 +141,6 @@ def criteria(problem, stimulus: Stimulus, solver) -> tuple[float, float, torch.T
     d = criterion_values(problem, total).mean()
     c = posterior_contraction(total, problem.prior_var).mean()
     return float(d), float(c), f
-
-
-def best_subset(problem, f_trace: torch.Tensor, k: int) -> list[int]:
-    """Greedy ``k`` traces maximising the mean criterion over θ (``f_trace`` ``[n, trace, P,
-    P]``)."""
-    chosen: list[int] = []
-    for _ in range(min(k, f_trace.shape[1])):
-        rest = [t for t in range(f_trace.shape[1]) if t not in chosen]
-        vals = [
-            float(criterion_values(problem, f_trace[:, chosen + [t]].sum(1)).mean()) for t in rest
-        ]
-        chosen.append(rest[int(np.argmax(vals))])
-    return chosen
 
 
 def _truth_problem(held_out, model, truth):
@@ -262,7 +249,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
     for s in range(study.seed + 1, study.seed + 1 + study.step_draws):
         cur = protocol_currents(study.preset, model.cell, s, study.n_traces)
         steps.append(criteria(held_out, cur.masked(model.stim_index), eval_solver)[0])
-    f5 = f_opt[:, best_subset(held_out, f_opt, 5)].sum(1)
+    f5 = f_opt[:, select_traces(held_out, f_opt, 5, exchange=False)].sum(1)
     truth_problem = _truth_problem(held_out, model, truth)
     _save_stimulus(res.stimulus, out / f"stimulus_{tag}", design.label, study)
     if design.label in study.figures:
