@@ -11,7 +11,6 @@ hh tree's geometry, three IClamp amplitudes, dt = 0.025 ms, 40 ms, 37 °C). NEUR
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 from bayesneuron import (
     BackwardEuler,
@@ -63,10 +63,7 @@ needs_cc = pytest.mark.skipif(
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("gen", REF / "generate_neuron_cortical.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    return gen
+    return load_script(REF / "generate_neuron_cortical.py")
 
 
 def _simulate(ref, solver, configs=None, amplitudes=None):

@@ -6,12 +6,12 @@ live (``neuron`` marker).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from bayesneuron.errors import MorphologyError
 from bayesneuron.morphology.geometry import Section, from_sections, section_nseg, segment_geometry
@@ -24,10 +24,7 @@ PI = math.pi
 
 
 def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REF / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REF / f"{name}.py")
 
 
 def _node_names(m):

@@ -4,7 +4,6 @@ against each other, and against torchdiffeq's dopri5; gradients by adjoint, auto
 and finite differences."""
 
 import dataclasses
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 from bayesneuron import (
     BackwardEuler,
@@ -53,11 +53,7 @@ def _graph_edges(m: Morphology) -> set:
     return tree | {(min(i, j), max(i, j)) for i, j in m.loops.tolist()}
 
 
-_spec = importlib.util.spec_from_file_location(
-    "dopri5_gen", Path(__file__).parent / "reference" / "generate_dopri5_references.py"
-)
-GEN = importlib.util.module_from_spec(_spec)  # the 184-node problem and its dopri5 reference
-_spec.loader.exec_module(GEN)
+GEN = load_script("tests/reference/generate_dopri5_references.py")  # the 184-node problem
 
 
 def _laplacian(m: Morphology) -> np.ndarray:

@@ -7,11 +7,11 @@ dt = 0.025 ms, 20 ms). Identical scheme ⇒ agreement to round-off, so the bound
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from bayesneuron.protocol.stimulus import step_current
 from bayesneuron.reference.cells import hh_tree_cell
@@ -64,9 +64,7 @@ def test_backward_euler_matches_neuron_live():
     pytest.importorskip("neuron")
     from neuron import h
 
-    spec = importlib.util.spec_from_file_location("gen", REF / "generate_neuron_hh_tree.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script(REF / "generate_neuron_hh_tree.py")
     amps = np.array([0.05, 0.3])  # one below, one above threshold
     v_nrn, t = gen.run(h, gen.build(h), amps)
     v = _simulate(amps)

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from _scripts import load_script
 
 from bayesneuron import Design
 from bayesneuron.errors import FitError, StimulusError
@@ -449,15 +450,7 @@ def test_fresh_data_validation_runs_end_to_end(tmp_path):
     """studies/optimal_design/validate.py on a tiny setting: an optimised stimulus inside
     its bounds at the design's stimulated sites only, one row per stimulus × replicate with
     finite metrics against a replicate truth, and the summary's exact binomial interval."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "studies" / "optimal_design" / "validate.py"
-    spec = importlib.util.spec_from_file_location("od_validate", path)
-    val = importlib.util.module_from_spec(spec)
-    sys.modules["od_validate"] = val  # dataclasses look their module up
-    spec.loader.exec_module(val)
+    val = load_script("studies/optimal_design/validate.py", "od_validate")
     s = val.Settings(
         out=tmp_path, n_opt=1, n_paper=1, steps=2, theta_opt=1, init="ladder", dt=0.05,
         replicates=1, map_starts=1, num_samples=100, psis_samples=200,

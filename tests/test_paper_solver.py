@@ -4,12 +4,12 @@ Recorded setting (README, solvers table): ``CrankNicolson(dt=0.0015)`` keeps the
 over all traces, compartments and the 48 output times below 0.05 mV.
 """
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 from bayesneuron import CrankNicolson, Torchdiffeq, simulate
 
@@ -18,9 +18,7 @@ REF = Path(__file__).parent / "reference"
 # dopri5 at rtol = atol = 1e-10 on the first 20 traces, truth and the paper's initial values,
 # and the problem it solves (generate_dopri5_references.py)
 REFERENCE = REF / "dopri5_paper.npz"
-_spec = importlib.util.spec_from_file_location("dopri5_gen", REF / "generate_dopri5_references.py")
-GEN = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(GEN)
+GEN = load_script(REF / "generate_dopri5_references.py")
 
 
 def _max_error(n_traces, stim=None, ref=None):
