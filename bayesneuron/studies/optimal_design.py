@@ -249,7 +249,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
     for s in range(study.seed + 1, study.seed + 1 + study.step_draws):
         cur = protocol_currents(study.preset, model.cell, s, study.n_traces)
         steps.append(criteria(held_out, cur.masked(model.stim_index), eval_solver)[0])
-    f5 = f_opt[:, select_traces(held_out, f_opt, 5, exchange=False)].sum(1)
+    f5 = f_opt[:, select_traces(held_out, f_opt, min(5, f_opt.shape[1]), exchange=False)].sum(1)
     truth_problem = _truth_problem(held_out, model, truth)
     _save_stimulus(res.stimulus, out / f"stimulus_{tag}", design.label, study)
     if design.label in study.figures:
