@@ -474,3 +474,31 @@ def test_site_selection_warm_starts_any_family(tmp_path):
     rows = run_site_selection(study, study.sites, tmp_path / "out", progress=False)
     one, two = (float(r["crit_opt_theta"]) for r in rows if r["method"] == "greedy")
     assert two >= one - 0.05, (one, two)
+
+
+def test_an_interrupt_stops_the_worker_processes(tmp_path):
+    """SIGTERM / Ctrl-C during a --workers 2 run ends the workers at once, not after their
+    designs finish (the pool forgets its processes on shutdown, so they are taken first)."""
+    import multiprocessing
+    import signal
+
+    from bayesneuron.studies.design_config import load_design_study
+    from bayesneuron.studies.optimal_design import _results
+
+    cfg = _config(tmp_path, designs='["[0]|all", "all|[0]"]', workers=2)
+    study = load_design_study(cfg, steps=20_000)  # minutes of work per design
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(_results(study, study.designs, tmp_path / "out", False))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    for proc in multiprocessing.active_children():
+        proc.join(timeout=2)
+    assert [p for p in multiprocessing.active_children() if p.is_alive()] == []

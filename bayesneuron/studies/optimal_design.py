@@ -380,10 +380,11 @@ def _results(study, todo, out, progress):
         futures = {pool.submit(run_design, study, lab, out, False): lab for lab in todo}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
-    finally:
+    finally:  # an interrupt or a failed design stops the others too
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown drops them
         pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()  # an interrupt or a failed design stops the others too
+        for proc in procs:
+            proc.terminate()
 
 
 def run_design_study(
