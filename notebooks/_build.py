@@ -1226,7 +1226,8 @@ DESIGN_STIMULUS = [
         2. optimise from two starts (the paper's currents and a ladder of constant levels),
            fresh prior draws every step, the best start chosen on draws the optimiser never
            saw;
-        3. judge both stimuli on *held-out* prior draws, paired, with a standard error;
+        3. judge both stimuli on *held-out* prior draws, paired, with a standard error — and
+           against the best sweeps *chosen* from many draws of the paper's own protocol;
         4. record a new cell under each stimulus and compare the posteriors.
 
         The design is `all|[0]`: every compartment stimulated, only the soma recorded — where
@@ -1258,6 +1259,7 @@ DESIGN_STIMULUS = [
         import matplotlib.pyplot as plt
         import numpy as np
         import pandas as pd
+        import torch
 
         from bayesneuron import CrankNicolson, Design, identifiability, paper_experiment
         from bayesneuron.inference import checked_posterior
@@ -1272,6 +1274,7 @@ DESIGN_STIMULUS = [
             exact_fisher,
             optimize_stimulus,
             problem_from_model,
+            select_traces,
         )
         from bayesneuron.reference.paper import preset_priors
         from bayesneuron.studies.design_inputs import initial_parameters
@@ -1377,6 +1380,33 @@ DESIGN_STIMULUS = [
             ax.set_xlabel("t (ms)")
         fig.tight_layout()
         plt.show()
+        """
+    ),
+    md(
+        """
+        ### Or choose sweeps an amplifier already delivers
+
+        Information adds over sweeps, so the most informative *set* of existing sweeps can be
+        chosen rather than designed: `select_traces` takes the per-sweep Fisher information
+        of a pool (here the paper's random-step protocol under further seeds, 100 sweeps
+        each), picks sweeps greedily, then swaps one for another while that raises the
+        criterion on the `select` draws. Judged on the same held-out cells as above.
+        """
+    ),
+    code(
+        """
+        POOL_SEEDS = 1 if SMALL else 5  # × 100 sweeps of the paper's protocol
+        pool_values = torch.cat(
+            [
+                paper_experiment(design, n_traces=100, seed=20230620 + k)[0].stimulus.values
+                for k in range(POOL_SEEDS)
+            ]
+        )
+        pool = dataclasses.replace(paper, values=pool_values)
+        chosen = select_traces(select, exact_fisher(select, pool), N_TRACES)
+        d_chosen = per_draw(dataclasses.replace(pool, values=pool_values[chosen]))
+        for name, d in (("paper", d_paper), ("chosen", d_chosen), ("optimised", d_opt)):
+            print(f"{name:>9}: {d.mean():6.2f} nats on the held-out cells")
         """
     ),
     md(
