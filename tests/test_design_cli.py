@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from bayesneuron import Design
 from bayesneuron.cli import main
 from bayesneuron.errors import RecordingError
 from bayesneuron.io import read_stimulus_nwb, write_stimulus_nwb
 from bayesneuron.optimal_design import PiecewiseConstant
 from bayesneuron.protocol.stimulus import Stimulus
+from bayesneuron.reference.paper import paper_currents, paper_experiment
 from bayesneuron.studies.config import StudyError
 from bayesneuron.studies.design_config import design_study_from_dict
 
@@ -304,6 +306,30 @@ def test_cli_steps_family_from_the_paper_and_ladder_starts(tmp_path, capsys):
     assert meta["config"]["family_options"] == {"n_epochs": 2}
 
 
+def test_chosen_start_is_the_most_informative_protocol_sweeps(tmp_path):
+    """init "chosen": the n_traces sweeps of 500 protocol sweeps that inform most together,
+    on draws neither the start choice nor the judgement sees; with it as the only start and
+    no steps of the optimiser that count (2), the optimised stimulus is those sweeps as the
+    family fits them, and it beats the paper's first sweeps on the held-out draws."""
+    from bayesneuron.studies.design_config import load_design_study
+    from bayesneuron.studies.optimal_design import chosen_sweeps
+
+    cfg = _config(tmp_path, designs='["all|[0]"]')
+    cfg.write_text(cfg.read_text().replace("steps = 2", 'steps = 2\ninit = ["chosen"]'))
+    out = tmp_path / "out"
+    assert main(["design", "optimize", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    (row,) = _rows(out)
+    assert row["best_start"] == "chosen"
+    assert float(row["crit_optimised"]) > float(row["crit_paper"])
+    study = load_design_study(cfg)
+    model, _, _ = paper_experiment(Design.from_label("all|[0]"), n_traces=2)
+    picked = chosen_sweeps(study, model)
+    assert picked.values.shape == model.stimulus.values.shape
+    pool = torch.cat([paper_currents(s, n_traces=100).values for s in range(20230620, 20230625)])
+    for sweep in picked.values:  # each one a sweep of the protocol's draws, whole
+        assert bool((pool == sweep).all(-1).all(-1).any())
+
+
 SITES = """
 [sites]
 n_electrodes = 2
@@ -325,6 +351,7 @@ rec = "all"
         ({"n_electrodes": 1, "rec": "[7]"}, r"\[sites\] rec = '\[7\]': .*compartment 7"),
         ({"n_electrodes": 1, "max_rounds": -1}, r"\[sites\] max_rounds = -1"),
         ({"n_electrodes": 1, "init": ["flat"]}, r"\[sites\] init"),
+        ({"n_electrodes": 1, "init": ["chosen"]}, r"\[sites\] init"),  # one site set's sweeps
         ({"candidates": [0, 1]}, r"\[sites\] n_electrodes is missing"),
     ],
 )

@@ -17,7 +17,8 @@ every key checked before any work starts, unknown keys and sections are errors.
                   ([lo, hi] current density in µA/cm²; on a geometric cell nA per site through
                   the compartment's area), max_charge (optional: the largest charge
                   Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps, lr, init (starts among "paper", "ladder",
-                  "random"), refine_steps (> 0: a second stage of that many steps on the
+                  "random", "chosen": the sweeps of 500 of the protocol's that inform most
+                  together, chosen on further prior draws), refine_steps (> 0: a second stage of that many steps on the
                   mean posterior contraction from the first stage's best point), theta_opt,
                   theta_eval (prior draws the optimiser sees / the
                   held-out ones the result is judged on), theta_select (optional, default 0:
@@ -80,7 +81,7 @@ PRESET_DEFAULTS = {
     "hh_tree": {"bounds": (0.0, 20.0), "dt_opt": 0.025, "dt_eval": 0.0125},
 }
 """Per preset: the default ``bounds`` (µA/cm²), ``dt_opt`` and ``dt_eval`` (ms)."""
-INITS = ("paper", "ladder", "random")
+INITS = ("paper", "ladder", "random", "chosen")
 _SCHEMA = {
     "study": {"name": str, "question": str},
     "experiment": {"preset": str, "seed": int, "n_traces": int},
@@ -171,7 +172,7 @@ class DesignStudy:
     refine_steps: int = 0
     lr: float = 0.1
     lr_final: float | None = None
-    init: tuple[str, ...] = INITS
+    init: tuple[str, ...] = INITS[:3]  # "chosen" when asked for
     theta_opt: int = 8
     theta_eval: int = 10
     theta_select: int = 0
@@ -433,8 +434,9 @@ def _site_selection(vals: dict, study: DesignStudy, where: str) -> SiteSelection
         if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
             bad(key, f"must be an integer ≥ {least}")
     init = tuple(vals.get("init", ("ladder",)))
-    if not init or any(i not in INITS for i in init) or len(set(init)) != len(init):
-        bad("init", f"give distinct starts among {list(INITS)}")
+    site_inits = INITS[:3]  # "chosen" picks sweeps for one site set, not for each candidate
+    if not init or any(i not in site_inits for i in init) or len(set(init)) != len(init):
+        bad("init", f"give distinct starts among {list(site_inits)}")
     return SiteSelection(
         n_electrodes=n,
         candidates=tuple(cand),

@@ -1,5 +1,6 @@
 """What a design run starts from and is judged on (:mod:`.optimal_design`): the optimiser's
-starts (the protocol's currents, a ladder of levels, random, an earlier run's stimulus), a
+starts (the protocol's currents, a ladder of levels, random, the most informative of many
+protocol sweeps, an earlier run's stimulus), a
 fitted cell's posterior draws in place of prior draws, and the stimulus files runs write."""
 
 from __future__ import annotations
@@ -19,17 +20,28 @@ __all__ = ["cell_draws", "initial_parameters", "load_stimulus", "starts"]
 
 
 def initial_parameters(
-    fam: StimulusFamily, init, seed: int, protocol: Stimulus, bounds=(0.0, 19.0)
+    fam: StimulusFamily,
+    init,
+    seed: int,
+    protocol: Stimulus,
+    bounds=(0.0, 19.0),
+    chosen: Stimulus | None = None,
 ) -> list[torch.Tensor]:
     """Starting parameters per entry of ``init``: ``"paper"`` (the protocol's currents),
     ``"ladder"`` (one constant level per trace, evenly spaced inside ``bounds`` µA/cm²,
-    scaled per site like the family's bounds) or ``"random"`` (``fam.init(seed + k)``)."""
+    scaled per site like the family's bounds), ``"random"`` (``fam.init(seed + k)``) or
+    ``"chosen"`` (the sweeps ``chosen``, e.g. from
+    :func:`~bayesneuron.studies.optimal_design.chosen_sweeps`)."""
     out = []
     for k, name in enumerate(init):
         if name == "random":
             out.append(fam.init(seed=seed + k))
         elif name == "paper":
             out.append(fam.fit(protocol))
+        elif name == "chosen":
+            if chosen is None:
+                raise StudyError("init 'chosen' needs the chosen sweeps (chosen=)")
+            out.append(fam.fit(chosen))
         elif name == "ladder":
             lo, hi = fam.bounds()
             scale = (hi - lo) / (bounds[1] - bounds[0])  # µA/cm² → the family's unit, per site
@@ -39,16 +51,19 @@ def initial_parameters(
             levels = (density * scale).expand(-1, len(fam.sites), fam.n_bins)
             out.append(fam.fit(Stimulus(levels.clone(), fam.dt, fam.t0, fam.unit, fam.sites)))
         else:
-            raise StudyError(f"init {name!r}: use random, paper or ladder")
+            raise StudyError(f"init {name!r}: use random, paper, ladder or chosen")
     return out
 
 
-def starts(study: DesignStudy, fam, proto: Stimulus, tag: str) -> tuple[list[str], list]:
-    """``(names, parameters)`` of the starts: ``study.init``'s, after ``"previous"`` — the
-    stimulus ``stimulus_<tag>.pt`` of the earlier run in ``study.start_from`` — if given."""
+def starts(
+    study: DesignStudy, fam, proto: Stimulus, tag: str, chosen: Stimulus | None = None
+) -> tuple[list[str], list]:
+    """``(names, parameters)`` of the starts: ``study.init``'s (``chosen``: the sweeps of the
+    ``"chosen"`` start), after ``"previous"`` — the stimulus ``stimulus_<tag>.pt`` of the
+    earlier run in ``study.start_from`` — if given."""
     names, init = (
         list(study.init),
-        initial_parameters(fam, study.init, study.opt_seed, proto, study.bounds),
+        initial_parameters(fam, study.init, study.opt_seed, proto, study.bounds, chosen),
     )
     if study.start_from is None:
         return names, init
