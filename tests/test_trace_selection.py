@@ -139,3 +139,21 @@ def test_pool_study_script_runs_end_to_end(tmp_path, monkeypatch):
     assert len(rows[1]["note"].split(", ")) == 4
     meta = json.loads((tmp_path / "pool.json").read_text())
     assert meta["pool"]["paper protocol"] == 100 and meta["pool"]["uniform"] == 4
+
+
+def test_chosen_sweeps_script_runs_end_to_end(tmp_path, monkeypatch):
+    """studies/optimal_design/chosen.py on one small design: three sweeps chosen from the
+    pool's seed, both stimuli judged, no comparison with the study's 20-sweep table."""
+    chosen = load_script("studies/optimal_design/chosen.py", "od_chosen")
+    argv = ["chosen.py", "--out", str(tmp_path), "--designs", "all|[0]", "--pool-seeds", "1",
+            "--select", "2", "--held", "2", "--n-traces", "3", "--dt", "0.05",
+            "--dt-eval", "0.05"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    chosen.main()
+    with open(tmp_path / "chosen.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert (row["stim"], row["rec"]) == ("all", "[0]")
+    picks = row["chosen"].split()
+    assert len(picks) == 3 and all(p.startswith("20230620:") for p in picks)
+    assert all(float(row[k]) > 0 for k in ("crit_paper", "crit_chosen"))
+    assert "crit_optimised" not in row  # the study's table is for 20 sweeps only
