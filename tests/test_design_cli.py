@@ -306,7 +306,7 @@ def test_cli_steps_family_from_the_paper_and_ladder_starts(tmp_path, capsys):
     assert meta["config"]["family_options"] == {"n_epochs": 2}
 
 
-def test_chosen_start_is_the_most_informative_protocol_sweeps(tmp_path):
+def test_chosen_start_is_the_most_informative_protocol_sweeps(tmp_path, capsys):
     """init "chosen": the n_traces sweeps of 500 protocol sweeps that inform most together,
     on draws neither the start choice nor the judgement sees; with it as the only start and
     no steps of the optimiser that count (2), the optimised stimulus is those sweeps as the
@@ -328,6 +328,12 @@ def test_chosen_start_is_the_most_informative_protocol_sweeps(tmp_path):
     pool = torch.cat([paper_currents(s, n_traces=100).values for s in range(20230620, 20230625)])
     for sweep in picked.values:  # each one a sweep of the protocol's draws, whole
         assert bool((pool == sweep).all(-1).all(-1).any())
+    again = ["design", "optimize", "--config", str(cfg), "--out", str(tmp_path / "o2"), "--quiet"]
+    assert main([*again, "--init", "ladder, random"]) == 0  # --init overrides the config's
+    assert _rows(tmp_path / "o2")[0]["best_start"] in ("ladder", "random")
+    bad = ["design", "optimize", "--config", str(cfg), "--out", str(tmp_path / "o3")]
+    assert main([*bad, "--init", "flat"]) == 1
+    assert "init" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
 SITES = """

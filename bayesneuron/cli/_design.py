@@ -62,6 +62,13 @@ def add_design(sub) -> None:
         "epochs), sines, chirp; its own settings from the config's [design] family_options",
     )
     o.add_argument(
+        "--init",
+        default=None,
+        help="the optimiser's starts, separated by commas, among paper, ladder, random and "
+        "chosen (the most informative sweeps of 500 of the protocol's), e.g. "
+        "'paper,ladder,random' as before session 21",
+    )
+    o.add_argument(
         "--refine-steps",
         type=int,
         default=None,
@@ -167,6 +174,7 @@ def cmd_design_optimize(args) -> int:
         config, designs=args.designs, steps=args.steps, workers=args.workers,
         n_traces=args.n_traces, refine_steps=args.refine_steps, theta=args.theta,
         lr_final=args.lr_final, start_from=args.start_from, family=args.family,
+        init=None if args.init is None else [x.strip() for x in args.init.split(",")],
     )  # fmt: skip
     say(args, f"[design] {len(study.designs)} designs of {study.preset} → {out}/")
     start = time.perf_counter()
