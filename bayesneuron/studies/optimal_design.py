@@ -406,11 +406,13 @@ def _results(study, todo, out, progress):
         futures = {pool.submit(run_design, study, lab, out, False): lab for lab in todo}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
-    finally:  # an interrupt or a failed design stops the others too
+    except BaseException:  # an interrupt or a failed design stops the others too
         procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown drops them
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:
             proc.terminate()
+        raise
+    pool.shutdown()  # all done: the idle workers exit by themselves
 
 
 def run_design_study(
