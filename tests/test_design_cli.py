@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from bayesneuron.optimal_design import PiecewiseConstant
 from bayesneuron.protocol.stimulus import Stimulus
 from bayesneuron.reference.paper import paper_currents, paper_experiment
 from bayesneuron.studies.config import StudyError
-from bayesneuron.studies.design_config import design_study_from_dict
+from bayesneuron.studies.design_config import design_study_from_dict, load_design_study
 
 REQUIRED = (
     "stim rec family crit_paper crit_steps crit_optimised gain_nats_per_trace crit_paper_truth "
@@ -121,6 +122,18 @@ def test_config_defaults_are_the_reference_run_and_the_preset_grid():
     assert "theta_select" not in paper.settings() and paper.theta_select == 0
     hh = design_study_from_dict({"experiment": {"preset": "hh_tree"}}, designs="all|all,[0]|all")
     assert hh.designs == ("all|all", "[0]|all") and (hh.dt_opt, hh.bounds) == (0.025, (0, 20))
+
+
+def test_committed_reference_was_run_with_the_committed_config():
+    """studies/optimal_design: reference/run.json's settings are the config's (the rerun
+    command in its README resumes, i.e. reproduces, rather than refusing the folder)."""
+    root = Path(__file__).resolve().parents[1] / "studies" / "optimal_design"
+    study = load_design_study(root / "config.toml")
+    old = json.loads((root / "reference" / "run.json").read_text())
+    assert old["finished"] and old["settings"] == json.loads(json.dumps(study.settings()))
+    assert study.init == ("paper", "chosen")
+    rows = _rows(root / "reference")
+    assert [f"{r['stim']}|{r['rec']}" for r in rows] == list(study.designs)
 
 
 def test_cli_bad_config_fails_before_any_work(tmp_path, capsys):
