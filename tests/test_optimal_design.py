@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from _scripts import load_script
@@ -415,6 +416,9 @@ def test_resampled_theta_is_deterministic_and_judged_on_the_problems_points():
     kept = optimize_stimulus(problem, fam, wild, init=[good.z])
     assert float(kept.history[0, -1]) < good.value  # the wild steps lost
     assert torch.equal(kept.z, good.z) and kept.value == pytest.approx(good.value)
+    assert kept.best_step == 0 and good.best_step == int(
+        np.nanargmax(good.history[good.best_start])
+    )
     with pytest.raises(FitError, match="sampler"):
         optimize_stimulus(dataclasses.replace(problem, sampler=None), fam, cfg)
 
@@ -434,6 +438,8 @@ def test_the_best_start_is_chosen_on_the_select_points():
     assert best == pytest.approx(max(candidates))
     assert res.value == pytest.approx(float(objective(problem, fam(res.z))[0]))
     assert res.select_value == pytest.approx(best) and res.score == res.select_value
+    k, first = int(np.argmax(candidates)) % 2, max(candidates) in on_select
+    assert (res.best_start, res.best_step) == (k, 0 if first else cfg.steps)
     plain = optimize_stimulus(problem, fam, cfg)  # same steps, finals judged elsewhere
     assert (plain.history[:, -1] != res.history[:, -1]).any()
     with pytest.raises(FitError, match="resample_theta"):

@@ -109,6 +109,8 @@ class DesignResult:
             where a start stopped early).
         start_values: the best value of each start ``[start]``.
         best_start: the start that gave ``stimulus``.
+        best_step: the optimiser steps that start had taken at ``stimulus`` (0: the start
+            itself was best, the optimiser found nothing better).
         wall_s: wall time of the optimisation (s).
         select_value: the robust criterion of ``stimulus`` on ``optimize_stimulus``'s
             ``select`` points, on which it was chosen (``None`` without ``select``).
@@ -122,6 +124,7 @@ class DesignResult:
     history: np.ndarray
     start_values: np.ndarray
     best_start: int
+    best_step: int
     wall_s: float
     family: StimulusFamily
     config: OptimizeConfig
@@ -215,6 +218,7 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt, select) -> None:
         v = _value_and_grad(at, family, z, cfg.theta_chunk)
         if v > state["best_value"] and not cfg.resample_theta:
             state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+            state["best_step"] = state["step"]
         return torch.tensor(-v)
 
     while state["step"] < cfg.steps:
@@ -240,6 +244,7 @@ def _consider(problem, family, state, z: Tensor, k: int) -> float:
         v = float(objective(problem, family(z.detach()))[0])
     if v > state["best_value"]:
         state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
+        state["best_step"] = state["step"]
     return v
 
 
@@ -320,6 +325,7 @@ def optimize_stimulus(
         "best_value": -float("inf"),
         "best_z": None,
         "best_start": -1,
+        "best_step": -1,
     }
     from tqdm.auto import tqdm
 
@@ -364,6 +370,7 @@ def _result(problem, family, cfg, state, wall_s) -> DesignResult:
         history=history,
         start_values=np.nanmax(history, axis=1),
         best_start=int(state["best_start"]),
+        best_step=int(state.get("best_step", -1)),  # -1: resumed from an older checkpoint
         wall_s=wall_s,
         family=family,
         config=cfg,

@@ -12,7 +12,8 @@ Per design (``n_traces`` traces, σ = 1 mV, the prior base × U(0.7, 1.3)), the 
   over ``step_draws`` draws (``crit_steps_sd`` their sd);
 * ``crit_optimised`` — the stimulus of :func:`~bayesneuron.optimal_design.optimize_stimulus`
   (Adam on the fused kernel at ``dt_opt``, the criterion averaged over ``theta_opt`` prior
-  draws, from the starts ``init``; ``best_start`` names the winner);
+  draws, from the starts ``init``; ``best_start`` names the winner, ``best_step`` the
+  optimiser steps it had taken: 0 where the start itself was best);
 
 all judged on ``theta_eval`` *held-out* prior draws (never the optimiser's, never the truth)
 with the fused kernel's exact sensitivities at ``dt_eval``. ``*_truth`` columns: the same at
@@ -35,7 +36,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +301,7 @@ def run_design(study: DesignStudy, label: str, out: Path, progress: bool = True)
         "contraction_opt5": float(posterior_contraction(f5, held_out.prior_var).mean()),
         "crit_steps_sd": float(np.std(steps, ddof=1)) if len(steps) > 1 else 0.0,
         "best_start": names[res.best_start],
+        "best_step": res.best_step,  # 0: that start unchanged was best
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -401,16 +403,21 @@ def _results(study, todo, out, progress):
             yield label, run_design(study, label, out, progress)
         return
     ctx = get_context("spawn")
+    before = set(active_children())
     pool = ProcessPoolExecutor(min(study.workers, len(todo)), ctx, initializer=_worker_init)
     try:
         futures = {pool.submit(run_design, study, lab, out, False): lab for lab in todo}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
     except BaseException:  # an interrupt or a failed design stops the others too
-        procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown drops them
         pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
+        # every process started since, also one an interrupt caught before the pool
+        # registered it (the pool's own list misses that one)
+        workers = [p for p in active_children() if p not in before]
+        for proc in workers:
             proc.terminate()
+        for proc in workers:
+            proc.join(timeout=5)
         raise
     pool.shutdown()  # all done: the idle workers exit by themselves
 
@@ -460,7 +467,7 @@ def run_design_study(
             line = (
                 f"{label:>16} paper {v['crit_paper']}  steps {v['crit_steps']}  optimised "
                 f"{v['crit_optimised']}  gain/trace {row['gain_nats_per_trace']:+{fmt}} ± "
-                f"{row['gain_se_nats_per_trace']:{fmt}}  best start {row['best_start']}  "
+                f"{row['gain_se_nats_per_trace']:{fmt}}  best start {row['best_start']} after {row.get('best_step', '?')} steps  "
                 f"({row['wall_s']:.0f} s)"
             )
             (echo or bar.write)(line)
