@@ -69,7 +69,7 @@ def _rows(out):
         ({"experiment": {"preset": "paper_toy"}, "design": {"designs": "nope"}}, r"'nope'"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"bounds": [5.0, 1.0]}}, r"bounds"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"bounds": [0.0]}}, r"bounds"),
-        ({"experiment": {"preset": "paper_toy"}, "design": {"steps": 0}}, r"steps = 0"),
+        ({"experiment": {"preset": "paper_toy"}, "design": {"steps": -1}}, r"steps = -1"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"steps": "2"}}, r"steps = '2'"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"family": "spline"}}, r"family"),
         ({"experiment": {"preset": "paper_toy"}, "design": {"init": ["flat"]}}, r"init"),
@@ -342,6 +342,14 @@ def test_chosen_start_is_the_most_informative_protocol_sweeps(tmp_path, capsys):
     pool = torch.cat([paper_currents(s, n_traces=100).values for s in range(20230620, 20230625)])
     for sweep in picked.values:  # each one a sweep of the protocol's draws, whole
         assert bool((pool == sweep).all(-1).all(-1).any())
+    # --steps 0: no optimiser, the chosen sweeps themselves (as the family represents them)
+    argv = ["design", "optimize", "--config", str(cfg), "--out", str(tmp_path / "o0"), "--quiet"]
+    assert main([*argv, "--steps", "0"]) == 0
+    (row0,) = _rows(tmp_path / "o0")
+    assert (row0["best_start"], row0["best_step"]) == ("chosen", "0")
+    saved = torch.load(tmp_path / "o0" / "stimulus_all_0_bins.pt")
+    gap = (saved["values"] - picked.values[:, list(saved["sites"])]).abs().max()
+    assert gap < 0.05  # µA/cm²: the sigmoid reaches the bounds 0 and 19 only in the limit
     again = ["design", "optimize", "--config", str(cfg), "--out", str(tmp_path / "o2"), "--quiet"]
     assert main([*again, "--init", "ladder, random"]) == 0  # --init overrides the config's
     assert _rows(tmp_path / "o2")[0]["best_start"] in ("ladder", "random")

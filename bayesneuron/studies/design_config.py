@@ -16,7 +16,9 @@ every key checked before any work starts, unknown keys and sections are errors.
                   each start's steps), bounds
                   ([lo, hi] current density in µA/cm²; on a geometric cell nA per site through
                   the compartment's area), max_charge (optional: the largest charge
-                  Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps, lr, init (starts among "paper", "ladder",
+                  Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps (Adam steps per
+                  start; 0: no optimiser, the best of the starts — with init = ["chosen"] the
+                  best sweeps of the protocol, chosen rather than designed), lr, init (starts among "paper", "ladder",
                   "random", "chosen": the sweeps of 500 of the protocol's that inform most
                   together, chosen on further prior draws), refine_steps (> 0: a second stage of that many steps on the
                   mean posterior contraction from the first stage's best point), theta_opt,
@@ -365,9 +367,9 @@ def _check(s: DesignStudy, where: str) -> None:
     if not (math.isfinite(lo_hi[0]) and math.isfinite(lo_hi[1]) and lo_hi[0] <= 0.0 < lo_hi[1]):
         bad("[design] bounds", "need finite lo ≤ 0 < hi (the first and last bins are zero)")
     for key in ("n_traces", "steps", "theta_opt", "theta_eval", "step_draws", "workers"):
-        v = getattr(s, key)
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            bad(f"[{'experiment' if key == 'n_traces' else 'design'}] {key}", "must be ≥ 1")
+        v, least = getattr(s, key), 0 if key == "steps" else 1  # steps 0: the best start
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
+            bad(f"[{'experiment' if key == 'n_traces' else 'design'}] {key}", f"must be ≥ {least}")
     if s.max_charge is not None and not (math.isfinite(s.max_charge) and s.max_charge > 0):
         bad("[design] max_charge", "must be > 0 (nC/cm² per trace and electrode)")
     if not (isinstance(s.refine_steps, int) and s.refine_steps >= 0):
