@@ -26,6 +26,7 @@ from bayesneuron.optimal_design import (
     Ramps,
     SineSum,
     Steps,
+    StimulusFamily,
     criterion_values,
     exact_fisher,
     exchange_sites,
@@ -146,13 +147,32 @@ def test_every_family_fits_a_constant_and_steps_fit_the_paper_currents(name):
     levels = torch.tensor([2.0, 9.5, 17.0], dtype=F64)[:, None, None].expand(3, 2, 48).clone()
     got = fam(fam.fit(Stimulus(levels, 0.1, 0.0, "uA/cm2", (0, 5)))).values[..., 1:-1]
     assert float((got - levels[..., 1:-1]).abs().max()) < 0.05, name
-    if name == "steps":
+    if name in ("steps", "ramps"):
         paper = paper_currents(n_traces=3)
         want = paper.values[:, [0, 5]]
         fitted = fam(fam.fit(paper)).values
         flat = want[..., 1:-1].mean(-1, keepdim=True).expand_as(want[..., 1:-1])
         rms = float((fitted - want).pow(2).mean().sqrt())
         assert rms < 0.5 * float((flat - want[..., 1:-1]).pow(2).mean().sqrt()), rms
+    if name == "steps":  # every sweep, exactly (the clamp at the bounds: 1e-3 of 19 µA/cm²)
+        assert float((fitted - want).abs().max()) < 0.02
+
+
+def test_steps_hold_every_sweep_of_the_paper_protocol():
+    """The protocol draws ≤ 3 levels per sweep on the bin grid, so ``Steps(n_epochs=3).fit``
+    holds each of 100 sweeps to the clamp (least squares from a random start alone misses
+    most), and more epochs than runs split one: still exact; fewer merge the closest."""
+    paper = paper_currents(20230620, n_traces=100)
+    want = paper.values[:, [0]]
+    for n_epochs in (3, 5):
+        fam = Steps(n_traces=100, sites=(0,), n_epochs=n_epochs)
+        assert float((fam(fam.fit(paper)).values - want).abs().max()) < 0.02, n_epochs
+    fam = Steps(n_traces=100, sites=(0,))
+    generic = StimulusFamily.fit(fam, paper)  # the least-squares start alone
+    assert float((fam(generic).values - want).abs().amax(-1).gt(0.05).float().mean()) > 0.5
+    two = Steps(n_traces=100, sites=(0,), n_epochs=2)
+    err = (two(two.fit(paper)).values - want).pow(2).mean()
+    assert float(err) < float((want - want[..., 1:-1].mean(-1, keepdim=True)).pow(2).mean())
 
 
 def test_max_charge_caps_each_waveform_and_keeps_the_rest():

@@ -202,17 +202,26 @@ class StimulusFamily:
         ``n_traces`` traces): a start near a given stimulus, not an identity — a family of
         few parameters cannot hold 48 random levels."""
         target = self._target(stimulus)
+        return self._refine(self.init(seed=seed, scale=0.5), target, steps)
+
+    def _misfit(self, z: Tensor, target: Tensor) -> Tensor:
+        """Mean squared difference of ``z``'s currents from ``target``, in units of the range."""
         lo, hi = self.bounds()
-        z = self.init(seed=seed, scale=0.5).requires_grad_()
+        return (((self.values(z) - target) / (hi - lo)) ** 2).mean()
+
+    def _refine(self, z0: Tensor, target: Tensor, steps: int) -> Tensor:
+        """``z0`` moved by at most ``steps`` L-BFGS iterations towards ``target``'s currents."""
+        z = z0.clone().requires_grad_()
         opt = torch.optim.LBFGS([z], max_iter=steps, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = (((self.values(z) - target) / (hi - lo)) ** 2).mean()
+            loss = self._misfit(z, target)
             loss.backward()
             return loss
 
-        opt.step(closure)
+        if steps:
+            opt.step(closure)
         return z.detach()
 
     def moved_from(self, z: Tensor, sites) -> Tensor:
@@ -407,6 +416,39 @@ class Steps(StimulusFamily):
         mean = (charge[..., 1:] - charge[..., :-1]) / self.dt
         return torch.minimum(torch.maximum(mean, lo), hi)  # an average: off only by rounding
 
+    def fit(self, stimulus: Stimulus, steps: int = 200, seed: int = 0) -> Tensor:
+        """Least squares as for every family, and from the stimulus's own epochs too (its
+        runs of one level, the closest pair merged or the longest split until there are
+        ``n_epochs``): the better of the two. A sweep of at most ``n_epochs`` steps on the
+        bin grid — the paper's protocol — is held exactly, up to the clamp of ``1e-3`` of
+        the range inside the bounds (the least-squares start alone missed one by 12 µA/cm²);
+        for :class:`Ramps` the epochs' levels are the knots', a start, not an identity."""
+        target = self._target(stimulus)
+        z_epochs = self._epochs(target)
+        found = [
+            super().fit(stimulus, steps, seed),
+            z_epochs,
+            self._refine(z_epochs, target, steps),
+        ]
+        return min(found, key=lambda z: float(self._misfit(z, target)))
+
+    def _epochs(self, target: Tensor) -> Tensor:
+        """``z`` of ``n_epochs`` steps from ``target``'s runs of equal level (``[trace, site,
+        bins]``; the end bins take their neighbours' level where ``zero_ends`` zeroes them)."""
+        v = target.clone()
+        if self.zero_ends:
+            v[..., 0], v[..., -1] = v[..., 1], v[..., -2]
+        levels = torch.empty(*v.shape[:2], self.n_epochs, dtype=torch.float64)
+        durations = torch.empty_like(levels)
+        for t in range(v.shape[0]):
+            for s in range(v.shape[1]):
+                runs = _runs(v[t, s].tolist(), self.dt, self.n_epochs)
+                levels[t, s] = torch.tensor([lvl for lvl, _ in runs], dtype=torch.float64)
+                durations[t, s] = torch.tensor([d for _, d in runs], dtype=torch.float64)
+        extra = levels[..., -1:].expand(*levels.shape[:2], self.n_levels - self.n_epochs)
+        levels = torch.cat([levels, extra], -1)  # Ramps: the last epoch's end level too
+        return torch.cat([self._logit(levels), durations.log()], -1)  # softmax(log d) = d / T
+
     def _silent(self) -> Tensor:
         z = torch.zeros(self.shape, dtype=torch.float64)
         z[..., : self.n_levels] = self._zero_logit()
@@ -415,6 +457,28 @@ class Steps(StimulusFamily):
     def _integral(self, levels: Tensor, u: Tensor, dur: Tensor) -> Tensor:
         """Per epoch, ``∫`` of the current over its first ``u`` ms."""
         return levels[..., None, :] * u
+
+
+def _runs(values: list[float], dt: float, k: int) -> list[tuple[float, float]]:
+    """``k`` epochs ``(level, duration ms)`` of a sweep's bin values: its runs of one level,
+    the adjacent pair whose merge adds least squared error merged (level: their mean over
+    time), or the longest run halved, until there are ``k``."""
+    runs: list[tuple[float, float]] = []
+    for x in values:
+        if runs and abs(x - runs[-1][0]) <= 1e-12:
+            runs[-1] = (runs[-1][0], runs[-1][1] + dt)
+        else:
+            runs.append((x, dt))
+    while len(runs) > k:
+        cost = [a[1] * b[1] / (a[1] + b[1]) * (a[0] - b[0]) ** 2 for a, b in zip(runs, runs[1:])]
+        i = cost.index(min(cost))
+        (a, da), (b, db) = runs[i], runs[i + 1]
+        runs[i : i + 2] = [((a * da + b * db) / (da + db), da + db)]
+    while len(runs) < k:
+        i = max(range(len(runs)), key=lambda j: runs[j][1])
+        level, d = runs[i]
+        runs[i : i + 1] = [(level, d / 2), (level, d / 2)]
+    return runs
 
 
 @dataclass(frozen=True)
