@@ -52,9 +52,7 @@ def add_design(sub) -> None:
         help="grid (the preset's 25), grid25 / paper9 (paper_toy) or labels separated by "
         "commas, e.g. 'all|all,[0]|all'",
     )
-    o.add_argument(
-        "--steps", type=int, default=None, help="optimiser steps per start (0: the best start)"
-    )
+    o.add_argument("--steps", type=int, default=None, help="Adam steps per start (0: none)")
     o.add_argument("--workers", type=int, default=None, help="processes, one design each")
     o.add_argument("--n-traces", type=int, default=None, help="traces per stimulus")
     o.add_argument(

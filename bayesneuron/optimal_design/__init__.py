@@ -1,9 +1,9 @@
 """Optimal experimental design: stimulus waveforms that maximise a design criterion.
 
-A stimulus family (:mod:`.families`) maps unconstrained parameters to bounded currents; the
-criterion (:mod:`.objective`) is the Bayesian D-optimality (or contraction, or Laplace EIG)
-of the Fisher information at parameter points drawn from the prior, differentiable in the
-currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and
+A stimulus family (:mod:`.families`; an amplifier's epochs in :mod:`.epochs`) maps
+unconstrained parameters to bounded currents; the criterion (:mod:`.objective`) is the
+Bayesian D-optimality (or contraction, or Laplace EIG) of the Fisher information at
+parameter points drawn from the prior, differentiable in the currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and
 :mod:`.sites` selects electrode sites around that (greedy, then exchange); :mod:`.traces`
 chooses the most informative sweeps from a pool of candidate stimuli.
 
@@ -14,13 +14,11 @@ Example:
     >>> result = optimize_stimulus(problem, fam)
 """
 
+from bayesneuron.optimal_design.epochs import Ramps, Steps
 from bayesneuron.optimal_design.families import (
-    FAMILIES,
     Chirp,
     PiecewiseConstant,
-    Ramps,
     SineSum,
-    Steps,
     StimulusFamily,
 )
 from bayesneuron.optimal_design.objective import (
@@ -40,6 +38,15 @@ from bayesneuron.optimal_design.sites import (
     optimized_site_set,
 )
 from bayesneuron.optimal_design.traces import select_traces, set_value
+
+FAMILIES = {
+    "bins": PiecewiseConstant,
+    "sines": SineSum,
+    "chirp": Chirp,
+    "steps": Steps,
+    "ramps": Ramps,
+}
+"""Family name (as the study's ``family`` column writes it) → class."""
 
 __all__ = [
     "CRITERIA",
