@@ -112,7 +112,8 @@ def test_config_errors_name_the_key(raw, match):
         design_study_from_dict(raw, "c.toml")
 
 
-def test_config_defaults_are_the_reference_run_and_the_preset_grid():
+def test_config_defaults_and_the_preset_grid():
+    """The code's defaults (the reference config sets its own starts: paper, chosen)."""
     paper = design_study_from_dict({"experiment": {"preset": "paper_toy"}})
     assert len(paper.designs) == 25 and paper.designs[0] == "[0]|[0]"
     assert (paper.steps, paper.theta_opt, paper.theta_eval, paper.step_draws) == (80, 8, 10, 5)
