@@ -3,9 +3,10 @@
 A stimulus family (:mod:`.families`; an amplifier's epochs in :mod:`.epochs`) maps
 unconstrained parameters to bounded currents; the criterion (:mod:`.objective`) is the
 Bayesian D-optimality (or contraction, or Laplace EIG) of the Fisher information at
-parameter points drawn from the prior, differentiable in the currents; :mod:`.optimize` runs multi-start Adam/L-BFGS on it with checkpoints, and
-:mod:`.sites` selects electrode sites around that (greedy, then exchange); :mod:`.traces`
-chooses the most informative sweeps from a pool of candidate stimuli.
+parameter points drawn from the prior, differentiable in the currents; :mod:`.optimize`
+runs multi-start Adam/L-BFGS on it with checkpoints, and :mod:`.sites` selects electrode
+sites around that (greedy, then exchange); :mod:`.traces` chooses the most informative
+sweeps from a pool of candidate stimuli.
 
 Example:
     >>> from bayesneuron.optimal_design import PiecewiseConstant, problem_from_model, optimize_stimulus

@@ -72,11 +72,9 @@ class Steps(StimulusFamily):
         the range inside the bounds (the least-squares start alone missed one by 12 µA/cm²);
         for :class:`Ramps` the epochs' levels are the knots', a start, not an identity."""
         target = self._target(stimulus)
-        z_epochs = self._epochs(target)
         found = [
             super().fit(stimulus, steps, seed),
-            z_epochs,
-            self._refine(z_epochs, target, steps),
+            self._refine(self._epochs(target), target, steps),
         ]
         return min(found, key=lambda z: float(self._misfit(z, target)))
 

@@ -217,8 +217,7 @@ def _run_start(problem, family, cfg, state, z0, bar, ckpt, select) -> None:
         opt.zero_grad()
         v = _value_and_grad(at, family, z, cfg.theta_chunk)
         if v > state["best_value"] and not cfg.resample_theta:
-            state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
-            state["best_step"] = state["step"]
+            _keep(state, v, z, k)
         return torch.tensor(-v)
 
     while state["step"] < cfg.steps:
@@ -243,9 +242,13 @@ def _consider(problem, family, state, z: Tensor, k: int) -> float:
     with torch.no_grad():
         v = float(objective(problem, family(z.detach()))[0])
     if v > state["best_value"]:
-        state.update(best_value=v, best_z=z.detach().clone(), best_start=k)
-        state["best_step"] = state["step"]
+        _keep(state, v, z, k)
     return v
+
+
+def _keep(state, v: float, z: Tensor, k: int) -> None:
+    """``z`` (value ``v``, start ``k``, after ``state["step"]`` steps) is the best so far."""
+    state.update(best_value=v, best_z=z.detach().clone(), best_start=k, best_step=state["step"])
 
 
 def _learning_rate(cfg: OptimizeConfig, step: int) -> float:

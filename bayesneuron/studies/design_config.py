@@ -16,11 +16,12 @@ every key checked before any work starts, unknown keys and sections are errors.
                   each start's steps), bounds
                   ([lo, hi] current density in µA/cm²; on a geometric cell nA per site through
                   the compartment's area), max_charge (optional: the largest charge
-                  Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps (Adam steps per
-                  start; 0: no optimiser, the best of the starts — with init = ["chosen"] the
-                  best sweeps of the protocol, chosen rather than designed), lr, init (starts among "paper", "ladder",
-                  "random", "chosen": the sweeps of 500 of the protocol's that inform most
-                  together, chosen on further prior draws), refine_steps (> 0: a second stage of that many steps on the
+                  Σ|I|·dt per trace and electrode, nC/cm², likewise by area), steps (Adam
+                  steps per start; 0: no optimiser, the best of the starts — with init =
+                  ["chosen"] the best sweeps of the protocol, chosen rather than designed),
+                  lr, init (starts among "paper", "ladder", "random", "chosen": the sweeps
+                  of 500 of the protocol's that inform most together, chosen on further
+                  prior draws), refine_steps (> 0: a second stage of that many steps on the
                   mean posterior contraction from the first stage's best point), theta_opt,
                   theta_eval (prior draws the optimiser sees / the
                   held-out ones the result is judged on), theta_select (optional, default 0:

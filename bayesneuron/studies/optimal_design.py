@@ -467,8 +467,8 @@ def run_design_study(
             line = (
                 f"{label:>16} paper {v['crit_paper']}  steps {v['crit_steps']}  optimised "
                 f"{v['crit_optimised']}  gain/trace {row['gain_nats_per_trace']:+{fmt}} ± "
-                f"{row['gain_se_nats_per_trace']:{fmt}}  best start {row['best_start']} after {row.get('best_step', '?')} steps  "
-                f"({row['wall_s']:.0f} s)"
+                f"{row['gain_se_nats_per_trace']:{fmt}}  best start {row['best_start']} after "
+                f"{row['best_step']} steps  ({row['wall_s']:.0f} s)"
             )
             (echo or bar.write)(line)
     finally:
